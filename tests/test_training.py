@@ -1,0 +1,202 @@
+"""Tests of masc_probe.training: memorization on real data, resume after a kill, checkpoints, presets, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _training_helpers import RATE, memorized_run, tuple_data
+from masc_probe.errors import InputError, UnknownNameError
+from masc_probe.models import load_model
+from masc_probe.training import TrainConfig, preset_config, train
+
+HERE = Path(__file__).resolve().parent
+
+
+def _accuracies(model: torch.nn.Module, data: object) -> tuple[float, float]:
+    """Accuracy of *model* against the given and the true labels of a DictDigits, computed here from scratch."""
+    model.eval()
+    with torch.no_grad():
+        pred = model(data.x).argmax(1)
+    return float((pred == data.label).double().mean()), float((pred == data.true_label).double().mean())
+
+
+def test_fast_preset_memorizes_corrupted_digits_within_a_minute() -> None:
+    run = memorized_run()
+    history = run.result.history
+    assert run.result.stopped == "target"
+    assert history[-1]["train_accuracy_corrupted"] >= 1.0
+    assert run.seconds < 60, f"memorizing took {run.seconds:.0f} s"
+    # The final model, reloaded from the run folder alone, fits the corrupted labels and has the logged numbers.
+    model = load_model(run.run_dir)
+    given, true = _accuracies(model, run.train)
+    assert given == 1.0
+    assert true == pytest.approx(history[-1]["train_accuracy_true"], abs=1e-12)
+    assert _accuracies(model, run.test)[0] == pytest.approx(history[-1]["test_accuracy"], abs=1e-12)
+    # Memorizing corrupted labels: the true labels agree only where corruption left them (or by chance).
+    kept = float((run.train.label == run.train.true_label).double().mean())
+    assert true < kept + 0.2
+
+
+def test_helper_digits_are_sklearns() -> None:
+    from sklearn.datasets import load_digits
+
+    from _training_helpers import _load_digits
+
+    x, y = load_digits(return_X_y=True)
+    mine = _load_digits()
+    assert np.array_equal(mine[0], x) and np.array_equal(mine[1], y)
+
+
+def test_run_folder_holds_metrics_checkpoints_and_provenance() -> None:
+    run = memorized_run()
+    rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert rows == run.result.history
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    assert set(rows[0]) == {"epoch", "loss", "train_accuracy_corrupted", "train_accuracy_true", "test_accuracy"}
+    last = rows[-1]["epoch"]
+    kept = sorted(int(p.name.split("-")[1]) for p in (run.run_dir / "checkpoints").iterdir())
+    expected = sorted({e for e in range(0, 21, 2)} | {e for e in range(25, last + 1, 5)} | {last})
+    assert kept == expected
+    masc = json.loads((run.run_dir / "config.json").read_text())["masc_probe"]
+    realized = float((run.train.label != run.train.true_label).double().mean())
+    assert masc["corruption"] == {"mode": "random", "rate": RATE, "seed": 0, "realized_rate": realized}
+    assert (masc["model"], masc["num_classes"], masc["input_size"], masc["epoch"]) == ("mlp", 10, [1, 8, 8], last)
+    assert masc["training"]["optimizer"] == "adam" and masc["training"]["stopped"] == "target"
+    # A kept checkpoint is a loadable model with its own epoch; epoch 0 is the untrained network.
+    first = json.loads((run.run_dir / "checkpoints" / "epoch-0002" / "config.json").read_text())["masc_probe"]
+    assert first["epoch"] == 2 and first["metrics"] == rows[1]
+    final_ckpt = load_file(run.run_dir / "checkpoints" / f"epoch-{last:04d}" / "model.safetensors")
+    final = load_file(run.run_dir / "model.safetensors")
+    assert all(torch.equal(final[k], final_ckpt[k]) for k in final)
+    # Rerunning the finished run changes nothing and trains no further epoch.
+    config = TrainConfig.from_dict(masc_training_config(run.run_dir))
+    again = train("mlp", run.train, config=config)
+    assert again.history == run.result.history
+
+
+def masc_training_config(run_dir: Path) -> dict:
+    """The TrainConfig the run was made with, from its resume state."""
+    return json.loads((run_dir / "resume" / "trainer.json").read_text())["config"]
+
+
+def _script(out: Path, max_epochs: int, n: int) -> list[str]:
+    return [sys.executable, str(HERE / "_train_script.py"), str(out), str(max_epochs), str(n), "fast", "32"]
+
+
+def test_resume_after_kill_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    reference = subprocess.Popen(_script(tmp_path / "ref", 8, 128), env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+    killed = subprocess.Popen(_script(tmp_path / "run", 8, 128), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+    state = tmp_path / "run" / "resume" / "trainer.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and killed.poll() is None:
+        try:
+            if json.loads(state.read_text())["epoch"] >= 3:
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.communicate()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    # A kill between the two renames of a state rewrite leaves the newest state in resume.tmp/.
+    states = [tmp_path / "run" / name / "trainer.json" for name in ("resume", "resume.tmp", "resume.old")]
+    done_before = max(json.loads(p.read_text())["epoch"] for p in states if p.exists())
+    assert 3 <= done_before < 8
+    rerun = subprocess.run(_script(tmp_path / "run", 8, 128), env=env, capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resuming {tmp_path / 'run'} after epoch {done_before}" in rerun.stderr
+    out, err = reference.communicate(timeout=180)
+    assert reference.returncode == 0, err[-2000:]
+    a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [(p / "metrics.jsonl").read_text() for p in (tmp_path / "ref", tmp_path / "run")]
+    assert metrics[0] == metrics[1] and len(metrics[0].splitlines()) >= 4
+    assert sorted(os.listdir(tmp_path / "ref" / "checkpoints")) == sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+
+
+def test_a_kill_inside_a_state_rewrite_keeps_the_newest_complete_state(tmp_path: Path) -> None:
+    from masc_probe.training import _settle_resume
+
+    for name, epoch in (("resume.old", 2), ("resume.tmp", 4)):  # killed after the first of the two renames
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "trainer.json").write_text(json.dumps({"epoch": epoch}))
+    _settle_resume(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["resume"]
+    assert json.loads((tmp_path / "resume" / "trainer.json").read_text())["epoch"] == 4
+    (tmp_path / "resume.tmp").mkdir()  # killed while writing the next state: incomplete, no trainer.json
+    _settle_resume(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["resume"]
+    assert json.loads((tmp_path / "resume" / "trainer.json").read_text())["epoch"] == 4
+
+
+def test_resume_refuses_a_folder_of_another_run(tmp_path: Path) -> None:
+    data = tuple_data(64)
+    config = preset_config("mlp", "digits", preset="fast", num_classes=10, output_dir=str(tmp_path), max_epochs=1,
+                           batch_size=32, progress=False)  # fmt: skip
+    train("mlp", data, config=config)
+    with pytest.raises(InputError, match="lr=0.001"):
+        train("mlp", data, config=config.replace(lr=0.01))
+    fresh = train("mlp", data, config=config.replace(lr=0.01, resume=False))
+    assert fresh.epochs == 1
+
+
+def test_bf16_mixed_precision_trains(tmp_path: Path) -> None:
+    data = tuple_data(64)
+    config = preset_config("mlp", "digits", preset="fast", num_classes=10, max_epochs=1, batch_size=16,
+                           progress=False, output_dir=str(tmp_path), mixed_precision="bf16")  # fmt: skip
+    result = train("mlp", data, config=config)
+    assert np.isfinite(result.history[-1]["loss"])
+    saved = load_file(tmp_path / "model.safetensors")
+    assert saved["head.weight"].dtype == torch.float32  # autocast computes in bf16; the weights stay float32
+    init = load_file(tmp_path / "checkpoints" / "epoch-0000" / "model.safetensors")
+    assert not torch.equal(saved["head.weight"], init["head.weight"])
+
+
+def test_checkpoint_policy_is_the_follow_up_papers() -> None:
+    config = TrainConfig()
+    assert [e for e in range(61) if config.keeps_checkpoint(e)] == [*range(0, 21, 2), *range(25, 61, 5)]
+    sparse = TrainConfig(checkpoint_dense_until=-1, checkpoint_every=0)
+    assert not any(sparse.keeps_checkpoint(e) for e in range(50))
+
+
+def test_presets() -> None:
+    assert preset_config("mlp", "mnist").to_dict() == {
+        **TrainConfig().to_dict(), "model": "mlp", "dataset": "mnist", "optimizer": "sgd", "lr": 1e-3,
+        "momentum": 0.9, "batch_size": 32, "target_accuracy": 0.999}  # fmt: skip
+    assert (preset_config("cnn", "cifar10").batch_size, preset_config("cnn", "mnist").batch_size) == (32, 128)
+    assert preset_config("cnn", "fashion_mnist").target_accuracy == 0.991
+    assert preset_config("alexnet", "cifar100").lr == 1e-4
+    assert preset_config("resnet18-cifar", "cifar10").target_accuracy == 1.0
+    fast = preset_config("timm/resnet18", "digits")
+    assert (fast.optimizer, fast.lr, fast.batch_size, fast.target_accuracy) == ("adam", 1e-3, 128, 1.0)
+
+
+def test_bad_settings_give_one_line_errors(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="max_epochs"):
+        TrainConfig(max_epochs=0)
+    with pytest.raises(UnknownNameError, match="adam"):
+        TrainConfig(optimizer="adamw")
+    with pytest.raises(UnknownNameError, match="batch_size"):
+        TrainConfig.from_dict({"batch_sise": 3})
+    with pytest.raises(InputError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    data = tuple_data(40)
+    with pytest.raises(InputError, match=r"batch_size=64 is larger than the training data \(40 samples\)") as info:
+        train("mlp", data, config=TrainConfig(batch_size=64, num_classes=10, output_dir=str(tmp_path)))
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="num_classes"):
+        train("mlp", data, config=TrainConfig(batch_size=8, output_dir=str(tmp_path / "x")))
