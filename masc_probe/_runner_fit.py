@@ -1,0 +1,402 @@
+"""ProbeRunner.fit: the memory plan, the one pass over the training batches, and what follows it.
+
+After the pass, in order:
+
+1. processes agree on the label sets, layer widths and sample count (one small gather);
+2. statistics of the probes that streamed are reduced to the process that solves them (one reduce per probe, at the
+   end, never per batch), solved, and frozen to their compact predicting form;
+3. layers that did not stream (second-moment statistics over the memory budget) and feature probes are fitted from
+   the row cache, one probe at a time, each process taking its share;
+4. fitted probes travel between processes through the shared cache folder (safetensors, never pickle);
+5. training accuracy: every probe is scored on (a seeded subset of) the cached training rows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from masc_probe import _distributed as dist
+from masc_probe._feature_cache import RowCache, split_batch
+from masc_probe._probe_state import freeze, load_estimator, save_estimator
+from masc_probe._runner_pass import Forward, batches, model_device, sync
+from masc_probe.errors import InputError
+
+if TYPE_CHECKING:
+    from masc_probe.runner import ProbeRunner
+
+logger = logging.getLogger("masc_probe.runner")
+
+STATISTIC_PROBES = ("masc", "ncm", "velpic")
+SECOND_MOMENT = ("masc", "velpic")
+Key = tuple[str, str, str]
+_CHUNK_BYTES = 128 * 1024**2  # rows read back from the cache per block
+# Bytes per d² entry of one scatter-form class, as the probes count it against their max_memory: the float64
+# accumulator and, once solved, its float32 decomposition factors (masc_probe.probes._stats).
+_SCATTER_BYTES = 16
+
+
+@dataclass
+class Plan:
+    """Where each layer's second-moment statistics live (see ``ProbeRunner``'s ``max_memory``)."""
+
+    stream: list[str] = field(default_factory=list)  # accumulated during the pass
+    deferred: list[str] = field(default_factory=list)  # fitted after the pass from the cache, one probe at a time
+    cached: list[str] = field(default_factory=list)  # layers whose rows go to the disk cache
+    stream_memory: dict[str, int] = field(default_factory=dict)  # max_memory of each streaming probe, per layer
+    deferred_memory: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stream": self.stream, "deferred": self.deferred, "cached": self.cached}
+
+
+def make_plan(runner: ProbeRunner, dims: dict[str, int], n_classes: int, n_sets: int) -> Plan:
+    """Stream the layers whose scatter matrices fit half the budget (narrowest first); defer the others.
+
+    A deferred probe is fitted alone, with three quarters of the budget; fitted probes kept in memory take the last
+    quarter (see ``ProbeStore``).
+    """
+    second = [p for p in runner.probes if p in SECOND_MOMENT]
+    feature = [p for p in runner.probes if p not in STATISTIC_PROBES]
+    plan = Plan(deferred_memory=max(1, 3 * runner.max_memory // 4))
+    used = 0
+    for layer in sorted(dims, key=lambda name: dims[name]):
+        per_probe = n_classes * dims[layer] ** 2 * _SCATTER_BYTES
+        cost = per_probe * n_sets * len(second)
+        if second and used + cost > runner.max_memory // 2:
+            plan.deferred.append(layer)
+        else:
+            used += cost
+            plan.stream.append(layer)
+            plan.stream_memory[layer] = max(per_probe, 1)
+    order = list(dims)
+    plan.stream.sort(key=order.index)
+    plan.deferred.sort(key=order.index)
+    keep_all = bool(feature) or bool(runner.train_accuracy)
+    plan.cached = list(order) if keep_all else list(plan.deferred)
+    return plan
+
+
+def new_estimator(runner: ProbeRunner, probe: str, device: torch.device, max_memory: int | None) -> Any:
+    """A fresh probe with the runner's settings, passing only the arguments its constructor takes."""
+    from masc_probe.probes import PROBES
+
+    factory = PROBES[probe]
+    try:
+        accepted = set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        accepted = set()
+    defaults: dict[str, Any] = {"device": device, "max_memory": max_memory}
+    if probe == "masc":
+        defaults["n_components"] = runner.n_components
+    kwargs = {k: v for k, v in defaults.items() if k in accepted and v is not None}
+    kwargs.update(runner.probe_kwargs.get(probe, {}))
+    return factory(**kwargs)
+
+
+@dataclass
+class FitState:
+    """Everything one fit builds up."""
+
+    runner: ProbeRunner
+    world: dist.World
+    cache: RowCache
+    num_classes: int | None
+    device: torch.device = torch.device("cpu")
+    label_sets: list[str] = field(default_factory=list)
+    dims: dict[str, int] = field(default_factory=dict)
+    plan: Plan = field(default_factory=Plan)
+    estimators: dict[Key, Any] = field(default_factory=dict)
+    n_local: int = 0
+    n_train: int = 0
+    n_train_scored: int = 0
+    fingerprint: str | None = None
+    input_shape: list[int] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    train_scores: dict[Key, dict[str, float]] = field(default_factory=dict)
+    store: Any = None  # ProbeStore of the fitted probes
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+    def tick(self, name: str, since: float) -> float:
+        now = sync(self.device)
+        self.timings[name] = self.timings.get(name, 0.0) + now - since
+        return now
+
+
+def _select_sets(sets: dict[str, torch.Tensor], wanted: str) -> list[str]:
+    if wanted == "both":
+        return list(sets)
+    if wanted in sets:
+        return [wanted]
+    if wanted == "true" and "label" in sets:  # one label set, taken as given
+        return ["label"]
+    raise InputError(f"labels={wanted!r} needs batches that carry it, got batches with {sorted(sets)}")
+
+
+def _setup(state: FitState, sets: dict[str, torch.Tensor], rows: dict[str, torch.Tensor],
+           logits: torch.Tensor | None) -> None:
+    runner = state.runner
+    state.label_sets = _select_sets(sets, runner.labels)
+    if state.num_classes is None:
+        if logits is None or logits.ndim != 2 or logits.shape[1] < 2:
+            got = "no output" if logits is None else f"output shape {tuple(logits.shape)}"
+            raise InputError(f"cannot tell the number of classes from the model ({got}); pass num_classes= to fit")
+        state.num_classes = int(logits.shape[1])
+    state.dims = {name: int(r.shape[1]) for name, r in rows.items()}
+    state.plan = make_plan(runner, state.dims, state.num_classes, len(state.label_sets))
+    for layer in runner.layers or []:
+        for probe in runner.probes:
+            streaming = probe == "ncm" or (probe in SECOND_MOMENT and layer in state.plan.stream)
+            if probe in STATISTIC_PROBES and streaming:
+                budget = state.plan.stream_memory.get(layer) if probe in SECOND_MOMENT else None
+                for labels in state.label_sets:
+                    state.estimators[(layer, probe, labels)] = new_estimator(runner, probe, state.device, budget)
+    logger.info("plan: stream %s, from the row cache %s, cached rows %s", state.plan.stream, state.plan.deferred,
+                state.plan.cached)
+
+
+class _Blocks:
+    """Batches gathered into blocks before they reach the streaming probes.
+
+    A scatter update costs d² per class however few rows it adds; with 10 classes in a batch of 128 that is ~13
+    rows per d×d product, so the products would be memory-bound. Blocks of about d rows make them compute-bound.
+    """
+
+    def __init__(self, state: FitState) -> None:
+        self.state = state
+        layers = {k[0] for k in state.estimators}
+        width = sum(state.dims[layer] for layer in layers)
+        cap = (state.runner.max_memory // 16) // max(4 * width, 1)  # the buffer takes a sixteenth of the budget
+        self.target = max(1, min(max([256, *(state.dims[layer] for layer in layers)]), 8192, cap))
+        self.rows: dict[str, list[torch.Tensor]] = {}
+        self.labels: dict[str, list[np.ndarray]] = {}
+        self.n = 0
+
+    def add(self, rows: dict[str, torch.Tensor], sets: dict[str, np.ndarray], classes: np.ndarray) -> None:
+        if not self.state.estimators:
+            return
+        for layer in {k[0] for k in self.state.estimators}:
+            self.rows.setdefault(layer, []).append(rows[layer])
+        for name, y in sets.items():
+            self.labels.setdefault(name, []).append(y)
+        self.n += len(next(iter(sets.values())))
+        if self.n >= self.target:
+            self.flush(classes)
+
+    def flush(self, classes: np.ndarray | None) -> None:
+        if not self.n or classes is None:
+            return
+        rows = {layer: torch.cat(parts) if len(parts) > 1 else parts[0] for layer, parts in self.rows.items()}
+        labels = {name: np.concatenate(parts) for name, parts in self.labels.items()}
+        for (layer, _, name), est in self.state.estimators.items():
+            est.partial_fit(rows[layer], labels[name], classes=classes)
+        self.rows, self.labels, self.n = {}, {}, 0
+
+
+def fit_pass(state: FitState, model: nn.Module, data: Any, *, shard: bool) -> None:
+    """The one forward pass over the training batches."""
+    runner = state.runner
+    state.device = runner.device or model_device(model)
+    classes: np.ndarray | None = None
+    first_sets: list[str] = []
+    blocks: _Blocks | None = None
+    with Forward(model, runner.layers or [], runner.reducer, state.device,
+                 want_logits=state.num_classes is None) as forward:
+        for batch in batches(data, world=state.world, shard=shard, progress=runner.progress, desc="fit"):
+            x, sets = split_batch(batch)
+            t = sync(state.device)
+            rows, logits = forward(x)
+            t = state.tick("forward", t)
+            if classes is None:
+                state.input_shape = list(x.shape[1:])
+                _setup(state, sets, rows, logits)
+                classes = np.arange(state.num_classes)
+                first_sets = sorted(sets)
+                blocks = _Blocks(state)
+            elif sorted(sets) != first_sets:
+                raise InputError(f"every batch must carry the same label sets, got {sorted(sets)} after "
+                                 f"{first_sets}")
+            sets = {name: sets[name] for name in state.label_sets}
+            for name, y in sets.items():
+                if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
+                    raise InputError(f"labels must lie in [0, {len(classes)}), got {name} labels in "
+                                     f"[{int(y.min())}, {int(y.max())}]; pass num_classes= to fit")
+            blocks.add(rows, {name: y.numpy() for name, y in sets.items()}, classes)  # type: ignore[union-attr]
+            t = state.tick("statistics", t)
+            for layer in state.plan.cached:
+                state.cache.append(layer, rows[layer])
+            state.cache.append_labels(sets)
+            state.n_local += len(x)
+            state.tick("cache_write", t)
+    if blocks is not None:
+        t = sync(state.device)
+        blocks.flush(classes)
+        state.tick("statistics", t)
+    state.cache.finish()
+
+
+def _agree(state: FitState) -> None:
+    metas = dist.all_gather_objects(state.world, {"n": state.n_local, "sets": state.label_sets, "dims": state.dims,
+                                                  "k": state.num_classes})
+    # Every process raises the same error (they all see every meta), so none is left waiting in a collective.
+    if any(not m["n"] for m in metas):
+        raise InputError(f"fit needs at least one training batch on every process, got sample counts "
+                         f"{[m['n'] for m in metas]}")
+    ref = metas[0]
+    for m in metas:
+        if (m["sets"], m["dims"], m["k"]) != (ref["sets"], ref["dims"], ref["k"]):
+            raise InputError(f"every process must see the same label sets, layer widths and classes, got {metas}")
+    state.n_train = sum(m["n"] for m in metas)
+
+
+def finish_fit(state: FitState) -> None:
+    """Everything after the pass (see the module docstring)."""
+    world, runner = state.world, state.runner
+    _agree(state)
+    classes = np.arange(state.num_classes or 0)
+    stream_keys = sorted(state.estimators)
+    jobs = [(layer, probe, labels) for layer in state.plan.deferred for probe in runner.probes
+            if probe in SECOND_MOMENT for labels in state.label_sets]
+    jobs += [(layer, probe, labels) for layer in runner.layers or [] for probe in runner.probes
+             if probe not in STATISTIC_PROBES for labels in state.label_sets]
+    every = stream_keys + jobs
+    shared = state.cache.root / "fitted"
+    t = time.perf_counter()
+    for i, key in enumerate(stream_keys):
+        est = state.estimators.pop(key)  # dropped as soon as it is frozen: its statistics are the big part
+        if world.distributed:
+            # One reduce per probe, to the process that solves it: exact sums of n_c, Σx, Σ‖x‖², X_cᵀX_c.
+            summed = dist.reduce_sum(world, est.additive_statistics(), dst=world.owner(i))
+            if world.owner(i) != world.rank:
+                est.close()
+                continue
+            est.load_additive_statistics(summed)
+            del summed
+        _keep(state, key, freeze(key[1], est, state.device), shared, every.index(key))
+        est.close()
+        del est
+    t = state.tick("solve", t)
+    for j in tqdm(world.share(len(jobs)), desc="fit: probes from the row cache", leave=False,
+                  disable=None if runner.progress and world.main else True):
+        key = jobs[j]
+        t = time.perf_counter()
+        try:
+            _keep(state, key, _fit_from_cache(state, key, classes), shared, every.index(key))
+        except (np.linalg.LinAlgError, ValueError) as exc:
+            if key[1] in STATISTIC_PROBES:
+                raise
+            # scikit-learn's QDA refuses rank-deficient classes (common after a ReLU): one probe on one layer is
+            # left out of the report, the others stand.
+            logger.warning("probe %s on layer %s (%s labels) failed and is left out: %s", key[1], key[0], key[2],
+                           exc)
+            state.failed.append({"layer": key[0], "probe": key[1], "labels": key[2], "error": str(exc)})
+        state.tick("deferred" if key[1] in SECOND_MOMENT else "feature_probes", t)
+    failed = dist.all_gather_objects(world, state.failed)
+    state.failed = [f for part in failed for f in part]
+    gone = {(f["layer"], f["probe"], f["labels"]) for f in state.failed}
+    if world.distributed:
+        # Every process ends with every probe: each wrote its own share to the shared folder; now all read them.
+        dist.barrier(world)
+        for i, key in enumerate(every):
+            if key not in gone:
+                state.store.put(key, load_estimator(shared / f"{i:05d}", state.device))
+        dist.barrier(world)  # nobody removes the folder while another process still reads it
+    layers, probes = runner.layers or [], list(runner.probes)
+    state.store.reorder(sorted(state.store, key=lambda k: (layers.index(k[0]), probes.index(k[1]),
+                                                           state.label_sets.index(k[2]))))
+    state.fingerprint = _fingerprint(state)
+    if runner.train_accuracy:
+        t = time.perf_counter()
+        state.train_scores = _train_accuracy(state)
+        state.tick("train_accuracy", t)
+
+
+def _keep(state: FitState, key: Key, est: Any, shared: Any, index: int) -> None:
+    """A probe this process fitted: into the store, or (several processes) into the shared folder for all."""
+    if state.world.distributed:
+        save_estimator(shared / f"{index:05d}", key[1], est)
+    else:
+        state.store.put(key, est)
+
+
+def _fit_from_cache(state: FitState, key: Key, classes: np.ndarray) -> Any:
+    layer, probe, labels = key
+    y = state.cache.labels(labels)
+    if probe in STATISTIC_PROBES:
+        est = new_estimator(state.runner, probe, state.device, state.plan.deferred_memory)
+        rows_per_chunk = max(1, _CHUNK_BYTES // (4 * state.dims[layer]))
+        start = 0
+        for chunk in state.cache.chunks(layer, rows_per_chunk):
+            est.partial_fit(torch.from_numpy(chunk).to(state.device), y[start:start + len(chunk)], classes=classes)
+            start += len(chunk)
+        frozen = freeze(probe, est, state.device)
+        est.close()
+        return frozen
+    est = new_estimator(state.runner, probe, state.device, None)
+    est.fit(state.cache.matrix(layer), y)
+    return est
+
+
+def _train_accuracy(state: FitState) -> dict[Key, dict[str, float]]:
+    """Accuracy of each probe on the training rows against every label set (a seeded subset when capped).
+
+    Probe by probe (a spilled probe is read from disk once), each over its layer's rows in blocks.
+    """
+    runner, world, cache, store = state.runner, state.world, state.cache, state.store
+    n = state.n_train
+    cap = n if runner.train_accuracy is True else min(n, int(runner.train_accuracy))
+    index = np.arange(n) if cap == n else np.sort(np.random.default_rng(runner.seed).choice(n, cap, replace=False))
+    truth = {name: cache.labels(name)[index] for name in state.label_sets}
+    keys = list(store)
+    counts: dict[str, int] = {}
+    for ki in tqdm(world.share(len(keys)), desc="fit: training accuracy", leave=False,
+                   disable=None if runner.progress and world.main else True):
+        key = keys[ki]
+        est = store[key]
+        step = max(1, _CHUNK_BYTES // (4 * state.dims[key[0]]))
+        correct = dict.fromkeys(state.label_sets, 0)
+        for start in range(0, cap, step):
+            X = torch.from_numpy(cache.rows(key[0], index[start:start + step])).to(state.device)
+            pred = _labels_np(est.predict(_input_for(key[1], X)))
+            for s in state.label_sets:
+                correct[s] += int((pred == truth[s][start:start + step]).sum())
+        del est
+        counts.update({"\x1f".join((*key, s)): v for s, v in correct.items()})
+    merged: dict[str, int] = {}
+    for part in dist.all_gather_objects(world, counts):
+        merged.update(part)
+    out: dict[Key, dict[str, float]] = {}
+    for joined, value in merged.items():
+        layer, probe, labels, s = joined.split("\x1f")
+        out.setdefault((layer, probe, labels), {})[s] = value / cap
+    state.n_train_scored = cap
+    return out
+
+
+def _fingerprint(state: FitState) -> str:
+    """A short digest of what was fitted: sample count, input shape and every label set, in data order."""
+    import hashlib
+
+    h = hashlib.sha256(repr((state.n_train, state.input_shape, state.label_sets)).encode())
+    for name in state.label_sets:
+        h.update(state.cache.labels(name).astype("<i8").tobytes())
+    return h.hexdigest()[:16]
+
+
+def _input_for(probe: str, X: torch.Tensor) -> Any:
+    """Our probes take tensors; scikit-learn's take numpy."""
+    from masc_probe._probe_state import takes_tensors
+
+    return X if takes_tensors(probe) else X.cpu().numpy()
+
+
+def _labels_np(pred: Any) -> np.ndarray:
+    return pred.detach().cpu().numpy() if isinstance(pred, torch.Tensor) else np.asarray(pred)

@@ -1,0 +1,75 @@
+"""Two real CPU processes (gloo) give the same probes, predictions and report as one process.
+
+The CI test starts them with ``accelerate.debug_launcher`` (forked: no second import of torch); the slow one with
+``torchrun`` in a subprocess, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _runner_distributed_script import RUNNER_KWARGS, accelerate_worker, eval_batches, predictions, train_batches
+
+from masc_probe.runner import ProbeRunner
+
+SCRIPT = Path(__file__).parent / "_runner_distributed_script.py"
+
+
+def test_two_processes_match_one_accelerate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from accelerate import Accelerator, debug_launcher  # noqa: F401  (imported here, the forked children inherit it)
+
+    import masc_probe.layers  # noqa: F401
+    import masc_probe.probes  # noqa: F401
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    debug_launcher(accelerate_worker, args=(str(tmp_path),), num_processes=2)
+    _check_against_one_process(tmp_path)
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_torchrun(tmp_path: Path) -> None:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    if not torchrun.exists():
+        pytest.skip("torchrun is not installed beside this Python")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_against_one_process(tmp_path)
+
+
+def _check_against_one_process(tmp_path: Path) -> None:
+    world = json.loads((tmp_path / "world.json").read_text())
+    assert world["world_size"] == 2
+    assert world["plan"]["stream"] and world["plan"]["deferred"]  # both reduce-then-solve and rows-from-cache ran
+
+    from safetensors.torch import load_file
+
+    rank0, rank1 = (load_file(tmp_path / f"predictions-{r}.safetensors") for r in (0, 1))
+    # One process over the same batches in the order the two shards concatenate (rank 0's, then rank 1's): the
+    # row cache, and so the linear probe's training order, is then the same.
+    batches = train_batches()
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = ProbeRunner(__import__("_runner_helpers").mlp(), **RUNNER_KWARGS)
+        single.fit(batches[0::2] + batches[1::2])
+        report = single.evaluate(eval_batches())
+        reference = predictions(single)
+    finally:
+        torch.set_num_threads(before)
+    assert rank0.keys() == rank1.keys() == reference.keys()
+    for key, want in reference.items():
+        if key.startswith("cos/"):
+            torch.testing.assert_close(rank0[key], want, atol=2e-5, rtol=0)
+            torch.testing.assert_close(rank1[key], want, atol=2e-5, rtol=0)
+        else:
+            assert torch.equal(rank0[key], want), key
+            assert torch.equal(rank1[key], want), key
+    assert json.loads((tmp_path / "report.json").read_text()) == report.to_dict()
