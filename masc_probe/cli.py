@@ -1,0 +1,430 @@
+"""``masc-probe``: flags in, one library call out.
+
+``masc-probe`` alone runs the embedded default (the paper's MLP on scikit-learn's real digits with 80% of the labels
+corrupted); ``masc-probe --model timm/resnet18 --dataset cifar10 --corrupt 0.8`` runs train → probe → report on
+anything else. Subcommands run the parts: ``run``, ``train``, ``probe``, ``layers``, ``relabel``, ``push``.
+
+Every bad flag or value ends the program with one line on stderr and exit code 2; nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from masc_probe import __version__
+
+SUBCOMMANDS = ("run", "train", "probe", "layers", "relabel", "push")
+LABEL_SETS = ("both", "corrupted", "true")
+_EXIT_USAGE = 2
+
+
+class _UsageError(Exception):
+    """A bad flag or value found by the parser."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``masc-probe: error: …``) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:  # argparse prints usage + message over several lines by default
+        raise _UsageError(message)
+
+
+# ----------------------------------------------------------------------------------------------- value parsers
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a rate in [0, 1], got {text!r}")
+    return value
+
+
+def _n_components(text: str) -> float | int:
+    """A float in (0, 1) is a variance fraction; an int >= 1 is a count (scikit-learn PCA's convention)."""
+    try:
+        value: float | int = int(text)
+    except ValueError:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a variance fraction in (0, 1) or a count >= 1, got {text!r}"
+            ) from None
+    if (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0.0 < value < 1.0):
+        raise argparse.ArgumentTypeError(f"expected a variance fraction in (0, 1) or a count >= 1, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
+          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}  # fmt: skip
+
+
+def _memory(text: str) -> int:
+    """Bytes from ``4GB``, ``512MiB``, ``1e9`` (binary units: the budget is compared with allocations)."""
+    stripped = text.strip().lower()
+    number = stripped.rstrip("kmgtib")
+    unit = stripped[len(number) :]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"expected a memory size such as 4GB or 512MB, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a memory size > 0, got {text!r}")
+    return int(value)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of names, got {text!r}")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------------- the parser
+def _add_data(p: argparse.ArgumentParser, *, corrupt_default: float | None) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=None,
+                   help="built-in (digits, mnist-5k), Hub name (mnist, fashion_mnist, cifar10, cifar100, "
+                        "tiny-imagenet, or any user/name), or a local folder/file (default: digits; for a run "
+                        "folder, the dataset it was trained on)")
+    g.add_argument("--corrupt", type=_fraction, default=corrupt_default, metavar="P",
+                   help="label corruption rate of the training split" +
+                        (f" (default {corrupt_default})" if corrupt_default is not None else ""))
+    g.add_argument("--corrupt-mode", default=None, choices=("random", "symmetric", "shuffle", "asymmetric"),
+                   help="how labels are corrupted (default random, as the paper)")
+    g.add_argument("--seed", type=_non_negative_int, default=None, help="seed of corruption, init and order (0)")
+    g.add_argument("--image-column", default=None, help="image column of a Hub or parquet dataset")
+    g.add_argument("--label-column", default=None, help="label column of a Hub or parquet dataset")
+    g.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default: the preset's)")
+
+
+def _add_probe(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("probing")
+    g.add_argument("--layers", type=_names, default=None, metavar="A,B,…",
+                   help="layers to probe (names from `masc-probe layers`; default: the model's probe points)")
+    g.add_argument("--probes", type=_names, default=("masc", "ncm", "linear"), metavar="P,…",
+                   help="probes: masc, ncm, linear, velpic, knn, lda, qda (default masc,ncm,linear)")
+    g.add_argument("--labels", choices=LABEL_SETS, default="both",
+                   help="label sets to fit subspaces on (default both)")
+    g.add_argument("--n-components", type=_n_components, default=0.99, metavar="T|K",
+                   help="MASC subspace size: variance fraction in (0,1) or a count (default 0.99)")
+    g.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE",
+                   help="memory budget of the probes, e.g. 4GB (decides the exact solver per layer)")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, … (default: cuda when available)")
+    p.add_argument("--revision", default=None, help="Hub revision of an hf-hub: model")
+    p.add_argument("--output-dir", default=None, metavar="DIR", help="where results go (default runs/<name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, no table")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training")
+    g.add_argument("--preset", choices=("auto", "fast", "paper"), default="auto",
+                   help="optimizer/lr/batch preset: paper (the authors'), fast (Adam 1e-3, batch 128), "
+                        "auto = fast on built-in data, paper otherwise")
+    g.add_argument("--max-epochs", type=_positive_int, default=None, help="stop after this many epochs (500)")
+    g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``masc-probe`` argument parser (``run`` is the default subcommand)."""
+    parser = _Parser(prog="masc-probe", description=__doc__.split("\n\n")[1],
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"masc-probe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="train until memorized, probe every layer, write the report (default)")
+    run.add_argument("--model", default="mlp", help="mlp, cnn, alexnet, resnet18-cifar, timm/<name> (default mlp)")
+    _add_data(run, corrupt_default=0.8)
+    _add_train(run)
+    _add_probe(run)
+    _add_common(run)
+    run.add_argument("--push-to-hub", default=None, metavar="USER/NAME", help="publish the run when done")
+
+    train = sub.add_parser("train", help="train a model until it memorizes corrupted labels")
+    train.add_argument("--model", default="mlp", help="model spec (default mlp)")
+    _add_data(train, corrupt_default=0.8)
+    _add_train(train)
+    _add_common(train)
+
+    probe = sub.add_parser("probe", help="probe a model spec, run folder or hf-hub: model")
+    probe.add_argument("source", help="run folder, hf-hub:<user>/<repo>, timm/<name>, or a paper model name")
+    _add_data(probe, corrupt_default=None)
+    _add_probe(probe)
+    _add_common(probe)
+    probe.add_argument("--all-checkpoints", action="store_true",
+                       help="probe every kept checkpoint of a run folder (a report with an epoch axis)")
+    probe.add_argument("--pretrained", action="store_true",
+                       help="timm/<name> only: start from timm's pretrained weights (downloads them)")
+
+    layers = sub.add_parser("layers", help="list the layer names a model can be probed at")
+    layers.add_argument("--model", required=True, help="model spec or run folder")
+    layers.add_argument("--revision", default=None, help="Hub revision of an hf-hub: model")
+    layers.add_argument("--num-classes", type=_positive_int, default=10)
+    layers.add_argument("--in-chans", type=_positive_int, default=None)
+    layers.add_argument("--input-size", type=_positive_int, default=None, help="image height = width")
+
+    relabel = sub.add_parser("relabel", help="suggest true labels for the training set from the best MASC layer")
+    relabel.add_argument("run_dir", help="a run folder written by `masc-probe run` or `train`")
+    _add_data(relabel, corrupt_default=None)
+    _add_common(relabel)
+    relabel.add_argument("--oracle", action="store_true",
+                         help="also report the bound with true-label subspaces (leaks the answer; labelled so)")
+    relabel.add_argument("--max-epochs", type=_positive_int, default=30, help="fine-tuning epochs (30)")
+    relabel.add_argument("--layers", type=_names, default=None, metavar="A,B,…",
+                         help="candidate layers for the best MASC layer (default: the model's probe points)")
+
+    push = sub.add_parser("push", help="publish a run folder with its report and card in one commit")
+    push.add_argument("run_dir", help="the run folder")
+    push.add_argument("--repo", required=True, metavar="USER/NAME", help="target Hub repo")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.add_argument("--revision", default=None, help="branch to commit to (default main)")
+    push.add_argument("--dry-run", nargs="?", const="", default=None, metavar="DIR",
+                      help="write the files that would be pushed into DIR (default RUN_DIR/hub-dry-run); "
+                           "upload nothing")
+    push.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def _normalize_argv(argv: Sequence[str]) -> list[str]:
+    """``masc-probe [flags]`` means ``masc-probe run [flags]``."""
+    args = list(argv)
+    if not args or (args[0] not in SUBCOMMANDS and args[0] not in ("-h", "--help", "--version")):
+        args.insert(0, "run")
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------- the commands
+# Each handler turns the parsed flags into the arguments of ONE library call, then prints what it returned.
+def _probing(ns: argparse.Namespace) -> dict[str, Any]:
+    return {"layers": ns.layers, "probes": ns.probes, "labels": ns.labels, "n_components": ns.n_components,
+            "max_memory": ns.max_memory}
+
+
+def _data(ns: argparse.Namespace) -> dict[str, Any]:
+    return {"image_column": ns.image_column, "label_column": ns.label_column}
+
+
+def _training(ns: argparse.Namespace) -> dict[str, Any]:
+    return {"model": ns.model, "dataset": ns.dataset or "digits", "corrupt": ns.corrupt,
+            "corrupt_mode": ns.corrupt_mode or "random", "seed": 0 if ns.seed is None else ns.seed,
+            "preset": ns.preset, "max_epochs": ns.max_epochs, "batch_size": ns.batch_size,
+            "mixed_precision": ns.mixed_precision, "device": ns.device, "revision": ns.revision,
+            "output_dir": ns.output_dir, "progress": not ns.quiet, **_data(ns)}
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    """``masc-probe [run]``: train → probe → report (→ push)."""
+    from masc_probe.pipeline import run_experiment
+
+    result = run_experiment(**_training(ns), **_probing(ns), push_to_hub=ns.push_to_hub)
+    _show_report(result, quiet=ns.quiet)
+    if result.pushed:
+        _say(f"pushed to {result.pushed}", quiet=False)
+    return 0
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    """``masc-probe train``: train until memorized (rerun to resume)."""
+    from masc_probe.pipeline import train_model
+
+    result = train_model(**_training(ns))
+    history = result.training.history
+    if history and not ns.quiet:
+        last = history[-1]
+        print(f"epoch {last['epoch']} ({result.training.stopped}): train accuracy on the given labels "
+              f"{last['train_accuracy_corrupted']:.4f}, test accuracy {_num(last.get('test_accuracy'))}")
+    _say(f"run folder: {result.output_dir}", quiet=ns.quiet, path=result.output_dir)
+    return 0
+
+
+def cmd_probe(ns: argparse.Namespace) -> int:
+    """``masc-probe probe SOURCE``: probe a run folder, hf-hub: model or model spec."""
+    from masc_probe.pipeline import probe_source
+
+    result = probe_source(ns.source, dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode,
+                          seed=ns.seed, all_checkpoints=ns.all_checkpoints, batch_size=ns.batch_size,
+                          device=ns.device, revision=ns.revision, pretrained=ns.pretrained, output_dir=ns.output_dir,
+                          progress=not ns.quiet, **_probing(ns), **_data(ns))
+    _show_report(result, quiet=ns.quiet)
+    return 0
+
+
+def cmd_layers(ns: argparse.Namespace) -> int:
+    """``masc-probe layers --model SPEC``: every tappable layer; * marks those probed by default."""
+    from masc_probe.pipeline import layer_table
+
+    table = layer_table(ns.model, num_classes=ns.num_classes, in_chans=ns.in_chans, input_size=ns.input_size,
+                        revision=ns.revision)
+    for name, default in table:
+        print(f"{'*' if default else ' '} {name}")
+    print(f"(* probed by default: {sum(d for _, d in table)} of {len(table)} layers; choose others with --layers)")
+    return 0
+
+
+def cmd_relabel(ns: argparse.Namespace) -> int:
+    """``masc-probe relabel RUN_DIR``: the paper's relabeling experiment (plus the oracle bound with --oracle)."""
+    from masc_probe.pipeline import relabel_run
+
+    results = relabel_run(ns.run_dir, dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode,
+                          seed=ns.seed, oracle=ns.oracle, layers=ns.layers, max_epochs=ns.max_epochs,
+                          batch_size=ns.batch_size, device=ns.device, output_dir=ns.output_dir,
+                          progress=not ns.quiet, **_data(ns))
+    for r in results:
+        if not ns.quiet:
+            kind = "ORACLE BOUND (true-label subspaces, leaks the answer)" if r.oracle else "MASC relabeling"
+            print(f"{kind}: layer {r.layer}, {r.n_changed} of {r.n_train} labels changed, repaired "
+                  f"{_num(r.repaired)}, broken {_num(r.broken)}; accuracy on the held-out 80% of the test set "
+                  f"{r.accuracy_before:.4f} -> {r.accuracy_after:.4f} (best fine-tuning epoch {r.best_epoch})")
+        _say(f"wrote {Path(r.output_dir) / 'relabel.csv'} and relabel.json", quiet=ns.quiet, path=r.output_dir)
+    return 0
+
+
+def cmd_push(ns: argparse.Namespace) -> int:
+    """``masc-probe push RUN_DIR --repo user/name [--private] [--dry-run [DIR]]``."""
+    from masc_probe.hub import push_run
+
+    dry = None if ns.dry_run is None else (ns.dry_run or str(Path(ns.run_dir) / "hub-dry-run"))
+    where = push_run(ns.run_dir, ns.repo, private=ns.private, revision=ns.revision, dry_run_dir=dry)
+    message = f"dry run: the files a push would upload are in {where}" if dry is not None else f"pushed: {where}"
+    _say(message, quiet=ns.quiet, path=where)
+    return 0
+
+
+def _show_report(result: Any, *, quiet: bool) -> None:
+    """The layer table and where the files are (only the output folder with --quiet)."""
+    if not quiet:
+        print(result.report.to_markdown())
+        for name, path in result.files.items():
+            print(f"  {name:<26} {path}")
+    _say(f"results in {result.output_dir}", quiet=quiet, path=result.output_dir)
+
+
+def _say(message: str, *, quiet: bool, path: Any = None) -> None:
+    # --quiet keeps stdout to the one thing a script wants: where the results are.
+    print(path if quiet and path is not None else message)
+
+
+def _num(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+_COMMANDS = {"run": cmd_run, "train": cmd_train, "probe": cmd_probe, "layers": cmd_layers, "relabel": cmd_relabel,
+             "push": cmd_push}
+
+
+def _dispatch(ns: argparse.Namespace) -> int:
+    return int(_COMMANDS[ns.command](ns) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``masc-probe`` console script; returns the exit code."""
+    args = _normalize_argv(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(args)
+    except _UsageError as exc:
+        _fail(str(exc))
+        return _EXIT_USAGE
+    with _console(quiet=bool(getattr(ns, "quiet", False))):
+        return _run_guarded(ns)
+
+
+_CHATTY = ("huggingface_hub", "datasets")  # retry notices and cache chatter; their failures reach us as exceptions
+
+
+@contextlib.contextmanager
+def _console(*, quiet: bool) -> Iterator[None]:
+    """Route messages for one command: our progress lines to stdout, warnings and the error alone to stderr.
+
+    Keeping stderr for problems makes a failure exactly one line there. The handlers are bound to this call's
+    streams and removed afterwards, so in-process calls (tests, notebooks) never write to a stale stream.
+    """
+    ours = logging.getLogger("masc_probe")
+    fmt = logging.Formatter("%(message)s")
+    out, err = logging.StreamHandler(sys.stdout), logging.StreamHandler(sys.stderr)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err.setLevel(logging.WARNING)
+    for handler in (out, err):
+        handler.setFormatter(fmt)
+        ours.addHandler(handler)
+    saved = {name: logging.getLogger(name).level for name in ("masc_probe", *_CHATTY)}
+    propagate, tqdm_env = ours.propagate, os.environ.get("TQDM_DISABLE")
+    ours.setLevel(logging.WARNING if quiet else logging.INFO)
+    ours.propagate = False
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"
+    try:
+        yield
+    finally:
+        for handler in (out, err):
+            ours.removeHandler(handler)
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+        ours.propagate = propagate
+        if tqdm_env is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = tqdm_env
+
+
+def _run_guarded(ns: Any) -> int:
+    from masc_probe.errors import MascProbeError
+
+    try:
+        return _dispatch(ns)
+    except MascProbeError as exc:
+        _fail(str(exc))
+        return _EXIT_USAGE
+    except KeyboardInterrupt:
+        _fail("interrupted; rerun the same command to resume training from the last finished epoch")
+        return 130
+    except Exception as exc:  # an unexpected failure: one line, the traceback only when asked for
+        if os.environ.get("MASC_PROBE_DEBUG"):
+            raise
+        _fail(f"{type(exc).__name__}: {_first_line(str(exc))} (set MASC_PROBE_DEBUG=1 for the traceback)")
+        return 1
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def _fail(message: str) -> None:
+    print(f"masc-probe: error: {_first_line(message)}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""``masc-probe``: every subcommand on tiny real data, and one test per class of error (exit 2, one line)."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from huggingface_hub import ModelCard
+
+from _hub_server import FakeHub, patched_hub
+from _pipeline_helpers import split_arrays
+from masc_probe.cli import main
+from masc_probe.layers import default_layers, list_layers
+from masc_probe.models import load_model
+from masc_probe.report import ProbeReport
+
+TINY = ["--max-epochs", "1", "--layers", "input,fc1", "--probes", "masc,ncm"]
+
+
+def _main(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str, str]:
+    """``masc-probe --max-epochs 1 …`` once for the module: its folder, exit code, stdout and stderr."""
+    folder = tmp_path_factory.mktemp("cli") / "run"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*TINY, "--output-dir", str(folder)])
+    return folder, code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture
+def run_dir(first_run: tuple[Path, int, str, str]) -> Path:
+    assert first_run[1] == 0, first_run[3]
+    return first_run[0]
+
+
+# ----------------------------------------------------------------------------------------------- subcommands
+def test_run_prints_the_layer_table_and_where_the_files_are(first_run: tuple[Path, int, str, str]) -> None:
+    folder, code, out, err = first_run
+    assert code == 0 and err == ""
+    report = ProbeReport.from_json(folder / "report.json")
+    assert f"Model's own test accuracy: {report.model_test_accuracy:.3f}" in out
+    best = report.best_layer("masc", "true")
+    assert f"| `{best['layer']}` |" in out and f"**{best['test_accuracy']:.3f}** ★" in out
+    for name in ("report.json", "report.md", "accuracy_by_layer.png", "README.md"):
+        assert str(folder / name) in out and (folder / name).is_file()
+    assert "epoch 1:" in out  # training progress goes to stdout, keeping stderr for problems
+
+
+def test_quiet_prints_only_the_output_folder(capsys: pytest.CaptureFixture[str], run_dir: Path) -> None:
+    code, out, err = _main(capsys, "probe", run_dir, "--layers", "input", "--probes", "ncm", "--quiet",
+                           "--output-dir", run_dir / "again")
+    assert code == 0 and err == "" and out == f"{run_dir / 'again'}\n"
+
+
+def test_train_then_probe_then_dry_run_push(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    folder = tmp_path / "trained"
+    code, out, _ = _main(capsys, "train", "--max-epochs", "1", "--seed", "3", "--output-dir", folder)
+    assert code == 0 and f"run folder: {folder}" in out
+    assert (folder / "model.safetensors").is_file() and not (folder / "report.json").exists()
+    saved = json.loads((folder / "config.json").read_text())["masc_probe"]
+    assert saved["corruption"]["seed"] == 3 and saved["dataset"] == "digits"
+
+    code, out, _ = _main(capsys, "probe", folder, "--layers", "fc1", "--probes", "ncm", "--labels", "true")
+    assert code == 0
+    report = ProbeReport.from_json(folder / "report.json")  # its own data: the report lands in the run folder
+    assert report.series == [("ncm", "true")] and report.corruption["seed"] == 3
+    realized = split_arrays("train", corrupt=0.8, seed=3)
+    assert report.corruption["realized_rate"] == pytest.approx((realized["label"] != realized["true_label"]).mean())
+
+    dry = tmp_path / "dry"
+    code, out, _ = _main(capsys, "push", folder, "--repo", "me/mlp-digits", "--dry-run", dry)
+    assert code == 0 and str(dry) in out
+    assert (dry / "masc" / "report.json").read_bytes() == (folder / "report.json").read_bytes()
+    assert (dry / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    assert not (dry / "resume").exists()
+    card = ModelCard.load(dry / "README.md")  # model-index metadata parses back
+    assert any(r.metric_value == pytest.approx(report.model_test_accuracy) for r in card.data.eval_results)
+
+
+def test_probe_all_checkpoints(capsys: pytest.CaptureFixture[str], run_dir: Path) -> None:
+    code, out, _ = _main(capsys, "probe", run_dir, "--all-checkpoints", "--layers", "input", "--probes", "ncm")
+    assert code == 0
+    report = ProbeReport.from_json(run_dir / "dynamics" / "report.json")
+    assert report.epochs == sorted(int(p.name[6:]) for p in (run_dir / "checkpoints").iterdir()) == [0, 1]
+    assert (run_dir / "dynamics" / "accuracy_over_epochs.png").is_file()
+    assert ProbeReport.from_json(run_dir / "report.json").epochs == []  # the run's own report is left alone
+
+
+def test_layers_lists_every_layer_and_marks_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _main(capsys, "layers", "--model", "cnn", "--input-size", "28")
+    assert code == 0
+    model = load_model("cnn", num_classes=10, input_size=28)
+    defaults = set(default_layers(model))
+    expected = [f"{'*' if n in defaults else ' '} {n}" for n in list_layers(model)]
+    assert out.splitlines()[:-1] == expected
+    assert out.splitlines()[-1].startswith(f"(* probed by default: {len(defaults)} of {len(expected)}")
+
+
+def test_run_push_to_hub_then_probe_the_published_model(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    token = "hf_testCLItoken0123456789abcdef"
+    monkeypatch.setenv("HF_TOKEN", token)
+    with FakeHub(token=token) as hub, patched_hub(hub.url, str(tmp_path / "cache")):
+        folder = tmp_path / "pushed"
+        code, out, err = _main(capsys, "--max-epochs", "1", "--layers", "input", "--probes", "ncm",
+                               "--output-dir", folder, "--push-to-hub", "me/mlp")
+        assert code == 0 and "pushed to " in out and token not in out + err
+        files = hub.files("me/mlp")
+        assert files["masc/report.json"] == (folder / "report.json").read_bytes()
+        assert files["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+        assert hub.commit_requests == 1
+
+        code, out, _ = _main(capsys, "probe", "hf-hub:me/mlp", "--layers", "input", "--probes", "ncm",
+                             "--output-dir", tmp_path / "pulled")
+        assert code == 0
+    pulled = ProbeReport.from_json(tmp_path / "pulled" / "report.json")
+    original = ProbeReport.from_json(folder / "report.json")
+    assert pulled.dataset == "digits" and pulled.corruption == original.corruption  # taken from the hub config
+    assert pulled.model_test_accuracy == original.model_test_accuracy
+    assert pulled.results[0]["test_accuracy"] == original.results[0]["test_accuracy"]
+
+
+# ----------------------------------------------------------------------------------------------- errors
+def _one_line_error(code: int, out: str, err: str) -> str:
+    assert code == 2, (out, err)
+    assert "Traceback" not in err and err.endswith("\n") and err.count("\n") == 1, err
+    assert err.startswith("masc-probe: error: ")
+    return err
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--corrupt", "1.5"], "expected a rate in [0, 1], got '1.5'"),
+    (["--n-components", "0"], "expected a variance fraction in (0, 1) or a count >= 1"),
+    (["--max-memory", "lots"], "expected a memory size"),
+    (["--labels", "noisy"], "invalid choice: 'noisy'"),
+    (["--model", "mlpp"], "did you mean: mlp?"),
+    (["--model", "timm/resnet1888"], "did you mean: resnet18"),
+    (["--dataset", "digitz"], "did you mean: digits?"),
+    (["--model", "timm/resnet18", "--dataset", "cifar10", "--corrupt", "0.8"], "point at a local copy"),
+    (["--layers", "fc9"], "unknown layer 'fc9'"),
+    (["--probes", "masc,nope"], "unknown probe 'nope'"),
+    (["--batch-size", "5000"], "at most the 1438 training samples"),
+    (["--push-to-hub", "not a repo"], "expected a Hub repo id"),
+    (["probe", "mlp"], "expected a dataset"),
+    (["layers"], "the following arguments are required: --model"),
+])
+def test_bad_flags_and_values_give_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                                       argv: list[str], needle: str) -> None:
+    folder = tmp_path / "never"
+    err = _one_line_error(*_main(capsys, *argv, *(["--output-dir", folder] if argv[0] != "layers" else [])))
+    assert needle in err
+    assert not folder.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("command", [["probe"], ["relabel"], ["push", "--repo", "me/x"]])
+def test_missing_run_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path, command: list[str]) -> None:
+    err = _one_line_error(*_main(capsys, command[0], tmp_path / "absent", *command[1:]))
+    assert str(tmp_path / "absent") in err
+
+
+def test_offline_push_is_one_line_and_leaves_the_run_alone(capsys: pytest.CaptureFixture[str],
+                                                           run_dir: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+    err = _one_line_error(*_main(capsys, "push", run_dir, "--repo", "me/x"))
+    assert "me/x" in err
+    assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
+
+
+def test_console_script_in_a_real_process(tmp_path: Path) -> None:
+    script = Path(sys.executable).with_name("masc-probe")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run([str(script), "--dataset", "digitz", "--output-dir", str(tmp_path / "x")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith("masc-probe: error: unknown dataset 'digitz'")
+    assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------------------------------------- slow
+def test_relabel_writes_the_suggested_labels(capsys: pytest.CaptureFixture[str], run_dir: Path) -> None:
+    code, out, _ = _main(capsys, "relabel", run_dir, "--layers", "input,fc1", "--max-epochs", "1")
+    assert code == 0 and "MASC relabeling: layer" in out
+    rows = (run_dir / "relabel" / "relabel.csv").read_text().splitlines()
+    assert rows[0] == "index,given_label,suggested_label,margin" and len(rows) == 1 + 1438
+    given = [int(r.split(",")[1]) for r in rows[1:]]
+    assert given == split_arrays("train", corrupt=0.8, seed=0)["label"].tolist()  # the run's own corrupted labels
+    result = json.loads((run_dir / "relabel" / "relabel.json").read_text())
+    assert result["labels"] == "corrupted" and not result["oracle"] and result["layer"] in ("input", "fc1")
+
+
+@pytest.mark.slow
+def test_embedded_default_shows_latent_generalization(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, _ = _main(capsys, "--output-dir", tmp_path / "demo")
+    assert code == 0
+    report = ProbeReport.from_json(tmp_path / "demo" / "report.json")
+    assert report.best_layer("masc", "true")["test_accuracy"] > report.model_test_accuracy + 0.3
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """An idx file as MNIST ships them: zero, zero, dtype 0x08 (ubyte), ndim, big-endian sizes, then the bytes."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    raw = gzip.decompress(path.read_bytes())
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(raw[3])]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * len(shape)).reshape(shape)
+
+
+def test_cnn_on_a_local_mnist_idx_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+                                         shared_mnist: Path) -> None:
+    # The first 400/100 images of the real MNIST, in an idx folder of their own: the full 60,000 take an epoch of
+    # minutes on 2 CPU cores (the same command on ../shared/data/mnist is what the README shows).
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for name, n in (("train-images.idx3-ubyte.gz", 400), ("train-labels.idx1-ubyte.gz", 400),
+                    ("t10k-images.idx3-ubyte.gz", 100), ("t10k-labels.idx1-ubyte.gz", 100)):
+        _write_idx(folder / name, _read_idx(shared_mnist / name)[:n])
+    code, out, err = _main(capsys, "--model", "cnn", "--dataset", folder, "--corrupt", "0.8", "--max-epochs", "1",
+                           "--layers", "flatten,fc3", "--probes", "ncm", "--output-dir", tmp_path / "cnn")
+    assert code == 0, err
+    report = ProbeReport.from_json(tmp_path / "cnn" / "report.json")
+    assert report.n_test == 100 and report.corruption["rate"] == 0.8 and report.layers == ["flatten", "fc3"]
+    saved = json.loads((tmp_path / "cnn" / "config.json").read_text())["masc_probe"]
+    assert saved["input_size"] == [1, 28, 28] and saved["training"]["lr"] == 2e-4  # the paper's CNN preset
+    assert saved["training"]["target_accuracy"] == 0.999  # a folder named mnist stops at the paper's MNIST target
