@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+# One BLAS/OpenMP thread: on 2-core machines a second thread made training and eigh 4-50x slower whenever
+# another process was busy (benchmarks/RESULTS.md). Override with `make demo THREADS=2`.
+THREADS ?= 1
+TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 OMP_NUM_THREADS=$(THREADS)
 
 .PHONY: install demo test test-all bench clean
 
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	HF_HUB_DISABLE_TELEMETRY=1 $(VENV)/bin/masc-probe
+	HF_HUB_DISABLE_TELEMETRY=1 OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/masc-probe $(ARGS)
 
 test: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

@@ -150,7 +150,8 @@ def train(
                "test_accuracy": test_acc}  # fmt: skip
         history.append({**row, "_realized_rate": realized})
         epochs.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
-        logger.info("epoch %d: loss %.4f, train acc (given labels) %.4f, test acc %s", epoch, loss, acc, test_acc)
+        logger.info("epoch %d: loss %.4f, train acc (given labels) %.4f%s", epoch, loss, acc,
+                    "" if test_acc is None else f", test acc {test_acc:.4f}")
         stopped = _stop_reason(history[-1], config)
         if main and (config.keeps_checkpoint(epoch) or stopped):
             _save_checkpoint(accelerator, model, run_dir, config, meta, epoch=epoch, row=row)
