@@ -62,8 +62,13 @@ def worker(out: str | Path) -> None:
 def accelerate_worker(out: str) -> None:
     """Entry point for ``accelerate.debug_launcher``: Accelerate starts the gloo group on the CPU."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
     torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool
+    # The child is forked from pytest: an Accelerator built by an earlier test left its single-process state in
+    # Accelerate's shared singletons, which would make this one see 1 process. Start from a clean state.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     accelerator = Accelerator(cpu=True)
     assert accelerator.num_processes == dist.get_world_size()
     worker(out)
