@@ -302,7 +302,7 @@ def load_runner(cls: type[ProbeRunner], directory: Path, model: Any, *, device: 
     from masc_probe._probe_store import ProbeStore
 
     dev = torch.device(device) if device is not None else torch.device("cpu")
-    store = ProbeStore(runner.max_memory // 4, None, dev)
+    store = ProbeStore(runner.max_memory // 8, None, dev)
     from safetensors.torch import load_file
 
     for entry in config["estimators"]:

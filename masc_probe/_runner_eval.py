@@ -12,7 +12,7 @@ from torch import nn
 from masc_probe import _distributed as dist
 from masc_probe._feature_cache import RowCache, split_batch
 from masc_probe._probe_state import takes_tensors
-from masc_probe._runner_pass import Forward, batches, model_device, sync
+from masc_probe._runner_pass import Forward, batches, model_device, release_free_memory, sync
 from masc_probe.report import ProbeReport
 
 if TYPE_CHECKING:
@@ -51,7 +51,10 @@ def evaluate_pass(runner: ProbeRunner, model: nn.Module, test: Iterable[Any], *,
     timings = runner.timings_
     try:
         with Forward(model, runner.layers or [], runner.reducer, device, want_logits=True) as forward:
-            for batch in batches(test, world=world, shard=shard, progress=runner.progress, desc="evaluate"):
+            for b, batch in enumerate(batches(test, world=world, shard=shard, progress=runner.progress,
+                                              desc="evaluate")):
+                if b % 16 == 15:
+                    release_free_memory()  # see release_free_memory: scoring churns 1-32 MB blocks
                 x, sets = split_batch(batch)
                 y = sets.get("true", sets.get("label"))
                 t = sync(device)
@@ -84,6 +87,7 @@ def evaluate_pass(runner: ProbeRunner, model: nn.Module, test: Iterable[Any], *,
                     correct[i] += int((pred == y_all[start:start + len(chunk)]).sum())
                     start += len(chunk)
                 del est
+                release_free_memory()
             timings["predict"] = timings.get("predict", 0.0) + sync(device) - t
     finally:
         if cache is not None:

@@ -145,6 +145,31 @@ def batches(data: Iterable[Any], *, world: World, shard: bool, progress: bool, d
         yield batch
 
 
+_LIBC: Any = None
+
+
+def release_free_memory() -> None:
+    """Hand memory the allocator holds but no longer uses back to the system (glibc only; elsewhere a no-op).
+
+    A pass allocates and frees many 1-32 MB blocks (activations, copies, batch products). glibc serves blocks of
+    that size from its heap once its dynamic mmap threshold has risen, and the freed space stays in the process:
+    measured here, resident memory grew by ~50 MB per 1,000 images of ResNet-18 rows without this call and stayed
+    flat with it, so that the data size, not the budget, would set the peak.
+    """
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC = libc if hasattr(libc, "malloc_trim") else False
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def sync(device: torch.device) -> float:
     """A time stamp after the device's queued work is done (so per-phase timings mean something on a GPU)."""
     if device.type == "cuda":

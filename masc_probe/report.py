@@ -79,8 +79,10 @@ class ProbeReport:
         results: One dict per layer × probe × label set (× epoch), with keys ``layer``, ``probe``, ``labels``
             (``"corrupted"``, ``"true"`` or ``"label"``: the label set the probe was fitted on), ``test_accuracy``
             (against the test set's true labels), and optionally ``train_accuracy`` ({label set: accuracy}),
-            ``n_components`` (MASC: one count per class), ``epoch``, ``n_test`` and ``test_ci``. A missing
-            ``test_ci`` is computed as the Wilson 95% interval from ``test_accuracy`` and ``n_test``.
+            ``n_components`` (MASC: one count per class), ``epoch``, ``n_test``, ``n_train_scored`` (rows the
+            training accuracy was measured on) and ``test_ci``. A missing ``test_ci`` is computed as the Wilson 95%
+            interval from ``test_accuracy`` and ``n_test``; ``train_ci`` likewise from ``n_train_scored`` (or
+            ``n_train``).
         model: Model spec, e.g. ``"mlp"`` or ``"timm/resnet18"``.
         dataset: Dataset spec.
         corruption: ``{"mode", "rate", "seed", "realized_rate"}`` or None for clean labels.

@@ -5,7 +5,7 @@ sufficient statistics and let it go; every layer that something else must read a
 linear/knn/lda/qda, a MASC layer too large to accumulate within the memory budget, the training-accuracy check) has
 its flattened rows appended to a disk cache in a temporary folder, read back from there, and removed at the end.
 ``evaluate`` runs the model once over the test batches and scores every probe and the model's own logits in the
-same pass. Fitted probes past a quarter of the memory budget wait on disk (``_probe_store``).
+same pass. Fitted probes past an eighth of the memory budget wait on disk (``_probe_store``).
 
 >>> runner = ProbeRunner(model, probes=("masc", "ncm"))          # doctest: +SKIP
 >>> report = runner.fit(train_loader).evaluate(test_loader)      # doctest: +SKIP
@@ -163,8 +163,8 @@ class ProbeRunner:
         cache_root = dist.shared_tempdir(world, self.cache_dir, "masc-probe-rows-")
         cache = RowCache(cache_root, rank=world.rank, world_size=world.size)
         device = self.device or model_device(model)
-        # Fitted probes held in memory take a quarter of the budget; the rest wait on disk (see _probe_store).
-        store = ProbeStore(self.max_memory // 4, self.cache_dir, device)
+        # Fitted probes held in memory take an eighth of the budget; the rest wait on disk (see _probe_store).
+        store = ProbeStore(self.max_memory // 8, self.cache_dir, device)
         state = FitState(runner=self, world=world, cache=cache, num_classes=classes, store=store)
         try:
             fit_pass(state, model, train, shard=shard)
