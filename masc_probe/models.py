@@ -141,7 +141,11 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], *, masc_conf
             from timm.models import save_for_hf
 
             save_for_hf(model, tmp, model_config={"masc_probe": masc}, safe_serialization=True)
+        umask = os.umask(0)
+        os.umask(umask)
         for name in (WEIGHTS_NAME, CONFIG_NAME):
+            # Some writers create their files 0600; a saved model is meant to be shared like any other file.
+            os.chmod(Path(tmp) / name, 0o666 & ~umask)
             os.replace(Path(tmp) / name, directory / name)
 
 
