@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--work-dir", default="runs/reproduce_paper", help="parent of the run folders")
     p.add_argument("--out", default=None, help="JSON with every number (default: <work-dir>/results.json)")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
+    p.add_argument("--loader", choices=("tensors", "dataloader"), default="tensors",
+                   help="tensors (default): decode the training data once and batch it by index on the device; "
+                        "dataloader: decode every epoch through a DataLoader (same order, same steps)")
+    p.add_argument("--train-only", action="store_true", help="train (or resume) every run, probe none")
     args = p.parse_args(argv)
     for name in ("subset", "test_subset", "max_epochs", "threads", "batch_size"):
         value = getattr(args, name)
@@ -137,10 +141,20 @@ def run_one(args: argparse.Namespace, rate: float, seed: int, test: Any, family:
     log.info("p=%g seed=%d: training %s on %d images (%s preset, target %.3f) in %s", rate, seed, args.model,
              len(y), args.preset, config.target_accuracy, run_dir)
     # No per-epoch test pass: it would cost as much as the training steps; the report scores the final model.
-    trained = train(args.model, train_data, config=config)
+    source = train_data
+    if args.loader == "tensors":
+        from masc_probe._batches import TensorBatches
+
+        device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
+        source = TensorBatches.from_data(train_data, device=device)
+    trained = train(args.model, source, config=config)
     last = trained.history[-1]
     t_train = time.perf_counter() - t0
 
+    if args.train_only:
+        return {"rate": rate, "seed": seed, "run_dir": str(run_dir), "epochs": trained.epochs,
+                "stopped": trained.stopped, "train_accuracy_corrupted": last["train_accuracy_corrupted"],
+                "seconds_train": round(t_train, 1)}
     report_path = run_dir / "report.json"
     report = ProbeReport.from_json(report_path) if report_path.is_file() else None
     probing: dict[str, Any] = {"epochs": trained.epochs, "n_components": args.n_components, "n_test": len(test)}
@@ -262,6 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     for rate in args.rates:
         for seed in args.seeds:
             result = run_one(args, rate, seed, test, family)
+            if args.train_only:
+                log.info("p=%g seed=%d: %d epochs (%s), train acc %.4f, %.0f s", rate, seed, result["epochs"],
+                         result["stopped"], result["train_accuracy_corrupted"], result["seconds_train"])
+                continue
             log.info("p=%g seed=%d: %d epochs (%s), train acc %.4f, model %.3f, MASC corrupted %s, true %.3f, %.0f s",
                      rate, seed, result["epochs"], result["stopped"], result["train_accuracy_corrupted"],
                      result["model_test_accuracy"], result["masc_corrupted"], result["masc_true"],
@@ -270,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             payload["table"] = summarize(payload["runs"], args.rates)
             payload["seconds"] = round(time.time() - started, 1)
             write_json(out, payload)
+    if args.train_only:
+        return 0
     n_train = payload["runs"][0]["n_train"] if payload["runs"] else 0
     print(f"\n{args.model} on {args.dataset}: {n_train} training images, {len(test)} test images, "
           f"{args.preset} preset, seeds {args.seeds}, {payload['seconds']:.0f} s")

@@ -43,6 +43,12 @@ def split_batch(batch: Any) -> Batch:
     raise InputError(f"expected a batch dict or an (x, y[, y_true[, index]]) tuple, got {type(batch).__name__}")
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The random order of *n* samples in *epoch*: a function of ``(seed, epoch)`` only."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator)
+
+
 class EpochSampler(Sampler[int]):
     """A random order that depends only on ``seed`` and the epoch set with :meth:`set_epoch`.
 
@@ -60,13 +66,83 @@ class EpochSampler(Sampler[int]):
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        return iter(epoch_order(self.n, self.seed, self.epoch).tolist())
+
+
+class TensorBatches:
+    """Data held as tensors (on the CPU or on a device) and batched by index: no DataLoader, no per-epoch decoding.
+
+    With ``shuffle_seed`` the order of each epoch is :func:`epoch_order`, the same order :class:`EpochSampler` gives
+    a DataLoader, so training on a ``TensorBatches`` takes exactly the steps that training on its dataset takes.
+    Batches are dicts ``{"image", "label", "true_label", "index"}`` (``true_label`` only when known).
+
+    >>> data = TensorBatches(torch.zeros(10, 1, 2, 2), torch.arange(10) % 2, batch_size=4)
+    >>> [len(b["label"]) for b in data]
+    [4, 4, 2]
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, y_true: torch.Tensor | None = None,
+                 index: torch.Tensor | None = None, *, batch_size: int = 256,
+                 shuffle_seed: int | None = None) -> None:  # fmt: skip
+        n = len(x)
+        if n < 1:
+            raise InputError("expected at least one sample, got none")
+        for name, t in (("labels", y), ("true labels", y_true), ("indices", index)):
+            if t is not None and len(t) != n:
+                raise InputError(f"expected {n} {name} (one per input), got {len(t)}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"expected batch_size to be an int >= 1, got {batch_size!r}")
+        self.x, self.y, self.y_true = x, y, y_true
+        self.index = index if index is not None else torch.arange(n, device=x.device)
+        self.batch_size, self.shuffle_seed, self.epoch = batch_size, shuffle_seed, 0
+
+    @classmethod
+    def from_data(cls, data: Any, *, batch_size: int = 256, device: Any = None, chunk: int = 2048) -> TensorBatches:
+        """Decode *data* (a dataset, a DataLoader or batches in the contract's forms) once into tensors."""
+        loader, _, _ = make_loader(data, batch_size=chunk, strict=False)
+        parts = [split_batch(b) for b in loader]
+        if not parts:
+            raise InputError("expected at least one batch of data, got none")
+
+        def cat(name: str) -> torch.Tensor | None:
+            values = [getattr(p, name) for p in parts]
+            if any(v is None for v in values):
+                return None
+            return torch.cat([torch.as_tensor(v) for v in values]).to(device)
+
+        return cls(cat("x"), cat("y"), cat("y_true"), cat("index"), batch_size=batch_size)
+
+    def with_batches(self, batch_size: int, shuffle_seed: int | None = None) -> TensorBatches:
+        """The same tensors (not copied), batched by *batch_size*, in a seeded order when *shuffle_seed* is given."""
+        return TensorBatches(self.x, self.y, self.y_true, self.index, batch_size=batch_size, shuffle_seed=shuffle_seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.x)
+
+    def __len__(self) -> int:
+        return -(-len(self.x) // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        n = len(self.x)
+        order = None if self.shuffle_seed is None else epoch_order(n, self.shuffle_seed, self.epoch)
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                pick: Any = slice(start, start + self.batch_size)
+            else:
+                pick = order[start:start + self.batch_size].to(self.x.device)
+            batch = {"image": self.x[pick], "label": self.y[pick], "index": self.index[pick]}
+            if self.y_true is not None:
+                batch["true_label"] = self.y_true[pick]
+            yield batch
 
 
 def make_loader(
     data: Any, *, batch_size: int, shuffle_seed: int | None = None, name: str = "data", strict: bool = True
-) -> tuple[Iterable[Any], EpochSampler | None, int | None]:
+) -> tuple[Iterable[Any], EpochSampler | TensorBatches | None, int | None]:
     """Wrap *data* in a DataLoader with *batch_size* and (when *shuffle_seed* is given) a seeded epoch order.
 
     A DataLoader over a map-style dataset is rebuilt over the same dataset (keeping its collate function and
@@ -79,6 +155,11 @@ def make_loader(
     Raises:
         InputError: The batch size is larger than the data (when *strict*; evaluation passes take what there is).
     """
+    if isinstance(data, TensorBatches):
+        if strict and batch_size > data.num_samples:
+            raise InputError(f"batch_size={batch_size} is larger than the {name} ({data.num_samples} samples)")
+        batches = data.with_batches(batch_size, shuffle_seed)
+        return batches, batches if shuffle_seed is not None else None, data.num_samples
     kwargs: dict[str, Any] = {}
     dataset = data
     if isinstance(data, DataLoader):

@@ -143,11 +143,14 @@ def train(
             loader.set_epoch(epoch)
         if sampler is not None:
             sampler.set_epoch(epoch)
+        lr = config.lr_at(history)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         loss = _train_epoch(model, optimizer, loader, accelerator, disable=disable, epoch=epoch)
         acc, acc_true, realized = _evaluate(model, eval_train, accelerator)
         test_acc = _evaluate(model, eval_test, accelerator)[0] if eval_test is not None else None
         row = {"epoch": epoch, "loss": loss, "train_accuracy_corrupted": acc, "train_accuracy_true": acc_true,
-               "test_accuracy": test_acc}  # fmt: skip
+               "test_accuracy": test_acc, "lr": lr}  # fmt: skip
         history.append({**row, "_realized_rate": realized})
         epochs.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
         logger.info("epoch %d: loss %.4f, train acc (given labels) %.4f%s", epoch, loss, acc,
