@@ -143,7 +143,7 @@ def run_one(args: argparse.Namespace, rate: float, seed: int, test: Any, family:
     # No per-epoch test pass: it would cost as much as the training steps; the report scores the final model.
     source = train_data
     if args.loader == "tensors":
-        from masc_probe._batches import TensorBatches
+        from masc_probe.data import TensorBatches
 
         device = args.device or ("cuda" if __import__("torch").cuda.is_available() else "cpu")
         source = TensorBatches.from_data(train_data, device=device)

@@ -28,6 +28,7 @@ import numpy as np
 from masc_probe._data_sources import HUB_NAMES, decode_once, image_size, resolve
 from masc_probe._data_streams import StreamTransform, finish_stream, parquet_first, parquet_stream
 from masc_probe._preprocess import PAPER_NORMALIZATION, BatchTransform, resolve_preprocessing
+from masc_probe._batches import TensorBatches
 from masc_probe.corruption import (
     _check_mode,
     _check_rate,
@@ -40,7 +41,7 @@ from masc_probe.errors import InputError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HUB_NAMES", "describe_data", "load_data"]
+__all__ = ["HUB_NAMES", "TensorBatches", "describe_data", "load_data"]
 
 _RECORD_KEY = "masc_probe"
 _STREAM_SHARDS = 16  # shards of a local dataset when streamed: lets up to 16 DataLoader workers share the work
