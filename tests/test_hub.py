@@ -1,7 +1,10 @@
 """Publishing and pulling runs over real HTTP: the real huggingface_hub client against tests/_hub_server.py.
 
 Nothing here mocks the client; the fake Hub runs on 127.0.0.1 and huggingface_hub's constants point at it for the
-duration of each test (CI runs with HF_HUB_OFFLINE=1, which would block 127.0.0.1 too).
+duration of each test (CI runs with HF_HUB_OFFLINE=1, which would block 127.0.0.1 too). Xet is off (conftest.py and
+``patched_hub``), so ``model.safetensors`` and the plot take the LFS path both ways: preupload -> LFS batch -> PUT to
+the storage server -> verify -> ``lfsFile`` commit entry, and resolve -> 302 with X-Linked-Etag/X-Linked-Size ->
+storage. tests/test_hub_lfs.py fails each step of that path.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ TOKEN = "hf_testSECRETtoken0123456789abcdef"
 CORRUPTION = {"mode": "random", "rate": 0.8, "seed": 3, "realized_rate": 0.7213}
 PUSHED = {"model.safetensors", "config.json", "masc/report.json", "masc/report.md", "masc/accuracy_by_layer.png",
           "metrics.jsonl", "README.md"}
+LFS = {"model.safetensors", "masc/accuracy_by_layer.png"}  # what the Hub's .gitattributes sends through LFS
+LFS_LOCAL = ("model.safetensors", "accuracy_by_layer.png")  # their names in the run folder
 
 
 # ----------------------------------------------------------------------------------------------------- fixtures
@@ -68,6 +73,10 @@ def _make_run(folder: Path, spec: str, *, seed: int = 0, in_chans: int = 1) -> P
     return folder
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _snapshot(folder: Path) -> dict[str, tuple[str, int]]:
     """Every file's sha256 and mtime (ns) under *folder*: equal snapshots mean nothing was written."""
     return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
@@ -93,7 +102,7 @@ def _inputs() -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------------- pushing
-def test_push_then_pull_gives_the_same_model_and_report(hub: FakeHub, cnn_run: Path) -> None:
+def test_push_then_pull_gives_the_same_model_and_report(hub: FakeHub, cnn_run: Path, tmp_path: Path) -> None:
     before = _snapshot(cnn_run)
     url = mhub.push_run(cnn_run, "me/cnn-digits")
 
@@ -108,6 +117,14 @@ def test_push_then_pull_gives_the_same_model_and_report(hub: FakeHub, cnn_run: P
                           ("accuracy_by_layer.png", "masc/accuracy_by_layer.png"), ("report.md", "masc/report.md")]:
         assert files[remote] == (cnn_run / local).read_bytes(), remote
     assert _snapshot(cnn_run) == before
+    # The binaries took the LFS path (batch -> PUT to storage -> verify -> lfsFile entry); the text is in the commit.
+    assert hub.committed == [{p: "lfsFile" if p in LFS else "file" for p in PUSHED}]
+    assert hub.lfs_files("me/cnn-digits") == LFS
+    assert len(hub.hits("lfs-batch")) == 1
+    uploads = hub.hits("lfs-upload")
+    assert sorted(h.path.rsplit("/", 1)[1] for h in uploads) == sorted(_sha256(cnn_run / f) for f in LFS_LOCAL)
+    assert all(h.status == 200 and h.authorization is None for h in uploads)  # the token stays on the Hub
+    assert [h.status for h in hub.hits("lfs-verify")] == [200, 200]
 
     original = load_model(cnn_run)
     pulled = load_model("hf-hub:me/cnn-digits")
@@ -116,6 +133,14 @@ def test_push_then_pull_gives_the_same_model_and_report(hub: FakeHub, cnn_run: P
     with torch.no_grad():
         assert torch.equal(pulled(x), original(x))
     assert mhub.load_report("me/cnn-digits") == ProbeReport.from_json(cnn_run / "report.json")
+    # The weights came back the LFS way: a 302 off the Hub, then storage, which never saw the token.
+    weights_sha = _sha256(cnn_run / "model.safetensors")
+    assert {h.status for h in hub.hits("resolve") if h.path.endswith("/model.safetensors")} == {302}
+    assert [(h.path.rsplit("/", 1)[1], h.status, h.authorization) for h in hub.hits("lfs-download")] == [
+        (weights_sha, 200, None)]
+    # The cache names a blob by the etag the client took: X-Linked-Etag (the sha256), not the pointer's ETag.
+    blob = tmp_path / "hf-cache" / "models--me--cnn-digits" / "blobs" / weights_sha
+    assert blob.read_bytes() == (cnn_run / "model.safetensors").read_bytes()
 
 
 def test_second_push_is_one_more_commit_and_drops_stale_report_files(hub: FakeHub, cnn_run: Path,
@@ -135,18 +160,41 @@ def test_second_push_is_one_more_commit_and_drops_stale_report_files(hub: FakeHu
 
 def test_failed_commit_leaves_the_run_untouched_and_a_retry_succeeds(hub: FakeHub, cnn_run: Path) -> None:
     before = _snapshot(cnn_run)
-    hub.fail_next_commits = 1
+    hub.fail_next("commit", 500)
     with pytest.raises(HubError) as err:
         mhub.push_run(cnn_run, "me/flaky")
     message = str(err.value)
     assert "500" in message and "me/flaky" in message and "\n" not in message
     assert _snapshot(cnn_run) == before
     assert hub.commit_requests == 0 and hub.history("me/flaky") == ["initial commit"]
+    assert [h.status for h in hub.hits("lfs-verify")] == [200, 200]  # the objects were stored before the commit
+    uploads = len(hub.hits("lfs-upload"))
 
     mhub.push_run(cnn_run, "me/flaky")
     assert hub.commit_requests == 1
-    assert set(hub.files("me/flaky")) == PUSHED | {".gitattributes"}
+    assert len(hub.hits("lfs-upload")) == uploads  # the batch answered "already stored": nothing sent twice
+    assert hub.committed == [{p: "lfsFile" if p in LFS else "file" for p in PUSHED}]
+    files = hub.files("me/flaky")
+    assert set(files) == PUSHED | {".gitattributes"}
+    assert files["model.safetensors"] == (cnn_run / "model.safetensors").read_bytes()
     assert _snapshot(cnn_run) == before
+
+
+def test_failed_lfs_download_leaves_nothing_half_written_and_a_retry_succeeds(hub: FakeHub, cnn_run: Path,
+                                                                              tmp_path: Path) -> None:
+    mhub.push_run(cnn_run, "me/dl")
+    hub.fail_next("lfs-download", 403, "AccessDenied: Request has expired")
+    with pytest.raises(HubError) as err:
+        load_model("hf-hub:me/dl")
+    message = str(err.value)
+    assert "me/dl" in message and "403" in message and "\n" not in message and TOKEN not in message
+    assert [h.status for h in hub.hits("lfs-download")] == [403]  # it failed where planned, after the redirect
+    cache = tmp_path / "hf-cache" / "models--me--dl"
+    assert {p.relative_to(cache).parts[0] for p in cache.rglob("*") if p.is_file()} <= {"refs"}  # no blob, no file
+
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(load_model("hf-hub:me/dl")(x), load_model(cnn_run)(x))
 
 
 def test_branch_and_pull_request_leave_main_alone(hub: FakeHub, cnn_run: Path, tmp_path: Path) -> None:
@@ -256,6 +304,7 @@ def test_pickle_only_repo_is_refused_without_unpickling(hub: FakeHub, cnn_run: P
     assert "pytorch_model.bin" in str(err.value) and "\n" not in str(err.value)
     assert not marker.exists()
     assert not any(path.endswith((".bin", ".pt")) for _, path in hub.requests)  # never even downloaded
+    assert hub.lfs_files("me/pickled") == {"pytorch_model.bin", "model.pt"} and hub.hits("lfs-download") == []
 
 
 # ----------------------------------------------------------------------------------------------------- card
