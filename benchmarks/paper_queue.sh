@@ -2,15 +2,16 @@
 # The long training runs of the paper reproduction (issue "Reproduce the paper at the scale of its data"), one after
 # another on ONE thread, each resumable: rerunning this script continues every unfinished run where it stopped and
 # skips finished ones. The code runs from a snapshot of masc_probe/ taken at the first start (runs/paper/.code), so
-# that edits to the work tree cannot change a run halfway; delete that folder to run later code.
+# that edits to the work tree cannot change a run halfway; delete that folder to run later code. CODE_REF names the
+# commit to snapshot (default HEAD); runs/paper/.code/COMMIT records it.
 #   nohup bash benchmarks/paper_queue.sh > runs/paper/queue.log 2>&1 &
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WORK=runs/paper
 mkdir -p "$WORK"
 if [ ! -d "$WORK/.code/masc_probe" ]; then
-  mkdir -p "$WORK/.code.tmp" && git archive HEAD masc_probe benchmarks/reproduce_paper.py | tar -x -C "$WORK/.code.tmp"
-  git rev-parse HEAD > "$WORK/.code.tmp/COMMIT" && mv "$WORK/.code.tmp" "$WORK/.code"
+  mkdir -p "$WORK/.code.tmp" && git archive "${CODE_REF:-HEAD}" masc_probe benchmarks/reproduce_paper.py | tar -x -C "$WORK/.code.tmp"
+  git rev-parse "${CODE_REF:-HEAD}" > "$WORK/.code.tmp/COMMIT" && mv "$WORK/.code.tmp" "$WORK/.code"
 fi
 export PYTHONPATH="$PWD/$WORK/.code" OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
 PY=".venv/bin/python $WORK/.code/benchmarks/reproduce_paper.py --threads 1 --preset fast --train-only --work-dir $WORK"
