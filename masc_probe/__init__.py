@@ -16,7 +16,7 @@ _EXPORTS = {
     "LinearProbe": "masc_probe.probes",
     "VeLPIC": "masc_probe.probes",
     "PROBES": "masc_probe.probes",
-    "corrupt_labels": "masc_probe.corruption",
+    "corrupt_labels": "masc_probe.data.corruption",
     "list_layers": "masc_probe.layers",
     "ProbeRunner": "masc_probe.runner",
     "ProbeReport": "masc_probe.report",
@@ -27,7 +27,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from masc_probe.corruption import corrupt_labels
+    from masc_probe.data.corruption import corrupt_labels
     from masc_probe.data import load_data
     from masc_probe.layers import list_layers
     from masc_probe.models import load_model

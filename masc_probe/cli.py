@@ -19,9 +19,16 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from masc_probe import __version__
+from masc_probe._choices import (
+    CORRUPTION_MODES,
+    DEFAULT_PROBES,
+    MIXED_PRECISION,
+    PIPELINE_LABELS,
+    PIPELINE_PRESETS,
+    PROBE_NAMES,
+)
 
 SUBCOMMANDS = ("run", "train", "probe", "layers", "relabel", "push")
-LABEL_SETS = ("both", "corrupted", "true")
 _EXIT_USAGE = 2
 
 
@@ -118,7 +125,7 @@ def _add_data(p: argparse.ArgumentParser, *, corrupt_default: float | None) -> N
     g.add_argument("--corrupt", type=_fraction, default=corrupt_default, metavar="P",
                    help="label corruption rate of the training split" +
                         (f" (default {corrupt_default})" if corrupt_default is not None else ""))
-    g.add_argument("--corrupt-mode", default=None, choices=("random", "symmetric", "shuffle", "asymmetric"),
+    g.add_argument("--corrupt-mode", default=None, choices=CORRUPTION_MODES,
                    help="how labels are corrupted (default random, as the paper)")
     g.add_argument("--seed", type=_non_negative_int, default=None, help="seed of corruption, init and order (0)")
     g.add_argument("--image-column", default=None, help="image column of a Hub or parquet dataset")
@@ -130,9 +137,9 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("probing")
     g.add_argument("--layers", type=_names, default=None, metavar="A,B,…",
                    help="layers to probe (names from `masc-probe layers`; default: the model's probe points)")
-    g.add_argument("--probes", type=_names, default=("masc", "ncm", "linear"), metavar="P,…",
-                   help="probes: masc, ncm, linear, velpic, knn, lda, qda (default masc,ncm,linear)")
-    g.add_argument("--labels", choices=LABEL_SETS, default="both",
+    g.add_argument("--probes", type=_names, default=DEFAULT_PROBES, metavar="P,…",
+                   help=f"probes: {', '.join(PROBE_NAMES)} (default {','.join(DEFAULT_PROBES)})")
+    g.add_argument("--labels", choices=PIPELINE_LABELS, default="both",
                    help="label sets to fit subspaces on (default both)")
     g.add_argument("--n-components", type=_n_components, default=0.99, metavar="T|K",
                    help="MASC subspace size: variance fraction in (0,1) or a count (default 0.99)")
@@ -149,11 +156,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_train(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--preset", choices=("auto", "fast", "paper"), default="auto",
+    g.add_argument("--preset", choices=PIPELINE_PRESETS, default="auto",
                    help="optimizer/lr/batch preset: paper (the authors'), fast (Adam 1e-3, batch 128), "
                         "auto = fast on built-in data, paper otherwise")
     g.add_argument("--max-epochs", type=_positive_int, default=None, help="stop after this many epochs (500)")
-    g.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no")
+    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no")
 
 
 def build_parser() -> argparse.ArgumentParser:

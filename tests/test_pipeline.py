@@ -129,7 +129,7 @@ def test_bad_input_fails_before_writing_anything(tmp_path: Path, bad: dict) -> N
 
 
 def test_report_files_are_all_or_nothing(run: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from masc_probe._pipeline_outputs import write_outputs
+    from masc_probe.pipeline._outputs import write_outputs
 
     def broken(self: ProbeReport, path: Any, **_: Any) -> None:
         raise OSError("disk full")

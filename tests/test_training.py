@@ -63,7 +63,7 @@ def test_run_folder_holds_metrics_checkpoints_and_provenance() -> None:
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows == run.result.history
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
-    assert set(rows[0]) == {"epoch", "loss", "train_accuracy_corrupted", "train_accuracy_true", "test_accuracy"}
+    assert set(rows[0]) == {"epoch", "loss", "train_accuracy_corrupted", "train_accuracy_true", "test_accuracy", "lr"}
     last = rows[-1]["epoch"]
     kept = sorted(int(p.name.split("-")[1]) for p in (run.run_dir / "checkpoints").iterdir())
     expected = sorted({e for e in range(0, 21, 2)} | {e for e in range(25, last + 1, 5)} | {last})
@@ -148,7 +148,7 @@ def test_resume_refuses_a_folder_of_another_run(tmp_path: Path) -> None:
     config = preset_config("mlp", "digits", preset="fast", num_classes=10, output_dir=str(tmp_path), max_epochs=1,
                            batch_size=32, progress=False)  # fmt: skip
     train("mlp", data, config=config)
-    with pytest.raises(InputError, match="lr=0.001"):
+    with pytest.raises(InputError, match="lr=0.0003"):  # the saved run's: the fast preset's Adam rate
         train("mlp", data, config=config.replace(lr=0.01))
     fresh = train("mlp", data, config=config.replace(lr=0.01, resume=False))
     assert fresh.epochs == 1
@@ -182,7 +182,8 @@ def test_presets() -> None:
     assert preset_config("alexnet", "cifar100").lr == 1e-4
     assert preset_config("resnet18-cifar", "cifar10").target_accuracy == 1.0
     fast = preset_config("timm/resnet18", "digits")
-    assert (fast.optimizer, fast.lr, fast.batch_size, fast.target_accuracy) == ("adam", 1e-3, 128, 1.0)
+    assert (fast.optimizer, fast.lr, fast.batch_size, fast.target_accuracy) == ("adam", 3e-4, 128, 1.0)
+    assert fast.lr_schedule == "plateau"
 
 
 def test_bad_settings_give_one_line_errors(tmp_path: Path) -> None:

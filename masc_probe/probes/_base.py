@@ -19,7 +19,8 @@ from masc_probe.probes._inputs import (
     _output,
     _resolve_device,
 )
-from masc_probe.probes._stats import DEFAULT_MAX_MEMORY, ClassStats
+from masc_probe.probes._params import check_max_memory
+from masc_probe.probes._stats import ClassStats
 from masc_probe.probes._threads import limited_threads, threads_for
 
 __all__: list[str] = []  # internal module
@@ -186,14 +187,77 @@ class StatisticProbe(ClassifierMixin, BaseEstimator):
         y = y.detach().cpu().numpy() if _is_tensor(y) else y
         return float(accuracy_score(y, pred, sample_weight=sample_weight))
 
+    # -- saving ----------------------------------------------------------------------------------------------------
+    def frozen(self, device: str | torch.device | None = None) -> StatisticProbe:
+        """This probe in its compact predicting form, on *device* (default: where its statistics live).
+
+        The frozen probe keeps only what ``predict`` reads (MASC's stacked basis, NCM's class means, VeLPIC's
+        vectors) and shares those arrays with this one (nothing is copied, so freezing never needs more memory
+        than solving did); it has no statistics, so it cannot be refitted, merged, or (MASC) score another
+        ``n_components``. It predicts exactly as this probe.
+        """
+        solution = self._solved()
+        target = torch.device(device) if device is not None else self._stats.device
+        shell = self._shell(self._state_params(), np.asarray(self.classes_), int(self.n_features_in_), target)
+        shell._solution = self._frozen_solution(solution, target)
+        return shell
+
+    def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The arrays and JSON metadata that rebuild this probe's predictions exactly (:meth:`from_state`).
+
+        Raises:
+            InputError: If the class labels are not integers.
+        """
+        arrays = {"classes": torch.from_numpy(integer_classes(self.classes_))}
+        meta: dict[str, Any] = {"class": type(self).__name__, "n_features": int(self.n_features_in_),
+                                "params": json_params(self._state_params(), type(self).__name__)}
+        arrays.update(self._state_arrays(self._solved(), meta))
+        return {k: v.contiguous() for k, v in arrays.items()}, meta
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, torch.Tensor], meta: dict[str, Any],
+                   device: torch.device) -> StatisticProbe:
+        """A frozen probe (see :meth:`frozen`) rebuilt from :meth:`to_state` output, on *device*."""
+        est = cls._shell(dict(meta.get("params", {})), arrays["classes"].numpy(), int(meta["n_features"]), device)
+        est._solution = est._solution_from_state(arrays, meta, device)
+        return est
+
+    def resident_bytes(self) -> int:
+        """Bytes of the solved arrays this probe keeps for predicting (0 before it is solved)."""
+        solution = self.__dict__.get("_solution")
+        return 0 if solution is None else self._solution_bytes(solution)
+
+    @classmethod
+    def _shell(cls, params: dict[str, Any], classes: np.ndarray, d: int, device: torch.device) -> StatisticProbe:
+        """An unfitted probe made to look fitted: empty statistics of the right classes and width."""
+        est = cls(**{**params, "device": device})
+        est.n_features_in_ = d
+        est._stats = ClassStats(d, second_moment=False, solver="auto", max_memory=1, device=device, classes=classes)
+        est.classes_ = est._stats.classes
+        return est
+
+    def _state_params(self) -> dict[str, Any]:
+        return {k: v for k, v in self.get_params().items() if k != "device"}
+
+    # What a subclass's solution is made of (the defaults fit a solution that is one (C, d) tensor: NCM, VeLPIC).
+    def _state_arrays(self, solution: Any, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        return {"vectors": solution.detach().cpu()}
+
+    def _solution_from_state(self, arrays: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device) -> Any:
+        return arrays["vectors"].to(device)
+
+    def _frozen_solution(self, solution: Any, device: torch.device) -> Any:
+        return solution.to(device)
+
+    def _solution_bytes(self, solution: Any) -> int:
+        return int(solution.numel()) * solution.element_size()
+
     # -- internals -------------------------------------------------------------------------------------------------
     def _check_params(self) -> None:
         if not isinstance(self.solver, str) or self.solver not in SOLVERS:
             hint = closest(str(self.solver), SOLVERS)
             raise UnknownNameError(f"solver must be one of {SOLVERS}; got {self.solver!r} ({hint})")
-        budget = self.max_memory
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 1):
-            raise InputError(f"max_memory must be a positive number of bytes or None; got {budget!r}")
+        check_max_memory(self.max_memory)
 
     def _new_stats(self, d: int, device: torch.device, classes: np.ndarray | None) -> ClassStats:
         return ClassStats(
@@ -201,7 +265,7 @@ class StatisticProbe(ClassifierMixin, BaseEstimator):
             first_moment=self._first_moment,
             second_moment=self._second_moment,
             solver=self.solver,
-            max_memory=int(self.max_memory) if self.max_memory is not None else DEFAULT_MAX_MEMORY,
+            max_memory=check_max_memory(self.max_memory),
             device=device,
             classes=classes,
         )
@@ -241,3 +305,29 @@ def cosine_to_rows(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:
     nc = torch.linalg.vector_norm(C, dim=1)
     denom = nx * nc
     return torch.where(denom > 0, out / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(out))
+
+
+def integer_classes(classes: Any) -> np.ndarray:
+    """Class labels as int64 for saving (safetensors holds numbers only).
+
+    Raises:
+        InputError: The labels are not integers.
+    """
+    values = np.asarray(classes)
+    if values.dtype.kind not in "iub":
+        raise InputError(f"saving probes needs integer class labels, got {values.dtype} labels")
+    return values.astype(np.int64)
+
+
+def json_params(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """A probe's constructor parameters as plain JSON values.
+
+    Raises:
+        InputError: A parameter that JSON cannot hold (a callable metric, say): saving it would need pickle.
+    """
+    import json
+
+    try:
+        return json.loads(json.dumps(params))
+    except TypeError:
+        raise InputError(f"cannot save the {name} probe's parameters as JSON, got {params}") from None

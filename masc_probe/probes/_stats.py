@@ -39,7 +39,6 @@ __all__: list[str] = []  # internal module
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_MEMORY = 2 * 1024**3
 _ROW_BLOCK = 8192  # rows read back from disk per block when converting or merging
 
 
@@ -53,6 +52,7 @@ class _Entry:
         self.chunks: list[torch.Tensor] = []  # float32 (n_i, d), never modified after being stored
         self.n_spilled = 0
         self.path: str | None = None
+        self.n_files = 0  # spill files this class has had (a file dropped by _to_scatter is never reused)
 
     @property
     def n_memory_rows(self) -> int:
@@ -165,8 +165,9 @@ class ClassStats:
             if not entry.chunks:
                 continue
             if entry.path is None:
-                fd, entry.path = tempfile.mkstemp(prefix=f"class{i}-", suffix=".f32", dir=self._dir)
-                os.close(fd)
+                # A private folder (mkdtemp) of this object's: a fixed name per class cannot collide.
+                entry.path = os.path.join(self._dir, f"class{i}-{entry.n_files}.f32")
+                entry.n_files += 1
             with open(entry.path, "ab") as f:
                 for chunk in entry.chunks:
                     chunk.cpu().numpy().tofile(f)

@@ -11,7 +11,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from masc_probe.errors import InputError
-from masc_probe.probes._base import StatisticProbe, cosine_to_rows
+from masc_probe.probes._base import StatisticProbe, cosine_to_rows, integer_classes, json_params
 from masc_probe.probes._eigen import decompose
 from masc_probe.probes._linalg import gram
 from masc_probe.probes._threads import limited_threads, probe_threads, threads_for
@@ -78,7 +78,7 @@ class VeLPIC(StatisticProbe):
 
     Args:
         solver: ``"auto"``, ``"scatter"`` or ``"gram"``.
-        max_memory: bytes for statistics held in memory (default 2 GiB).
+        max_memory: bytes for statistics held in memory (default 4 GiB, ``probes.DEFAULT_MAX_MEMORY``).
         device: where the math runs; None: where the first training batch lives.
 
     Attributes:
@@ -223,6 +223,39 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "_layer")
+
+    def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The weights, bias and classes, and JSON metadata, that rebuild this probe exactly (:meth:`from_state`).
+
+        Raises:
+            InputError: If the probe is not fitted, or its labels are not integers.
+        """
+        check_is_fitted(self)
+        params = {k: v for k, v in self.get_params().items() if k != "device"}
+        arrays = {"classes": torch.from_numpy(integer_classes(self.classes_)),
+                  "weight": self._layer.weight.detach().cpu().contiguous(),
+                  "bias": self._layer.bias.detach().cpu().contiguous()}
+        meta = {"class": type(self).__name__, "n_features": int(self.n_features_in_),
+                "params": json_params(params, type(self).__name__)}
+        return arrays, meta
+
+    @classmethod
+    def from_state(cls, arrays: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device) -> LinearProbe:
+        """A fitted probe rebuilt from :meth:`to_state` output, on *device*."""
+        est = cls(**meta.get("params", {}), device=device)
+        weight = arrays["weight"]
+        layer = torch.nn.Linear(weight.shape[1], weight.shape[0], device=device)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+            layer.bias.copy_(arrays["bias"])
+        est._layer = layer.requires_grad_(False).eval()
+        est.classes_, est.n_features_in_ = arrays["classes"].numpy(), int(weight.shape[1])
+        return est
+
+    def resident_bytes(self) -> int:
+        """Bytes of the fitted weights (0 before fitting)."""
+        layer = self.__dict__.get("_layer")
+        return 0 if layer is None else sum(int(q.numel()) * q.element_size() for q in layer.parameters())
 
     def _logits(self, X: Any) -> torch.Tensor:
         check_is_fitted(self)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -13,21 +12,9 @@ from masc_probe.probes._base import StatisticProbe, row_blocks
 from masc_probe.probes._eigen import Eigen, decompose
 from masc_probe.probes._inputs import _output
 from masc_probe.probes._linalg import gram, matmul
+from masc_probe.probes._params import check_n_components
 
 __all__ = ["MinimumAngleSubspaceClassifier"]
-
-
-def _check_n_components(value: Any) -> float | int:
-    """A float variance fraction in (0, 1) or an int count >= 1 (not a bool)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
-        raise InputError(f"n_components must be a float in (0, 1) or an int >= 1; got {value!r}")
-    if isinstance(value, Integral):
-        if value < 1:
-            raise InputError(f"n_components must be a float in (0, 1) or an int >= 1; got int {value}")
-        return int(value)
-    if not 0.0 < float(value) < 1.0:
-        raise InputError(f"n_components must be a float in (0, 1) or an int >= 1; got float {value!r}")
-    return float(value)
 
 
 class _Subspace:
@@ -75,6 +62,36 @@ class _Solution:
         return W, segment
 
 
+class _FrozenSubspace:
+    """Stands in for a class's :class:`_Subspace` in a frozen MASC: the fitted basis only (a view into the stack)."""
+
+    def __init__(self, basis: torch.Tensor) -> None:
+        self._basis = basis
+
+    def basis(self, k: int) -> torch.Tensor:
+        return self._basis[:, :k]
+
+    def k_for(self, n_components: float | int) -> int:
+        raise InputError("a frozen (runner-fitted or loaded) MASC keeps only its fitted components; "
+                         f"fit a MinimumAngleSubspaceClassifier to score n_components={n_components!r}")
+
+
+class _FrozenSolution:
+    """What scoring reads, and nothing else: the stacked (d, Σk) basis, the column-to-class map, views and k_c."""
+
+    def __init__(self, stacked: torch.Tensor, ks: list[int], solvers: list[str]) -> None:
+        self.ks = np.asarray(ks, dtype=np.int64)
+        starts = np.concatenate([[0], np.cumsum(self.ks)])
+        self.subspaces = [_FrozenSubspace(stacked[:, a:b]) for a, b in zip(starts[:-1], starts[1:])]
+        self.solvers = solvers
+        segment = torch.repeat_interleave(torch.arange(len(ks), device=stacked.device),
+                                          torch.from_numpy(self.ks).to(stacked.device))
+        self.stacked = (stacked, segment)  # the same (d, Σk) layout _Solution scores with
+
+    def stack(self, ks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        raise InputError("a frozen MASC scores only its fitted n_components")
+
+
 class MinimumAngleSubspaceClassifier(StatisticProbe):
     """Minimum Angle Subspace Classifier: the class whose linear subspace makes the smallest angle with x.
 
@@ -101,7 +118,7 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
     Args:
         n_components: float in (0, 1), variance fraction (default 0.99), or int >= 1, components per class.
         solver: ``"auto"``, ``"scatter"`` or ``"gram"``.
-        max_memory: bytes for statistics held in memory (default 2 GiB).
+        max_memory: bytes for statistics held in memory (default 4 GiB, ``probes.DEFAULT_MAX_MEMORY``).
         device: where the math runs (``"cpu"``, ``"cuda"``, ...); None: where the first training batch lives.
 
     Attributes:
@@ -143,7 +160,7 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
 
     def _check_params(self) -> None:
         super()._check_params()
-        _check_n_components(self.n_components)
+        check_n_components(self.n_components)
 
     @property
     def n_components_(self) -> np.ndarray:
@@ -172,8 +189,27 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
         Returns:
             (n_samples, n_classes) float32 in [0, 1], the same kind as X.
         """
-        nc = None if n_components is None else _check_n_components(n_components)
+        nc = None if n_components is None else check_n_components(n_components)
         return _output(self._scores_checked(X, n_components=nc), X)
+
+    def _state_arrays(self, solution: Any, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+        comps = self.components_
+        meta.update(ks=[int(c.shape[0]) for c in comps], solvers=list(solution.solvers))
+        return {"components": torch.from_numpy(np.concatenate(comps, axis=0)) if comps else torch.zeros(0, 0)}
+
+    def _solution_from_state(self, arrays: dict[str, torch.Tensor], meta: dict[str, Any],
+                             device: torch.device) -> _FrozenSolution:
+        rows = arrays["components"]
+        if rows.numel() == 0:
+            rows = torch.zeros(0, int(meta["n_features"]))
+        # One (d, Σk) copy, contiguous as the stacked basis of a fitted MASC, and nothing else kept.
+        return _FrozenSolution(rows.to(device).T.contiguous(), meta["ks"], meta["solvers"])
+
+    def _frozen_solution(self, solution: Any, device: torch.device) -> _FrozenSolution:
+        return _FrozenSolution(solution.stacked[0].to(device), [int(k) for k in solution.ks], list(solution.solvers))
+
+    def _solution_bytes(self, solution: Any) -> int:
+        return int(solution.stacked[0].numel()) * 4
 
     def _solve(self) -> _Solution:
         stats = self._stats
@@ -193,7 +229,7 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
             trace = float(torch.diagonal(exact).sum(dtype=torch.float64))
             eigen = decompose(matrix, overwrite=True) if entry.count else None
             subspaces.append(_Subspace(eigen, trace, rows, stats.d, stats.device))
-        return _Solution(subspaces, _check_n_components(self.n_components), solvers)
+        return _Solution(subspaces, check_n_components(self.n_components), solvers)
 
     def _scores(self, X: torch.Tensor, solution: _Solution, n_components: float | int | None = None) -> torch.Tensor:
         if n_components is None:

@@ -1,0 +1,36 @@
+"""The names a user can type, defined once: label sets, corruption modes, presets, probe names, model-spec prefixes.
+
+Every module that validates one of these names, and the CLI that offers them as choices, reads them from here.
+This module imports nothing, so that ``masc-probe --help`` builds its choices without importing torch.
+"""
+
+from __future__ import annotations
+
+# Label sets a batch can carry: "corrupted" and "true" when it has both, else the single given "label".
+LABEL_SETS = ("corrupted", "true", "label")
+# What ProbeRunner(labels=...) accepts: "both" fits every set the batches carry.
+RUNNER_LABELS = ("both", *LABEL_SETS)
+# What the pipeline and the CLI accept (their data always carries true labels beside the given ones).
+PIPELINE_LABELS = ("both", "corrupted", "true")
+# Label sets a fitted edit or relabeling can use.
+FIT_LABELS = ("corrupted", "true")
+
+CORRUPTION_MODES = ("random", "symmetric", "shuffle", "asymmetric")
+
+PRESETS = ("paper", "fast")
+PIPELINE_PRESETS = ("auto", *PRESETS)  # auto: fast on the built-in datasets, paper otherwise
+OPTIMIZERS = ("sgd", "adam")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+# Probe names of masc_probe.probes.PROBES, in registry order.
+PROBE_NAMES = ("masc", "ncm", "linear", "velpic", "knn", "lda", "qda")
+# Probes whose fit is a sum of per-class statistics (they stream with partial_fit and merge across processes).
+STATISTIC_PROBES = ("masc", "ncm", "velpic")
+# Statistic probes that need second moments (per-class scatter matrices or rows).
+SECOND_MOMENT_PROBES = ("masc", "velpic")
+# Probes that take torch tensors; the others are scikit-learn's and take numpy arrays.
+TENSOR_PROBES = ("masc", "ncm", "velpic", "linear")
+DEFAULT_PROBES = ("masc", "ncm", "linear")
+
+TIMM_PREFIX = "timm/"  # ours: "timm/<name>" builds timm.create_model(name)
+HUB_PREFIX = "hf-hub:"  # "hf-hub:<user>/<repo>[@revision]": a published checkpoint

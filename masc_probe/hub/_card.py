@@ -1,0 +1,207 @@
+"""The model card of a published run: model-index metadata from the report, prose from the run folder.
+
+Used by :mod:`masc_probe.hub` only; kept apart so that the push/pull logic stays short.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from masc_probe import __version__
+from masc_probe._choices import TIMM_PREFIX
+from masc_probe.errors import InputError
+from masc_probe.report import ProbeReport
+
+TEMPLATE = Path(__file__).parent / "templates" / "modelcard.md"
+TAGS = ["masc-probe", "memorization", "label-noise"]
+_BASELINES = {"ncm": "nearest class mean (cosine)", "linear": "a linear probe (logistic regression)",
+              "velpic": "VeLPIC (top eigenvector per class)", "knn": "k-nearest neighbours (cosine, k=5)",
+              "lda": "LDA", "qda": "QDA"}
+# Bookkeeping that does not change the weights: left out of the card's training table (config.json keeps it).
+_NOT_TRAINING = {"checkpoint_dense_until", "checkpoint_every", "eval_batch_size", "num_classes", "progress"}
+_MODES = {
+    "random": "each training label, with probability p, was replaced by a uniformly random class (which may be the "
+              "true one, so the realized flip rate is about p(K−1)/K)",
+    "symmetric": "each training label, with probability p, was replaced by a different class chosen uniformly",
+    "shuffle": "the labels of a random p-fraction of the training points were permuted among them",
+    "asymmetric": "each training label, with probability p, was mapped to a fixed partner class",
+}
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """Read a JSON object from *path*; a clear InputError when it is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} must be a JSON file, got an error reading it: {exc}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics JSONL file (empty when it is absent)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{path} must hold one JSON object a line, line {number} is not: {exc}") from None
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_fmt(v) for v in value)
+    if isinstance(value, dict):
+        return "; ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+    return str(value)
+
+
+def _masc_series(report: ProbeReport) -> list[tuple[str, str]]:
+    """The MASC label sets to headline: corrupted and true when both were probed, else the single one."""
+    have = {labels for probe, labels in report.series if probe == "masc"}
+    return [(lab, text) for lab, text in (("corrupted", "corrupted-label subspaces"),
+                                          ("true", "true-label subspaces"), ("label", "training-label subspaces"))
+            if lab in have]
+
+
+def _corruption(report: ProbeReport, mp: dict[str, Any]) -> dict[str, Any]:
+    return dict(report.corruption or mp.get("corruption") or {})
+
+
+def eval_results(report: ProbeReport, mp: dict[str, Any]) -> list[EvalResult]:
+    """Model-index entries: the model's test accuracy and MASC's best-layer accuracy per label set.
+
+    All share one task and dataset (so the Hub groups them as one result), with ``dataset_args`` carrying the
+    corruption: rate, mode, seed (and the realized rate).
+    """
+    dataset = report.dataset or mp.get("dataset") or "unknown"
+    corruption = _corruption(report, mp)
+    args = {f"corruption_{k}": corruption[k] for k in ("rate", "mode", "seed", "realized_rate")
+            if corruption.get(k) is not None}
+    rate = corruption.get("rate")
+    name = f"{dataset} ({rate:g} {corruption.get('mode', 'random')} label noise)" if rate else str(dataset)
+    common = dict(task_type="image-classification", task_name="Image Classification", dataset_type=str(dataset),
+                  dataset_name=name, dataset_split="test", dataset_args=args or None)
+    out = []
+    if report.model_test_accuracy is not None:
+        out.append(EvalResult(metric_type="accuracy", metric_name="Test accuracy (model output)",
+                              metric_value=report.model_test_accuracy, **common))
+    for labels, text in _masc_series(report):
+        best = report.best_layer("masc", labels)
+        out.append(EvalResult(metric_type="accuracy", metric_name=f"MASC best-layer test accuracy ({text})",
+                              metric_value=best["test_accuracy"],
+                              metric_args={"probe": "masc", "labels": labels, "layer": best["layer"]}, **common))
+    return out
+
+
+def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[str, Any]], *,
+               repo_id: str | None, files: dict[str, str], has_plot: bool) -> ModelCard:
+    """Render the card from the template.
+
+    Args:
+        report: The run's report (what ``masc/report.json`` holds).
+        config: The run's ``config.json`` (empty for a report-only push).
+        metrics: Rows of ``metrics.jsonl``.
+        repo_id: Repo the card is for (used in the loading snippets); a placeholder when None.
+        files: ``{path in repo: what it holds}`` for the files table.
+        has_plot: Whether ``masc/accuracy_by_layer.png`` is pushed.
+
+    Returns:
+        The card; ``str(card)`` is the README.md text.
+    """
+    mp = dict(config.get("masc_probe") or {})
+    model = report.model or mp.get("model") or "model"
+    dataset = report.dataset or mp.get("dataset") or "unknown"
+    corruption = _corruption(report, mp)
+    is_timm = "architecture" in config or str(model).startswith(TIMM_PREFIX)
+    repo = repo_id or "<user>/<repo>"
+    results = eval_results(report, mp)
+    tags = [*TAGS, *(["timm", "image-classification"] if is_timm else ["image-classification"])]
+    card_data = ModelCardData(
+        library_name="timm" if is_timm else "masc-probe",  # timm repos get the Hub's timm snippet and widget
+        tags=tags, pipeline_tag="image-classification", eval_results=results,
+        model_name=repo.split("/")[-1] if repo_id else f"{model}-{dataset}".replace("/", "-"),
+        datasets=[dataset] if "/" in str(dataset) and not Path(str(dataset)).exists() else None,
+    )
+
+    headline = [{"name": r.metric_name + (f", layer `{r.metric_args['layer']}`" if r.metric_args else ""),
+                 "value": f"{r.metric_value:.4f}"} for r in results]
+    gap = ""
+    true_best = next((r for r in results if r.metric_args and r.metric_args["labels"] == "true"), None)
+    if true_best is not None and report.model_test_accuracy is not None:
+        gap = (f"The network's own output reaches {report.model_test_accuracy:.1%} on the true test labels, while "
+               f"MASC decodes {true_best.metric_value:.1%} from layer `{true_best.metric_args['layer']}`.")
+
+    rate = corruption.get("rate")
+    summary = (f"`{model}` trained on `{dataset}`"
+               + (f" with {rate:.0%} of its training labels corrupted ({corruption.get('mode', 'random')} mode)"
+                  if rate else " with its labels as given")
+               + ", published with the MASC probe's layer-by-layer report: how much true-label generalization is "
+                 "still decodable from each layer even where the network memorized the noisy labels.")
+
+    training = dict(mp.get("training") or {})
+    if training.get("optimizer") not in (None, "sgd"):
+        training.pop("momentum", None)
+    training_rows = [(k.replace("_", " "), _fmt(v)) for k, v in training.items()
+                     if v is not None and k not in _NOT_TRAINING]
+    for key in ("epoch", "num_classes", "input_size", "preprocessing"):
+        if mp.get(key) is not None:
+            training_rows.append((key.replace("_", " "), _fmt(mp[key])))
+    metrics_line = ""
+    if metrics:
+        last = metrics[-1]
+        parts = [f"{name} {last[key]:.4f}" for key, name in (
+            ("train_accuracy_corrupted", "training accuracy on the corrupted labels"),
+            ("train_accuracy_true", "on the true labels"), ("test_accuracy", "test accuracy"))
+            if isinstance(last.get(key), (int, float))]
+        metrics_line = f"After epoch {last.get('epoch', len(metrics))}: " + ", ".join(parts) + "."
+
+    if rate:
+        mode = corruption.get("mode", "random")
+        realized = corruption.get("realized_rate")
+        corruption_text = (f"Mode `{mode}`, rate p = {rate:g}, seed {corruption.get('seed', '?')}: "
+                           f"{_MODES.get(mode, 'see masc-probe for this mode')}."
+                           + (f" Realized fraction of changed labels: {realized:.4f}." if realized is not None else "")
+                           + " The true labels were kept beside the corrupted ones; test labels are never corrupted.")
+    else:
+        corruption_text = "None: the model was trained on the labels as given."
+
+    seed = corruption.get("seed", mp.get("seed"))
+    command = f"masc-probe --model {model} --dataset {dataset}"
+    if rate:
+        command += f" --corrupt {rate:g}"
+        if corruption.get("mode", "random") != "random":
+            command += f" --corrupt-mode {corruption['mode']}"
+    if seed is not None:
+        command += f" --seed {seed}"
+    if repo_id:
+        command += f" --push-to-hub {repo_id}"
+
+    # The runner may record its MASC threshold; 0.99 is the probe's (and the paper's) default.
+    variance = report.extra.get("n_components", report.provenance.get("n_components", 0.99))
+    variance_text = (f"the fewest that keep {variance:.0%} of the class's variance"
+                     if isinstance(variance, float) and variance < 1 else f"{variance}, clipped to the rank")
+    table = report.to_markdown().strip()
+    if table.startswith("#"):  # the card has its own section heading
+        table = table.split("\n", 1)[-1].strip()
+    baselines = [_BASELINES[p] for p in dict.fromkeys(p for p, _ in report.series) if p in _BASELINES]
+
+    card = ModelCard.from_template(
+        card_data, template_path=str(TEMPLATE), title=f"{model} memorizing {dataset} — MASC probe report",
+        summary=summary, headline=headline, gap=gap, repo_id=repo, is_timm=is_timm, training_rows=training_rows,
+        metrics_line=metrics_line, corruption_text=corruption_text, layer_table=table,
+        has_plot=has_plot, variance_text=variance_text, baselines=", ".join(baselines) or "none in this report",
+        reproduce=command, files=list(files.items()), version=__version__,
+    )
+    return card

@@ -1,0 +1,11 @@
+"""Layers: naming and tapping the layers of any ``nn.Module``. ``_trace`` indexes a model once (torch.fx graph
+nodes, module hooks where FX cannot go, keyword-input models); ``_tap`` holds what users call: ``list_layers``,
+``default_layers`` and ``FeatureTap``, which returns the values of named layers for a batch. Layers know nothing of
+probes or data; the runner composes them.
+"""
+
+from __future__ import annotations
+
+from masc_probe.layers._tap import FeatureTap, default_layers, list_layers
+
+__all__ = ["FeatureTap", "default_layers", "list_layers"]

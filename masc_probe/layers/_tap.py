@@ -1,0 +1,321 @@
+"""Naming and tapping the layers of any ``nn.Module``: torch.fx graph nodes first, forward hooks where FX cannot go.
+
+A *layer name* is one of:
+
+* a torch.fx node name, as torchvision's and timm's ``get_graph_node_names`` give them for the model traced in eval
+  mode (``layer1.0.add``, ``flatten``); these are canonical;
+* the name of a module (``named_modules``) that runs exactly once per forward (``layer1``, ``global_pool``): its
+  value is what the module returns;
+* ``"input"``: the model's input (unless the model has its own layer called ``input``, which is then meant).
+
+A module that runs several times per forward has one FX node per call and is refused by its bare name, with the
+list of those nodes. torchvision names the first call after the module itself (``layer1.0.relu``, then
+``layer1.0.relu_1``); that first call is spelled ``layer1.0.relu_0`` here, so that every name means one value.
+
+When FX cannot trace a model (Python control flow on tensor values), every module name is accepted and read by a
+forward hook, which checks at each call that the module ran exactly once.
+
+>>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(inplace=True), nn.Linear(3, 2))
+>>> list_layers(model)
+['input', '0', '1', '2', '3']
+>>> with FeatureTap(model, ["1", "2"]) as tap:
+...     {name: tuple(value.shape) for name, value in tap(torch.ones(5, 2, 2)).items()}
+{'1': (5, 3), '2': (5, 3)}
+"""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any, Literal
+
+import torch
+from torch import fx, nn
+
+from masc_probe.layers._trace import INPUT, HookTaps, LayerIndex, Tap, build_extractor, iter_children, trace
+from masc_probe.errors import InputError, UnknownNameError, closest
+
+__all__ = ["FeatureTap", "default_layers", "list_layers"]
+
+logger = logging.getLogger(__name__)
+
+# Children that only pass their input on (in eval mode) add no probe point of their own.
+_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def _check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    return model
+
+
+def list_layers(model: nn.Module) -> list[str]:
+    """Every layer name :class:`FeatureTap` (and ``ProbeRunner(layers=...)``) accepts for *model*, in forward order.
+
+    The model is traced once with torch.fx in eval mode; its training flags are left as they were.
+
+    Args:
+        model: Any module; timm models are traced with timm's leaf modules.
+
+    Returns:
+        ``"input"``, then FX node names and the names of modules that run once per forward, in the order their
+        values are computed (a module right after its last node), without duplicates. When FX cannot trace the
+        model: ``"input"`` and every module name, in definition order.
+
+    Raises:
+        InputError: *model* is not an ``nn.Module``.
+
+    >>> list_layers(nn.Sequential(nn.Linear(4, 3), nn.ReLU()))
+    ['input', '0', '1']
+    """
+    return trace(_check_model(model)).names
+
+
+def default_layers(model: nn.Module) -> list[str]:
+    """The layers probed when none are named.
+
+    * A model that declares its probe points in a ``PROBE_LAYERS`` attribute (as masc_probe's paper models do):
+      those.
+    * A timm model: its ``feature_info`` stages, then the pooled features (the value fed to the classifier,
+      e.g. ``global_pool``). The input is left out: at ImageNet sizes it is larger than every stage.
+    * Any other model: ``"input"``, then the output of each top-level child in forward order (through wrappers with
+      a single child), leaving out pass-through children (``Identity``, dropout) and the child whose output is the
+      model's output (the logits, which the model's own accuracy already measures). For an ``nn.Sequential``:
+      every child but the last. When FX cannot trace the model, the children are taken in definition order and the
+      last one is left out as the classifier; a child that does not run exactly once then makes the tap fail, so
+      name the layers of such a model explicitly.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        Layer names, each accepted by :class:`FeatureTap`.
+
+    Raises:
+        InputError: *model* is not an ``nn.Module``.
+
+    >>> default_layers(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)))
+    ['input', '0', '1']
+    """
+    return _default_layers(_check_model(model), trace(model))
+
+
+def _default_layers(model: nn.Module, index: LayerIndex) -> list[str]:
+    declared = getattr(model, "PROBE_LAYERS", None)
+    if isinstance(declared, (list, tuple)) and declared:
+        valid = [name for name in declared if name in index.taps]
+        if len(valid) < len(declared):
+            logger.debug("PROBE_LAYERS of %s names unknown layers: %s", type(model).__name__,
+                         sorted(set(declared) - set(valid)))
+        if valid:
+            return list(dict.fromkeys(valid))
+    if type(model).__module__.startswith("timm."):
+        names = _timm_layers(model, index)
+        if names:
+            return names
+    return _block_layers(model, index)
+
+
+def _timm_layers(model: nn.Module, index: LayerIndex) -> list[str]:
+    info = getattr(model, "feature_info", None)
+    if hasattr(info, "get_dicts"):  # a features_only model's FeatureInfo
+        info = info.get_dicts()
+    stages = [d["module"] for d in info or [] if isinstance(d, dict) and "module" in d]
+    names = [s for s in stages if s in index.taps]
+    if len(names) < len(stages):
+        logger.debug("feature_info modules without a tap: %s", [s for s in stages if s not in index.taps])
+    pooled = None
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    path = next((p for p, m in model.named_modules() if m is classifier), None) if classifier is not None else None
+    calls = index.calls.get(path or "", [])
+    if len(calls) == 1 and calls[0].input is not None:
+        pooled = index.name_of(calls[0].input)
+    elif index.graph_module is None:  # no graph to follow: timm's usual pooling modules
+        pooled = next((n for n in ("global_pool", "head.global_pool") if n in index.taps), None)
+    if pooled is not None and pooled not in names and pooled != INPUT:
+        names.append(pooled)
+    return names
+
+
+def _block_layers(model: nn.Module, index: LayerIndex) -> list[str]:
+    children = {name for name, child in iter_children(model) if not isinstance(child, _PASS_THROUGH)}
+    names = [INPUT]
+    for name, tap in index.taps.items():
+        if name in children and not (tap.node is not None and tap.node is index.output):
+            names.append(name)
+    if index.graph_module is None:
+        # Without a graph, neither forward order nor the output is known: definition order, and the last child is
+        # taken for the classifier, as it is by convention.
+        defined = [n for n, _ in iter_children(model)][:-1]
+        names = [INPUT, *(n for n in defined if n in children and n in index.taps)]
+    return list(dict.fromkeys(names))
+
+
+class FeatureTap:
+    """Read the values of named layers of a model in one forward pass.
+
+    The extraction is built once: a torch.fx graph that returns a copy of each value taken right where it is
+    computed (so a later in-place operation, such as timm's ``x += shortcut`` and in-place ReLU, cannot change it)
+    and stops after the last one; forward hooks that copy module outputs where FX cannot trace. Each call runs the
+    model in eval mode under ``torch.no_grad()`` and then restores every module's own training flag.
+
+    Args:
+        model: The model. Its parameters are shared, not copied: a tap sees later weight updates, and rebuilds
+            itself when the model has moved to another device or dtype, but does not see later changes to the
+            module structure.
+        layers: Layer names (see :func:`list_layers`); ``None`` means :func:`default_layers`.
+        device: Where inputs are moved before the forward; ``None`` means the device of the model's first
+            parameter or buffer (the CPU when it has none). The model itself is never moved.
+        method: ``"auto"`` (FX where the model traces, hooks otherwise), ``"fx"`` (fail when the model does not
+            trace) or ``"hooks"`` (module names and ``"input"`` only, read by forward hooks).
+
+    Raises:
+        UnknownNameError: A layer name is not one of :func:`list_layers`; the message lists the closest.
+        InputError: A name is refused (a module that runs several times, or never), repeated, or not available to
+            *method*.
+
+    >>> model = nn.Sequential(nn.Linear(1, 1), nn.ReLU(inplace=True))
+    >>> with torch.no_grad():
+    ...     _ = model[0].weight.fill_(1.0), model[0].bias.zero_()
+    >>> with FeatureTap(model, ["0", "1"]) as tap:  # "0" is read before the in-place ReLU overwrites it
+    ...     out = tap(torch.tensor([[-2.0]]))
+    >>> out["0"].item(), out["1"].item()
+    (-2.0, 0.0)
+    """
+
+    def __init__(self, model: nn.Module, layers: list[str] | tuple[str, ...] | None = None, *,
+                 device: torch.device | str | None = None,
+                 method: Literal["auto", "fx", "hooks"] = "auto") -> None:
+        self.model = _check_model(model)
+        if method not in ("auto", "fx", "hooks"):
+            raise UnknownNameError(f"method must be 'auto', 'fx' or 'hooks', not {method!r}")
+        self.device = torch.device(device) if device is not None else None
+        index = trace(model)
+        if method == "fx" and index.graph_module is None:
+            raise InputError(f"method='fx' needs a model torch.fx can trace; {type(model).__name__} fails: "
+                             f"{index.trace_error}")
+        if layers is None:
+            layers = _default_layers(model, index)
+        elif isinstance(layers, str) or not isinstance(layers, (list, tuple)):
+            raise InputError(f"layers must be a list of layer names or None, not {type(layers).__name__}")
+        self.layers: list[str] = list(layers)
+        if not self.layers:
+            raise InputError("layers is empty; name at least one layer, or pass None for the default layers")
+        self._method = method
+        self._taps = {name: self._resolve(index, name, method) for name in self.layers}
+        self._modules = list(model.modules())
+        hooked = [t.module for t in self._taps.values() if t.node is None and t.module is not None]
+        self._hooks: HookTaps | None = HookTaps(model, list(dict.fromkeys(hooked))) if hooked else None
+        self._keys = {name: f"tap{i}" for i, name in enumerate(n for n, t in self._taps.items() if t.node is not None)}
+        self._graph: fx.GraphModule | None = None
+        self._build(index)
+        self._closed = False
+
+    def _build(self, index: LayerIndex) -> None:
+        """Build the FX extraction for the node taps, recording the model's placement it holds references to."""
+        nodes = {self._keys[name]: (t.node, t.after) for name, t in self._taps.items() if t.node is not None}
+        if nodes and index.graph_module is not None:  # node taps come only from a traced model
+            self._graph = build_extractor(index.graph_module, nodes, whole=self._hooks is not None)
+        self._placement = _placement(self.model)
+
+    def _rebuild_if_moved(self) -> None:
+        # The graph holds the model's modules, which `model.to()` changes in place, but also the tensors the traced
+        # code reads directly (e.g. a buffer of a traced-through module), which `model.to()` replaces.
+        if self._graph is None or _placement(self.model) == self._placement:
+            return
+        logger.debug("the model moved to %s since the tap was built; rebuilding it", _placement(self.model))
+        index = trace(self.model)
+        self._taps = {name: self._resolve(index, name, self._method) for name in self.layers}
+        self._build(index)
+
+    def _resolve(self, index: LayerIndex, name: object, method: str) -> Tap:
+        if not isinstance(name, str):
+            raise InputError(f"layer names must be strings, not {type(name).__name__}: {name!r}")
+        if self.layers.count(name) > 1:
+            raise InputError(f"layer {name!r} is named {self.layers.count(name)} times; name each layer once")
+        if name in index.refused:
+            raise InputError(index.refused[name])
+        tap = index.taps.get(name)
+        if tap is None:
+            raise UnknownNameError(f"unknown layer {name!r} for {type(self.model).__name__}; "
+                                   f"{closest(name, index.names)}")
+        if method == "hooks" and tap.node is not None:
+            if tap.module is None:
+                raise InputError(f"layer {name!r} is a torch.fx node, not a module; method='hooks' taps modules only")
+            return Tap(module=tap.module)
+        return tap
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Run the model on a batch and return each layer's value.
+
+        Args:
+            x: A batch, shape (B, ...), the model's only positional input.
+
+        Returns:
+            Layer name to a detached copy of its value, shape (B, ...), in the order of :attr:`layers`.
+
+        Raises:
+            InputError: *x* is not a tensor, the tap is closed, or a layer's value is not a (B, ...) tensor (some FX
+                nodes hold shapes or Python numbers), or a hooked module did not run exactly once.
+        """
+        if self._closed:
+            raise InputError("this FeatureTap is closed; make a new one")
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"x must be a torch.Tensor batch of shape (B, ...), not {type(x).__name__}")
+        self._rebuild_if_moved()
+        x = x.to(self.device if self.device is not None else _placement(self.model)[0])
+        flags = [m.training for m in self._modules]
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                first = x.detach().clone() if any(t.is_input for t in self._taps.values()) else None
+                graph_out, hooked = self._forward(x)
+        finally:
+            for module, training in zip(self._modules, flags):
+                module.training = training
+        result: dict[str, torch.Tensor] = {}
+        for name, tap in self._taps.items():
+            if tap.node is not None:
+                value = graph_out[self._keys[name]]
+            elif tap.module is not None:
+                value = hooked[tap.module]
+            else:
+                value = first
+            if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != x.shape[0]:
+                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise InputError(f"layer {name!r} gives {got}, not a tensor of shape (B, ...) with B={x.shape[0]}")
+            result[name] = value
+        return result
+
+    def _forward(self, x: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
+        run: Any = self._graph if self._graph is not None else self.model
+        if self._hooks is None:
+            return (run(x) if self._graph is not None else {}), {}
+        with self._hooks.collecting():
+            out = run(x)
+        return (out if self._graph is not None else {}), self._hooks.values()
+
+    def close(self) -> None:
+        """Remove the hooks from the model and drop the graph; the tap cannot be called again."""
+        if self._hooks is not None:
+            self._hooks.remove()
+        self._hooks, self._graph, self._closed = None, None, True
+
+    def __enter__(self) -> FeatureTap:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        how = "fx" if self._graph is not None else "hooks"
+        return f"FeatureTap({type(self.model).__name__}, layers={self.layers}, {how})"
+
+
+def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:
+    """Device and dtype of the model's first parameter or buffer (the CPU and no dtype when it has none)."""
+    for tensors in (model.parameters(), model.buffers()):
+        for tensor in tensors:
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), None

@@ -1,0 +1,418 @@
+"""Model specs → ``nn.Module``: the paper's architectures, timm models, published memorizers and run folders.
+
+A spec is one of
+
+* ``"mlp"``, ``"cnn"``, ``"alexnet"``, ``"resnet18-cifar"`` — the MASC paper's architectures (DESIGN.md);
+* ``"timm/<name>"`` — ``timm.create_model(name, ...)`` (the prefix is ours; timm's Hub repos are
+  ``timm/<arch>.<tag>``);
+* ``"hf-hub:<user>/<repo>"`` (optionally ``@<revision>``) — a published checkpoint, safetensors only;
+* a local run folder or checkpoint folder (``config.json`` + ``model.safetensors``), or a legacy local ``.pt`` /
+  ``.pth`` / ``.bin`` file or folder with a ``config.json`` beside it (read with ``torch.load(weights_only=True)``).
+
+Saved folders hold ``model.safetensors`` and ``config.json`` in the layout of their family — the
+``PyTorchModelHubMixin`` layout for paper models, timm's ``save_for_hf`` layout for timm models — plus a top-level
+``"masc_probe"`` key with the run's metadata, so that ``load_model(folder)`` needs no other argument.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from masc_probe import _atomic
+from masc_probe._choices import HUB_PREFIX, TIMM_PREFIX
+from masc_probe.models._paper import PAPER_MODELS, PaperModel
+from masc_probe.errors import HubError, InputError, UnknownNameError, UnsafeCheckpointError, closest
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PAPER_MODELS", "load_model", "model_spec", "paper_layers", "read_config", "save_model"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_LEGACY_WEIGHTS = ("pytorch_model.bin", "model.pt", "model.pth")
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+VALID_FORMS = (*PAPER_MODELS, f"{TIMM_PREFIX}<name>", f"{HUB_PREFIX}<user>/<repo>", "<run or checkpoint folder>")
+
+
+def load_model(
+    spec: str | os.PathLike[str],
+    *,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    input_size: int | Sequence[int] | None = None,
+    pretrained: bool = False,
+    revision: str | None = None,
+) -> nn.Module:
+    """Build or load a model from a spec (see the module docstring for the forms).
+
+    Args:
+        spec: A paper architecture name, ``timm/<name>``, ``hf-hub:<user>/<repo>``, or a local folder / file.
+        num_classes: Output classes of a new model. For saved models it must match the saved value when given.
+        in_chans: Input channels of a new model; same rule.
+        input_size: Image size ``H`` / ``(H, W)`` / ``(C, H, W)`` of a new model (the paper's MLP and CNN need it
+            for their widths; timm models with a fixed input size get it as ``img_size``).
+        pretrained: timm specs only: start from timm's pretrained weights (downloaded as safetensors).
+        revision: Hub revision (branch, tag or commit) for ``hf-hub:`` specs and pretrained timm weights.
+
+    Returns:
+        The model, in eval mode when loaded from saved weights.
+
+    Raises:
+        UnknownNameError: The spec is none of the valid forms, or names an unknown timm model.
+        InputError: A saved model disagrees with ``num_classes`` / ``in_chans``, or a folder has no weights.
+        UnsafeCheckpointError: A Hub repo offers only pickled weights.
+        HubError: A Hub repo, revision or file cannot be had.
+
+    >>> load_model("mlp", num_classes=10, in_chans=1, input_size=8).fc1.linear.in_features
+    64
+    """
+    if not isinstance(spec, (str, os.PathLike)) or not os.fspath(spec):
+        raise InputError(f"expected a model spec string or path, got {spec!r}")
+    text = os.fspath(spec)
+    if text in PAPER_MODELS:
+        if pretrained:
+            raise InputError(f"expected pretrained=False for the paper's {text!r} (it has no pretrained weights)")
+        return _new_paper_model(text, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+    if text.startswith(TIMM_PREFIX):
+        return _new_timm_model(
+            text[len(TIMM_PREFIX) :],
+            num_classes=num_classes,
+            in_chans=in_chans,
+            input_size=input_size,
+            pretrained=pretrained,
+            revision=revision,
+        )
+    expect = {"num_classes": num_classes, "in_chans": in_chans}
+    if text.startswith(HUB_PREFIX):
+        repo_id, _, at_revision = text[len(HUB_PREFIX) :].partition("@")
+        if at_revision and revision and at_revision != revision:
+            raise InputError(f"two revisions for {repo_id}: {at_revision!r} in the spec and revision={revision!r}")
+        folder = _download_checkpoint(repo_id, revision or at_revision or None)
+        return _load_folder(folder, source=text, expect=expect)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return _load_folder(path, source=text, expect=expect)
+    if path.is_file():
+        return _load_file(path, expect=expect)
+    raise UnknownNameError(
+        f"unknown model spec {text!r}: expected one of {', '.join(VALID_FORMS)}; "
+        + closest(text, [*PAPER_MODELS, f"{TIMM_PREFIX}resnet18", HUB_PREFIX])
+    )
+
+
+def save_model(model: nn.Module, directory: str | os.PathLike[str], *, masc_config: Mapping[str, Any]) -> None:
+    """Write ``model.safetensors`` and ``config.json`` (with a top-level ``"masc_probe"`` key) into *directory*.
+
+    Each file is replaced atomically; the weights go first and the config last, so a folder whose ``config.json``
+    is present always has the weights it describes.
+
+    Args:
+        model: A paper model or a timm model (unwrapped: not DDP, not compiled).
+        directory: The folder; created when missing.
+        masc_config: The run's metadata (DESIGN.md: model, num_classes, in_chans, input_size, dataset, corruption,
+            preprocessing, training, epoch). ``model``, ``num_classes`` and ``masc_probe_version`` are filled in
+            when absent. Values must be JSON-serializable.
+
+    Raises:
+        InputError: The model is neither a paper model nor a timm model.
+    """
+    from masc_probe import __version__
+
+    masc = {"model": model_spec(model), "num_classes": _num_classes(model), **dict(masc_config)}
+    masc.setdefault("masc_probe_version", __version__)
+    directory = Path(directory)
+    with _atomic.staging(directory, prefix=".tmp-save-") as tmp:
+        if isinstance(model, PaperModel):
+            # The mixin's own layout: __init__ arguments at the top level; its README.md card is not kept here.
+            config = {**(model._hub_mixin_config or {}), "masc_probe": masc}
+            model.save_pretrained(tmp, config=config)
+        else:
+            from timm.models import save_for_hf
+
+            save_for_hf(model, tmp, model_config={"masc_probe": masc}, safe_serialization=True)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):
+            _atomic.publish(tmp / name, directory / name)
+
+
+def read_config(source: str | os.PathLike[str], *, revision: str | None = None) -> dict[str, Any]:
+    """Return the ``"masc_probe"`` section of a run folder's, checkpoint folder's or ``hf-hub:`` repo's config.
+
+    Raises:
+        InputError: The folder has no ``config.json`` or it has no ``"masc_probe"`` key.
+    """
+    text = os.fspath(source)
+    if text.startswith(HUB_PREFIX):
+        folder = _download_checkpoint(text[len(HUB_PREFIX) :].partition("@")[0], revision)
+    else:
+        folder = Path(text)
+    config = _read_json(folder / CONFIG_NAME)
+    if "masc_probe" not in config:
+        raise InputError(f"expected a 'masc_probe' key in {folder / CONFIG_NAME}, got keys {sorted(config)}")
+    return dict(config["masc_probe"])
+
+
+def model_spec(model: nn.Module) -> str:
+    """The spec that rebuilds *model*'s architecture: ``"mlp"`` … for paper models, ``"timm/<arch>"`` for timm.
+
+    Raises:
+        InputError: The model is neither a paper model nor a timm model.
+    """
+    if isinstance(model, PaperModel):
+        return model.SPEC
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, Mapping) and cfg.get("architecture"):
+        return TIMM_PREFIX + str(cfg["architecture"])
+    raise InputError(f"expected a paper model ({', '.join(PAPER_MODELS)}) or a timm model, got {type(model).__name__}")
+
+
+def paper_layers(model: nn.Module) -> list[str] | None:
+    """The paper's probe points for a paper model (module names whose outputs the paper probes), else ``None``."""
+    return list(model.PROBE_LAYERS) if isinstance(model, PaperModel) else None
+
+
+# ---------------------------------------------------------------------------------------------- building new models
+def _new_paper_model(
+    name: str, *, num_classes: int | None, in_chans: int | None, input_size: int | Sequence[int] | None
+) -> PaperModel:
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = _positive_int(num_classes, "num_classes")
+    if input_size is not None:
+        size = [input_size] * 2 if isinstance(input_size, int) else [int(s) for s in input_size]
+        if len(size) == 3:
+            in_chans = in_chans if in_chans is not None else size[0]
+            if in_chans != size[0]:
+                raise InputError(f"input_size {tuple(size)} has {size[0]} channels but in_chans={in_chans}")
+        if len(size) not in (2, 3) or min(size) < 1:
+            raise InputError(f"expected input_size H, (H, W) or (C, H, W) of positive ints, got {input_size!r}")
+        kwargs["input_size"] = size[-2:]
+        if name == "cnn" and min(size[-2:]) < 8:
+            raise InputError(f"the paper CNN pools three times and needs inputs of at least 8×8, got {size[-2:]}")
+    if in_chans is not None:
+        kwargs["in_chans"] = _positive_int(in_chans, "in_chans")
+    return PAPER_MODELS[name](**kwargs)
+
+
+def _new_timm_model(
+    name: str,
+    *,
+    num_classes: int | None,
+    in_chans: int | None,
+    input_size: int | Sequence[int] | None,
+    pretrained: bool,
+    revision: str | None,
+) -> nn.Module:
+    import timm
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    arch, _tag = split_model_name_tag(name)
+    if not timm.is_model(arch):
+        raise UnknownNameError(f"unknown timm model {name!r}; " + closest(arch, timm.list_models()))
+    kwargs: dict[str, Any] = {}
+    if num_classes is not None:
+        kwargs["num_classes"] = _positive_int(num_classes, "num_classes")
+    if in_chans is not None:
+        kwargs["in_chans"] = _positive_int(in_chans, "in_chans")
+    try:
+        pretrained_cfg = get_pretrained_cfg(name)
+    except RuntimeError:
+        raise UnknownNameError(
+            f"unknown pretrained tag in timm model {name!r}; " + closest(name, timm.list_pretrained(f"{arch}.*"))
+        ) from None
+    if input_size is not None and pretrained_cfg is not None and pretrained_cfg.fixed_input_size:
+        # Transformers fix their patch grid at build time; convnets take any size and would refuse img_size.
+        size = [input_size] * 2 if isinstance(input_size, int) else [int(s) for s in input_size]
+        kwargs["img_size"] = tuple(size[-2:])
+    if not pretrained:
+        return timm.create_model(name, **kwargs)
+    hub_id = getattr(pretrained_cfg, "hf_hub_id", None)
+    if not hub_id:
+        raise HubError(f"timm model {name!r} has no Hub weights to start from; use pretrained=False")
+    # Our own download keeps the safetensors-only rule; timm then adapts the classifier and stem as usual.
+    folder = _download_checkpoint(hub_id, revision)
+    return timm.create_model(
+        name, pretrained=True, pretrained_cfg_overlay={"file": str(folder / WEIGHTS_NAME)}, **kwargs
+    )
+
+
+# ------------------------------------------------------------------------------------------- loading saved models
+def _load_folder(folder: Path, *, source: str, expect: Mapping[str, int | None]) -> nn.Module:
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        if (folder / "checkpoints").is_dir():
+            raise InputError(f"run folder {source} has no final model yet (no {CONFIG_NAME}); finish the run or "
+                             f"name one of its checkpoints/epoch-NNNN folders")
+        raise InputError(f"expected a {CONFIG_NAME} in model folder {source}, found none")
+    weights = folder / WEIGHTS_NAME
+    if weights.is_file():
+        from safetensors.torch import load_file
+
+        state = load_file(weights, device="cpu")
+    else:
+        legacy = next((folder / n for n in _LEGACY_WEIGHTS if (folder / n).is_file()), None)
+        if legacy is None:
+            raise InputError(f"expected {WEIGHTS_NAME} in model folder {source}, found none")
+        state = _torch_load_weights(legacy)
+    return _build_and_fill(_read_json(config_path), state, source=source, expect=expect)
+
+
+def _load_file(path: Path, *, expect: Mapping[str, int | None]) -> nn.Module:
+    config_path = path.parent / CONFIG_NAME
+    if not config_path.is_file():
+        raise InputError(f"expected a {CONFIG_NAME} beside {path} naming its architecture, found none")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(path, device="cpu")
+    elif path.suffix in _PICKLE_SUFFIXES:
+        state = _torch_load_weights(path)
+    else:
+        raise InputError(f"expected a .safetensors, .pt, .pth or .bin weights file, got {path.name}")
+    return _build_and_fill(_read_json(config_path), state, source=str(path), expect=expect)
+
+
+def _torch_load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A local legacy file, read with ``weights_only=True`` (tensors and plain containers, no code)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError (or others) for anything beyond plain weights
+        raise InputError(f"expected a plain state dict in {path} (weights_only load), got: {err}".splitlines()[0])
+    for key in ("state_dict", "model_state_dict", "model"):
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(f"expected a state dict of tensors in {path}, got {type(obj).__name__}")
+    # DataParallel / DDP / torch.compile prefixes are a wrapper's, not the model's.
+    prefixes = ("module.", "_orig_mod.")
+    return {_strip(k, prefixes): v for k, v in obj.items()}
+
+
+def _strip(key: str, prefixes: tuple[str, ...]) -> str:
+    for prefix in prefixes:
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    return key
+
+
+def _build_and_fill(
+    config: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, source: str, expect: Mapping[str, int | None]
+) -> nn.Module:
+    masc = config.get("masc_probe") or {}
+    spec = str(masc.get("model", ""))
+    if spec in PAPER_MODELS:
+        kwargs = {k: config[k] for k in ("num_classes", "in_chans", "input_size") if k in config}
+        model: nn.Module = PAPER_MODELS[spec](**kwargs)
+    elif "architecture" in config:
+        import timm
+
+        # timm's own config layout (save_for_hf): rebuild from its architecture and recorded model_args.
+        args = dict(config.get("model_args") or {})
+        args["num_classes"] = config.get("num_classes", args.get("num_classes"))
+        model = timm.create_model(str(config["architecture"]), pretrained=False, **args)
+    else:
+        raise InputError(
+            f"expected config.json of {source} to name a paper model in 'masc_probe.model' or a timm "
+            f"'architecture', got keys {sorted(config)}"
+        )
+    for key, want in expect.items():
+        have = config.get(key, masc.get(key))
+        if key == "in_chans" and have is None:
+            have = (config.get("model_args") or {}).get("in_chans", 3)
+        if want is not None and have is not None and int(want) != int(have):
+            raise InputError(f"{source} was saved with {key}={have}, but {key}={want} was asked for")
+    try:
+        missing, unexpected = model.load_state_dict(dict(state), strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise InputError(f"weights of {source} do not fit its config: {err}".splitlines()[0]) from None
+    if missing or unexpected:
+        raise InputError(
+            f"weights of {source} do not fit its config: missing {sorted(missing)[:3]}, unexpected "
+            f"{sorted(unexpected)[:3]}"
+        )
+    return model.eval()
+
+
+def _download_checkpoint(repo_id: str, revision: str | None) -> Path:
+    """Download ``config.json`` and ``model.safetensors`` of a Hub model repo; return the local snapshot folder.
+
+    All Hub downloads of weights go through here. Pickled weights are refused, never downloaded.
+
+    Raises:
+        UnsafeCheckpointError: The repo has no ``model.safetensors`` but has ``.bin``/``.pt``/``.pth`` files.
+        HubError: The repo, revision or files cannot be had (including offline mode without a cached copy).
+    """
+    from huggingface_hub import hf_hub_download, list_repo_files
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    at = f"{repo_id}@{revision or 'main'}"
+    try:
+        weights = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision))
+    except RepositoryNotFoundError:
+        raise HubError(f"expected a model repo {repo_id!r} on the Hub, found none (or no access)") from None
+    except RevisionNotFoundError:
+        raise HubError(f"expected revision {revision!r} in {repo_id}, found none") from None
+    except RemoteEntryNotFoundError:
+        files = list_repo_files(repo_id, revision=revision)
+        pickled = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
+        if pickled:
+            raise UnsafeCheckpointError(
+                f"{at} offers only pickled weights ({', '.join(pickled[:3])}); masc-probe loads "
+                f"{WEIGHTS_NAME} only, never pickles from a hub"
+            ) from None
+        raise HubError(f"expected {WEIGHTS_NAME} in {at}, got files {files[:5]}") from None
+    except LocalEntryNotFoundError:
+        raise HubError(f"cannot reach the Hub for {at} and no cached copy exists (offline?)") from None
+    except HfHubHTTPError as err:
+        raise HubError(f"download of {at} failed: {err}".splitlines()[0]) from None
+    # The cache keeps files under snapshots/<commit>/: asking for that commit puts the config beside the weights
+    # even if the branch moved in between.
+    commit = weights.parent.name if re.fullmatch(r"[0-9a-f]{40}", weights.parent.name) else revision
+    try:
+        config = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=commit))
+    except (RemoteEntryNotFoundError, LocalEntryNotFoundError):
+        raise HubError(f"expected {CONFIG_NAME} beside {WEIGHTS_NAME} in {at}, found none") from None
+    if config.parent != weights.parent:
+        raise HubError(f"expected {CONFIG_NAME} and {WEIGHTS_NAME} of {at} in one snapshot, got two folders")
+    return weights.parent
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"expected {path}, found none") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"expected JSON in {path}, got a parse error: {err}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"expected a JSON object in {path}, got {type(value).__name__}")
+    return value
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    head = getattr(model, "head", None)
+    if isinstance(model, PaperModel) and isinstance(head, nn.Linear):
+        return head.out_features
+    value = getattr(model, "num_classes", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"expected {name} to be a positive int, got {value!r}")
+    return value

@@ -1,0 +1,47 @@
+"""The report files of a pipeline call, written so that a reader never meets a half-written one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from masc_probe import _atomic
+from masc_probe.report import ProbeReport
+
+REPORT_FILES = ("report.json", "report.md", "accuracy_by_layer.png")
+DYNAMICS_PLOT = "accuracy_over_epochs.png"
+CARD_FILE = "README.md"
+
+
+def write_outputs(report: ProbeReport, out: Path, *, card: bool, dynamics: bool = False,
+                  repo_id: str | None = None) -> dict[str, Path]:
+    """Write ``report.json``, ``report.md``, ``accuracy_by_layer.png`` (and the dynamics plot, and the card) to *out*.
+
+    All report files are drawn in a temporary folder inside *out* first and renamed into place only when every one
+    of them succeeded. The card is rendered last, by :func:`masc_probe.hub.build_card` from the folder itself (it
+    reads the report, ``config.json`` and ``metrics.jsonl`` there), and replaces ``README.md`` atomically.
+
+    Args:
+        report: The report.
+        out: The folder (created when missing).
+        card: Also write the model card a push of *out* would publish, as ``README.md``.
+        dynamics: Also draw accuracy over epochs (the report has an epoch axis).
+        repo_id: The Hub repo the card names in its loading snippets.
+
+    Returns:
+        ``{file name: path}`` of what was written.
+    """
+    names = [*REPORT_FILES, *([DYNAMICS_PLOT] if dynamics else [])]
+    with _atomic.staging(out, prefix=".tmp-report-") as tmp:
+        report.to_json(tmp / "report.json")
+        _atomic.write_text(tmp / "report.md", report.to_markdown())
+        report.plot_layers(tmp / "accuracy_by_layer.png")
+        if dynamics:
+            report.plot_dynamics(tmp / DYNAMICS_PLOT)
+        for name in names:
+            _atomic.publish(tmp / name, out / name)
+    files = {name: out / name for name in names}
+    if card:
+        from masc_probe.hub import build_card
+
+        files[CARD_FILE] = _atomic.write_text(out / CARD_FILE, str(build_card(out, repo_id=repo_id)))
+    return files

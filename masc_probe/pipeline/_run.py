@@ -1,0 +1,392 @@
+"""The end-to-end pipeline: data → model → training until memorized → probes on every layer → reports (→ Hub).
+
+Each function here is what one ``masc-probe`` subcommand calls; the CLI only turns flags into its arguments.
+Everything a user can get wrong (names, ranges, data that cannot be read, layer names) is checked before the first
+file is written, so a failed call leaves no half-made run folder behind. Report files are written atomically.
+
+>>> result = run_experiment(model="mlp", dataset="digits", corrupt=0.8)        # doctest: +SKIP
+>>> result.report.best_layer("masc", "true")["test_accuracy"]                    # doctest: +SKIP
+0.98...
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from masc_probe.pipeline._inputs import (
+    RunData,
+    check_device,
+    check_repo_id,
+    default_run_dir,
+    load_run_data,
+    resolve_source,
+)
+from masc_probe.pipeline._outputs import write_outputs
+from masc_probe._choices import DEFAULT_PROBES, HUB_PREFIX, PIPELINE_LABELS, PIPELINE_PRESETS, TIMM_PREFIX
+from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe.probes import check_n_components
+from masc_probe.report import ProbeReport
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunResult", "default_run_dir", "layer_table", "probe_source", "relabel_run", "run_experiment",
+           "train_model"]
+
+_PROBE_BATCH = 256  # batch of the probing passes: no effect on the results, only on speed and memory
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a pipeline call produced.
+
+    Attributes:
+        output_dir: The folder the report files went to (the run folder for ``run``).
+        report: The probe report (None for :func:`train_model`).
+        training: The training outcome (None when nothing was trained).
+        files: ``{name: path}`` of the files written (``report.json``, ``report.md``, plots, ``README.md``).
+        pushed: The Hub commit URL when the run was pushed.
+    """
+
+    output_dir: Path
+    report: ProbeReport | None = None
+    training: Any = None  # masc_probe.training.TrainResult
+    files: dict[str, Path] = field(default_factory=dict)
+    pushed: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- train / run
+def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float = 0.8, corrupt_mode: str = "random",
+                seed: int = 0, preset: str = "auto", max_epochs: int | None = None, batch_size: int | None = None,
+                mixed_precision: str = "no", device: str | None = None, image_column: str | None = None,
+                label_column: str | None = None, revision: str | None = None,
+                output_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> RunResult:
+    """Train *model* on *dataset* with corrupted labels until it memorizes them; rerunning resumes.
+
+    Args:
+        model: A model spec (``mlp``, ``cnn``, ``alexnet``, ``resnet18-cifar``, ``timm/<name>``).
+        dataset: A dataset spec (see :func:`masc_probe.load_data`).
+        corrupt: Label corruption rate p in [0, 1] of the training split.
+        corrupt_mode: ``random``, ``symmetric``, ``shuffle`` or ``asymmetric``.
+        seed: Seed of corruption, initialization and data order.
+        preset: ``paper``, ``fast``, or ``auto`` (fast on the built-in datasets, paper otherwise).
+        max_epochs: Stop after this many epochs (default: the preset's, 500).
+        batch_size: Global batch size (default: the preset's).
+        mixed_precision: ``no``, ``fp16`` or ``bf16``.
+        device: ``cpu`` forces the CPU; default: an accelerator when present.
+        image_column: Image column of Hub / parquet data.
+        label_column: Label column of Hub / parquet data.
+        revision: Hub revision of the dataset.
+        output_dir: The run folder (default :func:`default_run_dir`).
+        progress: Show progress bars.
+
+    Returns:
+        A :class:`RunResult` with ``training`` set.
+
+    Raises:
+        InputError: A bad value. UnknownNameError: an unknown model, dataset, mode or preset.
+        DataUnavailableError: The data cannot be read here (e.g. a Hub dataset offline).
+    """
+    plan = _TrainPlan.make(model=model, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
+                           preset=preset, max_epochs=max_epochs, batch_size=batch_size,
+                           mixed_precision=mixed_precision, device=device, image_column=image_column,
+                           label_column=label_column, revision=revision, output_dir=output_dir, progress=progress)
+    return RunResult(output_dir=plan.run_dir, training=plan.train())
+
+
+def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: float = 0.8,
+                   corrupt_mode: str = "random", seed: int = 0, preset: str = "auto", max_epochs: int | None = None,
+                   batch_size: int | None = None, mixed_precision: str = "no", layers: Sequence[str] | None = None,
+                   probes: Sequence[str] = DEFAULT_PROBES, labels: str = "both", n_components: float | int = 0.99,
+                   max_memory: int | None = None, device: str | None = None, image_column: str | None = None,
+                   label_column: str | None = None, revision: str | None = None,
+                   output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+                   push_to_hub: str | None = None, private: bool = False) -> RunResult:
+    """Train until memorized, probe every layer with every probe and label set, write the report and the card.
+
+    The run folder receives the training files (:func:`masc_probe.training.train`), ``report.json``,
+    ``report.md``, ``accuracy_by_layer.png`` and ``README.md`` (the model card a push would publish).
+    Rerunning the same call resumes training from the last finished epoch.
+
+    Args:
+        model, dataset, corrupt, corrupt_mode, seed, preset, max_epochs, batch_size, mixed_precision, device,
+            image_column, label_column, revision, output_dir, progress: As in :func:`train_model`.
+        layers: Layers to probe (default: the model's probe points, :func:`masc_probe.layers.default_layers`).
+        probes: Probe names (``masc``, ``ncm``, ``linear``, ``velpic``, ``knn``, ``lda``, ``qda``).
+        labels: ``both``, ``corrupted`` or ``true``: the label sets subspaces are fitted on.
+        n_components: MASC's subspace size: a variance fraction in (0, 1) or a count >= 1.
+        max_memory: Bytes the probes may hold in memory (decides the exact solver per layer).
+        push_to_hub: ``user/name``: publish the run folder there when done (one commit).
+        private: Create the Hub repo private.
+
+    Returns:
+        A :class:`RunResult` with the report, training outcome, files and (when pushed) the commit URL.
+
+    Raises:
+        InputError, UnknownNameError, DataUnavailableError: As in :func:`train_model`, and for bad probing options.
+        HubError: The push failed (the run folder is complete; ``masc-probe push`` retries it).
+    """
+    if push_to_hub is not None:
+        check_repo_id(push_to_hub)
+    plan = _TrainPlan.make(model=model, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
+                           preset=preset, max_epochs=max_epochs, batch_size=batch_size,
+                           mixed_precision=mixed_precision, device=device, image_column=image_column,
+                           label_column=label_column, revision=revision, output_dir=output_dir, progress=progress)
+    probing = _ProbePlan.make(plan.net, layers=layers, probes=probes, labels=labels, n_components=n_components,
+                              max_memory=max_memory, device=device, progress=progress, data=plan.data)
+    training = plan.train()
+    from masc_probe.models import load_model
+
+    trained = load_model(plan.run_dir)  # exactly the checkpoint that is saved and would be published
+    extra = {"training": {**plan.config, "epochs": training.epochs, "stopped": training.stopped}}
+    report = probing.run(trained, model_name=model, dataset=dataset, extra=extra)
+    files = write_outputs(report, plan.run_dir, card=True, repo_id=push_to_hub)
+    pushed = None
+    if push_to_hub is not None:
+        from masc_probe.hub import push_run
+
+        pushed = push_run(plan.run_dir, push_to_hub, private=private)
+    return RunResult(output_dir=plan.run_dir, report=report, training=training, files=files, pushed=pushed)
+
+
+@dataclass
+class _TrainPlan:
+    """Everything checked and built before the first file is written."""
+
+    data: RunData
+    net: Any
+    config: dict[str, Any]
+    train_config: Any
+    run_dir: Path
+
+    @classmethod
+    def make(cls, *, model: str, dataset: str, corrupt: float, corrupt_mode: str, seed: int, preset: str,
+             max_epochs: int | None, batch_size: int | None, mixed_precision: str, device: str | None,
+             image_column: str | None, label_column: str | None, revision: str | None,
+             output_dir: str | os.PathLike[str] | None, progress: bool) -> _TrainPlan:
+        from accelerate.utils import set_seed
+
+        from masc_probe.models import PAPER_MODELS, load_model
+        from masc_probe.training import preset_config
+
+        check_device(device)
+        if preset not in PIPELINE_PRESETS:
+            raise UnknownNameError(f"unknown preset {preset!r}; " + closest(str(preset), PIPELINE_PRESETS))
+        if not (model in PAPER_MODELS or str(model).startswith(TIMM_PREFIX)):
+            # Training starts from an architecture; a run folder or hf-hub: model is probed (or relabeled) instead.
+            load_model(model)  # an unknown spec raises its own error listing the valid forms
+            raise InputError(f"expected an architecture to train ({', '.join(PAPER_MODELS)}, timm/<name>), got "
+                             f"{model!r}; probe a trained model with `masc-probe probe {model}`")
+        data = load_run_data(dataset, corrupt=corrupt, mode=corrupt_mode, seed=seed, image_column=image_column,
+                             label_column=label_column, revision=revision)
+        set_seed(seed)  # the initial weights then depend on the seed alone, as when train() builds the model
+        net = load_model(model, num_classes=data.num_classes, in_chans=data.shape[0], input_size=data.shape)
+        chosen = preset if preset != "auto" else ("fast" if data.info["source"] == "builtin" else "paper")
+        run_dir = Path(output_dir) if output_dir is not None else default_run_dir(model, dataset, corrupt,
+                                                                                   corrupt_mode, seed)
+        overrides: dict[str, Any] = {"seed": seed, "num_classes": data.num_classes, "output_dir": str(run_dir),
+                                     "progress": progress, "mixed_precision": mixed_precision,
+                                     "cpu": device == "cpu", "corruption": data.corruption_spec,
+                                     "preprocessing": data.info["preprocessing"]}
+        if max_epochs is not None:
+            overrides["max_epochs"] = max_epochs
+        if batch_size is not None:
+            overrides["batch_size"] = batch_size
+        # The stop target follows the dataset family; a local folder is known by its name (``…/mnist``: 99.9%).
+        family = data.info.get("name") or Path(os.fspath(dataset).rstrip("/\\")).name
+        config = preset_config(model, family, preset=chosen, **overrides).replace(dataset=os.fspath(dataset))
+        if config.batch_size > data.n_train:
+            raise InputError(f"expected a batch size of at most the {data.n_train} training samples, got "
+                             f"{config.batch_size}")
+        summary = {"preset": chosen, "optimizer": config.optimizer, "lr": config.lr, "batch_size": config.batch_size,
+                   "target_accuracy": config.target_accuracy, "max_epochs": config.max_epochs}
+        return cls(data=data, net=net, config=summary, train_config=config, run_dir=run_dir)
+
+    def train(self) -> Any:
+        from masc_probe.training import train
+
+        logger.info("training %s in %s (%s preset)", self.train_config.model, self.run_dir, self.config["preset"])
+        return train(self.net, self.data.train, config=self.train_config, test_data=self.data.test)
+
+
+# ---------------------------------------------------------------------------------------------------------- probe
+@dataclass
+class _ProbePlan:
+    """Probing options, validated against a model before any training or file writing."""
+
+    options: dict[str, Any]
+    data: RunData
+    device: str | None
+    batch_size: int = _PROBE_BATCH
+
+    @classmethod
+    def make(cls, net: Any, *, layers: Sequence[str] | None, probes: Sequence[str], labels: str,
+             n_components: float | int, max_memory: int | None, device: str | None, progress: bool,
+             data: RunData) -> _ProbePlan:
+        from masc_probe.runner import ProbeRunner
+
+        n_components = check_n_components(n_components)
+        if labels not in PIPELINE_LABELS:
+            raise UnknownNameError(f"unknown label set {labels!r}; " + closest(labels, PIPELINE_LABELS))
+        if labels == "corrupted" and not data.corrupted:
+            raise InputError("expected corrupted training labels for labels='corrupted', got clean data (corrupt=0)")
+        options = {"layers": list(layers) if layers is not None else None, "probes": tuple(probes),
+                   "labels": labels, "n_components": n_components, "max_memory": max_memory, "progress": progress}
+        ProbeRunner(net, **options)  # validates layer and probe names now, not after training
+        return cls(options=options, data=data, device=device)
+
+    def run(self, net: Any, *, model_name: str, dataset: str, extra: Mapping[str, Any] | None = None,
+            epoch: int | None = None) -> ProbeReport:
+        """Fit every probe on the training split through *net*, score them on the test split."""
+        from torch.utils.data import DataLoader
+
+        from masc_probe.runner import ProbeRunner
+
+        data = self.data
+        options = dict(self.options)
+        if not data.corrupted and options["labels"] == "both":
+            options["labels"] = "true"  # clean data: the "corrupted" set would repeat the true one
+        runner = ProbeRunner(net, device=self.device, seed=data.seed, **options)
+        train = DataLoader(data.train, batch_size=self.batch_size, shuffle=False)
+        test = DataLoader(data.test, batch_size=self.batch_size, shuffle=False)
+        runner.fit(train, num_classes=data.num_classes)
+        report = runner.evaluate(test, epoch=epoch, model_name=model_name, dataset=dataset,
+                                 corruption=data.corruption, extra={**(extra or {}), "data": data.record})
+        report.provenance["data_fingerprint"] = data.fingerprint
+        return report
+
+
+def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,
+                 corrupt_mode: str | None = None, seed: int | None = None, all_checkpoints: bool = False,
+                 layers: Sequence[str] | None = None, probes: Sequence[str] = DEFAULT_PROBES, labels: str = "both",
+                 n_components: float | int = 0.99, max_memory: int | None = None, device: str | None = None,
+                 batch_size: int | None = None, image_column: str | None = None, label_column: str | None = None,
+                 revision: str | None = None, pretrained: bool = False,
+                 output_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> RunResult:
+    """Probe a trained model (run folder, checkpoint folder, ``hf-hub:`` repo) or a model spec on a dataset.
+
+    A run folder or ``hf-hub:`` repo supplies its dataset, corruption, seed and preprocessing from its
+    ``config.json``; the arguments override them. A model spec (``timm/<name>``, a paper name) needs *dataset*.
+
+    Args:
+        source: A run or checkpoint folder, ``hf-hub:<user>/<repo>``, ``timm/<name>`` or a paper model name.
+        dataset, corrupt, corrupt_mode, seed, image_column, label_column: The data (defaults: the run's own; for a
+            model spec, clean labels and seed 0).
+        all_checkpoints: Probe every ``checkpoints/epoch-NNNN`` of a run folder into one report with an epoch axis
+            (plus an accuracy-over-epochs plot).
+        layers, probes, labels, n_components, max_memory, device, progress: As in :func:`run_experiment`.
+        batch_size: Batch of the probing passes (default 256; no effect on the results).
+        revision: Hub revision of an ``hf-hub:`` model.
+        pretrained: For a ``timm/<name>`` spec: start from timm's pretrained weights.
+        output_dir: Where the report files go. Default: the run folder itself when probing it on its own data
+            (``<run>/dynamics`` with *all_checkpoints*), else ``runs/probe-<source>-<dataset>-…``.
+
+    Returns:
+        A :class:`RunResult` with the report and the files written.
+
+    Raises:
+        InputError: A missing folder, a run without checkpoints, no dataset for a model spec, a bad option.
+        UnknownNameError, DataUnavailableError, HubError: As raised by loading the model or the data.
+    """
+    src = resolve_source(source, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
+                         revision=revision, all_checkpoints=all_checkpoints)
+    data = load_run_data(src.dataset, corrupt=src.corrupt, mode=src.mode, seed=src.seed, image_column=image_column,
+                         label_column=label_column, revision=None, normalize=src.normalize,
+                         input_size=src.input_size, in_chans=src.in_chans)
+    check_device(device)
+    checkpoints = src.checkpoints if all_checkpoints else [(None, src.model_path)]
+    first = src.load(checkpoints[0][1], data=data, pretrained=pretrained, revision=revision)
+    plan = _ProbePlan.make(first, layers=layers, probes=probes, labels=labels, n_components=n_components,
+                           max_memory=max_memory, device=device, progress=progress, data=data)
+    if batch_size is not None:
+        plan.batch_size = batch_size
+    out = Path(output_dir) if output_dir is not None else src.default_output(all_checkpoints)
+    name = src.model_name or str(source)
+    reports: list[tuple[int, ProbeReport]] = []
+    for i, (epoch, path) in enumerate(checkpoints):
+        net = first if i == 0 else src.load(path, data=data, pretrained=pretrained, revision=revision)
+        logger.info("probing %s%s", path, "" if epoch is None else f" (epoch {epoch})")
+        reports.append((epoch or 0, plan.run(net, model_name=name, dataset=src.dataset, epoch=epoch,
+                                             extra={"source": str(source)})))
+    report = ProbeReport.over_epochs(reports) if all_checkpoints else reports[0][1]
+    card = not all_checkpoints and (out / "config.json").is_file()
+    files = write_outputs(report, out, card=card, dynamics=all_checkpoints)
+    return RunResult(output_dir=out, report=report, files=files)
+
+
+def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,
+                corrupt_mode: str | None = None, seed: int | None = None, oracle: bool = False,
+                layers: Sequence[str] | None = None, max_epochs: int = 30, batch_size: int | None = None,
+                device: str | None = None, image_column: str | None = None, label_column: str | None = None,
+                output_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> list[Any]:
+    """The paper's relabeling experiment on a run folder, on the data it was trained on (see
+    :func:`masc_probe.relabel.relabel`); with *oracle*, the true-label-subspace bound as well, labelled as such.
+
+    Args:
+        run_dir: A run folder (or ``hf-hub:`` repo) with its config.
+        dataset, corrupt, corrupt_mode, seed, image_column, label_column: The data (default: the run's own).
+        oracle: Also run the oracle bound (written to ``relabel-oracle/``).
+        layers: Candidate layers for the best MASC layer (default: the model's probe points).
+        max_epochs: Fine-tuning epochs at most.
+        batch_size: Fine-tuning batch size (default: the run's).
+        device, progress: As in :func:`run_experiment`.
+        output_dir: Folder of the experiment's files (default ``<run>/relabel``); the oracle's go beside it.
+
+    Returns:
+        ``[RelabelResult]``, then the oracle's when asked.
+
+    Raises:
+        InputError: A missing run folder, or a bad value. DataUnavailableError: the data cannot be read here.
+    """
+    from masc_probe.relabel import relabel
+
+    src = resolve_source(run_dir, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
+                         revision=None, all_checkpoints=False)
+    if src.kind == "spec":
+        raise InputError(f"expected a trained model (run folder or hf-hub: repo) to relabel, got the spec {run_dir!r}")
+    check_device(device)
+    data = load_run_data(src.dataset, corrupt=src.corrupt, mode=src.mode, seed=src.seed, image_column=image_column,
+                         label_column=label_column, normalize=src.normalize, input_size=src.input_size,
+                         in_chans=src.in_chans)
+    if output_dir is None and src.kind == "hub":  # relabel() would default to a folder named after the repo spec
+        output_dir = default_run_dir(f"relabel-{src.text}", src.dataset, src.corrupt, src.mode, src.seed)
+    results = []
+    for bound in (False, True) if oracle else (False,):
+        out = None
+        if output_dir is not None:
+            out = Path(output_dir) if not bound else Path(output_dir).with_name(Path(output_dir).name + "-oracle")
+        results.append(relabel(run_dir, data.train, data.test, seed=src.seed, oracle=bound, output_dir=out,
+                               layers=list(layers) if layers is not None else None, max_epochs=max_epochs,
+                               batch_size=batch_size, device=device, progress=progress))
+    return results
+
+
+def layer_table(spec: str, *, num_classes: int = 10, in_chans: int | None = None, input_size: int | None = None,
+                revision: str | None = None) -> list[tuple[str, bool]]:
+    """Every layer name of a model, each with whether it is probed by default.
+
+    Args:
+        spec: A model spec, run folder or ``hf-hub:`` repo.
+        num_classes, in_chans, input_size: Shape of a new model (ignored for saved ones, which carry their own).
+        revision: Hub revision of an ``hf-hub:`` model.
+
+    Returns:
+        ``[(layer name, probed by default), ...]`` in forward order.
+
+    Raises:
+        UnknownNameError, InputError, HubError: As :func:`masc_probe.load_model` raises them.
+    """
+    from masc_probe.layers import default_layers, list_layers
+    from masc_probe.models import load_model
+
+    if str(spec).startswith(HUB_PREFIX) or Path(spec).exists():
+        net = load_model(spec, revision=revision)
+    else:
+        size = None if input_size is None else (input_size, input_size)
+        net = load_model(spec, num_classes=num_classes, in_chans=in_chans, input_size=size)
+    chosen = set(default_layers(net))
+    return [(name, name in chosen) for name in list_layers(net)]

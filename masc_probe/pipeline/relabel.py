@@ -1,0 +1,368 @@
+"""The paper's relabeling experiment, and probing every kept checkpoint of a run (dynamics).
+
+Relabeling (:func:`relabel`):
+
+1. split the test set 80/20 with a fixed seed;
+2. choose the layer where MASC does best on the 20% part;
+3. relabel the training set with that layer's MASC predictions from *corrupted-label* subspaces (true-label subspaces
+   leak the answer: they are allowed only as an oracle bound, ``oracle=True``, and the result says so), cross-fitted
+   so that no sample is labelled by a subspace fitted on itself, and write ``relabel.csv`` (index, given label,
+   suggested label, margin between the two best cosines);
+4. fine-tune the memorized network on the suggested labels with a fresh optimizer of the same kind and lr, up to
+   30 epochs, stopping early on the 20% part (patience 3) and keeping its best epoch;
+5. report the accuracy on the 80% part, the share of corrupted samples whose label was repaired and the share of
+   clean samples that were broken (against the known corruption, when the batches carry true labels).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from masc_probe import _atomic
+from masc_probe.data._batches import EpochSampler, make_loader, split_batch
+from masc_probe.errors import InputError
+from masc_probe.models import load_model, read_config, save_model
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RelabelResult", "probe_checkpoints", "relabel"]
+
+
+@dataclass(frozen=True)
+class RelabelResult:
+    """Outcome of :func:`relabel` (also written as ``relabel.json``)."""
+
+    output_dir: str
+    layer: str  # the MASC layer chosen on the 20% part
+    labels: str  # "corrupted" (the experiment) or "true" (oracle bound: true-label subspaces)
+    oracle: bool
+    cross_fit: int  # folds of the suggestions (1: in-sample)
+    selection_accuracy: float  # MASC accuracy of the chosen layer on the 20% part
+    n_train: int
+    n_changed: int  # training samples whose suggested label differs from the given one
+    repaired: float | None  # share of corrupted samples (given != true) whose suggestion is the true label
+    broken: float | None  # share of clean samples (given == true) whose suggestion is wrong
+    accuracy_before: float  # the memorized model on the 80% part
+    accuracy_after: float  # the fine-tuned model (best epoch on the 20% part) on the 80% part
+    best_epoch: int  # 0 when no fine-tuning epoch beat the memorized model on the 20% part
+    history: list[dict[str, float]] = field(default_factory=list)  # fine-tuning: epoch, loss, select_accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def relabel(
+    source: str | os.PathLike[str] | nn.Module,
+    train_data: Any,
+    test_data: Any,
+    *,
+    seed: int = 0,
+    oracle: bool = False,
+    output_dir: str | os.PathLike[str] | None = None,
+    layers: list[str] | None = None,
+    n_components: float | int = 0.99,
+    optimizer: str | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    max_epochs: int = 30,
+    patience: int = 3,
+    cross_fit: int = 2,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> RelabelResult:
+    """Relabel the training set with MASC and fine-tune on the suggestions (module docstring: the five steps).
+
+    Args:
+        source: A run or checkpoint folder / spec for :func:`masc_probe.models.load_model`, or a model.
+        train_data: The (corrupted) training data: a map-style dataset or a DataLoader over one, in the contract's
+            batch forms; true labels (``true_label`` / ``y_true``) make the repaired/broken shares computable.
+        test_data: The clean test data, map-style (it is split by index).
+        seed: Seed of the 80/20 split and of the fine-tuning order.
+        oracle: Use true-label subspaces (an upper bound that leaks the answer, never a result).
+        output_dir: Where ``relabel.csv``, ``relabel.json`` and the fine-tuned model go; default
+            ``<run>/relabel`` (``relabel-oracle`` for the oracle), or ``./relabel`` for a model.
+        layers: Candidate layers (default: the runner's default layers).
+        n_components: MASC's threshold.
+        optimizer, lr, batch_size: Fine-tuning settings; default those the run was trained with (its config.json),
+            else Adam, 1e-3, 128.
+        max_epochs: Fine-tuning epochs at most (30).
+        patience: Epochs without a better 20%-part accuracy before stopping (3).
+        cross_fit: Folds K of the suggestions: each training sample is labelled by subspaces fitted on the other
+            K-1 folds. ``1`` predicts in-sample, with subspaces fitted on the sample itself — which on small data
+            hands back the given label (each class subspace spans its own training points: on 300 digits with
+            the 2048-wide layers none of the 300 labels changed), so K=2 is the default.
+        device: Where everything runs; default the model's device.
+        progress: Progress bars of the probe passes.
+
+    Returns:
+        The numbers, also written to ``relabel.json``.
+
+    Raises:
+        InputError: Data that is not map-style, training data without labels, or bad fine-tuning settings.
+    """
+    from masc_probe.runner import ProbeRunner
+
+    model, masc, out = _resolve_source(source, oracle, output_dir)
+    training = masc.get("training") or {}
+    opt_name = optimizer or training.get("optimizer", "adam")
+    lr = float(lr if lr is not None else training.get("lr", 1e-3))
+    momentum = float(training.get("momentum", 0.9))
+    batch_size = int(batch_size or training.get("batch_size", 128))
+    if opt_name not in ("sgd", "adam") or lr <= 0 or max_epochs < 1 or patience < 1 or cross_fit < 1:
+        raise InputError(f"expected optimizer sgd|adam, lr > 0, max_epochs >= 1, patience >= 1, cross_fit >= 1; "
+                         f"got {opt_name!r}, {lr}, {max_epochs}, {patience}, {cross_fit}")  # fmt: skip
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model.to(device).eval()
+    train_set, test_set = _map_style(train_data, "training data"), _map_style(test_data, "test data")
+    order = np.random.default_rng(seed).permutation(len(test_set))
+    cut = len(order) // 5
+    select, held_out = Subset(test_set, order[:cut].tolist()), Subset(test_set, order[cut:].tolist())
+    if cut < 1:
+        raise InputError(f"expected a test set of at least 5 samples for the 80/20 split, got {len(test_set)}")
+    eval_bs = 512
+    labels = "true" if oracle else "corrupted"
+
+    # Steps 2-3: the best MASC layer on the 20% part, and its predictions on the training set.
+    runner = ProbeRunner(model, layers=layers, probes=("masc",), labels=labels, n_components=n_components,
+                         device=device, progress=progress, train_accuracy=False)  # fmt: skip
+    runner.fit(_loader(train_set, eval_bs))
+    report = runner.evaluate(_loader(select, eval_bs))
+    best = report.best_layer("masc", labels)
+    layer = best["layer"]
+    in_sample = runner.estimators_[(layer, "masc", labels)] if cross_fit == 1 else None
+    given, true, index, suggested, margin = _suggest(
+        runner, layer, train_set, eval_bs, labels=labels, folds=cross_fit, seed=seed, in_sample=in_sample,
+        n_components=n_components)  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    _write_csv(out / "relabel.csv", index, given, suggested, margin)
+    repaired = broken = None
+    if true is not None:
+        corrupted = given != true
+        repaired = float((suggested[corrupted] == true[corrupted]).mean()) if corrupted.any() else None
+        broken = float((suggested[~corrupted] != true[~corrupted]).mean()) if (~corrupted).any() else None
+
+    # Steps 4-5: fine-tune on the suggestions, keep the best epoch on the 20% part, score the 80% part.
+    before = _accuracy(model, _loader(held_out, eval_bs), device)
+    history, best_epoch = _fine_tune(
+        model, _Relabeled(train_set, suggested), _loader(select, eval_bs), optimizer=opt_name, lr=lr,
+        momentum=momentum, batch_size=min(batch_size, len(train_set)), max_epochs=max_epochs, patience=patience,
+        seed=seed, device=device)  # fmt: skip
+    after = _accuracy(model, _loader(held_out, eval_bs), device)
+    result = RelabelResult(
+        output_dir=str(out), layer=layer, labels=labels, oracle=oracle, cross_fit=cross_fit,
+        selection_accuracy=best["test_accuracy"],
+        n_train=len(given), n_changed=int((suggested != given).sum()), repaired=repaired, broken=broken,
+        accuracy_before=before, accuracy_after=after, best_epoch=best_epoch, history=history)  # fmt: skip
+    _atomic.write_text(out / "relabel.json", json.dumps(result.to_dict(), indent=2))
+    meta = {k: v for k, v in masc.items() if k not in ("relabel", "metrics", "masc_probe_version")}
+    meta["relabel"] = {k: v for k, v in result.to_dict().items() if k != "history"}
+    try:
+        save_model(model, out, masc_config=meta)
+    except InputError as err:  # a model of another family: the numbers and the csv are still written
+        logger.warning("fine-tuned model not saved: %s", err)
+    logger.info("relabel: layer %s, repaired %s, broken %s, 80%% accuracy %.4f -> %.4f", layer, repaired, broken,
+                before, after)  # fmt: skip
+    return result
+
+
+def probe_checkpoints(run_dir: str | os.PathLike[str], train: Any, test: Any, *, epochs: list[int] | None = None,
+                      **runner_kwargs: Any) -> Any:  # fmt: skip
+    """Probe every kept checkpoint of a run folder: a :class:`~masc_probe.report.ProbeReport` with an epoch axis.
+
+    Args:
+        run_dir: A run folder with ``checkpoints/epoch-NNNN/``.
+        train: Training batches (an iterable that can be passed over once per checkpoint, e.g. a DataLoader).
+        test: Test batches, likewise.
+        epochs: Only these epochs (default: every kept one).
+        **runner_kwargs: Passed to :class:`~masc_probe.runner.ProbeRunner` (layers, probes, n_components, …).
+
+    Returns:
+        ``ProbeReport.over_epochs`` of the per-checkpoint reports; ``report.plot_dynamics(path)`` draws it.
+
+    Raises:
+        InputError: The folder has no checkpoints (or none of *epochs*).
+    """
+    from masc_probe.report import ProbeReport
+    from masc_probe.runner import ProbeRunner
+
+    folders = sorted((Path(run_dir) / "checkpoints").glob("epoch-[0-9]*"))
+    kept = {int(f.name.split("-")[1]): f for f in folders if (f / "model.safetensors").is_file()}
+    chosen = sorted(kept) if epochs is None else [e for e in sorted(set(epochs)) if e in kept]
+    if not chosen:
+        raise InputError(f"expected checkpoints/epoch-NNNN folders in {run_dir} (epochs {epochs}), found "
+                         f"{sorted(kept)}")
+    reports = []
+    for epoch in chosen:
+        masc = read_config(kept[epoch])
+        runner = ProbeRunner(load_model(kept[epoch]), **runner_kwargs).fit(train)
+        reports.append((epoch, runner.evaluate(test, epoch=epoch, model_name=masc.get("model"),
+                                               dataset=masc.get("dataset"), corruption=masc.get("corruption"))))
+    return ProbeReport.over_epochs(reports)
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+def _resolve_source(source: Any, oracle: bool, output_dir: Any) -> tuple[nn.Module, dict[str, Any], Path]:
+    """The model, its config.json "masc_probe" section ({} for a bare model) and the output folder."""
+    name = "relabel-oracle" if oracle else "relabel"
+    if isinstance(source, nn.Module):
+        return source, {}, Path(output_dir or name)
+    model = load_model(source)
+    try:
+        masc = read_config(source)
+    except InputError:
+        masc = {}
+    return model, masc, Path(output_dir) if output_dir else Path(source) / name
+
+
+def _map_style(data: Any, name: str) -> Dataset:
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    if not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")) or isinstance(dataset, (list, tuple)):
+        raise InputError(f"expected {name} as a map-style dataset (or a DataLoader over one), got {type(data)}")
+    return dataset
+
+
+def _loader(dataset: Any, batch_size: int) -> Any:
+    return make_loader(dataset, batch_size=batch_size, strict=False)[0]
+
+
+class _Relabeled(Dataset):
+    """The training rows with their given label replaced by the suggested one (true labels kept)."""
+
+    def __init__(self, base: Any, labels: np.ndarray) -> None:
+        self.base, self.labels = base, torch.as_tensor(labels, dtype=torch.int64)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> Any:
+        row = self.base[i]
+        if isinstance(row, dict):
+            return {**row, "label": self.labels[i]}
+        return (row[0], self.labels[i], *row[2:])
+
+
+@torch.no_grad()
+def _suggest(runner: Any, layer: str, dataset: Any, batch_size: int, *, labels: str, folds: int, seed: int,
+             in_sample: Any, n_components: float | int) -> tuple[Any, ...]:  # fmt: skip
+    """Given labels, true labels (or None), indices, MASC suggestions and cosine margins, in dataset order.
+
+    With ``folds`` > 1, one pass fits a MASC per fold on the samples outside it, a second pass scores each sample
+    with the MASC of its own fold. Fold ``i`` holds the samples whose position is ``i`` modulo ``folds`` in a
+    seeded permutation.
+    """
+    from masc_probe.probes import MinimumAngleSubspaceClassifier
+
+    classes = runner.classes_
+    fold_of = np.random.default_rng(seed).permutation(len(dataset)) % folds
+    probes = [MinimumAngleSubspaceClassifier(n_components) for _ in range(folds)] if in_sample is None else []
+    if probes:
+        position = 0
+        for batch in _loader(dataset, batch_size):
+            part = split_batch(batch)
+            y = part.y if labels == "corrupted" else part.y_true
+            if y is None:
+                raise InputError("oracle relabeling needs true labels in the training batches, got none")
+            rows = runner.features(part.x)[layer]
+            fold = torch.as_tensor(fold_of[position : position + len(y)], device=rows.device)
+            for f, probe in enumerate(probes):
+                keep = fold != f
+                if bool(keep.any()):
+                    probe.partial_fit(rows[keep], y.to(rows.device)[keep].cpu().numpy(), classes=classes)
+            position += len(y)
+    given, true, index, suggested, margin = [], [], [], [], []
+    position = 0
+    has_true = True
+    for batch in _loader(dataset, batch_size):
+        part = split_batch(batch)
+        n = len(part.y)
+        rows = runner.features(part.x)[layer]
+        cos = torch.zeros(n, len(classes), dtype=torch.float64)
+        fold = fold_of[position : position + n]
+        for f in np.unique(fold) if probes else [None]:
+            pick = torch.as_tensor(fold == f) if f is not None else torch.ones(n, dtype=torch.bool)
+            estimator = probes[f] if f is not None else in_sample
+            cos[pick] = torch.as_tensor(estimator.cosines(rows[pick.to(rows.device)])).double().cpu()
+        top = torch.topk(cos, k=min(2, cos.shape[1]), dim=1).values
+        suggested.append(cos.argmax(dim=1).numpy())  # ties to the lowest class, as MASC's predict
+        margin.append((top[:, 0] - top[:, -1]).numpy())
+        given.append(part.y.cpu().numpy())
+        has_true = has_true and part.y_true is not None
+        true.append((part.y_true if part.y_true is not None else part.y).cpu().numpy())
+        index.append(part.index.cpu().numpy() if part.index is not None else np.arange(position, position + n))
+        position += n
+    cat = np.concatenate
+    return cat(given), (cat(true) if has_true else None), cat(index), cat(suggested).astype(np.int64), cat(margin)
+
+
+def _write_csv(path: Path, index: np.ndarray, given: np.ndarray, suggested: np.ndarray, margin: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "given_label", "suggested_label", "margin"])
+            for row in zip(index.tolist(), given.tolist(), suggested.tolist(), margin.tolist()):
+                writer.writerow([row[0], row[1], row[2], f"{row[3]:.6g}"])
+
+    _atomic.write_with(path, write)
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, loader: Any, device: torch.device) -> float:
+    """Accuracy against the test labels (``true_label`` when present, else ``label``)."""
+    model.eval()
+    right = count = 0
+    for batch in loader:
+        part = split_batch(batch)
+        y = (part.y_true if part.y_true is not None else part.y).to(device)
+        right += int((model(part.x.to(device)).argmax(1) == y).sum())
+        count += len(y)
+    return right / count
+
+
+def _fine_tune(model: nn.Module, data: Dataset, select: Any, *, optimizer: str, lr: float, momentum: float,
+               batch_size: int, max_epochs: int, patience: int, seed: int,
+               device: torch.device) -> tuple[list[dict[str, float]], int]:  # fmt: skip
+    """Train on *data* from a fresh optimizer; early-stop on *select* and leave the model at its best epoch."""
+    torch.manual_seed(seed)  # dropout and the like, for models that have them
+    params = list(model.parameters())
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
+    sampler = EpochSampler(len(data), seed)
+    loader = DataLoader(data, batch_size=batch_size, sampler=sampler)
+    best_acc, best_epoch = _accuracy(model, select, device), 0
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    history: list[dict[str, float]] = []
+    waited = 0
+    for epoch in range(1, max_epochs + 1):
+        sampler.set_epoch(epoch)
+        model.train()
+        total = count = 0.0
+        for batch in loader:
+            part = split_batch(batch)
+            loss = F.cross_entropy(model(part.x.to(device)).float(), part.y.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(part.y)
+            count += len(part.y)
+        acc = _accuracy(model, select, device)
+        history.append({"epoch": epoch, "loss": total / count, "select_accuracy": acc})
+        if acc > best_acc:
+            best_acc, best_epoch, waited = acc, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    model.load_state_dict(best_state)
+    return history, best_epoch

@@ -1,0 +1,356 @@
+"""ProbeReport: probe accuracies per layer × probe × label set, as JSON, a markdown table and plots.
+
+The JSON layout is a public format (DESIGN.md, "Report JSON"): ``schema_version``, ``model``, ``dataset``,
+``corruption``, ``provenance``, ``model_test_accuracy``, ``results`` and ``best`` keep their meaning; more keys may be
+added beside them (``n_test``, ``n_train``, per-result ``n_test``, ``train_ci``, an ``epoch`` per result for
+checkpoint dynamics, ``aggregate`` for reports averaged over seeds).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from masc_probe import _atomic
+from masc_probe.errors import InputError
+from masc_probe.report import _aggregate, _views
+
+SCHEMA_VERSION = 1
+_Z95 = 1.959963984540054  # two-sided 95% normal quantile
+_KNOWN_KEYS = ("schema_version", "model", "dataset", "corruption", "provenance", "model_test_accuracy", "results",
+               "best", "n_test")
+_REQUIRED_RESULT_KEYS = ("layer", "probe", "labels", "test_accuracy")
+
+
+def wilson_interval(accuracy: float, n: int, *, z: float = _Z95) -> list[float]:
+    """Wilson score interval of a proportion.
+
+    Args:
+        accuracy: Observed proportion of successes, in [0, 1].
+        n: Number of trials (> 0).
+        z: Normal quantile; the default gives a two-sided 95% interval.
+
+    Returns:
+        ``[low, high]``, clipped to [0, 1].
+
+    Raises:
+        InputError: If *n* is not positive or *accuracy* is outside [0, 1].
+
+    >>> [round(v, 4) for v in wilson_interval(0.5, 100)]
+    [0.4038, 0.5962]
+    """
+    if n <= 0:
+        raise InputError(f"a Wilson interval needs n > 0 trials, got n={n}")
+    if not 0.0 <= accuracy <= 1.0:
+        raise InputError(f"accuracy must lie in [0, 1], got {accuracy}")
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (accuracy + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(accuracy * (1 - accuracy) / n + z2 / (4 * n * n))
+    low = 0.0 if accuracy == 0.0 else max(0.0, center - half)  # exact at the edges, where rounding would leak
+    high = 1.0 if accuracy == 1.0 else min(1.0, center + half)
+    return [low, high]
+
+
+def _key(result: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (result.get("epoch"), result["layer"], result["probe"], result["labels"])
+
+
+class ProbeReport:
+    """Results of probing a model layer by layer.
+
+    Args:
+        results: One dict per layer × probe × label set (× epoch), with keys ``layer``, ``probe``, ``labels``
+            (``"corrupted"``, ``"true"`` or ``"label"``: the label set the probe was fitted on), ``test_accuracy``
+            (against the test set's true labels), and optionally ``train_accuracy`` ({label set: accuracy}),
+            ``n_components`` (MASC: one count per class), ``epoch``, ``n_test``, ``n_train_scored`` (rows the
+            training accuracy was measured on) and ``test_ci``. A missing ``test_ci`` is computed as the Wilson 95%
+            interval from ``test_accuracy`` and ``n_test``; ``train_ci`` likewise from ``n_train_scored`` (or
+            ``n_train``).
+        model: Model spec, e.g. ``"mlp"`` or ``"timm/resnet18"``.
+        dataset: Dataset spec.
+        corruption: ``{"mode", "rate", "seed", "realized_rate"}`` or None for clean labels.
+        provenance: Versions, data fingerprint, solver.
+        model_test_accuracy: The model's own test accuracy (for an epoch axis: that of the last epoch).
+        n_test: Number of test samples behind each accuracy.
+        n_train: Number of training samples the probes were fitted on.
+        extra: More top-level keys to keep in the JSON (e.g. ``preprocessing``, ``reducer``).
+
+    Raises:
+        InputError: If a result lacks a required key or two results share layer, probe, label set and epoch.
+
+    >>> r = ProbeReport([{"layer": "fc1", "probe": "masc", "labels": "true", "test_accuracy": 0.9}], n_test=100)
+    >>> r.best_layer()["layer"]
+    'fc1'
+    """
+
+    def __init__(self, results: Iterable[Mapping[str, Any]], *, model: str | None = None,
+                 dataset: str | None = None, corruption: Mapping[str, Any] | None = None,
+                 provenance: Mapping[str, Any] | None = None, model_test_accuracy: float | None = None,
+                 n_test: int | None = None, n_train: int | None = None,
+                 extra: Mapping[str, Any] | None = None) -> None:
+        self.model = model
+        self.dataset = dataset
+        self.corruption = dict(corruption) if corruption is not None else None
+        self.provenance = dict(provenance) if provenance is not None else {}
+        self.model_test_accuracy = None if model_test_accuracy is None else float(model_test_accuracy)
+        self.n_test = None if n_test is None else int(n_test)
+        self.n_train = None if n_train is None else int(n_train)
+        self.extra = dict(extra) if extra is not None else {}
+        self.results: list[dict[str, Any]] = []
+        seen: set[tuple[Any, ...]] = set()
+        for raw in results:
+            missing = [k for k in _REQUIRED_RESULT_KEYS if k not in raw]
+            if missing:
+                raise InputError(f"each result needs keys {list(_REQUIRED_RESULT_KEYS)}, got one without {missing}")
+            res = dict(raw)
+            if _key(res) in seen:
+                raise InputError(f"results must be unique per (epoch, layer, probe, labels), got {_key(res)} twice")
+            seen.add(_key(res))
+            res["test_accuracy"] = float(res["test_accuracy"])
+            res.setdefault("train_accuracy", {})
+            n = res.get("n_test", self.n_test)
+            if "test_ci" not in res and n:
+                res["test_ci"] = wilson_interval(res["test_accuracy"], int(n))
+            n_scored = res.get("n_train_scored", self.n_train)  # training accuracy may use a subset
+            if "train_ci" not in res and n_scored and res["train_accuracy"]:
+                res["train_ci"] = {k: wilson_interval(float(v), int(n_scored))
+                                   for k, v in res["train_accuracy"].items()}
+            self.results.append(res)
+
+    # ----------------------------------------------------------------- views
+    @property
+    def layers(self) -> list[str]:
+        """Layer names in the order they first appear (the model's order when the runner built the report)."""
+        return list(dict.fromkeys(r["layer"] for r in self.results))
+
+    @property
+    def series(self) -> list[tuple[str, str]]:
+        """The (probe, label set) pairs present, in order of appearance."""
+        return list(dict.fromkeys((r["probe"], r["labels"]) for r in self.results))
+
+    @property
+    def epochs(self) -> list[int]:
+        """Sorted epochs present; empty when the report has no epoch axis."""
+        return sorted({int(r["epoch"]) for r in self.results if r.get("epoch") is not None})
+
+    def _at_epoch(self, epoch: int | None) -> list[dict[str, Any]]:
+        if not self.epochs:
+            return self.results
+        epoch = self.epochs[-1] if epoch is None else int(epoch)
+        if epoch not in self.epochs:
+            raise InputError(f"epoch must be one of {self.epochs}, got {epoch}")
+        return [r for r in self.results if r.get("epoch") == epoch]
+
+    def best_layer(self, probe: str = "masc", labels: str = "true", *, epoch: int | None = None) -> dict[str, Any]:
+        """The result of the layer where *probe* fitted on *labels* reaches the highest test accuracy.
+
+        Args:
+            probe: Probe name, e.g. ``"masc"``.
+            labels: Label set the probe was fitted on; ``"true"`` falls back to ``"label"`` when the training
+                batches carried a single label set.
+            epoch: For a report with an epoch axis, the epoch to look at (default: the last one).
+
+        Returns:
+            The full result dict (a copy). Ties go to the earliest layer.
+
+        Raises:
+            InputError: If no result matches.
+        """
+        rows = self._at_epoch(epoch)
+        match = [r for r in rows if r["probe"] == probe and r["labels"] == labels]
+        if not match and labels == "true":
+            match = [r for r in rows if r["probe"] == probe and r["labels"] == "label"]
+        if not match:
+            have = sorted({f"{p}/{lab}" for p, lab in self.series})
+            raise InputError(f"probe/labels must be one of {have}, got {probe}/{labels}")
+        best = max(match, key=lambda r: r["test_accuracy"])  # max keeps the first of equals
+        return dict(best)
+
+    def best(self) -> dict[str, dict[str, Any]]:
+        """``{"probe/labels": {"layer", "test_accuracy"[, "epoch"]}}`` for every series (last epoch if any)."""
+        out: dict[str, dict[str, Any]] = {}
+        for probe, labels in self.series:
+            try:
+                r = self.best_layer(probe, labels)
+            except InputError:  # a series absent at the last epoch
+                continue
+            entry = {"layer": r["layer"], "test_accuracy": r["test_accuracy"]}
+            if r.get("epoch") is not None:
+                entry["epoch"] = r["epoch"]
+            out[f"{probe}/{labels}"] = entry
+        return out
+
+    # ----------------------------------------------------------------- (de)serialization
+    def to_dict(self) -> dict[str, Any]:
+        """The report as the JSON-ready dict of DESIGN.md's "Report JSON" (plus any extra keys)."""
+        out: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION, "model": self.model, "dataset": self.dataset,
+            "corruption": self.corruption, "provenance": self.provenance,
+            "model_test_accuracy": self.model_test_accuracy,
+            "results": [dict(r) for r in self.results], "best": self.best(),
+        }
+        if self.n_test is not None:
+            out["n_test"] = self.n_test
+        if self.n_train is not None:
+            out["n_train"] = self.n_train
+        for k, v in self.extra.items():
+            out.setdefault(k, v)
+        return json.loads(json.dumps(out))  # plain types only, a deep copy
+
+    def to_json(self, path: str | os.PathLike[str] | None = None, *, indent: int = 2) -> str:
+        """Serialize to JSON; with *path*, also write it there atomically.
+
+        Args:
+            path: File to write, or None to only return the text.
+            indent: JSON indentation.
+
+        Returns:
+            The JSON text.
+        """
+        text = json.dumps(self.to_dict(), indent=indent) + "\n"
+        if path is not None:
+            _atomic.write_text(Path(path), text)
+        return text
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ProbeReport:
+        """Rebuild a report from :meth:`to_dict` output.
+
+        Raises:
+            InputError: If the dict is not a version-1 report.
+        """
+        if not isinstance(data, Mapping) or "results" not in data:
+            raise InputError(f"a report dict needs a 'results' key, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise InputError(f"report schema_version must be {SCHEMA_VERSION}, got {version!r}")
+        extra = {k: v for k, v in data.items() if k not in (*_KNOWN_KEYS, "n_train")}
+        return cls(data["results"], model=data.get("model"), dataset=data.get("dataset"),
+                   corruption=data.get("corruption"), provenance=data.get("provenance"),
+                   model_test_accuracy=data.get("model_test_accuracy"), n_test=data.get("n_test"),
+                   n_train=data.get("n_train"), extra=extra)
+
+    @classmethod
+    def from_json(cls, source: str | os.PathLike[str]) -> ProbeReport:
+        """Read a report from a JSON file path or a JSON string.
+
+        Raises:
+            InputError: If the text is not JSON or not a version-1 report.
+        """
+        text = str(source)
+        if not text.lstrip().startswith("{"):
+            text = Path(source).read_text()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"a report must be JSON, got a parse error: {exc}") from None
+        return cls.from_dict(data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ProbeReport) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return (f"ProbeReport(model={self.model!r}, dataset={self.dataset!r}, {len(self.layers)} layers, "
+                f"series={[f'{p}/{lab}' for p, lab in self.series]}, epochs={self.epochs or None})")
+
+    # ----------------------------------------------------------------- epochs and seeds
+    @classmethod
+    def over_epochs(cls, reports: Mapping[int, ProbeReport] | Sequence[tuple[int, ProbeReport]]) -> ProbeReport:
+        """Stack reports of checkpoints of one training run into one report with an epoch axis.
+
+        Args:
+            reports: ``{epoch: report}`` or ``[(epoch, report), ...]``.
+
+        Returns:
+            A report whose results carry ``epoch``; ``model_test_accuracy`` is that of the last epoch and
+            ``model_test_accuracy_by_epoch`` holds every epoch's.
+
+        Raises:
+            InputError: If *reports* is empty.
+        """
+        items = sorted((reports.items() if isinstance(reports, Mapping) else reports), key=lambda t: int(t[0]))
+        if not items:
+            raise InputError("over_epochs needs at least one (epoch, report), got none")
+        results = [{**r, "epoch": int(ep)} for ep, rep in items for r in rep.results]
+        last = items[-1][1]
+        by_epoch = {str(int(ep)): rep.model_test_accuracy for ep, rep in items}
+        return cls(results, model=last.model, dataset=last.dataset, corruption=last.corruption,
+                   provenance=last.provenance, model_test_accuracy=last.model_test_accuracy, n_test=last.n_test,
+                   n_train=last.n_train, extra={**last.extra, "model_test_accuracy_by_epoch": by_epoch})
+
+    @classmethod
+    def aggregate(cls, reports: Sequence[ProbeReport]) -> ProbeReport:
+        """Mean and spread over runs that differ only in their seed.
+
+        Each result of the returned report holds the mean ``test_accuracy`` (and mean ``train_accuracy``,
+        mean per-class ``n_components``) plus ``test_accuracy_std`` (sample std, ddof=1), ``test_accuracy_min``,
+        ``test_accuracy_max`` and ``n_runs``; its ``test_ci`` is the Wilson interval of the mean at the test size.
+
+        Args:
+            reports: Two or more reports with the same model, dataset, corruption mode/rate, test size and the
+                same layer × probe × label set (× epoch) entries.
+
+        Returns:
+            The aggregated report; its top-level ``aggregate`` key lists the seeds and ``n_runs``.
+
+        Raises:
+            InputError: If fewer than two reports are given or they differ in more than the seed.
+        """
+        return _aggregate.aggregate_reports(cls, reports)
+
+    # ----------------------------------------------------------------- human views
+    def to_markdown(self, *, digits: int = 3) -> str:
+        """A markdown summary: model accuracy, a layers × (probe, label set) table with the best cells in bold.
+
+        Args:
+            digits: Decimals shown.
+
+        Returns:
+            Markdown text (the last epoch's table when the report has an epoch axis, plus a dynamics table).
+        """
+        return _views.to_markdown(self, digits=digits)
+
+    def plot(self, path: str | os.PathLike[str]) -> Path:
+        """Write a PNG: accuracy by layer, or accuracy over epochs when the report has several epochs.
+
+        Args:
+            path: Output PNG path (written atomically).
+
+        Returns:
+            The path written.
+        """
+        if len(self.epochs) > 1:
+            return self.plot_dynamics(path)
+        return self.plot_layers(path)
+
+    def plot_layers(self, path: str | os.PathLike[str], *, epoch: int | None = None) -> Path:
+        """Write a PNG of test accuracy by layer, one line per probe × label set, model accuracy as a line.
+
+        Args:
+            path: Output PNG path (written atomically).
+            epoch: For a report with an epoch axis, the epoch drawn (default: the last).
+
+        Returns:
+            The path written.
+        """
+        return _views.plot_layers(self, Path(path), epoch=epoch)
+
+    def plot_dynamics(self, path: str | os.PathLike[str]) -> Path:
+        """Write a PNG of test accuracy over epochs at each series' best layer (chosen at the last epoch), and the
+        model's own accuracy.
+
+        Args:
+            path: Output PNG path (written atomically).
+
+        Returns:
+            The path written.
+
+        Raises:
+            InputError: If the report has no epoch axis.
+        """
+        return _views.plot_dynamics(self, Path(path))

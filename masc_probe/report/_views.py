@@ -1,0 +1,194 @@
+"""Human views of a ProbeReport: the markdown table and the PNG plots (matplotlib, Agg, no pyplot state)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from masc_probe import _atomic
+from masc_probe.errors import InputError
+
+# A ProbeReport; not imported, because ProbeReport's module imports this one (its methods call these functions).
+ProbeReport = Any
+
+_LABEL_STYLE = {"true": "-", "label": "-", "corrupted": "--"}
+
+
+def _series_name(probe: str, labels: str) -> str:
+    return probe if labels == "label" else f"{probe} ({labels})"
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def to_markdown(report: ProbeReport, *, digits: int = 3) -> str:
+    """See :meth:`ProbeReport.to_markdown`."""
+    rows = report._at_epoch(None)
+    lines: list[str] = []
+    title = " · ".join(str(v) for v in (report.model, report.dataset) if v)
+    lines.append(f"### Probe accuracy by layer{f' — {title}' if title else ''}")
+    lines.append("")
+    facts = []
+    if report.model_test_accuracy is not None:
+        facts.append(f"**Model's own test accuracy: {report.model_test_accuracy:.{digits}f}**")
+    if report.corruption:
+        c = report.corruption
+        realized = c.get("realized_rate")
+        facts.append(f"label corruption: {c.get('mode', '?')} p={c.get('rate', '?')}"
+                     + (f" (realized {realized:.3f})" if isinstance(realized, (int, float)) else ""))
+    if report.n_test:
+        facts.append(f"n_test={report.n_test}")
+    if report.epochs:
+        facts.append(f"epoch {report.epochs[-1]}")
+    if "aggregate" in report.extra:
+        facts.append(f"mean ± std over {report.extra['aggregate'].get('n_runs')} seeds")
+    if facts:
+        lines += ["; ".join(facts), ""]
+
+    series = [s for s in report.series if any((r["probe"], r["labels"]) == s for r in rows)]
+    cell = {(r["layer"], r["probe"], r["labels"]): r for r in rows}
+    best = {s: report.best_layer(*s)["layer"] for s in series}
+    header = ["layer", *(_series_name(p, lab) for p, lab in series)]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" + "---:|" * len(series))
+    for layer in dict.fromkeys(r["layer"] for r in rows):
+        cells = [f"`{layer}`"]
+        for s in series:
+            r = cell.get((layer, *s))
+            if r is None:
+                cells.append("–")
+                continue
+            text = _fmt(r["test_accuracy"], digits)
+            if "test_accuracy_std" in r:
+                text += f" ± {r['test_accuracy_std']:.{digits}f}"
+            cells.append(f"**{text}** ★" if best[s] == layer else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Test accuracy against the true test labels; ★ marks each column's best layer. "
+                 "95% Wilson intervals are in `report.json` (`test_ci`).")
+
+    train_sets = list(dict.fromkeys(k for r in rows for k in r.get("train_accuracy", {})))
+    if train_sets:
+        lines += ["", "Training accuracy of each probe at its best layer:", ""]
+        lines.append("| probe (fitted on) | layer | " + " | ".join(f"train vs {t}" for t in train_sets) + " |")
+        lines.append("|---|---|" + "---:|" * len(train_sets))
+        for s in series:
+            r = cell[(best[s], *s)]
+            tr = r.get("train_accuracy", {})
+            lines.append(f"| {_series_name(*s)} | `{best[s]}` | "
+                         + " | ".join(_fmt(tr.get(t), digits) for t in train_sets) + " |")
+
+    if len(report.epochs) > 1:
+        lines += ["", "Over epochs (each series at its best layer of the last epoch):", ""]
+        by_epoch = report.extra.get("model_test_accuracy_by_epoch", {})
+        lines.append("| epoch | model | " + " | ".join(_series_name(*s) for s in series) + " |")
+        lines.append("|---:|---:|" + "---:|" * len(series))
+        everything = {(r.get("epoch"), r["layer"], r["probe"], r["labels"]): r for r in report.results}
+        for ep in report.epochs:
+            vals = [everything.get((ep, best[s], *s)) for s in series]
+            lines.append(f"| {ep} | {_fmt(by_epoch.get(str(ep)), digits)} | "
+                         + " | ".join(_fmt(v["test_accuracy"] if v else None, digits) for v in vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _probe_colors(report: ProbeReport) -> dict[str, str]:
+    # One color per probe, one line style per label set: a probe's two lines read as a pair.
+    palette = ["C0", "C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "C9"]
+    probes = list(dict.fromkeys(p for p, _ in report.series))
+    return {p: palette[i % len(palette)] for i, p in enumerate(probes)}
+
+
+def _figure(width: float) -> tuple[Any, Any]:
+    # The object-oriented API with an Agg canvas: no pyplot, so no global backend switch for the user's session.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, 4.2), dpi=120)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    _atomic.write_bytes(path, buf.getvalue())
+    return path
+
+
+def plot_layers(report: ProbeReport, path: Path, *, epoch: int | None = None) -> Path:
+    """See :meth:`ProbeReport.plot_layers`."""
+    rows = report._at_epoch(epoch)
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    if not layers:
+        raise InputError("plot needs at least one result, got an empty report")
+    fig, ax = _figure(max(6.0, 0.55 * len(layers) + 3.0))
+    xs = list(range(len(layers)))
+    cell = {(r["layer"], r["probe"], r["labels"]): r for r in rows}
+    colors = _probe_colors(report)
+    for probe, labels in report.series:
+        pts = [(i, cell[(lay, probe, labels)]) for i, lay in enumerate(layers) if (lay, probe, labels) in cell]
+        if not pts:
+            continue
+        x = [i for i, _ in pts]
+        y = [r["test_accuracy"] for _, r in pts]
+        (line,) = ax.plot(x, y, _LABEL_STYLE.get(labels, "-"), marker="o", ms=4, color=colors[probe],
+                          label=_series_name(probe, labels))
+        if all("test_accuracy_std" in r for _, r in pts):
+            lo = [r["test_accuracy"] - r["test_accuracy_std"] for _, r in pts]
+            hi = [r["test_accuracy"] + r["test_accuracy_std"] for _, r in pts]
+        elif all("test_ci" in r for _, r in pts):
+            lo = [r["test_ci"][0] for _, r in pts]
+            hi = [r["test_ci"][1] for _, r in pts]
+        else:
+            continue
+        ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
+    if report.model_test_accuracy is not None:
+        ax.axhline(report.model_test_accuracy, color="black", ls=":", lw=1.5,
+                   label=f"model ({report.model_test_accuracy:.3f})")
+    ax.set_xticks(xs)
+    ax.set_xticklabels(layers, rotation=35, ha="right", fontsize=8)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_ylabel("test accuracy (true labels)")
+    ax.set_xlabel("layer")
+    ax.grid(True, alpha=0.3)
+    title = " · ".join(str(v) for v in (report.model, report.dataset) if v) or "probe accuracy by layer"
+    if report.corruption and report.corruption.get("rate") is not None:
+        title += f" · corruption {report.corruption['rate']}"
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def plot_dynamics(report: ProbeReport, path: Path) -> Path:
+    """See :meth:`ProbeReport.plot_dynamics`."""
+    epochs = report.epochs
+    if not epochs:
+        raise InputError("plot_dynamics needs results with an 'epoch', got a report without an epoch axis")
+    fig, ax = _figure(7.0)
+    everything = {(r.get("epoch"), r["layer"], r["probe"], r["labels"]): r for r in report.results}
+    colors = _probe_colors(report)
+    for probe, labels in report.series:
+        try:
+            layer = report.best_layer(probe, labels)["layer"]
+        except InputError:
+            continue
+        pts = [(ep, everything[(ep, layer, probe, labels)]) for ep in epochs
+               if (ep, layer, probe, labels) in everything]
+        ax.plot([e for e, _ in pts], [r["test_accuracy"] for _, r in pts], _LABEL_STYLE.get(labels, "-"),
+                marker="o", ms=3, color=colors[probe], label=f"{_series_name(probe, labels)} @ {layer}")
+    by_epoch = report.extra.get("model_test_accuracy_by_epoch", {})
+    model_pts = [(ep, by_epoch[str(ep)]) for ep in epochs if by_epoch.get(str(ep)) is not None]
+    if model_pts:
+        ax.plot([e for e, _ in model_pts], [a for _, a in model_pts], color="black", ls=":", marker="s", ms=3,
+                label="model")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (true labels)")
+    ax.set_ylim(0.0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.set_title(" · ".join(str(v) for v in (report.model, report.dataset) if v) or "accuracy over epochs",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, path)

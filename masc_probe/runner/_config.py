@@ -1,0 +1,69 @@
+"""RunnerConfig: a ProbeRunner's settings, validated once and passed down (frozen) to the parts of a pass."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from masc_probe._choices import RUNNER_LABELS
+from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe.probes import PROBES, check_max_memory, check_n_components
+
+Key = tuple[str, str, str]  # (layer, probe, label set)
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """What a :class:`~masc_probe.runner.ProbeRunner` was asked to do (see its arguments for each meaning).
+
+    Built from the constructor's arguments by :meth:`make`, which validates them and fills the defaults; the fit
+    and evaluate passes, the memory plan and persistence read this object, never the runner.
+    """
+
+    layers: tuple[str, ...] | None  # resolved names (None only for a runner without a model, before load fills them)
+    probes: tuple[str, ...]  # registry names, in the order results are reported
+    labels: str = "both"
+    n_components: float | int = 0.99  # plain Python number (numpy scalars are converted)
+    reducer: str | None = None
+    max_memory: int = field(default_factory=lambda: check_max_memory(None))  # the whole runner's budget in bytes
+    device: torch.device | None = None  # None: the model's device
+    cache_dir: str | os.PathLike[str] | None = None
+    progress: bool = True
+    probe_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    train_accuracy: bool | int = 5_000  # True, False or the most training rows scored
+    seed: int = 0
+
+    @classmethod
+    def make(cls, *, layers: Any, probes: Any, labels: str, n_components: Any, reducer: str | None,
+             max_memory: Any, device: Any, cache_dir: Any, progress: bool, probe_kwargs: Any,
+             train_accuracy: bool | int, seed: int) -> RunnerConfig:
+        """Validate the constructor's arguments.
+
+        Raises:
+            UnknownNameError: An unknown probe or label set.
+            InputError: Any other invalid value.
+        """
+        if isinstance(probes, str):
+            probes = (probes,)
+        if not probes:
+            raise InputError("probes is empty; name at least one of " + ", ".join(PROBES))
+        for name in probes:
+            if name not in PROBES:
+                raise UnknownNameError(f"unknown probe {name!r}; {closest(str(name), list(PROBES))}")
+        if labels not in RUNNER_LABELS:
+            raise UnknownNameError(f"unknown label set {labels!r}; {closest(str(labels), RUNNER_LABELS)}")
+        if isinstance(train_accuracy, int) and not isinstance(train_accuracy, bool) and train_accuracy < 1:
+            raise InputError(f"train_accuracy must be True, False or a row count >= 1, got {train_accuracy}")
+        unknown = set(probe_kwargs or {}) - set(probes)
+        if unknown:
+            raise InputError(f"probe_kwargs must be keyed by the probes in use {list(probes)}, got {sorted(unknown)}")
+        return cls(layers=tuple(layers) if layers is not None else None, probes=tuple(dict.fromkeys(probes)),
+                   labels=labels, n_components=check_n_components(n_components), reducer=reducer,
+                   max_memory=check_max_memory(max_memory),
+                   device=torch.device(device) if device is not None else None, cache_dir=cache_dir,
+                   progress=bool(progress), probe_kwargs={k: dict(v) for k, v in (probe_kwargs or {}).items()},
+                   train_accuracy=train_accuracy, seed=int(seed))

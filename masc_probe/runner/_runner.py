@@ -1,0 +1,299 @@
+"""ProbeRunner: one model, its named layers, several probes and every label set, in one pass over the data.
+
+``fit`` runs the model once over the training batches. Statistic probes (masc, ncm, velpic) add each batch to their
+sufficient statistics and let it go; every layer that something else must read again (feature probes such as
+linear/knn/lda/qda, a MASC layer too large to accumulate within the memory budget, the training-accuracy check) has
+its flattened rows appended to a disk cache in a temporary folder, read back from there, and removed at the end.
+``evaluate`` runs the model once over the test batches and scores every probe and the model's own logits in the
+same pass. Fitted probes past an eighth of the memory budget wait on disk (``_store``).
+
+>>> runner = ProbeRunner(model, probes=("masc", "ncm"))          # doctest: +SKIP
+>>> report = runner.fit(train_loader).evaluate(test_loader)      # doctest: +SKIP
+>>> report.best_layer("masc", "true")["layer"]                   # doctest: +SKIP
+'layer3'
+>>> runner.save("probes/")                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from masc_probe.errors import InputError
+from masc_probe.layers import FeatureTap
+from masc_probe.report import ProbeReport
+from masc_probe.runner import _persist
+from masc_probe.runner._cache import Reducer
+from masc_probe.runner._config import Key, RunnerConfig
+from masc_probe.runner._evaluate import build_report, evaluate_pass, model_name_of, predict_rows
+from masc_probe.runner._fit import FitResult, fit
+from masc_probe.runner._forward import Forward, model_device
+from masc_probe.runner._store import ProbeStore
+
+__all__ = ["ProbeRunner"]
+
+
+class ProbeRunner:
+    """Probe every named layer of a model with several probes, for every label set its batches carry.
+
+    Args:
+        model: Any ``nn.Module`` (timm, torchvision, plain torch); run in eval mode under ``torch.no_grad()``.
+            ``None`` only for a runner rebuilt by :meth:`load` to score features directly.
+        layers: Layer names (see :func:`masc_probe.list_layers`); None: :func:`masc_probe.layers.default_layers`.
+        probes: Probe names from ``masc_probe.probes.PROBES`` (``"masc"``, ``"ncm"``, ``"linear"``, ``"velpic"``,
+            ``"knn"``, ``"lda"``, ``"qda"``).
+        labels: Label sets to fit: ``"both"`` (every set the batches carry: ``"corrupted"`` and ``"true"``, or the
+            single ``"label"``), or one of ``"corrupted"``, ``"true"``, ``"label"``.
+        n_components: MASC's threshold: a variance fraction in (0, 1) or a count >= 1.
+        reducer: None (flatten each activation per sample, as the paper), ``"gap"`` (global average pooling over
+            the spatial axes) or ``"random:D"`` (seeded Gaussian projection to D features). Never the default.
+        max_memory: Bytes for probe statistics held in memory (default 4 GiB). Layers whose per-class scatter
+            matrices do not fit are solved after the pass from the disk cache, one at a time; within that, each
+            class takes the scatter or the Gram form (rows spilled to disk); results are exact either way.
+        device: Where the model and the probes run; None: the model's device. The model is moved there.
+        cache_dir: Parent folder of the temporary row cache (default: the system temp folder; every process of a
+            multi-process job must see it).
+        progress: Show tqdm progress bars (they stay quiet anyway when stderr is not a terminal or TQDM_DISABLE
+            is set).
+        probe_kwargs: Per-probe constructor arguments, e.g. ``{"linear": {"epochs": 5}}``.
+        train_accuracy: Score each fitted probe on the training rows against every label set: True (all rows),
+            an int (at most that many rows, a seeded uniform subset; default 5,000, whose 95% interval is within
+            ±1.4 points: scoring costs as much per row as a test prediction, which for MASC on wide layers is
+            Σk_c·d per row), or False.
+        seed: Seed of the training-accuracy subset and of the random reducer.
+
+    Raises:
+        UnknownNameError: An unknown probe, label set or layer name (with the closest valid names).
+        InputError: Any other invalid argument.
+    """
+
+    def __init__(self, model: nn.Module | None, layers: Sequence[str] | None = None,
+                 probes: Sequence[str] = ("masc", "ncm", "linear"), *, labels: str = "both",
+                 n_components: float | int = 0.99, reducer: str | None = None, max_memory: int | None = None,
+                 device: str | torch.device | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                 progress: bool = True, probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+                 train_accuracy: bool | int = 5_000, seed: int = 0) -> None:
+        self.config = RunnerConfig.make(
+            layers=layers, probes=probes, labels=labels, n_components=n_components, reducer=reducer,
+            max_memory=max_memory, device=device, cache_dir=cache_dir, progress=progress, probe_kwargs=probe_kwargs,
+            train_accuracy=train_accuracy, seed=seed)
+        self.model = model
+        self.reducer = Reducer(reducer, seed=seed)
+        if model is not None:
+            if self.config.device is not None:
+                model.to(self.config.device)
+            with FeatureTap(model, self.config.layers) as tap:  # validates names now, not after hours of data loading
+                self.config = dataclasses.replace(self.config, layers=tuple(tap.layers))
+        self.estimators_: Mapping[Key, Any] = {}  # a ProbeStore once fitted
+        self.failed_: list[dict[str, str]] = []
+        self.timings_: dict[str, float] = {}
+        self._fitted: FitResult | None = None
+        self._forward: Forward | None = None
+
+    # The settings, as the constructor took them (read-only: they live in the frozen ``config``).
+    @property
+    def layers(self) -> list[str] | None:
+        return list(self.config.layers) if self.config.layers is not None else None
+
+    @property
+    def probes(self) -> tuple[str, ...]:
+        return self.config.probes
+
+    @property
+    def labels(self) -> str:
+        return self.config.labels
+
+    @property
+    def n_components(self) -> float | int:
+        return self.config.n_components
+
+    @property
+    def max_memory(self) -> int:
+        return self.config.max_memory
+
+    @property
+    def device(self) -> torch.device | None:
+        return self.config.device
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    # ------------------------------------------------------------------------------------------------ fitting
+    def fit(self, train: Iterable[Any], *, num_classes: int | None = None, shard: bool = False) -> ProbeRunner:
+        """Run the model once over *train* and fit every probe on every layer and label set.
+
+        Args:
+            train: A DataLoader or any iterable of batches: ``(x, y)``, ``(x, y, y_true)`` (``y`` corrupted), or
+                dicts with ``image``/``pixel_values``/``x``, ``label`` and optionally ``true_label``. Under several
+                processes each one passes its own shard (or the whole data with ``shard=True``).
+            num_classes: Number of classes; default: the dataset's ``ClassLabel``, else the model's output width.
+            shard: With several processes, take every world-size-th batch of *train* (from this rank on) instead
+                of treating *train* as this process's shard already. Shards must not repeat samples: Accelerate's
+                prepared loaders pad the last batches by repeating some (``even_batches=True``), which would count
+                them twice; pass the plain loader with ``shard=True``, or use ``Accelerator(even_batches=False)``.
+
+        Returns:
+            self.
+
+        Raises:
+            InputError: Batches of an unknown form, labels out of range, a requested label set missing, or no data.
+        """
+        model = self._need_model()
+        if isinstance(self.estimators_, ProbeStore):
+            self.estimators_.close()
+        self.estimators_, self.timings_, self._fitted = {}, {}, None
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 2):
+            raise InputError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
+        result = fit(self.config, self.reducer, model, train, num_classes=num_classes or _dataset_classes(train),
+                     shard=shard)
+        self._set_fitted(result)
+        return self
+
+    def _set_fitted(self, result: FitResult) -> None:
+        self._fitted = result
+        self.estimators_ = result.store
+        self.classes_ = result.classes
+        self.label_sets_ = result.label_sets
+        self.train_accuracy_ = result.train_accuracy
+        self.n_train_ = result.n_train
+        self.n_train_scored_ = result.n_train_scored
+        self.data_fingerprint_ = result.data_fingerprint
+        self.solvers_ = result.solvers
+        self.failed_ = result.failed
+        self.plan_ = result.plan
+        self.timings_ = result.timings
+
+    # ------------------------------------------------------------------------------------------------ scoring
+    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The rows each probe sees for a batch: (B, D) float32 per layer, on the runner's device."""
+        model = self._need_model()
+        if self._forward is None:  # built once: building a tap traces the model
+            device = self.config.device or model_device(model)
+            self._forward = Forward(model, self.layers or [], self.reducer, device, want_logits=False)
+        rows, _ = self._forward(x)
+        return rows
+
+    def predict(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[Key, torch.Tensor]:
+        """Predictions of every fitted probe for one batch.
+
+        Args:
+            x: A batch of model inputs (B, ...) — or, for a runner without a model, ``{layer: rows (B, D)}``.
+
+        Returns:
+            ``{(layer, probe, label set): labels (B,)}``.
+        """
+        fitted = self._need_fitted()
+        rows = dict(x) if isinstance(x, Mapping) else self.features(x)
+        return {key: predict_rows(key[1], fitted.store[key], rows[key[0]]) for key in fitted.store}
+
+    def evaluate(self, test: Iterable[Any], *, epoch: int | None = None, shard: bool = False,
+                 model_name: str | None = None, dataset: str | None = None,
+                 corruption: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> ProbeReport:
+        """Run the model once over *test*; score every probe and the model itself against the true test labels.
+
+        Args:
+            test: Batches as for :meth:`fit`. The label compared is ``true_label`` / ``y_true`` when the batch
+                carries one, else ``label`` / ``y`` (test labels are never corrupted).
+            epoch: Checkpoint epoch, stored on every result (see :meth:`ProbeReport.over_epochs`).
+            shard: As in :meth:`fit`.
+            model_name: The report's ``model`` (default: the model's spec, e.g. ``"timm/resnet18"``, or class name).
+            dataset: The report's ``dataset``.
+            corruption: The report's ``corruption`` (``mode``, ``rate``, ``seed``, ``realized_rate``).
+            extra: More top-level report keys.
+
+        Returns:
+            The report: one result per layer × probe × label set.
+        """
+        model = self._need_model()
+        fitted = self._need_fitted()
+        counts = evaluate_pass(self.config, self.reducer, fitted, model, test, shard=shard)
+        return build_report(self.config, self.reducer, fitted, counts, epoch=epoch,
+                            model_name=model_name or model_name_of(model), dataset=dataset, corruption=corruption,
+                            extra=extra)
+
+    # ------------------------------------------------------------------------------------------------ persistence
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the fitted probes: ``probes.safetensors`` (arrays) and ``runner.json`` (everything else).
+
+        Nothing is pickled. kNN keeps its training rows (it has no other state); LDA and QDA keep the arrays their
+        predictions use.
+
+        Args:
+            directory: Folder to write (created; the two files are replaced atomically).
+
+        Returns:
+            The folder.
+
+        Raises:
+            InputError: If the runner is not fitted, or a probe cannot be saved without pickle.
+        """
+        return _persist.save_runner(self.config, self.reducer, self._need_fitted(), Path(directory))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], model: nn.Module | None = None, *,
+             device: str | torch.device | None = None, progress: bool = True) -> ProbeRunner:
+        """Rebuild a runner saved by :meth:`save`; it predicts exactly as the saved one.
+
+        Args:
+            directory: Folder written by :meth:`save`.
+            model: The same model (for :meth:`predict` on inputs and :meth:`evaluate`); None to score rows only.
+            device: Where the probes (and the model) run; default: the CPU.
+            progress: As in the constructor.
+
+        Raises:
+            InputError: If the folder holds no saved runner, or a newer format.
+        """
+        folder = Path(directory)
+        saved = _persist.read_settings(folder)
+        arguments = _persist.runner_arguments(saved)
+        if model is None:
+            arguments["layers"] = None  # not checked against a model; filled in below
+        runner = cls(model, device=device, progress=progress, **arguments)
+        runner.config = dataclasses.replace(runner.config, layers=tuple(saved["layers"]))
+        _persist.check_projections(saved, runner.reducer)
+        target = torch.device(device) if device is not None else torch.device("cpu")
+        runner._set_fitted(_persist.load_fitted(saved, folder, runner.config, target))
+        return runner
+
+    def close(self) -> None:
+        """Release the fitted probes, deleting any kept on disk (the runner must be fitted again to be used)."""
+        if isinstance(self.estimators_, ProbeStore):
+            self.estimators_.close()
+        self.estimators_ = {}
+        self._fitted = None
+        if self._forward is not None:
+            self._forward.close()
+            self._forward = None
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def _need_model(self) -> nn.Module:
+        if self.model is None:
+            raise InputError("this runner has no model; pass model= to ProbeRunner or ProbeRunner.load")
+        return self.model
+
+    def _need_fitted(self) -> FitResult:
+        if self._fitted is None or not self._fitted.store:
+            raise InputError("this ProbeRunner is not fitted yet; call fit(train) first")
+        return self._fitted
+
+    def __repr__(self) -> str:
+        state = f"{len(self.estimators_)} fitted probes" if self.estimators_ else "not fitted"
+        return f"ProbeRunner(layers={self.layers}, probes={list(self.probes)}, labels={self.labels!r}, {state})"
+
+
+def _dataset_classes(data: Any) -> int | None:
+    """The number of classes a datasets.ClassLabel column declares, when *data* (or its loader's dataset) has one."""
+    dataset = getattr(data, "dataset", data)
+    features = getattr(dataset, "features", None)
+    label = features.get("label") if isinstance(features, Mapping) else None
+    n = getattr(label, "num_classes", None)
+    return int(n) if isinstance(n, int) and n > 1 else None
+

@@ -1,0 +1,202 @@
+"""Training configuration: the frozen :class:`TrainConfig` and the named presets (the paper's and a fast one)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from masc_probe._choices import MIXED_PRECISION, OPTIMIZERS, PRESETS
+from masc_probe.errors import InputError, UnknownNameError, closest
+
+LR_SCHEDULES = ("constant", "plateau")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run. Unknown keys are errors (:meth:`from_dict`).
+
+    >>> TrainConfig(optimizer="adam", lr=1e-3, batch_size=128).max_epochs
+    500
+    """
+
+    model: str | None = None  # spec recorded in config.json (and built by train() when it is given a string)
+    dataset: str | None = None  # dataset spec, recorded for provenance only
+    num_classes: int | None = None  # needed only when train() builds the model from a spec
+    optimizer: Literal["sgd", "adam"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9  # SGD only
+    # "plateau": multiply the learning rate by lr_decay whenever train accuracy on the given labels has not risen
+    # by lr_min_delta over lr_patience epochs. At a constant rate the last percent of memorization does not come
+    # (benchmarks/RESULTS.md); the rate of each epoch is a function of the metrics history, so a resumed run
+    # continues with the rate the uninterrupted one would have used.
+    lr_schedule: Literal["constant", "plateau"] = "constant"
+    lr_decay: float = 0.1
+    lr_patience: int = 5
+    lr_min_delta: float = 1e-3
+    batch_size: int = 128  # the *global* batch: each of W processes gets batch_size / W samples
+    eval_batch_size: int = 512  # batch of the evaluation passes (train and test accuracy); no effect on weights
+    max_epochs: int = 500
+    target_accuracy: float = 1.0  # stop once train accuracy on the (corrupted) given labels reaches this
+    seed: int = 0  # model init (when built here), shuffling (seed + epoch) and every RNG
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    cpu: bool = False  # train on the CPU even when an accelerator is present
+    # Kept checkpoints: epochs 0, 2, …, checkpoint_dense_until (the follow-up paper's dense early phase), then
+    # every checkpoint_every-th epoch, and always the final one. checkpoint_every=0 keeps only the dense phase
+    # and the final; checkpoint_dense_until=-1 skips the dense phase.
+    checkpoint_dense_until: int = 20
+    checkpoint_every: int = 5
+    output_dir: str = "runs/run"  # the run folder; rerunning with the same folder resumes
+    resume: bool = True  # False starts over, deleting the folder's previous checkpoints and resume state
+    progress: bool = True  # progress bars (also off when stderr is not a TTY or TQDM_DISABLE is set)
+    # Provenance written into config.json's "masc_probe" key: {"mode", "rate", "seed"} of the label corruption
+    # (the realized rate is measured from the batches) and the normalization the data went through.
+    corruption: Mapping[str, Any] | None = None
+    preprocessing: Mapping[str, Any] | None = field(default_factory=lambda: {"mean": [0.5], "std": [0.5]})
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise UnknownNameError(f"unknown optimizer {self.optimizer!r}; " + closest(str(self.optimizer), OPTIMIZERS))
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise UnknownNameError(
+                f"unknown mixed_precision {self.mixed_precision!r}; "
+                + closest(str(self.mixed_precision), MIXED_PRECISION)
+            )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UnknownNameError(f"unknown lr_schedule {self.lr_schedule!r}; " + closest(str(self.lr_schedule),
+                                                                                           LR_SCHEDULES))
+        if not (isinstance(self.lr_decay, (int, float)) and 0 < self.lr_decay <= 1):
+            raise InputError(f"expected 0 < lr_decay <= 1, got {self.lr_decay!r}")
+        if not (isinstance(self.lr_min_delta, (int, float)) and self.lr_min_delta >= 0):
+            raise InputError(f"expected lr_min_delta >= 0, got {self.lr_min_delta!r}")
+        _check_int(self.lr_patience, "lr_patience", low=1)
+        _check_int(self.max_epochs, "max_epochs", low=1)
+        _check_int(self.batch_size, "batch_size", low=1)
+        _check_int(self.eval_batch_size, "eval_batch_size", low=1)
+        _check_int(self.seed, "seed", low=0)
+        _check_int(self.checkpoint_dense_until, "checkpoint_dense_until", low=-1)
+        _check_int(self.checkpoint_every, "checkpoint_every", low=0)
+        if self.num_classes is not None:
+            _check_int(self.num_classes, "num_classes", low=2)
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise InputError(f"expected lr > 0, got {self.lr!r}")
+        if not (isinstance(self.momentum, (int, float)) and 0 <= self.momentum < 1):
+            raise InputError(f"expected 0 <= momentum < 1, got {self.momentum!r}")
+        if not (isinstance(self.target_accuracy, (int, float)) and 0 < self.target_accuracy <= 1):
+            raise InputError(f"expected 0 < target_accuracy <= 1, got {self.target_accuracy!r}")
+        if not isinstance(self.output_dir, str) or not self.output_dir:
+            raise InputError(f"expected output_dir to be a non-empty path string, got {self.output_dir!r}")
+
+    def lr_at(self, history: list[dict[str, Any]]) -> float:
+        """The learning rate of the epoch after *history* (rows with ``train_accuracy_corrupted``)."""
+        lr = float(self.lr)
+        if self.lr_schedule == "constant":
+            return lr
+        best, since = -math.inf, 0
+        for row in history:
+            accuracy = row["train_accuracy_corrupted"]
+            if accuracy > best + self.lr_min_delta:
+                best, since = accuracy, 0
+            else:
+                since += 1
+                if since >= self.lr_patience:
+                    lr, since = lr * self.lr_decay, 0
+                    best = max(best, accuracy)
+        return lr
+
+    def keeps_checkpoint(self, epoch: int) -> bool:
+        """Whether *epoch* (0 = before training) is kept under ``checkpoints/`` (the final one always is)."""
+        if epoch <= self.checkpoint_dense_until:
+            return epoch % 2 == 0
+        return self.checkpoint_every > 0 and epoch % self.checkpoint_every == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (mappings copied into plain dicts)."""
+        out = dataclasses.asdict(self)
+        for key in ("corruption", "preprocessing"):
+            if out[key] is not None:
+                out[key] = dict(out[key])
+        return out
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a mapping (a YAML/JSON file, CLI flags).
+
+        Raises:
+            UnknownNameError: A key is not a field.
+        """
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in names:
+                raise UnknownNameError(f"unknown training option {key!r}; " + closest(str(key), names))
+        return cls(**dict(values))
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with *changes* (validated like :meth:`from_dict`)."""
+        return TrainConfig.from_dict({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **changes})
+
+
+def _check_int(value: Any, name: str, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"expected {name} to be an int >= {low}, got {value!r}")
+
+
+# The authors' settings per architecture (DESIGN.md "Paper presets"), with per-dataset exceptions.
+_PAPER_OPTIM: dict[str, dict[str, Any]] = {
+    "mlp": {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "batch_size": 32},
+    "cnn": {"optimizer": "adam", "lr": 2e-4, "batch_size": 128},
+    "alexnet": {"optimizer": "adam", "lr": 1e-4, "batch_size": 128},
+    "resnet18-cifar": {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "batch_size": 32},
+}
+_PAPER_EXCEPTIONS: dict[tuple[str, str], dict[str, Any]] = {("cnn", "cifar10"): {"batch_size": 32}}
+# Stop targets: train accuracy on the corrupted labels at which the authors called a network memorized.
+_TARGETS = {"cifar10": 1.0, "mnist": 0.999, "tiny-imagenet": 0.999, "fashion-mnist": 0.991, "cifar100": 0.991}
+_DATASET_FAMILY = {
+    "mnist": "mnist", "mnist-5k": "mnist", "ylecun/mnist": "mnist",
+    "fmnist": "fashion-mnist", "fashion-mnist": "fashion-mnist", "fashion_mnist": "fashion-mnist",
+    "zalando-datasets/fashion_mnist": "fashion-mnist",
+    "cifar10": "cifar10", "cifar-10": "cifar10", "uoft-cs/cifar10": "cifar10",
+    "cifar100": "cifar100", "cifar-100": "cifar100", "uoft-cs/cifar100": "cifar100",
+    "tiny-imagenet": "tiny-imagenet", "tinyimagenet": "tiny-imagenet", "zh-plus/tiny-imagenet": "tiny-imagenet",
+}  # fmt: skip
+# Adam at 3e-4, batch 128, with a decay at the plateau: on MNIST at p=0.8, lr 1e-3 stalls near 0.26 (what learning
+# the true labels gives) for tens of epochs, while 3e-4 starts memorizing within 15; at a constant rate the last
+# percent does not come (benchmarks/RESULTS.md, "Memorizing at scale").
+_FAST = {"optimizer": "adam", "lr": 3e-4, "batch_size": 128, "lr_schedule": "plateau"}
+
+
+def preset_config(model: str, dataset: str | None = None, *, preset: str = "paper", **overrides: Any) -> TrainConfig:
+    """The named preset for *model* on *dataset*, with *overrides* applied.
+
+    ``"paper"`` gives the authors' optimizer, lr and batch size for the paper's architectures (timm models and
+    other specs get the fast settings) and their stop target for the paper's datasets (1.0 elsewhere).
+    ``"fast"`` gives Adam lr 3e-4, batch 128, with the rate divided by 10 at each plateau of the train accuracy
+    (``lr_schedule="plateau"``): it memorizes far sooner than the paper's optimizers.
+
+    Args:
+        model: Model spec (``"mlp"``, ``"cnn"``, ``"alexnet"``, ``"resnet18-cifar"``, ``"timm/…"``, …).
+        dataset: Dataset spec; decides the stop target (and the CNN's CIFAR-10 batch of 32).
+        preset: ``"paper"`` or ``"fast"``.
+        **overrides: Any :class:`TrainConfig` field.
+
+    Raises:
+        UnknownNameError: Unknown preset or option name.
+
+    >>> preset_config("cnn", "cifar10").batch_size
+    32
+    >>> preset_config("mlp", "mnist", preset="fast").target_accuracy
+    0.999
+    """
+    if preset not in PRESETS:
+        raise UnknownNameError(f"unknown training preset {preset!r}; " + closest(str(preset), PRESETS))
+    family = _DATASET_FAMILY.get((dataset or "").lower())
+    values: dict[str, Any] = {"model": model, "dataset": dataset, "target_accuracy": _TARGETS.get(family or "", 1.0)}
+    if preset == "paper" and model in _PAPER_OPTIM:
+        values.update(_PAPER_OPTIM[model])
+        values.update(_PAPER_EXCEPTIONS.get((model, family or ""), {}))
+    else:
+        values.update(_FAST)
+    values.update(overrides)
+    return TrainConfig.from_dict(values)

@@ -1,0 +1,269 @@
+"""Train a network until it memorizes its (corrupted) training labels, with Accelerate.
+
+One code path runs on one CPU, one GPU, or several processes (``torchrun`` / ``accelerate launch``): the global
+batch is ``config.batch_size`` whatever the number of processes (each gets ``batch_size / W``), so one and several
+processes take the same steps. The run folder (DESIGN.md) receives ``metrics.jsonl``, ``checkpoints/epoch-NNNN/``
+per the checkpoint policy, the final ``model.safetensors`` + ``config.json``, and ``resume/``, a training state
+rewritten atomically after every epoch: rerunning the same call after a kill continues where the last finished
+epoch left off and ends with the same weights and metrics as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from masc_probe.data._batches import make_loader, split_batch
+from masc_probe.errors import InputError
+from masc_probe.models import load_model, model_spec, save_model
+from masc_probe.training._config import TrainConfig
+from masc_probe.training._run_folder import (
+    METRICS_NAME,
+    STATE_NAME,
+    check_same_run,
+    masc_config,
+    remove,
+    save_checkpoint,
+    save_resume,
+    settle_resume,
+    write_metrics,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainResult", "train"]
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did: the run folder, one metrics row per epoch, and why it stopped."""
+
+    run_dir: Path
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: str = "target"  # "target" (memorized) or "max_epochs"
+
+    @property
+    def epochs(self) -> int:
+        """The last finished epoch."""
+        return self.history[-1]["epoch"] if self.history else 0
+
+
+def train(
+    model: nn.Module | str, train_data: Any, *, config: TrainConfig, test_data: Any = None
+) -> TrainResult:
+    """Train until train accuracy on the given (corrupted) labels reaches ``config.target_accuracy``.
+
+    Args:
+        model: A paper or timm model, or a model spec that is built here after seeding (so that the run is
+            reproducible from its config alone); ``config.num_classes`` or a ``ClassLabel`` feature gives its width.
+        train_data: A DataLoader, a map-style dataset (torch or ``datasets``) or a re-iterable of batches in the
+            contract's forms (dicts with image/label/true_label/index, or ``(x, y[, y_true])`` tuples). Map-style
+            data is reloaded with ``config.batch_size`` and a seeded order (seed + epoch).
+        config: The run's settings; ``config.output_dir`` is the run folder.
+        test_data: Optional test data in the same forms, for ``test_accuracy`` (against its ``label``).
+
+    Returns:
+        The run folder, the per-epoch metrics and the stop reason.
+
+    Raises:
+        InputError: Bad sizes (batch larger than the data, batch not divisible by the process count), a run folder
+            that holds a different run, or data without labels.
+
+    >>> result = train("mlp", loader, config=preset_config("mlp", "digits", preset="fast"))  # doctest: +SKIP
+    """
+    from accelerate.utils import set_seed
+
+    accelerator = _accelerator(config)
+    world, main = accelerator.num_processes, accelerator.is_main_process
+    if config.batch_size % world:
+        raise InputError(f"batch_size={config.batch_size} must be divisible by the {world} processes")
+    run_dir = Path(config.output_dir)
+    if main:
+        if not config.resume:
+            for name in ("resume", "resume.old", "resume.tmp", "checkpoints", METRICS_NAME):
+                remove(run_dir / name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    set_seed(config.seed)
+
+    loader, sampler, n_train = make_loader(train_data, batch_size=config.batch_size, shuffle_seed=config.seed,
+                                           name="training data")  # fmt: skip
+    if not isinstance(loader, DataLoader) and world > 1:
+        raise InputError("expected a DataLoader or dataset for multi-process training, got a plain iterable")
+    if iter(loader) is loader:
+        raise InputError("expected re-iterable training data (a DataLoader or list), got a one-shot iterator")
+    eval_bs = max(world, min(config.eval_batch_size, n_train or config.eval_batch_size) // world * world)
+    eval_train = make_loader(train_data, batch_size=eval_bs, strict=False)[0]
+    eval_test = make_loader(test_data, batch_size=eval_bs, strict=False)[0] if test_data is not None else None
+    first = split_batch(next(iter(loader)))
+    shape = [int(s) for s in first.x.shape[1:]]
+    if isinstance(model, str):
+        num_classes = config.num_classes or _classes_from_data(train_data)
+        model = load_model(model, num_classes=num_classes, input_size=shape if len(shape) == 3 else None)
+    spec = config.model or model_spec(model)
+    optimizer = _optimizer(model, config)
+    loaders = [x for x in (loader, eval_train, eval_test) if isinstance(x, DataLoader)]
+    model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders)
+    swap = dict(zip(map(id, loaders), prepared))
+    loader, eval_train, eval_test = (swap.get(id(x), x) for x in (loader, eval_train, eval_test))
+
+    history: list[dict[str, Any]] = []
+    if main:
+        settle_resume(run_dir)
+    accelerator.wait_for_everyone()
+    resume_dir = run_dir / "resume" if (run_dir / "resume" / STATE_NAME).is_file() else None
+    if resume_dir is not None:
+        state = json.loads((resume_dir / STATE_NAME).read_text())
+        check_same_run(state["config"], config, run_dir)
+        accelerator.load_state(str(resume_dir))
+        history = state["history"]
+        logger.info("resuming %s after epoch %d", run_dir, state["epoch"])
+    meta = {"spec": spec, "shape": shape, "world": world, "realized": None}
+    if not history:
+        meta["realized"] = _evaluate(model, eval_train, accelerator)[2]
+        if main and config.keeps_checkpoint(0):
+            save_checkpoint(accelerator, model, run_dir, config, meta, epoch=0, row=None)
+    else:
+        meta["realized"] = history[-1].get("_realized_rate")
+
+    stopped = _stop_reason(history[-1], config) if history else None
+    start = history[-1]["epoch"] + 1 if history else 1
+    disable = _bars_off(config.progress, main)
+    epochs = tqdm(range(start, config.max_epochs + 1), initial=start - 1, total=config.max_epochs, desc="train",
+                  disable=True if stopped is not None else disable)  # fmt: skip
+    for epoch in epochs if stopped is None else ():
+        if hasattr(loader, "set_epoch"):  # Accelerate's loader passes its own epoch counter on to the sampler
+            loader.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        lr = config.lr_at(history)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = _train_epoch(model, optimizer, loader, accelerator, disable=disable, epoch=epoch)
+        acc, acc_true, realized = _evaluate(model, eval_train, accelerator)
+        test_acc = _evaluate(model, eval_test, accelerator)[0] if eval_test is not None else None
+        row = {"epoch": epoch, "loss": loss, "train_accuracy_corrupted": acc, "train_accuracy_true": acc_true,
+               "test_accuracy": test_acc, "lr": lr}  # fmt: skip
+        history.append({**row, "_realized_rate": realized})
+        epochs.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
+        logger.info("epoch %d: loss %.4f, train acc (given labels) %.4f%s", epoch, loss, acc,
+                    "" if test_acc is None else f", test acc {test_acc:.4f}")
+        stopped = _stop_reason(history[-1], config)
+        if main and (config.keeps_checkpoint(epoch) or stopped):
+            save_checkpoint(accelerator, model, run_dir, config, meta, epoch=epoch, row=row)
+        if main and stopped:
+            save_model(accelerator.unwrap_model(model), run_dir,
+                       masc_config=masc_config(config, meta, epoch=epoch, row=row, stopped=stopped))  # fmt: skip
+        save_resume(accelerator, run_dir, config, history)
+        if main:
+            write_metrics(run_dir, history)
+        if stopped:
+            break
+    epochs.close()
+    if main and stopped and not (run_dir / "model.safetensors").is_file():
+        # A finished run without its final files (deleted, or max_epochs lowered on a rerun): the resume state
+        # holds the weights of its last epoch.
+        save_model(accelerator.unwrap_model(model), run_dir,
+                   masc_config=masc_config(config, meta, epoch=history[-1]["epoch"], row=history[-1], stopped=stopped))
+    if main:
+        write_metrics(run_dir, history)
+    accelerator.wait_for_everyone()
+    rows = [{k: v for k, v in h.items() if not k.startswith("_")} for h in history]
+    return TrainResult(run_dir=run_dir, history=rows, stopped=stopped or "max_epochs")
+
+
+# ------------------------------------------------------------------------------------------------- the loop parts
+def _accelerator(config: TrainConfig) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DataLoaderConfiguration
+
+    # Accelerate keeps one process-wide state and refuses a second Accelerator with other settings. A single
+    # process may train several times (a library, tests) with different precision: start those afresh.
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    # split_batches: the loader's batch is the global one, divided among the processes.
+    return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision,
+                       dataloader_config=DataLoaderConfiguration(split_batches=True))  # fmt: skip
+
+
+def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
+    return torch.optim.Adam(model.parameters(), lr=config.lr)
+
+
+def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[Any], accelerator: Any,
+                 *, disable: bool | None, epoch: int) -> float:  # fmt: skip
+    model.train()
+    total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    count = 0
+    for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=disable):
+        part = split_batch(batch)
+        x, y = part.x.to(accelerator.device), part.y.to(accelerator.device)
+        losses = F.cross_entropy(model(x).float(), y, reduction="none")
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(losses.mean())
+        optimizer.step()
+        # gather_for_metrics drops the samples Accelerate repeats to even out the last batch across processes.
+        seen = accelerator.gather_for_metrics(losses.detach())
+        total += seen.double().sum()
+        count += seen.numel()
+    return float(total / max(count, 1))
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, loader: Iterable[Any], accelerator: Any) -> tuple[float, float | None, float | None]:
+    """Accuracy against the given labels and against the true labels, and the share of given ≠ true labels."""
+    model.eval()
+    right = right_true = differ = count = 0
+    has_true = True
+    for batch in loader:
+        part = split_batch(batch)
+        pred = model(part.x.to(accelerator.device)).argmax(dim=1)
+        y = part.y.to(accelerator.device)
+        y_true = part.y_true.to(accelerator.device) if part.y_true is not None else y
+        has_true = has_true and part.y_true is not None
+        pred, y, y_true = accelerator.gather_for_metrics((pred, y, y_true))
+        right += int((pred == y).sum())
+        right_true += int((pred == y_true).sum())
+        differ += int((y != y_true).sum())
+        count += int(y.numel())
+    if count == 0:
+        raise InputError("expected at least one batch of data to evaluate, got none")
+    if not has_true:
+        return right / count, None, None
+    return right / count, right_true / count, differ / count
+
+
+def _stop_reason(row: dict[str, Any], config: TrainConfig) -> str | None:
+    if row["train_accuracy_corrupted"] >= config.target_accuracy:
+        return "target"
+    return "max_epochs" if row["epoch"] >= config.max_epochs else None
+
+
+def _bars_off(progress: bool, main: bool) -> bool | None:
+    """True hides the bars; None lets tqdm hide them when stderr is not a TTY."""
+    if not progress or not main or os.environ.get("TQDM_DISABLE", "").lower() in {"1", "true", "yes"}:
+        return True
+    return None
+
+
+def _classes_from_data(data: Any) -> int:
+    dataset = data.dataset if isinstance(data, DataLoader) else data
+    features = getattr(dataset, "features", None)
+    label = features.get("label") if features is not None else None
+    if label is not None and hasattr(label, "num_classes"):
+        return int(label.num_classes)
+    raise InputError("expected config.num_classes (or a dataset with a ClassLabel 'label') to build the model")
+
