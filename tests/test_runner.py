@@ -281,3 +281,18 @@ def test_train_accuracy_subset_is_seeded() -> None:
     report = sub.evaluate([(x, y)])
     r = report.results[0]
     assert r["train_ci"]["true"][1] - r["train_ci"]["true"][0] > 2 * 1.96 * math.sqrt(0.25 / 150) * 0.5
+
+
+def test_numpy_n_components_is_taken_as_the_estimator_takes_it() -> None:
+    # np.float32(0.9) is a fraction to MinimumAngleSubspaceClassifier; the runner takes it the same way.
+    model = mlp()
+    x, yc, y = data(90)
+    runner = ProbeRunner(model, ["2"], probes=("masc",), labels="true", n_components=np.float32(0.9),
+                         progress=False, train_accuracy=False).fit(tuples(x, yc, y, 30))
+    feats = _stacked(model, ["2"], x)["2"].numpy()
+    direct = MinimumAngleSubspaceClassifier(np.float32(0.9)).fit(feats, y.numpy())
+    np.testing.assert_array_equal(runner.estimators_[("2", "masc", "true")].n_components_, direct.n_components_)
+    report = runner.evaluate(tuples(x, yc, y, 30))
+    assert json.loads(report.to_json())["n_components"] == float(np.float32(0.9))
+    with pytest.raises(InputError, match="n_components must be"):
+        ProbeRunner(model, ["2"], n_components=np.float32(1.5), progress=False)

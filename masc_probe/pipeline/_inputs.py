@@ -11,8 +11,8 @@ from typing import Any
 
 from masc_probe._choices import HUB_PREFIX, TIMM_PREFIX
 from masc_probe.errors import InputError
+from masc_probe.training import run_checkpoints
 
-_EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 
 
 # ------------------------------------------------------------------------------------------------------- checks
@@ -225,7 +225,7 @@ def resolve_source(source: str | os.PathLike[str], *, dataset: str | None, corru
         kind, saved = "spec", {}
     elif Path(text).expanduser().is_dir():
         kind, folder = "folder", Path(text).expanduser()
-        checkpoints = _checkpoints(folder)
+        checkpoints = [(epoch, str(path)) for epoch, path in run_checkpoints(folder)]
         if (folder / "config.json").is_file():
             saved = read_config(folder)
         elif all_checkpoints and checkpoints:
@@ -265,12 +265,3 @@ def resolve_source(source: str | os.PathLike[str], *, dataset: str | None, corru
         checkpoints=checkpoints,
     )
 
-
-def _checkpoints(folder: Path) -> list[tuple[int, str]]:
-    """``[(epoch, path)]`` of the complete ``checkpoints/epoch-NNNN`` folders, by epoch."""
-    root = folder / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), str(p)) for p in root.iterdir()
-             if (m := _EPOCH_DIR.match(p.name)) and (p / "config.json").is_file()]
-    return sorted(found)

@@ -26,14 +26,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from masc_probe import _atomic
+from masc_probe._choices import OPTIMIZERS
 from masc_probe.data._batches import EpochSampler, make_loader, split_batch
 from masc_probe.errors import InputError
 from masc_probe.models import load_model, read_config, save_model
+from masc_probe.training import evaluate, make_optimizer, run_checkpoints, train_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ def relabel(
     lr = float(lr if lr is not None else training.get("lr", 1e-3))
     momentum = float(training.get("momentum", 0.9))
     batch_size = int(batch_size or training.get("batch_size", 128))
-    if opt_name not in ("sgd", "adam") or lr <= 0 or max_epochs < 1 or patience < 1 or cross_fit < 1:
+    if opt_name not in OPTIMIZERS or lr <= 0 or max_epochs < 1 or patience < 1 or cross_fit < 1:
         raise InputError(f"expected optimizer sgd|adam, lr > 0, max_epochs >= 1, patience >= 1, cross_fit >= 1; "
                          f"got {opt_name!r}, {lr}, {max_epochs}, {patience}, {cross_fit}")  # fmt: skip
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -197,8 +198,7 @@ def probe_checkpoints(run_dir: str | os.PathLike[str], train: Any, test: Any, *,
     from masc_probe.report import ProbeReport
     from masc_probe.runner import ProbeRunner
 
-    folders = sorted((Path(run_dir) / "checkpoints").glob("epoch-[0-9]*"))
-    kept = {int(f.name.split("-")[1]): f for f in folders if (f / "model.safetensors").is_file()}
+    kept = dict(run_checkpoints(run_dir))
     chosen = sorted(kept) if epochs is None else [e for e in sorted(set(epochs)) if e in kept]
     if not chosen:
         raise InputError(f"expected checkpoints/epoch-NNNN folders in {run_dir} (epochs {epochs}), found "
@@ -317,17 +317,10 @@ def _write_csv(path: Path, index: np.ndarray, given: np.ndarray, suggested: np.n
     _atomic.write_with(path, write)
 
 
-@torch.no_grad()
 def _accuracy(model: nn.Module, loader: Any, device: torch.device) -> float:
     """Accuracy against the test labels (``true_label`` when present, else ``label``)."""
-    model.eval()
-    right = count = 0
-    for batch in loader:
-        part = split_batch(batch)
-        y = (part.y_true if part.y_true is not None else part.y).to(device)
-        right += int((model(part.x.to(device)).argmax(1) == y).sum())
-        count += len(y)
-    return right / count
+    given, true, _ = evaluate(model, loader, device=device)
+    return true if true is not None else given
 
 
 def _fine_tune(model: nn.Module, data: Dataset, select: Any, *, optimizer: str, lr: float, momentum: float,
@@ -335,8 +328,7 @@ def _fine_tune(model: nn.Module, data: Dataset, select: Any, *, optimizer: str, 
                device: torch.device) -> tuple[list[dict[str, float]], int]:  # fmt: skip
     """Train on *data* from a fresh optimizer; early-stop on *select* and leave the model at its best epoch."""
     torch.manual_seed(seed)  # dropout and the like, for models that have them
-    params = list(model.parameters())
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
+    opt = make_optimizer(model.parameters(), optimizer, lr=lr, momentum=momentum)
     sampler = EpochSampler(len(data), seed)
     loader = DataLoader(data, batch_size=batch_size, sampler=sampler)
     best_acc, best_epoch = _accuracy(model, select, device), 0
@@ -345,18 +337,9 @@ def _fine_tune(model: nn.Module, data: Dataset, select: Any, *, optimizer: str, 
     waited = 0
     for epoch in range(1, max_epochs + 1):
         sampler.set_epoch(epoch)
-        model.train()
-        total = count = 0.0
-        for batch in loader:
-            part = split_batch(batch)
-            loss = F.cross_entropy(model(part.x.to(device)).float(), part.y.to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(part.y)
-            count += len(part.y)
+        loss = train_epoch(model, opt, loader, device=device)
         acc = _accuracy(model, select, device)
-        history.append({"epoch": epoch, "loss": total / count, "select_accuracy": acc})
+        history.append({"epoch": epoch, "loss": loss, "select_accuracy": acc})
         if acc > best_acc:
             best_acc, best_epoch, waited = acc, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from masc_probe.data._batches import EpochSampler
 from masc_probe.training._config import PRESETS, TrainConfig, preset_config
-from masc_probe.training._loop import TrainResult, train
+from masc_probe.training._loop import TrainResult, evaluate, make_optimizer, train, train_epoch
 from masc_probe.training._run_folder import _settle_resume  # noqa: F401  (tests/test_training.py uses it)
+from masc_probe.training._run_folder import run_checkpoints
 
-__all__ = ["PRESETS", "EpochSampler", "TrainConfig", "TrainResult", "preset_config", "train"]
+__all__ = ["PRESETS", "EpochSampler", "TrainConfig", "TrainResult", "evaluate", "make_optimizer", "preset_config",
+           "run_checkpoints", "train", "train_epoch"]

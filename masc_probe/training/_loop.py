@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from masc_probe.training._run_folder import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainResult", "train"]
+__all__ = ["TrainResult", "evaluate", "make_optimizer", "train", "train_epoch"]
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -111,11 +111,14 @@ def train(
         num_classes = config.num_classes or _classes_from_data(train_data)
         model = load_model(model, num_classes=num_classes, input_size=shape if len(shape) == 3 else None)
     spec = config.model or model_spec(model)
-    optimizer = _optimizer(model, config)
+    optimizer = make_optimizer(model.parameters(), config.optimizer, lr=config.lr, momentum=config.momentum)
     loaders = [x for x in (loader, eval_train, eval_test) if isinstance(x, DataLoader)]
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders)
     swap = dict(zip(map(id, loaders), prepared))
     loader, eval_train, eval_test = (swap.get(id(x), x) for x in (loader, eval_train, eval_test))
+
+    def score(data: Any) -> tuple[float, float | None, float | None]:
+        return evaluate(model, data, device=accelerator.device, gather=accelerator.gather_for_metrics)
 
     history: list[dict[str, Any]] = []
     if main:
@@ -130,7 +133,7 @@ def train(
         logger.info("resuming %s after epoch %d", run_dir, state["epoch"])
     meta = {"spec": spec, "shape": shape, "world": world, "realized": None}
     if not history:
-        meta["realized"] = _evaluate(model, eval_train, accelerator)[2]
+        meta["realized"] = score(eval_train)[2]
         if main and config.keeps_checkpoint(0):
             save_checkpoint(accelerator, model, run_dir, config, meta, epoch=0, row=None)
     else:
@@ -149,9 +152,10 @@ def train(
         lr = config.lr_at(history)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = _train_epoch(model, optimizer, loader, accelerator, disable=disable, epoch=epoch)
-        acc, acc_true, realized = _evaluate(model, eval_train, accelerator)
-        test_acc = _evaluate(model, eval_test, accelerator)[0] if eval_test is not None else None
+        loss = train_epoch(model, optimizer, loader, device=accelerator.device, backward=accelerator.backward,
+                           gather=accelerator.gather_for_metrics, disable=disable, desc=f"epoch {epoch}")
+        acc, acc_true, realized = score(eval_train)
+        test_acc = score(eval_test)[0] if eval_test is not None else None
         row = {"epoch": epoch, "loss": loss, "train_accuracy_corrupted": acc, "train_accuracy_true": acc_true,
                "test_accuracy": test_acc, "lr": lr}  # fmt: skip
         history.append({**row, "_realized_rate": realized})
@@ -197,44 +201,77 @@ def _accelerator(config: TrainConfig) -> Any:
                        dataloader_config=DataLoaderConfiguration(split_batches=True))  # fmt: skip
 
 
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum)
-    return torch.optim.Adam(model.parameters(), lr=config.lr)
+def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, *, lr: float,
+                   momentum: float) -> torch.optim.Optimizer:
+    """The optimizer a run (or a fine-tuning of it) uses: ``"sgd"`` with momentum, or ``"adam"``."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum)
+    return torch.optim.Adam(params, lr=lr)
 
 
-def _train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[Any], accelerator: Any,
-                 *, disable: bool | None, epoch: int) -> float:  # fmt: skip
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[Any], *, device: torch.device,
+                backward: Callable[[torch.Tensor], Any] | None = None, gather: Callable[[Any], Any] | None = None,
+                disable: bool | None = True, desc: str = "epoch") -> float:
+    """One pass of cross-entropy steps on the given labels; returns the mean loss over the samples seen.
+
+    Args:
+        model: Put in train mode.
+        optimizer: Stepped once per batch.
+        loader: Batches in the contract's forms.
+        device: Where the inputs go.
+        backward: Runs the backward pass of the batch's mean loss (Accelerate's ``backward``, which scales for
+            mixed precision); None: ``loss.backward()``.
+        gather: As in :func:`evaluate`, for the reported loss only.
+        disable: Hide the progress bar (None: tqdm hides it when stderr is not a TTY).
+        desc: The progress bar's label.
+    """
     model.train()
-    total = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
-    for batch in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=disable):
+    for batch in tqdm(loader, desc=desc, leave=False, disable=disable):
         part = split_batch(batch)
-        x, y = part.x.to(accelerator.device), part.y.to(accelerator.device)
+        x, y = part.x.to(device), part.y.to(device)
         losses = F.cross_entropy(model(x).float(), y, reduction="none")
         optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(losses.mean())
+        (backward or torch.Tensor.backward)(losses.mean())
         optimizer.step()
         # gather_for_metrics drops the samples Accelerate repeats to even out the last batch across processes.
-        seen = accelerator.gather_for_metrics(losses.detach())
+        seen = gather(losses.detach()) if gather is not None else losses.detach()
         total += seen.double().sum()
         count += seen.numel()
     return float(total / max(count, 1))
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, loader: Iterable[Any], accelerator: Any) -> tuple[float, float | None, float | None]:
-    """Accuracy against the given labels and against the true labels, and the share of given ≠ true labels."""
+def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device,
+             gather: Callable[[Any], Any] | None = None) -> tuple[float, float | None, float | None]:
+    """Accuracy against the given labels and against the true labels, and the share of given ≠ true labels.
+
+    Args:
+        model: Put in eval mode.
+        loader: Batches in the contract's forms.
+        device: Where the inputs go.
+        gather: Collects a tuple of per-process tensors across processes (Accelerate's ``gather_for_metrics``,
+            which also drops the samples it repeated to even out the last batch); None with one process.
+
+    Returns:
+        ``(accuracy vs given labels, accuracy vs true labels, realized corruption rate)``; the last two are None
+        when the batches carry no true labels.
+
+    Raises:
+        InputError: The loader gives no batch.
+    """
     model.eval()
     right = right_true = differ = count = 0
     has_true = True
     for batch in loader:
         part = split_batch(batch)
-        pred = model(part.x.to(accelerator.device)).argmax(dim=1)
-        y = part.y.to(accelerator.device)
-        y_true = part.y_true.to(accelerator.device) if part.y_true is not None else y
+        pred = model(part.x.to(device)).argmax(dim=1)
+        y = part.y.to(device)
+        y_true = part.y_true.to(device) if part.y_true is not None else y
         has_true = has_true and part.y_true is not None
-        pred, y, y_true = accelerator.gather_for_metrics((pred, y, y_true))
+        if gather is not None:
+            pred, y, y_true = gather((pred, y, y_true))
         right += int((pred == y).sum())
         right_true += int((pred == y_true).sum())
         differ += int((y != y_true).sum())

@@ -9,6 +9,8 @@ the run's metadata under its ``"masc_probe"`` key (:func:`masc_config`).
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from masc_probe.models import save_model
 from masc_probe.training._config import TrainConfig
 
 METRICS_NAME = "metrics.jsonl"
+_EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 STATE_NAME = "trainer.json"
 # Fields that may change between a run and its resumption without changing what it computes.
 _RESUMABLE_CHANGES = {"progress", "resume", "output_dir", "eval_batch_size", "max_epochs", "checkpoint_every",
@@ -59,7 +62,7 @@ def masc_config(config: TrainConfig, meta: dict[str, Any], *, epoch: int, row: d
 def save_checkpoint(accelerator: Any, model: nn.Module, run_dir: Path, config: TrainConfig, meta: dict[str, Any],
                     *, epoch: int, row: dict[str, Any] | None) -> None:  # fmt: skip
     """Write ``checkpoints/epoch-NNNN/`` whole into a temporary folder, then rename it into place."""
-    final = run_dir / "checkpoints" / f"epoch-{epoch:04d}"
+    final = checkpoint_dir(run_dir, epoch)
     tmp = final.with_name(f".{final.name}.tmp")
     remove(tmp)
     save_model(accelerator.unwrap_model(model), tmp, masc_config=masc_config(config, meta, epoch=epoch, row=row))
@@ -106,6 +109,25 @@ def settle_resume(run_dir: Path) -> None:
         _atomic.rename(best[1], run_dir / "resume")
     for name in ("resume.tmp", "resume.old"):
         remove(run_dir / name)
+
+
+def checkpoint_dir(run_dir: Path, epoch: int) -> Path:
+    """Where the checkpoint of *epoch* is kept: ``checkpoints/epoch-NNNN``."""
+    return run_dir / "checkpoints" / f"epoch-{epoch:04d}"
+
+
+def run_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``[(epoch, folder)]`` of the complete ``checkpoints/epoch-NNNN`` folders of a run folder, by epoch.
+
+    A checkpoint folder is renamed into place whole (:func:`save_checkpoint`), so a folder of that name is complete;
+    its ``config.json`` is checked all the same (``load_model`` needs it).
+    """
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir()
+             if (m := _EPOCH_DIR.match(p.name)) and (p / "config.json").is_file()]
+    return sorted(found)
 
 
 def check_same_run(saved: dict[str, Any], config: TrainConfig, run_dir: Path) -> None:
