@@ -170,7 +170,7 @@ def push_run(run_dir: str | os.PathLike[str], repo_id: str, *, private: bool = F
     model card; stale files under ``masc/`` are deleted in the same commit. The repo is created if needed.
 
     Args:
-        run_dir: The run folder (see DESIGN.md); ``resume/`` and checkpoints are never pushed.
+        run_dir: The run folder (see docs/architecture.md); ``resume/`` and checkpoints are never pushed.
         repo_id: ``"user/name"``.
         private: Create the repo private (an existing repo keeps its visibility).
         revision: Branch to commit to (created from ``main`` if missing); default ``main``.

@@ -2,7 +2,7 @@
 
 A spec is one of
 
-* ``"mlp"``, ``"cnn"``, ``"alexnet"``, ``"resnet18-cifar"`` — the MASC paper's architectures (DESIGN.md);
+* ``"mlp"``, ``"cnn"``, ``"alexnet"``, ``"resnet18-cifar"`` — the MASC paper's architectures (``models._paper``);
 * ``"timm/<name>"`` — ``timm.create_model(name, ...)`` (the prefix is ours; timm's Hub repos are
   ``timm/<arch>.<tag>``);
 * ``"hf-hub:<user>/<repo>"`` (optionally ``@<revision>``) — a published checkpoint, safetensors only;
@@ -118,7 +118,7 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], *, masc_conf
     Args:
         model: A paper model or a timm model (unwrapped: not DDP, not compiled).
         directory: The folder; created when missing.
-        masc_config: The run's metadata (DESIGN.md: model, num_classes, in_chans, input_size, dataset, corruption,
+        masc_config: The run's metadata (docs/architecture.md: model, num_classes, in_chans, input_size, dataset, corruption,
             preprocessing, training, epoch). ``model``, ``num_classes`` and ``masc_probe_version`` are filled in
             when absent. Values must be JSON-serializable.
 

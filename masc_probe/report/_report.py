@@ -1,6 +1,6 @@
 """ProbeReport: probe accuracies per layer × probe × label set, as JSON, a markdown table and plots.
 
-The JSON layout is a public format (DESIGN.md, "Report JSON"): ``schema_version``, ``model``, ``dataset``,
+The JSON layout is a public format (docs/architecture.md, "Report format"): ``schema_version``, ``model``, ``dataset``,
 ``corruption``, ``provenance``, ``model_test_accuracy``, ``results`` and ``best`` keep their meaning; more keys may be
 added beside them (``n_test``, ``n_train``, per-result ``n_test``, ``train_ci``, an ``epoch`` per result for
 checkpoint dynamics, ``aggregate`` for reports averaged over seeds).
@@ -187,7 +187,7 @@ class ProbeReport:
 
     # ----------------------------------------------------------------- (de)serialization
     def to_dict(self) -> dict[str, Any]:
-        """The report as the JSON-ready dict of DESIGN.md's "Report JSON" (plus any extra keys)."""
+        """The report as the JSON-ready dict of the report format (docs/architecture.md) (plus any extra keys)."""
         out: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "model": self.model, "dataset": self.dataset,
             "corruption": self.corruption, "provenance": self.provenance,

@@ -43,7 +43,7 @@ def logits_of(output: Any) -> torch.Tensor | None:
 
 def _output_layer(model: nn.Module) -> tuple[str | None, bool]:
     """(name of the tap that holds the model's output, whether the model is traced by FX)."""
-    from masc_probe.layers._trace import trace  # layers.py's own index; no public accessor names the output node
+    from masc_probe.layers._trace import trace  # the layers' own index; no public accessor names the output node
 
     index = trace(model)
     if index.graph_module is None:

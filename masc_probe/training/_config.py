@@ -143,7 +143,7 @@ def _check_int(value: Any, name: str, *, low: int) -> None:
         raise InputError(f"expected {name} to be an int >= {low}, got {value!r}")
 
 
-# The authors' settings per architecture (DESIGN.md "Paper presets"), with per-dataset exceptions.
+# The authors' settings per architecture (from the MASC paper's code), with per-dataset exceptions.
 _PAPER_OPTIM: dict[str, dict[str, Any]] = {
     "mlp": {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "batch_size": 32},
     "cnn": {"optimizer": "adam", "lr": 2e-4, "batch_size": 128},
