@@ -118,9 +118,9 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], *, masc_conf
     Args:
         model: A paper model or a timm model (unwrapped: not DDP, not compiled).
         directory: The folder; created when missing.
-        masc_config: The run's metadata (docs/architecture.md: model, num_classes, in_chans, input_size, dataset, corruption,
-            preprocessing, training, epoch). ``model``, ``num_classes`` and ``masc_probe_version`` are filled in
-            when absent. Values must be JSON-serializable.
+        masc_config: The run's metadata (docs/architecture.md: model, num_classes, in_chans, input_size, dataset,
+            corruption, preprocessing, training, epoch). ``model``, ``num_classes`` and ``masc_probe_version`` are
+            filled in when absent. Values must be JSON-serializable.
 
     Raises:
         InputError: The model is neither a paper model nor a timm model.

@@ -324,7 +324,8 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
                 device: str | None = None, image_column: str | None = None, label_column: str | None = None,
                 output_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> list[Any]:
     """The paper's relabeling experiment on a run folder, on the data it was trained on (see
-    :func:`masc_probe.pipeline.relabel.relabel`); with *oracle*, the true-label-subspace bound as well, labelled as such.
+    :func:`masc_probe.pipeline.relabel.relabel`); with *oracle*, the true-label-subspace bound as well, labelled as
+    such.
 
     Args:
         run_dir: A run folder (or ``hf-hub:`` repo) with its config.

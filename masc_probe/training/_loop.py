@@ -2,10 +2,11 @@
 
 One code path runs on one CPU, one GPU, or several processes (``torchrun`` / ``accelerate launch``): the global
 batch is ``config.batch_size`` whatever the number of processes (each gets ``batch_size / W``), so one and several
-processes take the same steps. The run folder (docs/architecture.md) receives ``metrics.jsonl``, ``checkpoints/epoch-NNNN/``
-per the checkpoint policy, the final ``model.safetensors`` + ``config.json``, and ``resume/``, a training state
-rewritten atomically after every epoch: rerunning the same call after a kill continues where the last finished
-epoch left off and ends with the same weights and metrics as an uninterrupted run.
+processes take the same steps. The run folder (docs/architecture.md) receives ``metrics.jsonl``,
+``checkpoints/epoch-NNNN/`` per the checkpoint policy, the final ``model.safetensors`` + ``config.json``, and
+``resume/``, a training state rewritten atomically after every epoch (``_run_folder``): rerunning the same call
+after a kill continues where the last finished epoch left off and ends with the same weights and metrics as an
+uninterrupted run.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ _RESUMABLE_CHANGES = {"progress", "resume", "output_dir", "eval_batch_size", "ma
 
 def masc_config(config: TrainConfig, meta: dict[str, Any], *, epoch: int, row: dict[str, Any] | None,
                 stopped: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """The ``"masc_probe"`` section of a saved model's ``config.json`` (the run's metadata; docs/architecture.md, "Report format")."""
+    """The ``"masc_probe"`` section of a saved model's ``config.json``: the run's metadata."""
     shape = meta["shape"]
     corruption = dict(config.corruption or {})
     if corruption or meta["realized"]:
