@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The paper reproduction's check on a machine with one GPU (issue 14), in under 8 minutes:
+#   1. MLP-MNIST, p = 0.8, all 60,000 training images, seed 0, fast preset: trained until memorized (a rerun
+#      continues; at the step's time limit the run is closed at its last epoch and recorded as not memorized),
+#      then probed with masc, ncm, lda, qda, knn, linear on both label sets, with both controls
+#      -> OUT_DIR/paper_table.json (cells as in benchmarks/results/paper_table.json), OUT_DIR/results*.json
+#   2. MASC fitted on the GPU against MASC fitted on the CPU, from the same activations of that run
+#      -> OUT_DIR/masc_check.json (per layer: prediction agreement, k_c of both, seconds of both)
+#   3. A ResNet-18 ProbeRunner pass: benchmarks/bench_probe.py --device cuda -> OUT_DIR/bench_probe.json
+# Every step runs under its own time limit within one overall deadline; OUT_DIR/gpu_check.json lists the steps with
+# their exit codes and seconds. `--dry-run` runs the same steps on the CPU at tiny sizes (well under 2 minutes; CI
+# runs it through tests/test_reproduce_paper.py).
+#
+#   bash benchmarks/gpu_check.sh [--dry-run] [OUT_DIR]      # OUT_DIR: default $OUT when set, else runs/gpu_check
+# Environment: PYTHON (default .venv/bin/python, else python3), DATA_ROOT (default ../shared/data beside the
+# checkout, else ./shared/data), DEADLINE_S (overall seconds; default 450, dry run 110).
+# To publish step 1's cell: python benchmarks/reproduce_paper.py --import-table OUT_DIR/paper_table.json --markdown
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+OUT_DIR="${1:-${OUT:-runs/gpu_check}}"
+mkdir -p "$OUT_DIR"
+PY="${PYTHON:-.venv/bin/python}"
+[ -x "$PY" ] || PY="$(command -v python3)"
+DATA_ROOT="${DATA_ROOT:-}"
+if [ -z "$DATA_ROOT" ]; then
+  for d in ../shared/data shared/data; do [ -d "$d/mnist" ] && DATA_ROOT="$d" && break; done
+fi
+[ -n "$DATA_ROOT" ] || { echo "gpu_check: no mnist/ under ../shared/data or ./shared/data; set DATA_ROOT" >&2; exit 2; }
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TQDM_DISABLE=1
+
+if [ "$DRY" = 1 ]; then
+  DEVICE=cpu THREADS=1 DEADLINE_S="${DEADLINE_S:-115}"
+  export OMP_NUM_THREADS=1
+  SIZE=(--subset 300 --test-subset 200 --max-epochs 2)
+  BENCH=(--n-train 200 --n-test 100 --batch-size 100)
+  B_TRAIN=35 B_PROBE=50 B_MASC=25 B_RESNET=35
+else
+  DEVICE=cuda THREADS="$(nproc)" DEADLINE_S="${DEADLINE_S:-450}"
+  SIZE=()
+  BENCH=(--n-train 10000 --n-test 2000)
+  B_TRAIN=180 B_PROBE=200 B_MASC=40 B_RESNET=45
+fi
+RP=("$PY" benchmarks/reproduce_paper.py --row mlp-mnist --rates 0.8 --seeds 0 --preset fast --device "$DEVICE"
+    --threads "$THREADS" --data-root "$DATA_ROOT" --work-dir "$OUT_DIR/runs" --table "$OUT_DIR/paper_table.json"
+    --quiet "${SIZE[@]}")
+START=$(date +%s)
+STEPS=()
+LAST_RC=0
+
+# step NAME BUDGET_S COMMAND...: run COMMAND under min(BUDGET_S, time left before the deadline); record rc, seconds.
+step() {
+  local name=$1 budget=$2; shift 2
+  local left=$(( DEADLINE_S - ($(date +%s) - START) ))
+  (( budget > left )) && budget=$left
+  if (( budget < 5 )); then
+    echo "gpu_check: $name skipped, deadline reached" >&2
+    STEPS+=("{\"name\": \"$name\", \"rc\": null, \"seconds\": 0, \"timed_out\": false, \"skipped\": true}")
+    LAST_RC=skipped
+    return 0
+  fi
+  echo "gpu_check: $name (up to ${budget}s)" >&2
+  local t0=$(date +%s)
+  timeout --kill-after=10 "$budget" "$@"
+  local rc=$?
+  local took=$(( $(date +%s) - t0 ))
+  local timed=false; { [ $rc = 124 ] || [ $rc = 137 ]; } && timed=true
+  STEPS+=("{\"name\": \"$name\", \"rc\": $rc, \"seconds\": $took, \"timed_out\": $timed, \"skipped\": false}")
+  LAST_RC=$rc
+}
+
+step train "$B_TRAIN" "${RP[@]}" --stage train --out "$OUT_DIR/results-train.json"
+TRAIN_RC=$LAST_RC
+if [ "$TRAIN_RC" = 124 ] || [ "$TRAIN_RC" = 137 ]; then
+  # Out of time before memorizing: close the run at its last finished epoch (a lower cap on a rerun stops it there).
+  RUN=$(ls -d "$OUT_DIR"/runs/mlp-mnist-fast-*-p0.8-s0 | head -n 1)
+  LAST=$(tail -n 1 "$RUN/metrics.jsonl" 2>/dev/null | sed -E 's/^\{"epoch": ([0-9]+).*/\1/')
+  [ -n "$LAST" ] && step close "$B_MASC" "${RP[@]}" --stage train --max-epochs "$LAST" --out "$OUT_DIR/results-close.json"
+fi
+# The cell is written as soon as the trained network is probed, and again with the random-init control.
+step probe "$B_PROBE" "${RP[@]}" --stage probe --out "$OUT_DIR/results.json"
+step masc-check "$B_MASC" "${RP[@]}" --stage masc-check --out "$OUT_DIR/masc_check.json"
+step resnet18-probe "$B_RESNET" "$PY" benchmarks/bench_probe.py --device "$DEVICE" --threads "$THREADS" --no-linear \
+  "${BENCH[@]}" --json "$OUT_DIR/bench_probe.json"
+
+# Every step must succeed; a training step that ran out of time counts as done when the run was closed after it
+# (the cell then says "not memorized").
+FAILED=0
+for s in "${STEPS[@]}"; do
+  [[ $s == *'"rc": 0,'* ]] && continue
+  [[ $s == '{"name": "train",'* && $s == *'"timed_out": true'* && ${STEPS[1]:-} == '{"name": "close",'*'"rc": 0,'* ]] \
+    && continue
+  FAILED=1
+done
+{
+  printf '{"dry_run": %s, "device": "%s", "deadline_s": %s, "seconds": %s, "ok": %s,\n "steps": [' \
+    "$([ $DRY = 1 ] && echo true || echo false)" "$DEVICE" "$DEADLINE_S" "$(( $(date +%s) - START ))" \
+    "$([ $FAILED = 0 ] && echo true || echo false)"
+  sep=""
+  for s in "${STEPS[@]}"; do printf '%s\n  %s' "$sep" "$s"; sep=","; done
+  printf '\n ]}\n'
+} > "$OUT_DIR/gpu_check.json"
+cat "$OUT_DIR/gpu_check.json"
+exit $FAILED
