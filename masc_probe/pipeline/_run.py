@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from masc_probe.pipeline._config import DataConfig, ProbeConfig, RunConfig
 from masc_probe.pipeline._inputs import (
     RunData,
     check_device,
@@ -91,10 +92,11 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
         InputError: A bad value. UnknownNameError: an unknown model, dataset, mode or preset.
         DataUnavailableError: The data cannot be read here (e.g. a Hub dataset offline).
     """
-    plan = _TrainPlan.make(model=model, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
-                           preset=preset, max_epochs=max_epochs, batch_size=batch_size,
-                           mixed_precision=mixed_precision, device=device, image_column=image_column,
-                           label_column=label_column, revision=revision, output_dir=output_dir, progress=progress)
+    run = RunConfig(model=model, preset=preset, max_epochs=max_epochs, batch_size=batch_size,
+                    mixed_precision=mixed_precision, device=device, output_dir=output_dir, progress=progress)
+    data = DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
+                      image_column=image_column, label_column=label_column, revision=revision)
+    plan = _TrainPlan.make(run, data)
     return RunResult(output_dir=plan.run_dir, training=plan.train())
 
 
@@ -132,12 +134,14 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
     """
     if push_to_hub is not None:
         check_repo_id(push_to_hub)
-    plan = _TrainPlan.make(model=model, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
-                           preset=preset, max_epochs=max_epochs, batch_size=batch_size,
-                           mixed_precision=mixed_precision, device=device, image_column=image_column,
-                           label_column=label_column, revision=revision, output_dir=output_dir, progress=progress)
-    probing = _ProbePlan.make(plan.net, layers=layers, probes=probes, labels=labels, n_components=n_components,
-                              max_memory=max_memory, device=device, progress=progress, data=plan.data)
+    run = RunConfig(model=model, preset=preset, max_epochs=max_epochs, batch_size=batch_size,
+                    mixed_precision=mixed_precision, device=device, output_dir=output_dir, progress=progress)
+    data = DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
+                      image_column=image_column, label_column=label_column, revision=revision)
+    plan = _TrainPlan.make(run, data)
+    probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
+                        max_memory=max_memory)
+    probing = _ProbePlan.make(plan.net, probe, device=device, progress=progress, data=plan.data)
     training = plan.train()
     from masc_probe.models import load_model
 
@@ -164,16 +168,14 @@ class _TrainPlan:
     run_dir: Path
 
     @classmethod
-    def make(cls, *, model: str, dataset: str, corrupt: float, corrupt_mode: str, seed: int, preset: str,
-             max_epochs: int | None, batch_size: int | None, mixed_precision: str, device: str | None,
-             image_column: str | None, label_column: str | None, revision: str | None,
-             output_dir: str | os.PathLike[str] | None, progress: bool) -> _TrainPlan:
+    def make(cls, run: RunConfig, source: DataConfig) -> _TrainPlan:
         from accelerate.utils import set_seed
 
         from masc_probe.models import PAPER_MODELS, load_model
         from masc_probe.training import preset_config
 
-        check_device(device)
+        model, preset, dataset, seed = run.model, run.preset, source.dataset, source.seed
+        check_device(run.device)
         if preset not in PIPELINE_PRESETS:
             raise UnknownNameError(f"unknown preset {preset!r}; " + closest(str(preset), PIPELINE_PRESETS))
         if not (model in PAPER_MODELS or str(model).startswith(TIMM_PREFIX)):
@@ -181,21 +183,22 @@ class _TrainPlan:
             load_model(model)  # an unknown spec raises its own error listing the valid forms
             raise InputError(f"expected an architecture to train ({', '.join(PAPER_MODELS)}, timm/<name>), got "
                              f"{model!r}; probe a trained model with `masc-probe probe {model}`")
-        data = load_run_data(dataset, corrupt=corrupt, mode=corrupt_mode, seed=seed, image_column=image_column,
-                             label_column=label_column, revision=revision)
+        data = load_run_data(dataset, corrupt=source.corrupt, mode=source.corrupt_mode, seed=seed,
+                             image_column=source.image_column, label_column=source.label_column,
+                             revision=source.revision)
         set_seed(seed)  # the initial weights then depend on the seed alone, as when train() builds the model
         net = load_model(model, num_classes=data.num_classes, in_chans=data.shape[0], input_size=data.shape)
         chosen = preset if preset != "auto" else ("fast" if data.info["source"] == "builtin" else "paper")
-        run_dir = Path(output_dir) if output_dir is not None else default_run_dir(model, dataset, corrupt,
-                                                                                   corrupt_mode, seed)
+        run_dir = Path(run.output_dir) if run.output_dir is not None else default_run_dir(
+            model, os.fspath(dataset), source.corrupt, source.corrupt_mode, seed)
         overrides: dict[str, Any] = {"seed": seed, "num_classes": data.num_classes, "output_dir": str(run_dir),
-                                     "progress": progress, "mixed_precision": mixed_precision,
-                                     "cpu": device == "cpu", "corruption": data.corruption_spec,
+                                     "progress": run.progress, "mixed_precision": run.mixed_precision,
+                                     "cpu": run.device == "cpu", "corruption": data.corruption_spec,
                                      "preprocessing": data.info["preprocessing"]}
-        if max_epochs is not None:
-            overrides["max_epochs"] = max_epochs
-        if batch_size is not None:
-            overrides["batch_size"] = batch_size
+        if run.max_epochs is not None:
+            overrides["max_epochs"] = run.max_epochs
+        if run.batch_size is not None:
+            overrides["batch_size"] = run.batch_size
         # The stop target follows the dataset family; a local folder is known by its name (``…/mnist``: 99.9%).
         family = data.info.get("name") or Path(os.fspath(dataset).rstrip("/\\")).name
         config = preset_config(model, family, preset=chosen, **overrides).replace(dataset=os.fspath(dataset))
@@ -224,18 +227,15 @@ class _ProbePlan:
     batch_size: int = _PROBE_BATCH
 
     @classmethod
-    def make(cls, net: Any, *, layers: Sequence[str] | None, probes: Sequence[str], labels: str,
-             n_components: float | int, max_memory: int | None, device: str | None, progress: bool,
-             data: RunData) -> _ProbePlan:
+    def make(cls, net: Any, probe: ProbeConfig, *, device: str | None, progress: bool, data: RunData) -> _ProbePlan:
         from masc_probe.runner import ProbeRunner
 
-        n_components = check_n_components(n_components)
-        if labels not in PIPELINE_LABELS:
-            raise UnknownNameError(f"unknown label set {labels!r}; " + closest(labels, PIPELINE_LABELS))
-        if labels == "corrupted" and not data.corrupted:
+        probe = replace(probe, n_components=check_n_components(probe.n_components))
+        if probe.labels not in PIPELINE_LABELS:
+            raise UnknownNameError(f"unknown label set {probe.labels!r}; " + closest(probe.labels, PIPELINE_LABELS))
+        if probe.labels == "corrupted" and not data.corrupted:
             raise InputError("expected corrupted training labels for labels='corrupted', got clean data (corrupt=0)")
-        options = {"layers": list(layers) if layers is not None else None, "probes": tuple(probes),
-                   "labels": labels, "n_components": n_components, "max_memory": max_memory, "progress": progress}
+        options = probe.runner_options(progress=progress)
         ProbeRunner(net, **options)  # validates layer and probe names now, not after training
         return cls(options=options, data=data, device=device)
 
@@ -300,8 +300,9 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
     check_device(device)
     checkpoints = src.checkpoints if all_checkpoints else [(None, src.model_path)]
     first = src.load(checkpoints[0][1], data=data, pretrained=pretrained, revision=revision)
-    plan = _ProbePlan.make(first, layers=layers, probes=probes, labels=labels, n_components=n_components,
-                           max_memory=max_memory, device=device, progress=progress, data=data)
+    probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
+                        max_memory=max_memory)
+    plan = _ProbePlan.make(first, probe, device=device, progress=progress, data=data)
     if batch_size is not None:
         plan.batch_size = batch_size
     out = Path(output_dir) if output_dir is not None else src.default_output(all_checkpoints)
