@@ -8,17 +8,9 @@ batch forms) do not import ``datasets``.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
-_EXPORTS = {
-    "load_data": "masc_probe.data._load",
-    "describe_data": "masc_probe.data._load",
-    "HUB_NAMES": "masc_probe.data._sources",
-    "TensorBatches": "masc_probe.data._batches",
-}
-
-__all__ = list(_EXPORTS)
+__all__ = ["HUB_NAMES", "TensorBatches", "describe_data", "load_data"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from masc_probe.data._batches import TensorBatches
@@ -27,9 +19,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
+    # Imported on first use: _load and _sources import `datasets`, _batches imports torch.
+    if name in ("load_data", "describe_data"):
+        from masc_probe.data import _load as module
+    elif name == "HUB_NAMES":
+        from masc_probe.data import _sources as module
+    elif name == "TensorBatches":
+        from masc_probe.data import _batches as module
+    else:
         raise AttributeError(f"module 'masc_probe.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return getattr(module, name)
