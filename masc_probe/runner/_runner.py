@@ -125,6 +125,22 @@ class ProbeRunner:
     def seed(self) -> int:
         return self.config.seed
 
+    @property
+    def cache_dir(self) -> str | os.PathLike[str] | None:
+        return self.config.cache_dir
+
+    @property
+    def progress(self) -> bool:
+        return self.config.progress
+
+    @property
+    def probe_kwargs(self) -> Mapping[str, Mapping[str, Any]]:
+        return self.config.probe_kwargs
+
+    @property
+    def train_accuracy(self) -> bool | int:
+        return self.config.train_accuracy
+
     # ------------------------------------------------------------------------------------------------ fitting
     def fit(self, train: Iterable[Any], *, num_classes: int | None = None, shard: bool = False) -> ProbeRunner:
         """Run the model once over *train* and fit every probe on every layer and label set.
