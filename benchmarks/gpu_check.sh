@@ -37,7 +37,8 @@ if [ "$DRY" = 1 ]; then
   BENCH=(--n-train 200 --n-test 100 --batch-size 100)
   B_TRAIN=35 B_PROBE=50 B_MASC=25 B_RESNET=35
 else
-  DEVICE=cuda THREADS="$(nproc)" DEADLINE_S="${DEADLINE_S:-450}"
+  # getconf, not nproc: nproc follows OMP_NUM_THREADS
+  DEVICE=cuda THREADS="$(getconf _NPROCESSORS_ONLN)" DEADLINE_S="${DEADLINE_S:-450}"
   SIZE=()
   BENCH=(--n-train 10000 --n-test 2000)
   B_TRAIN=180 B_PROBE=200 B_MASC=40 B_RESNET=45

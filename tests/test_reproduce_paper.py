@@ -166,7 +166,7 @@ def test_n_sweep_runs_are_the_training_queues_folders(shared_mnist: Path) -> Non
 def test_full_set_covers_every_row_rate_and_seed() -> None:
     args = rp.parse_args(["--full", "--device", "cpu"])
     assert args.run_set == "full"
-    named = rp.SETS["full"]
+    (named,) = rp.SETS["full"]
     assert named["rows"] == list(rp.ROWS) and named["rates"] == [0.2, 0.4, 0.6, 0.8]
     assert named["subsets"] == {None: [0, 1, 2]}
     assert set(rp.PAPER) == set(rp.ROWS) and all(len(v) == 4 for row in rp.PAPER.values() for v in row.values())
