@@ -110,6 +110,9 @@ def train(
     shape = [int(s) for s in first.x.shape[1:]]
     if isinstance(model, str):
         num_classes = config.num_classes or _classes_from_data(train_data)
+        # Seeded again here: iterating a DataLoader draws from the global generator, so the initial weights would
+        # otherwise depend on the kind of data source. Now they are those of set_seed(seed) + load_model(spec).
+        set_seed(config.seed)
         model = load_model(model, num_classes=num_classes, input_size=shape if len(shape) == 3 else None)
     spec = config.model or model_spec(model)
     optimizer = make_optimizer(model.parameters(), config.optimizer, lr=config.lr, momentum=config.momentum)
