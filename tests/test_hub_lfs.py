@@ -20,14 +20,6 @@ from masc_probe import hub as mhub
 from masc_probe.errors import HubError
 from test_hub import LFS, PUSHED, TOKEN, _sha256, _snapshot, cnn_run, hub  # noqa: F401 - fixtures by name
 
-# huggingface_hub (2.4) wraps a failed PUT or verify in RuntimeError("Error while uploading '<path>' to the Hub.")
-# with the HfHubHTTPError as __cause__ (_commit_api._upload_lfs_files), and masc_probe's _hub_errors does not catch
-# RuntimeError: the raw RuntimeError escapes (and its cause's text may hold what the server said, token included).
-_UNMAPPED = pytest.mark.xfail(
-    raises=RuntimeError, strict=True,
-    reason="_hub_errors (masc_probe/hub/_push.py) lets huggingface_hub's RuntimeError('Error while uploading ...') "
-           "from a failed LFS PUT/verify escape unmapped; it should map the HfHubHTTPError in __cause__")
-
 _STEP_FAILURES = [
     ("lfs-batch", 403, f"token {TOKEN} may not write to this repo"),
     ("lfs-upload", 403, "AccessDenied: Request has expired"),
@@ -42,8 +34,7 @@ def test_failed_lfs_step_changes_nothing_and_a_retry_succeeds(hub: FakeHub, cnn_
                                                               status: int, message: str) -> None:
     before = _snapshot(cnn_run)
     hub.fail_next(endpoint, status, message)
-    # RuntimeError too: what escapes today for PUT/verify; test_failed_lfs_step_is_one_line... holds that to account.
-    with pytest.raises((HubError, RuntimeError)):
+    with pytest.raises(HubError):
         mhub.push_run(cnn_run, "me/lfs")
     assert hub.hits(endpoint)[0].status == status  # it failed at the planned step
     assert _snapshot(cnn_run) == before
@@ -58,9 +49,9 @@ def test_failed_lfs_step_changes_nothing_and_a_retry_succeeds(hub: FakeHub, cnn_
     assert _snapshot(cnn_run) == before
 
 
-@pytest.mark.parametrize(("endpoint", "status", "message"), [
-    pytest.param(*case, id=name, marks=[_UNMAPPED] if case[0] != "lfs-batch" else [])
-    for case, name in zip(_STEP_FAILURES, _IDS)])
+# huggingface_hub wraps a failed PUT or verify in RuntimeError("Error while uploading '<path>' to the Hub.") with the
+# HfHubHTTPError as __cause__ (_commit_api._upload_lfs_files); _hub_errors maps that cause like any other HTTP error.
+@pytest.mark.parametrize(("endpoint", "status", "message"), _STEP_FAILURES, ids=_IDS)
 def test_failed_lfs_step_is_one_line_with_the_token_scrubbed(hub: FakeHub, cnn_run: Path, endpoint: str,
                                                             status: int, message: str) -> None:
     hub.fail_next(endpoint, status, message)

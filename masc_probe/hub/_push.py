@@ -254,35 +254,48 @@ def _one_line(text: str) -> str:
 def _hub_errors(repo_id: str, *, revision: str | None, token: str | None, what: str,
                 filename: str | None = None) -> Iterator[None]:
     """Turn huggingface_hub's errors into one-line HubErrors that name the repo, revision and file."""
-    at = f" at revision {revision!r}" if revision else ""
     try:
         yield
-    except RevisionNotFoundError:
-        message = f"revision {revision or 'main'!r} not found in repo {repo_id!r}"
-    except RepositoryNotFoundError:
-        message = (f"repo {repo_id!r} not found on {constants.ENDPOINT}, or the current token cannot access it "
-                   "(check the name, or log in with `hf auth login` / set HF_TOKEN)")
-    except LocalEntryNotFoundError:
-        message = (f"{filename or 'a file'} of {repo_id!r}{at} is not in the local cache and the Hub cannot be "
-                   f"reached (offline mode {'on' if constants.HF_HUB_OFFLINE else 'off'})")
-    except EntryNotFoundError:
-        message = f"repo {repo_id!r}{at} has no {filename or 'such file'} (was it pushed with masc-probe?)"
-    except HfHubHTTPError as exc:
+    except Exception as exc:
+        message = _message(exc, repo_id, revision=revision, what=what, filename=filename)
+        cause = exc.__cause__
+        if message is None and type(exc) is RuntimeError and isinstance(cause, Exception):
+            # huggingface_hub wraps a failed LFS PUT or verify in RuntimeError("Error while uploading '<path>' to
+            # the Hub.") with the HTTP error as its __cause__: the cause says what happened, the wrapper to what.
+            message = _message(cause, repo_id, revision=revision, what=what, filename=filename)
+            if message is not None:
+                message += f" ({_one_line(str(exc)).rstrip('.')})"
+        if message is None:
+            raise
+    else:
+        return
+    raise HubError(_scrub(message, token)) from None
+
+
+def _message(exc: Exception, repo_id: str, *, revision: str | None, what: str, filename: str | None) -> str | None:
+    """The one-line message for one of huggingface_hub's errors; None for an error that is not the Hub's."""
+    at = f" at revision {revision!r}" if revision else ""
+    if isinstance(exc, RevisionNotFoundError):
+        return f"revision {revision or 'main'!r} not found in repo {repo_id!r}"
+    if isinstance(exc, RepositoryNotFoundError):
+        return (f"repo {repo_id!r} not found on {constants.ENDPOINT}, or the current token cannot access it "
+                "(check the name, or log in with `hf auth login` / set HF_TOKEN)")
+    if isinstance(exc, LocalEntryNotFoundError):
+        return (f"{filename or 'a file'} of {repo_id!r}{at} is not in the local cache and the Hub cannot be "
+                f"reached (offline mode {'on' if constants.HF_HUB_OFFLINE else 'off'})")
+    if isinstance(exc, EntryNotFoundError):
+        return f"repo {repo_id!r}{at} has no {filename or 'such file'} (was it pushed with masc-probe?)"
+    if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else "?"
         detail = exc.server_message or str(exc).split("\n")[0]
         verb = "push to" if what == "push" else f"{what} from"
         message = f"{verb} {repo_id!r}{at} failed with HTTP {status}: {_one_line(detail)}"
-        if what == "push":
-            message += "; nothing local was changed, so retrying is safe"
-    except ValueError as exc:  # huggingface_hub's own refusals, e.g. card metadata the Hub's validator rejects
-        message = f"the Hub refused the {what} for {repo_id!r}{at}: {_one_line(str(exc))}"
-    except Exception as exc:
-        if not _is_transport_error(exc):
-            raise
-        message = f"cannot reach the Hub at {constants.ENDPOINT} for {what} of {repo_id!r}: {_one_line(str(exc))}"
-    else:
-        return
-    raise HubError(_scrub(message, token)) from None
+        return message + ("; nothing local was changed, so retrying is safe" if what == "push" else "")
+    if isinstance(exc, ValueError):  # huggingface_hub's own refusals, e.g. card metadata the Hub's validator rejects
+        return f"the Hub refused the {what} for {repo_id!r}{at}: {_one_line(str(exc))}"
+    if _is_transport_error(exc):
+        return f"cannot reach the Hub at {constants.ENDPOINT} for {what} of {repo_id!r}: {_one_line(str(exc))}"
+    return None
 
 
 def _scrub(message: str, token: str | None) -> str:
