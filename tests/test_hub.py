@@ -344,6 +344,23 @@ def test_card_carries_model_index_that_huggingface_hub_parses(hub: FakeHub, cnn_
     assert str(mhub.build_card(cnn_run, repo_id="me/card")) == str(card)
 
 
+def test_read_config_reads_the_revision_named_in_the_spec(hub: FakeHub, cnn_run: Path) -> None:
+    from masc_probe.models import read_config
+
+    mhub.push_run(cnn_run, "me/rev")
+    first = hub.repos[("model", "me/rev")].refs["main"]
+    config = json.loads((cnn_run / "config.json").read_text())
+    config["masc_probe"] = {**config["masc_probe"], "dataset": "mnist", "corruption": {**CORRUPTION, "seed": 9}}
+    hub.put_files("me/rev", {"config.json": json.dumps(config).encode()})  # main moves on; `first` keeps the old one
+
+    assert read_config("hf-hub:me/rev")["corruption"]["seed"] == 9
+    old = read_config(f"hf-hub:me/rev@{first}")
+    assert (old["dataset"], old["corruption"]) == ("digits", CORRUPTION)
+    assert read_config("hf-hub:me/rev", revision=first) == old
+    with pytest.raises(InputError, match="two revisions"):
+        read_config(f"hf-hub:me/rev@{first}", revision="main")
+
+
 # ----------------------------------------------------------------------------------------------------- timm, offline
 def test_timm_layout_loads_with_timm_create_model(hub: FakeHub, tmp_path: Path) -> None:
     import timm

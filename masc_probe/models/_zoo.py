@@ -93,10 +93,7 @@ def load_model(
         )
     expect = {"num_classes": num_classes, "in_chans": in_chans}
     if text.startswith(HUB_PREFIX):
-        repo_id, _, at_revision = text[len(HUB_PREFIX) :].partition("@")
-        if at_revision and revision and at_revision != revision:
-            raise InputError(f"two revisions for {repo_id}: {at_revision!r} in the spec and revision={revision!r}")
-        folder = _download_checkpoint(repo_id, revision or at_revision or None)
+        folder = _download_checkpoint(*_hub_repo(text, revision))
         return _load_folder(folder, source=text, expect=expect)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -146,12 +143,17 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], *, masc_conf
 def read_config(source: str | os.PathLike[str], *, revision: str | None = None) -> dict[str, Any]:
     """Return the ``"masc_probe"`` section of a run folder's, checkpoint folder's or ``hf-hub:`` repo's config.
 
+    Args:
+        source: A folder, or ``hf-hub:<user>/<repo>[@<revision>]``.
+        revision: Hub revision, when the spec names none (the same rule as :func:`load_model`).
+
     Raises:
-        InputError: The folder has no ``config.json`` or it has no ``"masc_probe"`` key.
+        InputError: The folder has no ``config.json`` or it has no ``"masc_probe"`` key, or two revisions differ.
+        HubError: A Hub repo, revision or file cannot be had.
     """
     text = os.fspath(source)
     if text.startswith(HUB_PREFIX):
-        folder = _download_checkpoint(text[len(HUB_PREFIX) :].partition("@")[0], revision)
+        folder = _download_checkpoint(*_hub_repo(text, revision))
     else:
         folder = Path(text)
     config = _read_json(folder / CONFIG_NAME)
@@ -339,6 +341,14 @@ def _build_and_fill(
             f"{sorted(unexpected)[:3]}"
         )
     return model.eval()
+
+
+def _hub_repo(spec: str, revision: str | None) -> tuple[str, str | None]:
+    """``(repo_id, revision)`` of an ``hf-hub:<user>/<repo>[@<revision>]`` spec and a ``revision=`` argument."""
+    repo_id, _, at_revision = spec[len(HUB_PREFIX) :].partition("@")
+    if at_revision and revision and at_revision != revision:
+        raise InputError(f"two revisions for {repo_id}: {at_revision!r} in the spec and revision={revision!r}")
+    return repo_id, revision or at_revision or None
 
 
 def _download_checkpoint(repo_id: str, revision: str | None) -> Path:
