@@ -361,6 +361,29 @@ def test_read_config_reads_the_revision_named_in_the_spec(hub: FakeHub, cnn_run:
         read_config(f"hf-hub:me/rev@{first}", revision="main")
 
 
+def test_load_model_takes_token_cache_dir_and_local_files_only(hub: FakeHub, cnn_run: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    mhub.push_run(cnn_run, "me/opts", private=True)
+    monkeypatch.delenv("HF_TOKEN")  # from here on only token= can open the private repo
+    with pytest.raises(HubError, match="me/opts"):
+        load_model("hf-hub:me/opts")
+    mine = tmp_path / "my-cache"
+    model = load_model("hf-hub:me/opts", token=TOKEN, cache_dir=mine)
+    assert {p.name for p in (mine / "models--me--opts").rglob("*") if p.is_file() and "snapshots" in p.parts} == {
+        "model.safetensors", "config.json"}  # in the cache asked for, not the default one
+    assert not (tmp_path / "hf-cache" / "models--me--opts").exists()
+
+    requests = len(hub.log)
+    cached = load_model("hf-hub:me/opts", cache_dir=mine, local_files_only=True)  # no token, no request
+    assert len(hub.log) == requests
+    x = _inputs()
+    with torch.no_grad():
+        assert torch.equal(cached(x), model(x)) and torch.equal(model(x), load_model(cnn_run)(x))
+    with pytest.raises(HubError) as err:
+        load_model("hf-hub:me/opts", cache_dir=tmp_path / "empty", local_files_only=True)
+    assert "me/opts" in str(err.value) and "\n" not in str(err.value) and len(hub.log) == requests
+
+
 # ----------------------------------------------------------------------------------------------------- timm, offline
 def test_timm_layout_loads_with_timm_create_model(hub: FakeHub, tmp_path: Path) -> None:
     import timm

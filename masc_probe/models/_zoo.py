@@ -21,6 +21,7 @@ import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,9 @@ def load_model(
     input_size: int | Sequence[int] | None = None,
     pretrained: bool = False,
     revision: str | None = None,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
 ) -> nn.Module:
     """Build or load a model from a spec (see the module docstring for the forms).
 
@@ -62,9 +66,13 @@ def load_model(
             for their widths; timm models with a fixed input size get it as ``img_size``).
         pretrained: timm specs only: start from timm's pretrained weights (downloaded as safetensors).
         revision: Hub revision (branch, tag or commit) for ``hf-hub:`` specs and pretrained timm weights.
+        token: Hub token for private repos (``hf-hub:`` specs and pretrained timm weights); default: the usual
+            huggingface_hub sources (``HF_TOKEN``, ``hf auth login``). Never logged.
+        cache_dir: Hub cache folder for the download; default: huggingface_hub's (``HF_HUB_CACHE``).
+        local_files_only: Use the Hub cache only, never the network (as ``HF_HUB_OFFLINE=1`` for this call).
 
     Returns:
-        The model, in eval mode when loaded from saved weights.
+        The model, always in eval mode (new, pretrained or loaded); call ``.train()`` to train it.
 
     Raises:
         UnknownNameError: The spec is none of the valid forms, or names an unknown timm model.
@@ -78,10 +86,11 @@ def load_model(
     if not isinstance(spec, (str, os.PathLike)) or not os.fspath(spec):
         raise InputError(f"expected a model spec string or path, got {spec!r}")
     text = os.fspath(spec)
+    hub = _HubOptions(token=token, cache_dir=cache_dir, local_files_only=bool(local_files_only))
     if text in PAPER_MODELS:
         if pretrained:
             raise InputError(f"expected pretrained=False for the paper's {text!r} (it has no pretrained weights)")
-        return _new_paper_model(text, num_classes=num_classes, in_chans=in_chans, input_size=input_size)
+        return _new_paper_model(text, num_classes=num_classes, in_chans=in_chans, input_size=input_size).eval()
     if text.startswith(TIMM_PREFIX):
         return _new_timm_model(
             text[len(TIMM_PREFIX) :],
@@ -90,10 +99,11 @@ def load_model(
             input_size=input_size,
             pretrained=pretrained,
             revision=revision,
-        )
+            hub=hub,
+        ).eval()
     expect = {"num_classes": num_classes, "in_chans": in_chans}
     if text.startswith(HUB_PREFIX):
-        folder = _download_checkpoint(*_hub_repo(text, revision))
+        folder = _download_checkpoint(*_hub_repo(text, revision), hub)
         return _load_folder(folder, source=text, expect=expect)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -153,7 +163,7 @@ def read_config(source: str | os.PathLike[str], *, revision: str | None = None) 
     """
     text = os.fspath(source)
     if text.startswith(HUB_PREFIX):
-        folder = _download_checkpoint(*_hub_repo(text, revision))
+        folder = _download_checkpoint(*_hub_repo(text, revision), _HubOptions())
     else:
         folder = Path(text)
     config = _read_json(folder / CONFIG_NAME)
@@ -212,6 +222,7 @@ def _new_timm_model(
     input_size: int | Sequence[int] | None,
     pretrained: bool,
     revision: str | None,
+    hub: _HubOptions,
 ) -> nn.Module:
     import timm
     from timm.models import get_pretrained_cfg, split_model_name_tag
@@ -240,7 +251,7 @@ def _new_timm_model(
     if not hub_id:
         raise HubError(f"timm model {name!r} has no Hub weights to start from; use pretrained=False")
     # Our own download keeps the safetensors-only rule; timm then adapts the classifier and stem as usual.
-    folder = _download_checkpoint(hub_id, revision)
+    folder = _download_checkpoint(hub_id, revision, hub)
     return timm.create_model(
         name, pretrained=True, pretrained_cfg_overlay={"file": str(folder / WEIGHTS_NAME)}, **kwargs
     )
@@ -256,9 +267,7 @@ def _load_folder(folder: Path, *, source: str, expect: Mapping[str, int | None])
         raise InputError(f"expected a {CONFIG_NAME} in model folder {source}, found none")
     weights = folder / WEIGHTS_NAME
     if weights.is_file():
-        from safetensors.torch import load_file
-
-        state = load_file(weights, device="cpu")
+        state = _safetensors_weights(weights)
     else:
         legacy = next((folder / n for n in _LEGACY_WEIGHTS if (folder / n).is_file()), None)
         if legacy is None:
@@ -272,14 +281,24 @@ def _load_file(path: Path, *, expect: Mapping[str, int | None]) -> nn.Module:
     if not config_path.is_file():
         raise InputError(f"expected a {CONFIG_NAME} beside {path} naming its architecture, found none")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path, device="cpu")
+        state = _safetensors_weights(path)
     elif path.suffix in _PICKLE_SUFFIXES:
         state = _torch_load_weights(path)
     else:
         raise InputError(f"expected a .safetensors, .pt, .pth or .bin weights file, got {path.name}")
     return _build_and_fill(_read_json(config_path), state, source=str(path), expect=expect)
+
+
+def _safetensors_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors; a damaged file (truncated, empty, not safetensors) is an InputError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as err:
+        raise InputError(f"expected a safetensors file at {path}, got one that does not parse: {err}"
+                         .splitlines()[0]) from None
 
 
 def _torch_load_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -343,6 +362,15 @@ def _build_and_fill(
     return model.eval()
 
 
+@dataclass(frozen=True)
+class _HubOptions:
+    """How load_model reaches the Hub (huggingface_hub's own arguments of the same names)."""
+
+    token: str | bool | None = None
+    cache_dir: str | os.PathLike[str] | None = None
+    local_files_only: bool = False
+
+
 def _hub_repo(spec: str, revision: str | None) -> tuple[str, str | None]:
     """``(repo_id, revision)`` of an ``hf-hub:<user>/<repo>[@<revision>]`` spec and a ``revision=`` argument."""
     repo_id, _, at_revision = spec[len(HUB_PREFIX) :].partition("@")
@@ -351,7 +379,7 @@ def _hub_repo(spec: str, revision: str | None) -> tuple[str, str | None]:
     return repo_id, revision or at_revision or None
 
 
-def _download_checkpoint(repo_id: str, revision: str | None) -> Path:
+def _download_checkpoint(repo_id: str, revision: str | None, hub: _HubOptions) -> Path:
     """Download ``config.json`` and ``model.safetensors`` of a Hub model repo; return the local snapshot folder.
 
     All Hub downloads of weights go through here. Pickled weights are refused, never downloaded.
@@ -370,14 +398,15 @@ def _download_checkpoint(repo_id: str, revision: str | None) -> Path:
     )
 
     at = f"{repo_id}@{revision or 'main'}"
+    options: dict[str, Any] = {"token": hub.token, "cache_dir": hub.cache_dir, "local_files_only": hub.local_files_only}
     try:
-        weights = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision))
+        weights = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, **options))
     except RepositoryNotFoundError:
         raise HubError(f"expected a model repo {repo_id!r} on the Hub, found none (or no access)") from None
     except RevisionNotFoundError:
         raise HubError(f"expected revision {revision!r} in {repo_id}, found none") from None
     except RemoteEntryNotFoundError:
-        files = list_repo_files(repo_id, revision=revision)
+        files = list_repo_files(repo_id, revision=revision, token=hub.token)
         pickled = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
         if pickled:
             raise UnsafeCheckpointError(
@@ -393,7 +422,7 @@ def _download_checkpoint(repo_id: str, revision: str | None) -> Path:
     # even if the branch moved in between.
     commit = weights.parent.name if re.fullmatch(r"[0-9a-f]{40}", weights.parent.name) else revision
     try:
-        config = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=commit))
+        config = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=commit, **options))
     except (RemoteEntryNotFoundError, LocalEntryNotFoundError):
         raise HubError(f"expected {CONFIG_NAME} beside {WEIGHTS_NAME} in {at}, found none") from None
     if config.parent != weights.parent:
