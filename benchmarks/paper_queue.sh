@@ -10,18 +10,21 @@
 # commit to snapshot (default HEAD); runs/paper/.code/COMMIT records it. This file itself is copied before it runs:
 # bash reads a script as it goes, and an edit to a running script once made two lanes train the same run folder.
 set -uo pipefail
-cd "$(dirname "$0")/.."
 WORK=runs/paper
-mkdir -p "$WORK"
-if [ -z "${MASC_QUEUE_COPY:-}" ]; then
-  copy="$WORK/.queue-${1:-main}.sh"
-  cp "$0" "$copy" && MASC_QUEUE_COPY=1 exec bash "$copy" "$@"
+if [ -z "${MASC_QUEUE_ROOT:-}" ]; then
+  root=$(cd "$(dirname "$0")/.." && pwd)
+  mkdir -p "$root/$WORK" && cp "$0" "$root/$WORK/.queue-${1:-main}.sh"
+  MASC_QUEUE_ROOT=$root exec bash "$root/$WORK/.queue-${1:-main}.sh" "$@"
 fi
-if [ ! -d "$WORK/.code/masc_probe" ]; then
-  rm -rf "$WORK/.code.tmp" && mkdir -p "$WORK/.code.tmp"
-  git archive "${CODE_REF:-HEAD}" masc_probe benchmarks/reproduce_paper.py | tar -x -C "$WORK/.code.tmp"
-  git rev-parse "${CODE_REF:-HEAD}" > "$WORK/.code.tmp/COMMIT" && mv "$WORK/.code.tmp" "$WORK/.code"
-fi
+cd "$MASC_QUEUE_ROOT"
+(  # one snapshot, whichever lane starts first
+  flock 9
+  if [ ! -d "$WORK/.code/masc_probe" ]; then
+    rm -rf "$WORK/.code.tmp" && mkdir -p "$WORK/.code.tmp"
+    git archive "${CODE_REF:-HEAD}" masc_probe benchmarks/reproduce_paper.py | tar -x -C "$WORK/.code.tmp"
+    git rev-parse "${CODE_REF:-HEAD}" > "$WORK/.code.tmp/COMMIT" && mv "$WORK/.code.tmp" "$WORK/.code"
+  fi
+) 9>"$WORK/.code.lock"
 export PYTHONPATH="$PWD/$WORK/.code" OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
 PY=".venv/bin/python $WORK/.code/benchmarks/reproduce_paper.py --threads 1 --preset fast --stage train --work-dir $WORK"
 if [ "${1:-}" = rows ]; then
