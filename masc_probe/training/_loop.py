@@ -84,7 +84,7 @@ def train(
     """
     from accelerate.utils import set_seed
 
-    accelerator = _accelerator(config)
+    accelerator, made_state = _accelerator(config)
     world, main = accelerator.num_processes, accelerator.is_main_process
     if config.batch_size % world:
         raise InputError(f"batch_size={config.batch_size} must be divisible by the {world} processes")
@@ -187,22 +187,69 @@ def train(
         write_metrics(run_dir, history)
     accelerator.wait_for_everyone()
     rows = [{k: v for k, v in h.items() if not k.startswith("_")} for h in history]
+    if made_state:
+        _release_state()
     return TrainResult(run_dir=run_dir, history=rows, stopped=stopped or "max_epochs")
 
 
 # ------------------------------------------------------------------------------------------------- the loop parts
-def _accelerator(config: TrainConfig) -> Any:
+# The process-wide Accelerate state train() made itself and has not released (a run that failed leaves it behind):
+# the values it held, and whether train() made the PartialState under it too.
+_MADE: dict[str, Any] | None = None
+
+
+def _accelerator(config: TrainConfig) -> tuple[Any, bool]:
+    """An Accelerator for *config*, and whether this call made the process-wide state it stands on.
+
+    Accelerate keeps one state per process; a second Accelerator joins it and cannot change its mixed precision or
+    device. A state train() made is released when its run ends (and a failed run's leftover here); a state someone
+    else made — the user's own Accelerator — is used as it is when it fits *config*, refused in one line when it
+    does not, and never reset under its owner.
+
+    Raises:
+        InputError: An Accelerator made elsewhere in this process has other settings than *config*.
+    """
+    global _MADE
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState, PartialState, is_initialized
     from accelerate.utils import DataLoaderConfiguration
 
-    # Accelerate keeps one process-wide state and refuses a second Accelerator with other settings. A single
-    # process may train several times (a library, tests) with different precision: start those afresh.
-    if AcceleratorState._shared_state and PartialState().num_processes == 1:
-        AcceleratorState._reset_state(reset_partial_state=True)
+    if _MADE is not None and is_initialized() and _still_ours():
+        _release_state()
+    made = not is_initialized()
+    if not made:
+        state = AcceleratorState()  # joins the present state, changes nothing
+        if state.mixed_precision != config.mixed_precision or (config.cpu and state.device.type != "cpu"):
+            raise InputError(
+                f"expected settings this process's Accelerator can take (mixed_precision={state.mixed_precision!r} "
+                f"on {state.device}), got mixed_precision={config.mixed_precision!r}{', cpu=True' * config.cpu}; "
+                "train with its settings, or before creating it")
+    partial = made and not PartialState._shared_state
     # split_batches: the loader's batch is the global one, divided among the processes.
-    return Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))  # fmt: skip
+    accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision,
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))  # fmt: skip
+    if made:
+        _MADE = {"values": dict(vars(AcceleratorState())), "partial": partial}
+    return accelerator, made
+
+
+def _still_ours() -> bool:
+    """Whether the present state is the very one train() made (same objects, not one rebuilt alike since)."""
+    from accelerate.state import AcceleratorState
+
+    now, then = vars(AcceleratorState()), (_MADE or {}).get("values", {})
+    return now.keys() == then.keys() and all(now[k] is v for k, v in then.items())
+
+
+def _release_state() -> None:
+    """Clear the state train() made, so that the process is as the run found it (Accelerate has no public call for
+    this; it is used on train()'s own state only). A multi-process job keeps its state, and its process group."""
+    global _MADE
+    from accelerate.state import AcceleratorState, PartialState
+
+    if _MADE is not None and PartialState().num_processes == 1:
+        AcceleratorState._reset_state(reset_partial_state=_MADE["partial"])
+        _MADE = None
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, *, lr: float,
