@@ -26,7 +26,7 @@ cd "$MASC_QUEUE_ROOT"
   fi
 ) 9>"$WORK/.code.lock"
 export PYTHONPATH="$PWD/$WORK/.code" OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
-PY=".venv/bin/python $WORK/.code/benchmarks/reproduce_paper.py --threads 1 --preset fast --stage train --work-dir $WORK"
+PY=".venv/bin/python $WORK/.code/benchmarks/reproduce_paper.py --threads 1 --preset fast --stage train --work-dir $WORK --data-root $MASC_QUEUE_ROOT/../shared/data"
 if [ "${1:-}" = rows ]; then
   # Subsets: a CNN epoch on 60,000 images takes minutes on one thread here.
   $PY --row mlp-cifar10 --rates 0.8 --subset 10000 --seeds 0
