@@ -24,7 +24,7 @@ import numpy as np
 from masc_probe._choices import CORRUPTION_MODES
 from masc_probe.errors import InputError, UnknownNameError, closest
 
-__all__ = ["CIFAR10_ASYMMETRIC", "MODES", "corrupt_labels", "corruption_summary"]
+__all__ = ["CIFAR10_ASYMMETRIC", "MODES", "corrupt_labels", "corruption_summary", "report_corruption"]
 
 MODES: tuple[str, ...] = CORRUPTION_MODES
 
@@ -187,6 +187,17 @@ def corrupt_labels(
             table[src] = dst
         out[selected] = table[labels[selected]]
     return out
+
+
+def report_corruption(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The report's ``corruption`` object from a :func:`corruption_summary` (or a ``load_data`` record's).
+
+    Returns:
+        ``{"mode", "rate", "seed", "realized_rate"}``, or None for clean labels (no summary, or rate 0).
+    """
+    if not summary or not float(summary.get("rate") or 0.0) > 0:
+        return None
+    return {k: summary.get(k) for k in ("mode", "rate", "seed", "realized_rate")}
 
 
 def corruption_summary(y_true: Any, y_corrupt: Any, *, mode: str, rate: float, seed: int) -> dict[str, Any]:

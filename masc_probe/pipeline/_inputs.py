@@ -108,8 +108,9 @@ class RunData:
     @property
     def corruption(self) -> dict[str, Any] | None:
         """The report's ``corruption``: mode, rate, seed and the realized share of changed labels."""
-        c = self.info["corruption"]
-        return {k: c[k] for k in ("mode", "rate", "seed", "realized_rate")} if self.corrupted else None
+        from masc_probe.data.corruption import report_corruption
+
+        return report_corruption(self.info["corruption"])
 
     @property
     def fingerprint(self) -> str:

@@ -43,7 +43,16 @@ def split_batch(batch: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
 
 
 def _labels(y: Any, n: int) -> torch.Tensor:
-    t = torch.as_tensor(y).detach().to("cpu").long().reshape(-1)
+    t = torch.as_tensor(y).detach().to("cpu").reshape(-1)
+    if t.is_complex():
+        raise InputError(f"expected integer class labels, got {t.dtype} labels")
+    if t.is_floating_point():
+        # Whole numbers stored as floats are the labels they name; a fraction would be truncated into another class.
+        whole = torch.isfinite(t) & (t == t.round())
+        if not bool(whole.all()):
+            raise InputError(f"expected integer class labels, got {t.dtype} labels such as "
+                             f"{float(t[~whole][0])!r} (a float label is never rounded)")
+    t = t.long()
     if len(t) != n:
         raise InputError(f"labels must have one entry per sample ({n}), got {len(t)}")
     return t

@@ -74,6 +74,8 @@ class FitResult:
     plan: Plan
     failed: list[dict[str, str]] = field(default_factory=list)  # probes left out, with their error
     timings: dict[str, float] = field(default_factory=dict)
+    # What the training data's load_data record says ({"dataset", "corruption"}); empty for data without one.
+    data: dict[str, Any] = field(default_factory=dict)
 
     @property
     def solvers(self) -> dict[Key, str]:

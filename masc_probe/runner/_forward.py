@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from masc_probe.errors import InputError
 from masc_probe.runner._distributed import World
 from masc_probe.runner._cache import Reducer
 
@@ -94,7 +95,16 @@ class Forward:
     def __call__(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         x = x.to(self.device, non_blocking=True)
         self._captured = None
-        values = self.tap(x)
+        try:
+            values = self.tap(x)
+        except RuntimeError as err:
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                raise
+            # Most often a batch of the wrong shape ("mat1 and mat2 shapes cannot be multiplied" from deep inside):
+            # say what came and what the model takes; the model's own error stays attached as the cause.
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise InputError(f"the model cannot take a batch of shape {tuple(x.shape)} ({expected_input(self.model)})"
+                             f": {first}") from err
         logits = None
         if self.want_logits:
             if self._out_name is not None:
@@ -124,6 +134,27 @@ class Forward:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def expected_input(model: nn.Module) -> str:
+    """What *model* says it takes: the input it was built for (paper models, timm's default) and its first layer."""
+    parts = []
+    config = getattr(model, "_hub_mixin_config", None)  # the paper models' PyTorchModelHubMixin arguments
+    default = getattr(model, "pretrained_cfg", None)  # timm
+    if isinstance(config, Mapping) and config.get("input_size") is not None:
+        size = config["input_size"]
+        hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)[-2:]
+        parts.append(f"it was built for inputs {(int(config.get('in_chans', 1)), *hw)}")
+    elif isinstance(default, Mapping) and default.get("input_size"):
+        parts.append(f"timm's default input is {tuple(default['input_size'])}")
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            parts.append(f"its first layer {name!r} is Linear(in_features={module.in_features})")
+            break
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            parts.append(f"its first layer {name!r} is {type(module).__name__}(in_channels={module.in_channels})")
+            break
+    return "; ".join(parts) or f"{type(model).__name__} does not say what input it takes"
 
 
 def batches(data: Iterable[Any], *, world: World, shard: bool, progress: bool, desc: str) -> Iterator[Any]:

@@ -48,7 +48,7 @@ def save_runner(config: RunnerConfig, reducer: Reducer, fitted: FitResult, direc
         "reducer": {**reducer.to_config(), "projections": projections}, "seed": config.seed,
         "max_memory": config.max_memory,
         "n_train": fitted.n_train, "n_train_scored": fitted.n_train_scored,
-        "data_fingerprint": fitted.data_fingerprint, "memory_plan": fitted.plan.to_dict(),
+        "data_fingerprint": fitted.data_fingerprint, "data": fitted.data, "memory_plan": fitted.plan.to_dict(),
         "train_accuracy": [{"layer": k[0], "probe": k[1], "labels": k[2], "scores": v}
                            for k, v in fitted.train_accuracy.items()],
         "estimators": entries,
@@ -114,4 +114,4 @@ def load_fitted(saved: dict[str, Any], directory: Path, config: RunnerConfig, de
                      train_accuracy={(t["layer"], t["probe"], t["labels"]): t["scores"]
                                      for t in saved["train_accuracy"]},
                      n_train=saved["n_train"], n_train_scored=saved["n_train_scored"],
-                     data_fingerprint=saved["data_fingerprint"], plan=plan)
+                     data_fingerprint=saved["data_fingerprint"], plan=plan, data=dict(saved.get("data") or {}))

@@ -170,6 +170,7 @@ class ProbeRunner:
             raise InputError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
         result = fit(self.config, self.reducer, model, train, num_classes=num_classes or _dataset_classes(train),
                      shard=shard)
+        result.data = _data_record(train)
         self._set_fitted(result)
         return self
 
@@ -221,8 +222,10 @@ class ProbeRunner:
             epoch: Checkpoint epoch, stored on every result (see :meth:`ProbeReport.over_epochs`).
             shard: As in :meth:`fit`.
             model_name: The report's ``model`` (default: the model's spec, e.g. ``"timm/resnet18"``, or class name).
-            dataset: The report's ``dataset``.
-            corruption: The report's ``corruption`` (``mode``, ``rate``, ``seed``, ``realized_rate``).
+            dataset: The report's ``dataset`` (default: the spec the training data was loaded from, when it came
+                from :func:`masc_probe.load_data`).
+            corruption: The report's ``corruption`` (``mode``, ``rate``, ``seed``, ``realized_rate``; default: the
+                training data's own, when it came from :func:`masc_probe.load_data`; None for clean labels).
             extra: More top-level report keys.
 
         Returns:
@@ -232,7 +235,9 @@ class ProbeRunner:
         fitted = self._need_fitted()
         counts = evaluate_pass(self.config, self.reducer, fitted, model, test, shard=shard)
         return build_report(self.config, self.reducer, fitted, counts, epoch=epoch,
-                            model_name=model_name or model_name_of(model), dataset=dataset, corruption=corruption,
+                            model_name=model_name or model_name_of(model),
+                            dataset=dataset if dataset is not None else fitted.data.get("dataset"),
+                            corruption=corruption if corruption is not None else fitted.data.get("corruption"),
                             extra=extra)
 
     # ------------------------------------------------------------------------------------------------ persistence
@@ -280,7 +285,10 @@ class ProbeRunner:
         return runner
 
     def close(self) -> None:
-        """Release the fitted probes, deleting any kept on disk (the runner must be fitted again to be used)."""
+        """Release the fitted probes, deleting any kept on disk (the runner must be fitted again to be used).
+
+        ``with ProbeRunner(...) as runner:`` calls this on leaving the block, also after an error.
+        """
         if isinstance(self.estimators_, ProbeStore):
             self.estimators_.close()
         self.estimators_ = {}
@@ -288,6 +296,12 @@ class ProbeRunner:
         if self._forward is not None:
             self._forward.close()
             self._forward = None
+
+    def __enter__(self) -> ProbeRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _need_model(self) -> nn.Module:
@@ -303,6 +317,19 @@ class ProbeRunner:
     def __repr__(self) -> str:
         state = f"{len(self.estimators_)} fitted probes" if self.estimators_ else "not fitted"
         return f"ProbeRunner(layers={self.layers}, probes={list(self.probes)}, labels={self.labels!r}, {state})"
+
+
+def _data_record(data: Any) -> dict[str, Any]:
+    """``{"dataset", "corruption"}`` from the record :func:`masc_probe.load_data` attached to *data* (or its
+    loader's dataset); empty when it has none."""
+    from masc_probe.data import describe_data
+    from masc_probe.data.corruption import report_corruption
+
+    try:
+        record = describe_data(getattr(data, "dataset", data))
+    except InputError:
+        return {}
+    return {"dataset": record.get("spec"), "corruption": report_corruption(record.get("corruption"))}
 
 
 def _dataset_classes(data: Any) -> int | None:
