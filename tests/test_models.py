@@ -40,16 +40,100 @@ def test_cnn_flatten_size_follows_the_input(size: int, chans: int, flat: int) ->
     assert seen["flat"].shape == (2, flat)
 
 
-def test_alexnet_and_resnet_shapes() -> None:
-    alex = load_model("alexnet", num_classes=100)
+def _map_sizes(model: nn.Module, x: torch.Tensor, kinds: tuple[type, ...]) -> list[tuple[int, ...]]:
+    """Output shapes (C, H, W) of the modules of *kinds*, in the order they run."""
+    seen: list[tuple[int, ...]] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[1:])))
+             for m in model.modules() if isinstance(m, kinds)]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize(("size", "variant", "convs", "pools"), [
+    # The authors' CIFAR-100 AlexNet: 3×3 stride 2 padding 1, then 3×3 convs; pools 3/2 take 16 → 7 → 3 → 1.
+    (32, "cifar", [(3, 2, 1), (3, 1, 1), (3, 1, 1), (3, 1, 1), (3, 1, 1)], [(64, 7, 7), (192, 3, 3), (256, 1, 1)]),
+    # Their Tiny ImageNet AlexNet: 11×11 stride 4 padding 2, then 5×5 padding 2; 64 → 15 → 7 → 3 → 1.
+    (64, "tiny-imagenet", [(11, 4, 2), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1)],
+     [(64, 7, 7), (192, 3, 3), (256, 1, 1)]),
+])  # fmt: skip
+def test_alexnet_variants_follow_the_authors(size: int, variant: str, convs: list, pools: list) -> None:
+    alex = load_model("alexnet", num_classes=100, input_size=size)
+    assert alex.variant == variant
+    layers = [m for m in alex.features if isinstance(m, nn.Conv2d)]
+    assert [(m.kernel_size[0], m.stride[0], m.padding[0]) for m in layers] == convs
+    assert [m.out_channels for m in layers] == [64, 192, 384, 256, 256]
+    assert all(m.kernel_size == 3 and m.stride == 2 for m in alex.features if isinstance(m, nn.MaxPool2d))
+    x = torch.zeros(2, 3, size, size)
+    assert _map_sizes(alex, x, (nn.MaxPool2d,)) == pools
+    first = _map_sizes(alex, x, (nn.Conv2d,))[0]
+    assert first == ((64, 16, 16) if variant == "cifar" else (64, 15, 15))
     assert _linear_widths(alex) == [(256, 4096), (4096, 4096), (4096, 100)]
-    assert sum(isinstance(m, nn.Conv2d) for m in alex.modules()) == 5
-    assert alex(torch.zeros(1, 3, 64, 64)).shape == (1, 100)  # Tiny ImageNet size pools to 1×1 too
+    assert alex(x).shape == (2, 100)
+    assert paper_layers(alex) == ["flatten", "fc1", "fc2"]
+
+
+def test_alexnet_refuses_inputs_its_pools_cannot_take() -> None:
+    assert load_model("alexnet", input_size=29).flat_features == 256  # 15 → 7 → 3 → 1: the smallest that pools
+    with pytest.raises(InputError, match="at least 29×29"):
+        load_model("alexnet", input_size=28)
+
+
+def _torchvision_resnet18(ours: nn.Module) -> nn.Module:
+    """torchvision's ResNet-18 with the authors' CIFAR changes (3×3 stride-1 stem, the max-pool kept, 10 classes),
+    holding *ours*'s weights: an independent reference, whose FX node names the authors' code taps."""
+    import torchvision
+
+    ref = torchvision.models.resnet18(num_classes=10)
+    ref.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+    names = {k.replace(".shortcut.", ".downsample.").replace("head.", "fc."): v for k, v in ours.state_dict().items()}
+    ref.load_state_dict(names)
+    return ref
+
+
+# The authors' nine ResNet-18 probe points as torchvision FX nodes, and ours.
+_AUTHORS_NODES = {"maxpool": "maxpool", "layer1.0.relu": "layer1.0.relu1", "layer1.0.relu_1": "layer1.0",
+                  "layer1.1.relu": "layer1.1.relu1", "layer1.1.relu_1": "layer1", "layer2.1.relu_1": "layer2",
+                  "layer3.1.relu_1": "layer3", "layer4.1.relu_1": "layer4", "flatten": "flatten"}
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_resnet18_probe_points_are_the_authors_nine(mode: str) -> None:
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    from masc_probe.layers import FeatureTap
+
+    torch.manual_seed(0)
     res = load_model("resnet18-cifar", num_classes=10)
     assert res.conv1.kernel_size == (3, 3) and res.conv1.stride == (1, 1)
-    assert isinstance(res.maxpool, nn.MaxPool2d)
     assert sum(isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) for m in res.modules()) == 17  # stem + 16
-    assert res(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    with torch.no_grad():  # BatchNorm statistics other than the init's, so that eval mode is not the identity
+        for m in res.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0), m.weight.uniform_(0.5, 1.5)
+    assert paper_layers(res) == list(_AUTHORS_NODES.values())
+    ref = _torchvision_resnet18(res)
+    x = torch.randn(3, 3, 32, 32)
+    res.eval(), ref.eval()
+    torch.testing.assert_close(res(x), ref(x), rtol=1e-5, atol=1e-5)
+    buffers = {k: v.clone() for k, v in res.state_dict().items()}
+    with FeatureTap(res, list(_AUTHORS_NODES.values()), mode=mode) as tap:
+        ours = tap(x)
+    # The tap leaves the model as it found it, though train-mode BatchNorm updates its running statistics.
+    assert all(torch.equal(v, res.state_dict()[k]) for k, v in buffers.items())
+    ref.train(mode == "train")
+    extractor = create_feature_extractor(ref, return_nodes=list(_AUTHORS_NODES))
+    with torch.no_grad():
+        # The authors' extraction: the model left in train mode, one image per batch.
+        theirs = ({k: v for k, v in extractor(x).items()} if mode == "eval" else
+                  {k: torch.cat(v) for k, v in zip(_AUTHORS_NODES, zip(*[extractor(x[i:i + 1]).values()
+                                                                          for i in range(len(x))]))})
+    widths = {name: ours[name][0].numel() for name in ours}
+    assert widths == {"maxpool": 16384, "layer1.0.relu1": 16384, "layer1.0": 16384, "layer1.1.relu1": 16384,
+                      "layer1": 16384, "layer2": 8192, "layer3": 4096, "layer4": 2048, "flatten": 512}
+    for node, name in _AUTHORS_NODES.items():
+        torch.testing.assert_close(ours[name], theirs[node], rtol=1e-5, atol=1e-5)
 
 
 def test_paper_layers_are_named_modules_with_the_probed_widths() -> None:
