@@ -22,6 +22,7 @@ _EXPORTS = {
     "ProbeReport": "masc_probe.report",
     "load_model": "masc_probe.models",
     "load_data": "masc_probe.data",
+    "find_label_issues": "masc_probe.pipeline",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -18,6 +18,7 @@ from masc_probe.pipeline._run import (
     run_experiment,
     train_model,
 )
+from masc_probe.pipeline.label_issues import LabelIssues, find_label_issues
 
-__all__ = ["DataConfig", "ProbeConfig", "RunConfig", "RunResult", "default_run_dir", "layer_table", "probe_source",
+__all__ = ["DataConfig", "LabelIssues", "ProbeConfig", "RunConfig", "RunResult", "default_run_dir", "find_label_issues", "layer_table", "probe_source",
            "relabel_run", "run_experiment", "train_model"]
