@@ -20,5 +20,5 @@ from masc_probe.pipeline._run import (
 )
 from masc_probe.pipeline.label_issues import LabelIssues, find_label_issues
 
-__all__ = ["DataConfig", "LabelIssues", "ProbeConfig", "RunConfig", "RunResult", "default_run_dir", "find_label_issues", "layer_table", "probe_source",
-           "relabel_run", "run_experiment", "train_model"]
+__all__ = ["DataConfig", "LabelIssues", "ProbeConfig", "RunConfig", "RunResult", "default_run_dir",
+           "find_label_issues", "layer_table", "probe_source", "relabel_run", "run_experiment", "train_model"]

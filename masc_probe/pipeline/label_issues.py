@@ -470,7 +470,8 @@ def _labels(y: Any, n: int, what: str) -> np.ndarray:
 
 
 def _collect(model: nn.Module | None, data: Any, layers: Sequence[str] | None, device: Any, progress: bool,
-             batch_size: int, budget: int, spill: str) -> tuple[_Rows, np.ndarray, np.ndarray | None, np.ndarray]:  # fmt: skip
+             batch_size: int, budget: int,
+             spill: str) -> tuple[_Rows, np.ndarray, np.ndarray | None, np.ndarray]:  # fmt: skip
     """One pass: every layer's flattened rows, the given and true labels, the indices."""
     from tqdm.auto import tqdm
 
