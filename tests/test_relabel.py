@@ -1,4 +1,5 @@
-"""Tests of masc_probe.relabel and masc_probe.editing on a real memorized run (300 digits, p=0.8)."""
+"""Tests of masc_probe.relabel and masc_probe.editing: on a real memorized run (300 digits, p=0.8), and on data
+whose classes lie in separate subspaces, where the suggestions must repair every corrupted label."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from _training_helpers import memorized_run
 from masc_probe.editing import edit_with_velpic, final_linear
 from masc_probe.errors import InputError, UnknownNameError
 from masc_probe.models import load_model
+from masc_probe.probes import MinimumAngleSubspaceClassifier
 from masc_probe.relabel import probe_checkpoints, relabel
 
 
@@ -80,6 +82,22 @@ def test_velpic_editing_errors() -> None:
         edit_with_velpic(model, few)
 
 
+def test_velpic_editing_of_a_model_without_parameters_runs_on_its_buffers_device() -> None:
+    run = memorized_run()
+    model = load_model(run.run_dir)
+    for module in list(model.modules()):  # every weight a buffer: a frozen export, say; parameters() is empty
+        for name, param in list(module.named_parameters(recurse=False)):
+            delattr(module, name)
+            module.register_buffer(name, param.detach().clone())
+    assert list(model.parameters()) == []
+    from masc_probe.probes import VeLPIC
+
+    features = _head_inputs(model, run.train.x)
+    edit_with_velpic(model, run.train)
+    expected = VeLPIC().fit(features.numpy(), run.train.label.numpy()).coef_
+    torch.testing.assert_close(model.head.weight, torch.as_tensor(expected))
+
+
 def test_relabel_shares_match_the_known_corruption(tmp_path: Path) -> None:
     run = memorized_run()
     result = relabel(run.run_dir, run.train, run.test, seed=0, output_dir=tmp_path, progress=False)
@@ -91,10 +109,13 @@ def test_relabel_shares_match_the_known_corruption(tmp_path: Path) -> None:
     assert (index == np.arange(len(run.train))).all()
     assert (given == run.train.label.numpy()).all()
     assert all(float(r["margin"]) >= 0 for r in rows) and set(suggested) <= set(range(10))
-    # The shares, recomputed from the csv and the corruption this test knows.
+    # The shares: the csv's suggestions and the result's numbers tell the same story.
     true = run.train.true_label.numpy()
     corrupted = given != true
     assert result.repaired == pytest.approx((suggested[corrupted] == true[corrupted]).mean(), abs=1e-12)
+    # And it is a repair: random suggestions get ~1/10 of the 217 corrupted labels right (sd 0.02), suggestions
+    # fitted in-sample hand the given label back (0 repaired). This run repairs 0.217.
+    assert result.repaired > 0.15
     assert result.broken == pytest.approx((suggested[~corrupted] != true[~corrupted]).mean(), abs=1e-12)
     assert result.n_changed == int((suggested != given).sum())
     assert (result.labels, result.oracle, result.cross_fit) == ("corrupted", False, 2)
@@ -138,3 +159,84 @@ def test_probe_checkpoints_gives_an_epoch_axis(tmp_path: Path) -> None:
     assert report.plot_dynamics(tmp_path / "dynamics.png").stat().st_size > 0
     with pytest.raises(InputError, match="checkpoints"):
         probe_checkpoints(tmp_path, train, test)
+
+
+# ------------------------------------------------------------------------------------------- separate subspaces
+K, DIMS, N_TRAIN_SEP, RATE_SEP = 10, 3, 1000, 0.2
+
+
+def _separate(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class c lives in coordinates [3c, 3c+3) of R^30, nothing elsewhere: its subspace is exactly those 3 axes."""
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % K
+    x = torch.zeros(n, K * DIMS)
+    block = torch.randn(n, DIMS, generator=gen)
+    for i in range(n):
+        x[i, DIMS * y[i] : DIMS * (y[i] + 1)] = block[i]
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def separate() -> dict[str, object]:
+    x, y = _separate(N_TRAIN_SEP, seed=1)
+    gen = torch.Generator().manual_seed(2)
+    flip = torch.rand(N_TRAIN_SEP, generator=gen) < RATE_SEP
+    given = torch.where(flip, (y + torch.randint(1, K, (N_TRAIN_SEP,), generator=gen)) % K, y)  # another class
+    xt, yt = _separate(200, seed=3)
+    return {"train": torch.utils.data.TensorDataset(x, given, y), "test": torch.utils.data.TensorDataset(xt, yt),
+            "x": x, "given": given, "true": y}
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(K * DIMS, K))
+
+
+def test_relabel_repairs_every_label_where_the_classes_are_separate_subspaces(separate, tmp_path: Path) -> None:
+    # Labelled by 3-dimensional subspaces fitted on the given labels (80% of each class still right), every sample
+    # lies in its true class's subspace and is orthogonal to all others: the suggestions must be the true labels.
+    result = relabel(_model(), separate["train"], separate["test"], layers=["0"], n_components=DIMS, max_epochs=1,
+                     patience=1, output_dir=tmp_path, progress=False)
+    corrupted = separate["given"] != separate["true"]
+    assert 150 < int(corrupted.sum()) < 250
+    assert (result.repaired, result.broken) == (1.0, 0.0)
+    assert result.n_changed == int(corrupted.sum())
+
+
+def test_cross_fitting_never_labels_a_sample_with_a_subspace_fitted_on_it(separate, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    fitted: dict[int, set[bytes]] = {}
+    scored: dict[int, list[bytes]] = {}
+
+    class Spy(MinimumAngleSubspaceClassifier):
+        """MASC that records the rows it is fitted on and the rows it labels (by their bytes: each row is unique)."""
+
+        def partial_fit(self, X, y, classes=None):  # noqa: N803 - scikit-learn's names
+            fitted.setdefault(id(self), set()).update(r.numpy().tobytes() for r in torch.as_tensor(X).cpu())
+            return super().partial_fit(X, y, classes=classes)
+
+        def cosines(self, X, **kwargs):  # noqa: N803
+            scored.setdefault(id(self), []).extend(r.numpy().tobytes() for r in torch.as_tensor(X).cpu())
+            return super().cosines(X, **kwargs)
+
+    monkeypatch.setattr("masc_probe.probes.MinimumAngleSubspaceClassifier", Spy)
+    for folds in (2, 3):
+        fitted.clear(), scored.clear()
+        relabel(_model(), separate["train"], separate["test"], layers=["0"], n_components=DIMS, max_epochs=1,
+                patience=1, cross_fit=folds, output_dir=tmp_path / str(folds), progress=False)
+        every = {r.numpy().tobytes() for r in separate["x"]}
+        assert len(every) == N_TRAIN_SEP and len(fitted) == folds and set(scored) <= set(fitted)
+        labelled = [row for rows in scored.values() for row in rows]
+        assert sorted(labelled) == sorted(every)  # each sample labelled exactly once
+        for probe in fitted:
+            overlap = len(fitted[probe] & set(scored.get(probe, [])))
+            assert overlap == 0, f"{overlap} samples were labelled by a subspace fitted on them"
+            assert fitted[probe] | set(scored.get(probe, [])) == every  # fitted on all the other folds
+
+
+def test_relabel_refuses_a_model_without_parameters_in_one_line(separate, tmp_path: Path) -> None:
+    with pytest.raises(InputError) as err:
+        relabel(nn.Sequential(nn.Flatten()), separate["train"], separate["test"], output_dir=tmp_path,
+                progress=False)
+    assert "trainable parameters" in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []

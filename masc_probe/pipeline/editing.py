@@ -20,6 +20,7 @@ from torch import nn
 from masc_probe._choices import FIT_LABELS
 from masc_probe.data._batches import make_loader, split_batch
 from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe.runner._forward import model_device
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def edit_with_velpic(
         labels: ``"corrupted"`` fits on the labels the data gives (what a user has); ``"true"`` on the true labels
             (an oracle, for experiments only).
         batch_size: Batch of the feature pass (map-style data only).
-        device: Where the features are computed; default the model's device.
+        device: Where the features are computed; default the model's device (that of its first parameter or
+            buffer; the CPU for a model with neither).
 
     Returns:
         The same model, edited.
@@ -91,8 +93,7 @@ def edit_with_velpic(
     if labels not in FIT_LABELS:
         raise UnknownNameError(f"unknown labels {labels!r}; valid: {', '.join(FIT_LABELS)}")
     name, linear = final_linear(model, layer)
-    if device is None:
-        device = next(model.parameters()).device
+    device = torch.device(device) if device is not None else model_device(model)
     probe = VeLPIC()
     classes = np.arange(linear.out_features)
     loader = make_loader(train_data, batch_size=batch_size, strict=False)[0]

@@ -104,16 +104,18 @@ def relabel(
             K-1 folds. ``1`` predicts in-sample, with subspaces fitted on the sample itself — which on small data
             hands back the given label (each class subspace spans its own training points: on 300 digits with
             the 2048-wide layers none of the 300 labels changed), so K=2 is the default.
-        device: Where everything runs; default the model's device.
+        device: Where everything runs; default the model's device (that of its first parameter or buffer).
         progress: Progress bars of the probe passes.
 
     Returns:
         The numbers, also written to ``relabel.json``.
 
     Raises:
-        InputError: Data that is not map-style, training data without labels, or bad fine-tuning settings.
+        InputError: Data that is not map-style, training data without labels, bad fine-tuning settings, or a model
+            without trainable parameters (there is nothing to fine-tune).
     """
     from masc_probe.runner import ProbeRunner
+    from masc_probe.runner._forward import model_device
 
     model, masc, out = _resolve_source(source, oracle, output_dir)
     training = masc.get("training") or {}
@@ -124,7 +126,10 @@ def relabel(
     if opt_name not in OPTIMIZERS or lr <= 0 or max_epochs < 1 or patience < 1 or cross_fit < 1:
         raise InputError(f"expected optimizer sgd|adam, lr > 0, max_epochs >= 1, patience >= 1, cross_fit >= 1; "
                          f"got {opt_name!r}, {lr}, {max_epochs}, {patience}, {cross_fit}")  # fmt: skip
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    if not any(p.requires_grad for p in model.parameters()):
+        raise InputError(f"expected a model with trainable parameters to fine-tune on the suggestions, got a "
+                         f"{type(model).__name__} with none")
+    device = torch.device(device) if device is not None else model_device(model)
     model.to(device).eval()
     train_set, test_set = _map_style(train_data, "training data"), _map_style(test_data, "test data")
     order = np.random.default_rng(seed).permutation(len(test_set))
