@@ -17,6 +17,14 @@ FIT_LABELS = ("corrupted", "true")
 
 CORRUPTION_MODES = ("random", "symmetric", "shuffle", "asymmetric")
 
+# How a run is trained and probed. "clean": eval-mode extraction, shuffled epochs, an eval pass for the stop rule,
+# cross-fitted relabeling. "authors": the MASC authors' code — train-mode extraction one sample at a time, a fixed
+# order every epoch, the stop rule on the running train-mode accuracy, relabeling fitted on the whole training set.
+PROTOCOLS = ("clean", "authors")
+# Which checkpoints/epoch-NNNN a training run keeps besides its final one: every epoch, the dense early phase then
+# every checkpoint_every-th (TrainConfig's schedule), or only the final one.
+CHECKPOINT_POLICIES = ("all", "dense", "final")
+
 PRESETS = ("paper", "fast")
 PIPELINE_PRESETS = ("auto", *PRESETS)  # auto: fast on the built-in datasets, paper otherwise
 OPTIMIZERS = ("sgd", "adam")

@@ -62,7 +62,8 @@ def test_run_folder_holds_metrics_checkpoints_and_provenance() -> None:
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows == run.result.history
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
-    assert set(rows[0]) == {"epoch", "loss", "train_accuracy_corrupted", "train_accuracy_true", "test_accuracy", "lr"}
+    assert set(rows[0]) == {"epoch", "loss", "train_accuracy_corrupted", "train_accuracy_true", "test_accuracy", "lr",
+                            "train_accuracy_running"}
     last = rows[-1]["epoch"]
     kept = sorted(int(p.name.split("-")[1]) for p in (run.run_dir / "checkpoints").iterdir())
     expected = sorted({e for e in range(0, 21, 2)} | {e for e in range(25, last + 1, 5)} | {last})
@@ -78,10 +79,14 @@ def test_run_folder_holds_metrics_checkpoints_and_provenance() -> None:
     final_ckpt = load_file(run.run_dir / "checkpoints" / f"epoch-{last:04d}" / "model.safetensors")
     final = load_file(run.run_dir / "model.safetensors")
     assert all(torch.equal(final[k], final_ckpt[k]) for k in final)
-    # Rerunning the finished run changes nothing and trains no further epoch.
+    # Memorized: the resume state keeps only its history and config (no weights, no optimizer state) ...
+    assert os.listdir(run.run_dir / "resume") == ["trainer.json"]
+    # ... and rerunning the finished run changes nothing and trains no further epoch.
     config = TrainConfig.from_dict(masc_training_config(run.run_dir))
     again = train("mlp", run.train, config=config)
     assert again.history == run.result.history
+    after = load_file(run.run_dir / "model.safetensors")
+    assert after.keys() == final.keys() and all(torch.equal(after[k], final[k]) for k in final)
 
 
 def masc_training_config(run_dir: Path) -> dict:

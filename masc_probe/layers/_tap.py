@@ -49,13 +49,16 @@ def _check_model(model: object) -> nn.Module:
     return model
 
 
-def list_layers(model: nn.Module) -> list[str]:
+def list_layers(model: nn.Module, *, nodes: bool = True) -> list[str]:
     """Every layer name :class:`FeatureTap` (and ``ProbeRunner(layers=...)``) accepts for *model*, in forward order.
 
     The model is traced once with torch.fx in eval mode; its training flags are left as they were.
 
     Args:
         model: Any module; timm models are traced with timm's leaf modules.
+        nodes: Also list the FX nodes that are not modules (``getattr``, ``getitem``, functional calls, …: most of
+            the names of a transformer). False lists what a person usually types: ``"input"`` and the modules
+            that run once per forward, leaving out those that only pass their input on (``Identity``, dropout).
 
     Returns:
         ``"input"``, then FX node names and the names of modules that run once per forward, in the order their
@@ -68,7 +71,12 @@ def list_layers(model: nn.Module) -> list[str]:
     >>> list_layers(nn.Sequential(nn.Linear(4, 3), nn.ReLU()))
     ['input', '0', '1']
     """
-    return trace(_check_model(model)).names
+    index = trace(_check_model(model))
+    if nodes:
+        return index.names
+    modules = dict(model.named_modules())
+    return [name for name, tap in index.taps.items()
+            if name == INPUT or (tap.module == name and not isinstance(modules.get(name), _PASS_THROUGH))]
 
 
 def default_layers(model: nn.Module) -> list[str]:
@@ -157,7 +165,7 @@ class FeatureTap:
     The extraction is built once: a torch.fx graph that returns a copy of each value taken right where it is
     computed (so a later in-place operation, such as timm's ``x += shortcut`` and in-place ReLU, cannot change it)
     and stops after the last one; forward hooks that copy module outputs where FX cannot trace. Each call runs the
-    model in eval mode under ``torch.no_grad()`` and then restores every module's own training flag.
+    model under ``torch.no_grad()`` in the tap's *mode* and then restores every module's own training flag.
 
     Args:
         model: The model. Its parameters are shared, not copied: a tap sees later weight updates, and rebuilds
@@ -168,6 +176,13 @@ class FeatureTap:
             parameter or buffer (the CPU when it has none). The model itself is never moved.
         method: ``"auto"`` (FX where the model traces, hooks otherwise), ``"fx"`` (fail when the model does not
             trace) or ``"hooks"`` (module names and ``"input"`` only, read by forward hooks).
+        mode: ``"eval"`` (every module in eval mode: BatchNorm uses its running statistics, dropout is off) or
+            ``"train"``, the MASC authors' extraction: every module in train mode and each sample run on its own
+            (batch size 1), so that BatchNorm normalizes each sample by its own statistics and a value does not
+            depend on how samples were batched. The model's buffers (BatchNorm's running statistics, which a
+            train-mode forward updates) are restored after each call, so the tap leaves the model as it found it.
+            Dropout is active in this mode; control flow on ``self.training`` in traced code stays as it was
+            traced (in eval mode) — only leaf modules such as BatchNorm and dropout change behaviour.
 
     Raises:
         UnknownNameError: A layer name is not one of :func:`list_layers`; the message lists the closest.
@@ -185,10 +200,13 @@ class FeatureTap:
 
     def __init__(self, model: nn.Module, layers: list[str] | tuple[str, ...] | None = None, *,
                  device: torch.device | str | None = None,
-                 method: Literal["auto", "fx", "hooks"] = "auto") -> None:
+                 method: Literal["auto", "fx", "hooks"] = "auto", mode: Literal["eval", "train"] = "eval") -> None:
         self.model = _check_model(model)
         if method not in ("auto", "fx", "hooks"):
             raise UnknownNameError(f"method must be 'auto', 'fx' or 'hooks', not {method!r}")
+        if mode not in ("eval", "train"):
+            raise UnknownNameError(f"mode must be 'eval' or 'train', not {mode!r}")
+        self.mode = mode
         self.device = torch.device(device) if device is not None else None
         index = trace(model)
         if method == "fx" and index.graph_module is None:
@@ -265,14 +283,22 @@ class FeatureTap:
         self._rebuild_if_moved()
         x = x.to(self.device if self.device is not None else _placement(self.model)[0])
         flags = [m.training for m in self._modules]
-        self.model.eval()
+        train = self.mode == "train"
+        saved = [(b, b.detach().clone()) for b in self.model.buffers()] if train else []
+        self.model.train(train)
         try:
             with torch.no_grad():
                 first = x.detach().clone() if any(t.is_input for t in self._taps.values()) else None
-                graph_out, hooked = self._forward(x)
+                if train and len(x):  # one sample at a time: train-mode BatchNorm then sees that sample's statistics only
+                    graph_out, hooked = _stack([self._forward(x[i:i + 1]) for i in range(len(x))])
+                else:
+                    graph_out, hooked = self._forward(x)
         finally:
             for module, training in zip(self._modules, flags):
                 module.training = training
+            with torch.no_grad():
+                for buffer, value in saved:
+                    buffer.copy_(value)
         result: dict[str, torch.Tensor] = {}
         for name, tap in self._taps.items():
             if tap.node is not None:
@@ -311,6 +337,18 @@ class FeatureTap:
     def __repr__(self) -> str:
         how = "fx" if self._graph is not None else "hooks"
         return f"FeatureTap({type(self.model).__name__}, layers={self.layers}, {how})"
+
+
+def _stack(parts: list[tuple[dict[Any, Any], dict[Any, Any]]]) -> tuple[dict[Any, Any], dict[Any, Any]]:
+    """Join per-sample ``(graph values, hooked values)`` along the batch axis (values that are not batched tensors
+    are kept from the first sample; the shape check of ``__call__`` then refuses them)."""
+
+    def join(values: list[Any]) -> Any:
+        if all(isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == 1 for v in values):
+            return torch.cat(values)
+        return values[0]
+
+    return tuple({key: join([p[i][key] for p in parts]) for key in parts[0][i]} for i in (0, 1))  # type: ignore
 
 
 def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:

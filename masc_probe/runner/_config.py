@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from masc_probe._choices import RUNNER_LABELS
+from masc_probe._choices import PROTOCOLS, RUNNER_LABELS
 from masc_probe.errors import InputError, UnknownNameError, closest
 from masc_probe.probes import PROBES, check_max_memory, check_n_components
 
@@ -36,11 +36,12 @@ class RunnerConfig:
     probe_kwargs: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     train_accuracy: bool | int = 5_000  # True, False or the most training rows scored
     seed: int = 0
+    protocol: str = "clean"  # "authors": layers read in train mode, one sample at a time (masc_probe._choices)
 
     @classmethod
     def make(cls, *, layers: Any, probes: Any, labels: str, n_components: Any, reducer: str | None,
              max_memory: Any, device: Any, cache_dir: Any, progress: bool, probe_kwargs: Any,
-             train_accuracy: bool | int, seed: int) -> RunnerConfig:
+             train_accuracy: bool | int, seed: int, protocol: str = "clean") -> RunnerConfig:
         """Validate the constructor's arguments.
 
         Raises:
@@ -54,6 +55,8 @@ class RunnerConfig:
         for name in probes:
             if name not in PROBES:
                 raise UnknownNameError(f"unknown probe {name!r}; {closest(str(name), list(PROBES))}")
+        if protocol not in PROTOCOLS:
+            raise UnknownNameError(f"unknown protocol {protocol!r}; {closest(str(protocol), PROTOCOLS)}")
         if labels not in RUNNER_LABELS:
             raise UnknownNameError(f"unknown label set {labels!r}; {closest(str(labels), RUNNER_LABELS)}")
         if isinstance(train_accuracy, int) and not isinstance(train_accuracy, bool) and train_accuracy < 1:
@@ -66,4 +69,4 @@ class RunnerConfig:
                    max_memory=check_max_memory(max_memory),
                    device=torch.device(device) if device is not None else None, cache_dir=cache_dir,
                    progress=bool(progress), probe_kwargs={k: dict(v) for k, v in (probe_kwargs or {}).items()},
-                   train_accuracy=train_accuracy, seed=int(seed))
+                   train_accuracy=train_accuracy, seed=int(seed), protocol=protocol)

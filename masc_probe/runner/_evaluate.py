@@ -49,7 +49,8 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
     correct = torch.zeros(len(keys) + 3, dtype=torch.int64)  # probes..., model correct, model scored, n
     timings = fitted.timings
     try:
-        with Forward(model, list(config.layers or []), reducer, device, want_logits=True) as forward:
+        with Forward(model, list(config.layers or []), reducer, device, want_logits=True,
+                     train_mode=config.protocol == "authors") as forward:
             for b, batch in enumerate(batches(test, world=world, shard=shard, progress=config.progress,
                                               desc="evaluate")):
                 if b % 16 == 15:
@@ -142,7 +143,8 @@ def build_report(config: RunnerConfig, reducer: Reducer, fitted: FitResult, coun
                   "solver": solvers.pop() if len(solvers) == 1 else ("mixed" if solvers else None)}
     more = {"layers": list(config.layers or []), "probes": list(config.probes), "label_sets": fitted.label_sets,
             "num_classes": len(fitted.classes), "n_components": config.n_components,
-            "reducer": reducer.spec, "memory_plan": fitted.plan.to_dict(), **dict(extra or {})}
+            "reducer": reducer.spec, "memory_plan": fitted.plan.to_dict(), "protocol": config.protocol,
+            **dict(extra or {})}
     if fitted.failed:
         more["failed"] = fitted.failed
     return ProbeReport(results, model=model_name, dataset=dataset, corruption=corruption, provenance=provenance,

@@ -220,7 +220,7 @@ def fit_pass(state: FitState, model: nn.Module, data: Any, *, shard: bool) -> No
     first_sets: list[str] = []
     blocks: _Blocks | None = None
     with Forward(model, list(config.layers or []), state.reducer, state.device,
-                 want_logits=state.num_classes is None) as forward:
+                 want_logits=state.num_classes is None, train_mode=config.protocol == "authors") as forward:
         for batch in batches(data, world=state.world, shard=shard, progress=config.progress, desc="fit"):
             x, sets = split_batch(batch)
             t = sync(state.device)

@@ -4,6 +4,10 @@ The logits come from the same pass: an FX model gets one more tap on the node it
 which otherwise stops at the last tapped layer, runs to the end); a model read through hooks gets a forward hook on
 the model itself. Only a traced model whose output is not one tensor (a tuple, a ``ModelOutput``) needs a separate
 call, which is logged.
+
+Under the authors' protocol (``train_mode``) the layers are read in train mode, one sample at a time (the MASC
+authors' extraction: :class:`~masc_probe.layers.FeatureTap`'s ``mode="train"``), while the logits still come from an
+eval-mode forward of the whole batch: the model's own test accuracy is that of the network as it is deployed.
 """
 
 from __future__ import annotations
@@ -63,10 +67,12 @@ class Forward:
         reducer: Maps each activation to rows.
         device: Where inputs go.
         want_logits: Also return the model's output.
+        train_mode: Read the layers in train mode, each sample alone (the authors' protocol); the logits then come
+            from a separate eval-mode forward.
     """
 
     def __init__(self, model: nn.Module, layers: list[str], reducer: Reducer, device: torch.device, *,
-                 want_logits: bool) -> None:
+                 want_logits: bool, train_mode: bool = False) -> None:
         from masc_probe.layers import FeatureTap
 
         self.model, self.layers, self.reducer, self.device = model, list(layers), reducer, device
@@ -76,7 +82,9 @@ class Forward:
         self._separate = False
         self._captured: Any = None
         names = list(self.layers)
-        if want_logits:
+        if want_logits and train_mode:
+            self._separate = True
+        elif want_logits:
             self._out_name, traced = _output_layer(model)
             if self._out_name is not None:
                 if self._out_name not in names:
@@ -87,7 +95,7 @@ class Forward:
                 self._separate = True
                 logger.info("the output of %s is not one tensor; its logits take a separate forward",
                             type(model).__name__)
-        self.tap = FeatureTap(model, names, device=device)
+        self.tap = FeatureTap(model, names, device=device, mode="train" if train_mode else "eval")
 
     def _capture(self, module: nn.Module, args: Any, output: Any) -> None:
         self._captured = output

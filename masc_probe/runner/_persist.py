@@ -46,7 +46,7 @@ def save_runner(config: RunnerConfig, reducer: Reducer, fitted: FitResult, direc
         "layers": list(config.layers or []), "probes": list(config.probes), "labels": config.labels,
         "label_sets": fitted.label_sets, "num_classes": len(fitted.classes), "n_components": config.n_components,
         "reducer": {**reducer.to_config(), "projections": projections}, "seed": config.seed,
-        "max_memory": config.max_memory,
+        "max_memory": config.max_memory, "protocol": config.protocol,
         "n_train": fitted.n_train, "n_train_scored": fitted.n_train_scored,
         "data_fingerprint": fitted.data_fingerprint, "data": fitted.data, "memory_plan": fitted.plan.to_dict(),
         "train_accuracy": [{"layer": k[0], "probe": k[1], "labels": k[2], "scores": v}
@@ -79,7 +79,7 @@ def runner_arguments(saved: dict[str, Any]) -> dict[str, Any]:
     return {"layers": saved["layers"], "probes": saved["probes"], "labels": saved["labels"],
             "n_components": saved["n_components"], "reducer": saved["reducer"]["spec"],
             "max_memory": saved.get("max_memory"), "train_accuracy": saved["n_train_scored"] or False,
-            "seed": saved["reducer"]["seed"]}
+            "seed": saved["reducer"]["seed"], "protocol": saved.get("protocol", "clean")}
 
 
 def check_projections(saved: dict[str, Any], reducer: Reducer) -> None:

@@ -67,6 +67,11 @@ class ProbeRunner:
             ±1.4 points: scoring costs as much per row as a test prediction, which for MASC on wide layers is
             Σk_c·d per row), or False.
         seed: Seed of the training-accuracy subset and of the random reducer.
+        protocol: ``"clean"`` (layers read in eval mode) or ``"authors"``, the MASC authors' extraction: every
+            module in train mode and each sample run alone, so that BatchNorm normalizes it by its own statistics
+            (:class:`~masc_probe.layers.FeatureTap`'s ``mode="train"``; it changes ResNet-18's rows, not those of
+            a network without BatchNorm or dropout). The model's own accuracy is measured in eval mode either
+            way. Reports record it as ``protocol``.
 
     Raises:
         UnknownNameError: An unknown probe, label set or layer name (with the closest valid names).
@@ -78,11 +83,11 @@ class ProbeRunner:
                  n_components: float | int = 0.99, reducer: str | None = None, max_memory: int | None = None,
                  device: str | torch.device | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  progress: bool = True, probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-                 train_accuracy: bool | int = 5_000, seed: int = 0) -> None:
+                 train_accuracy: bool | int = 5_000, seed: int = 0, protocol: str = "clean") -> None:
         self.config = RunnerConfig.make(
             layers=layers, probes=probes, labels=labels, n_components=n_components, reducer=reducer,
             max_memory=max_memory, device=device, cache_dir=cache_dir, progress=progress, probe_kwargs=probe_kwargs,
-            train_accuracy=train_accuracy, seed=seed)
+            train_accuracy=train_accuracy, seed=seed, protocol=protocol)
         self.model = model
         self.reducer = Reducer(reducer, seed=seed)
         if model is not None:
@@ -194,7 +199,8 @@ class ProbeRunner:
         model = self._need_model()
         if self._forward is None:  # built once: building a tap traces the model
             device = self.config.device or model_device(model)
-            self._forward = Forward(model, self.layers or [], self.reducer, device, want_logits=False)
+            self._forward = Forward(model, self.layers or [], self.reducer, device, want_logits=False,
+                                    train_mode=self.config.protocol == "authors")
         rows, _ = self._forward(x)
         return rows
 

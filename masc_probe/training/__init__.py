@@ -1,16 +1,17 @@
 """Training: train a network with Accelerate until it memorizes its (corrupted) labels. ``_config`` holds the
-frozen ``TrainConfig`` and the named presets (the paper's and a fast one); ``_loop`` the training and evaluation
-loop; ``_run_folder`` the files of a run folder (checkpoints, the resume state, metrics, ``config.json``
-metadata), each written atomically so that a killed run resumes where its last finished epoch left off.
+frozen ``TrainConfig`` (protocol, checkpoint policy, …) and the named presets (the paper's and a fast one);
+``_loop`` the training and evaluation loop; ``_run_folder`` the files of a run folder (checkpoints, the resume
+state, metrics, ``config.json`` metadata), each written atomically so that a killed run resumes where its last
+finished epoch left off.
 """
 
 from __future__ import annotations
 
 from masc_probe.data._batches import EpochSampler
-from masc_probe.training._config import PRESETS, TrainConfig, preset_config
+from masc_probe.training._config import PRESETS, TrainConfig, paper_normalization, preset_config
 from masc_probe.training._loop import TrainResult, evaluate, make_optimizer, train, train_epoch
 from masc_probe.training._run_folder import _settle_resume  # noqa: F401  (tests/test_training.py uses it)
 from masc_probe.training._run_folder import run_checkpoints
 
-__all__ = ["PRESETS", "EpochSampler", "TrainConfig", "TrainResult", "evaluate", "make_optimizer", "preset_config",
-           "run_checkpoints", "train", "train_epoch"]
+__all__ = ["PRESETS", "EpochSampler", "TrainConfig", "TrainResult", "evaluate", "make_optimizer",
+           "paper_normalization", "preset_config", "run_checkpoints", "train", "train_epoch"]

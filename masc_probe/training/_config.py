@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from masc_probe._choices import MIXED_PRECISION, OPTIMIZERS, PRESETS
+from masc_probe._choices import CHECKPOINT_POLICIES, MIXED_PRECISION, OPTIMIZERS, PRESETS, PROTOCOLS
 from masc_probe.errors import InputError, UnknownNameError, closest
 
 LR_SCHEDULES = ("constant", "plateau")
@@ -44,11 +44,18 @@ class TrainConfig:
     max_epochs: int = 500
     target_accuracy: float = 1.0  # stop once train accuracy on the (corrupted) given labels reaches this
     seed: int = 0  # model init (when built here), shuffling (seed + epoch) and every RNG
+    # "clean": a new seeded order every epoch, and the stop rule reads an eval-mode pass over the training data after
+    # the epoch. "authors" (the MASC authors' code): the data's own order every epoch, and the stop rule reads the
+    # running accuracy — train-mode predictions of each batch before its step, summed over the epoch.
+    protocol: Literal["clean", "authors"] = "clean"
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     cpu: bool = False  # train on the CPU even when an accelerator is present
-    # Kept checkpoints: epochs 0, 2, …, checkpoint_dense_until (the follow-up paper's dense early phase), then
-    # every checkpoint_every-th epoch, and always the final one. checkpoint_every=0 keeps only the dense phase
-    # and the final; checkpoint_dense_until=-1 skips the dense phase.
+    # Kept checkpoints/epoch-NNNN besides the final one, which is always kept: "all" epochs; "dense": epochs 0, 2, …,
+    # checkpoint_dense_until (the follow-up paper's dense early phase), then every checkpoint_every-th epoch
+    # (checkpoint_every=0 keeps only the dense phase; checkpoint_dense_until=-1 skips it); "final": none other.
+    # Each checkpoint is a copy of the weights (21 MB for the MLP on digits): probing training dynamics
+    # (probe --all-checkpoints) needs "dense" or "all" at training time.
+    keep_checkpoints: Literal["all", "dense", "final"] = "dense"
     checkpoint_dense_until: int = 20
     checkpoint_every: int = 5
     output_dir: str = "runs/run"  # the run folder; rerunning with the same folder resumes
@@ -67,6 +74,11 @@ class TrainConfig:
                 f"unknown mixed_precision {self.mixed_precision!r}; "
                 + closest(str(self.mixed_precision), MIXED_PRECISION)
             )
+        if self.protocol not in PROTOCOLS:
+            raise UnknownNameError(f"unknown protocol {self.protocol!r}; " + closest(str(self.protocol), PROTOCOLS))
+        if self.keep_checkpoints not in CHECKPOINT_POLICIES:
+            raise UnknownNameError(f"unknown keep_checkpoints {self.keep_checkpoints!r}; "
+                                   + closest(str(self.keep_checkpoints), CHECKPOINT_POLICIES))
         if self.lr_schedule not in LR_SCHEDULES:
             raise UnknownNameError(f"unknown lr_schedule {self.lr_schedule!r}; " + closest(str(self.lr_schedule),
                                                                                            LR_SCHEDULES))
@@ -111,6 +123,8 @@ class TrainConfig:
 
     def keeps_checkpoint(self, epoch: int) -> bool:
         """Whether *epoch* (0 = before training) is kept under ``checkpoints/`` (the final one always is)."""
+        if self.keep_checkpoints != "dense":
+            return self.keep_checkpoints == "all"
         if epoch <= self.checkpoint_dense_until:
             return epoch % 2 == 0
         return self.checkpoint_every > 0 and epoch % self.checkpoint_every == 0
@@ -122,6 +136,11 @@ class TrainConfig:
             if out[key] is not None:
                 out[key] = dict(out[key])
         return out
+
+    @property
+    def stop_metric(self) -> str:
+        """The metrics key the stop rule reads: the eval pass's accuracy, or (authors) the running accuracy."""
+        return "train_accuracy_running" if self.protocol == "authors" else "train_accuracy_corrupted"
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
@@ -153,7 +172,14 @@ _PAPER_OPTIM: dict[str, dict[str, Any]] = {
     "alexnet": {"optimizer": "adam", "lr": 1e-4, "batch_size": 128},
     "resnet18-cifar": {"optimizer": "sgd", "lr": 1e-3, "momentum": 0.9, "batch_size": 32},
 }
-_PAPER_EXCEPTIONS: dict[tuple[str, str], dict[str, Any]] = {("cnn", "cifar10"): {"batch_size": 32}}
+_PAPER_EXCEPTIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("cnn", "cifar10"): {"batch_size": 32},
+    ("alexnet", "tiny-imagenet"): {"batch_size": 500},  # and unnormalized pixels (PAPER_NORMALIZATION)
+}
+# The authors normalized with mean 0.5, std 0.5 everywhere except AlexNet on Tiny ImageNet (ToTensor only).
+PAPER_NORMALIZATION: dict[tuple[str, str], tuple[tuple[float, ...], tuple[float, ...]]] = {
+    ("alexnet", "tiny-imagenet"): ((0.0,), (1.0,)),
+}
 # Stop targets: train accuracy on the corrupted labels at which the authors called a network memorized.
 _TARGETS = {"cifar10": 1.0, "mnist": 0.999, "tiny-imagenet": 0.999, "fashion-mnist": 0.991, "cifar100": 0.991}
 _DATASET_FAMILY = {
@@ -203,3 +229,13 @@ def preset_config(model: str, dataset: str | None = None, *, preset: str = "pape
         values.update(_FAST)
     values.update(overrides)
     return TrainConfig.from_dict(values)
+
+
+def paper_normalization(model: str, dataset: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    """``(mean, std)`` the authors normalized *model*'s inputs on *dataset* with, where it is not the usual
+    (0.5, 0.5): ``((0.0,), (1.0,))`` — pixels in [0, 1] — for AlexNet on Tiny ImageNet; else None.
+
+    >>> paper_normalization("alexnet", "zh-plus/tiny-imagenet")
+    ((0.0,), (1.0,))
+    """
+    return PAPER_NORMALIZATION.get((model, _DATASET_FAMILY.get((dataset or "").lower(), "")))

@@ -6,7 +6,13 @@ processes take the same steps. The run folder (docs/architecture.md) receives ``
 ``checkpoints/epoch-NNNN/`` per the checkpoint policy, the final ``model.safetensors`` + ``config.json``, and
 ``resume/``, a training state rewritten atomically after every epoch (``_run_folder``): rerunning the same call
 after a kill continues where the last finished epoch left off and ends with the same weights and metrics as an
-uninterrupted run.
+uninterrupted run. Once the run has memorized, ``resume/`` keeps only its history (a rerun returns the finished run);
+a run cut off at ``max_epochs`` keeps its whole state, so that a rerun with more epochs continues it.
+
+``config.protocol`` decides the order and the stop rule: ``"clean"`` draws a seeded order every epoch and stops on
+an eval-mode pass over the training data after the epoch; ``"authors"`` (the MASC authors' code) keeps the data's
+own order and stops on the running accuracy — each batch's train-mode predictions, made before its step, summed
+over the epoch. Every metrics row records both (``train_accuracy_corrupted``, ``train_accuracy_running``).
 """
 
 from __future__ import annotations
@@ -62,14 +68,16 @@ class TrainResult:
 def train(
     model: nn.Module | str, train_data: Any, *, config: TrainConfig, test_data: Any = None
 ) -> TrainResult:
-    """Train until train accuracy on the given (corrupted) labels reaches ``config.target_accuracy``.
+    """Train until train accuracy on the given (corrupted) labels reaches ``config.target_accuracy`` (measured as
+    ``config.protocol`` says: an eval pass after the epoch, or the epoch's running accuracy).
 
     Args:
         model: A paper or timm model, or a model spec that is built here after seeding (so that the run is
             reproducible from its config alone); ``config.num_classes`` or a ``ClassLabel`` feature gives its width.
         train_data: A DataLoader, a map-style dataset (torch or ``datasets``) or a re-iterable of batches in the
             contract's forms (dicts with image/label/true_label/index, or ``(x, y[, y_true])`` tuples). Map-style
-            data is reloaded with ``config.batch_size`` and a seeded order (seed + epoch).
+            data is reloaded with ``config.batch_size`` and a seeded order (seed + epoch; the ``authors``
+            protocol keeps the data's own order).
         config: The run's settings; ``config.output_dir`` is the run folder.
         test_data: Optional test data in the same forms, for ``test_accuracy`` (against its ``label``).
 
@@ -97,7 +105,8 @@ def train(
     accelerator.wait_for_everyone()
     set_seed(config.seed)
 
-    loader, sampler, n_train = make_loader(train_data, batch_size=config.batch_size, shuffle_seed=config.seed,
+    order_seed = None if config.protocol == "authors" else config.seed  # authors: the same order every epoch
+    loader, sampler, n_train = make_loader(train_data, batch_size=config.batch_size, shuffle_seed=order_seed,
                                            name="training data")  # fmt: skip
     if not isinstance(loader, DataLoader) and world > 1:
         raise InputError("expected a DataLoader or dataset for multi-process training, got a plain iterable")
@@ -132,8 +141,12 @@ def train(
     if resume_dir is not None:
         state = json.loads((resume_dir / STATE_NAME).read_text())
         check_same_run(state["config"], config, run_dir)
-        accelerator.load_state(str(resume_dir))
         history = state["history"]
+        if state.get("weights", True):
+            accelerator.load_state(str(resume_dir))
+        elif not (run_dir / "model.safetensors").is_file():
+            raise InputError(f"{run_dir} holds a finished run whose model.safetensors is gone (its resume state "
+                             "keeps no weights once memorized); train again with resume=False")
         logger.info("resuming %s after epoch %d", run_dir, state["epoch"])
     meta = {"spec": spec, "shape": shape, "world": world, "realized": None}
     if not history:
@@ -156,12 +169,12 @@ def train(
         lr = config.lr_at(history)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss = train_epoch(model, optimizer, loader, device=accelerator.device, backward=accelerator.backward,
-                           gather=accelerator.gather_for_metrics, disable=disable, desc=f"epoch {epoch}")
+        loss, running = _epoch(model, optimizer, loader, device=accelerator.device, backward=accelerator.backward,
+                               gather=accelerator.gather_for_metrics, disable=disable, desc=f"epoch {epoch}")
         acc, acc_true, realized = score(eval_train)
         test_acc = score(eval_test)[0] if eval_test is not None else None
         row = {"epoch": epoch, "loss": loss, "train_accuracy_corrupted": acc, "train_accuracy_true": acc_true,
-               "test_accuracy": test_acc, "lr": lr}  # fmt: skip
+               "test_accuracy": test_acc, "lr": lr, "train_accuracy_running": running}  # fmt: skip
         history.append({**row, "_realized_rate": realized})
         epochs.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
         logger.info("epoch %d: loss %.4f, train acc (given labels) %.4f%s", epoch, loss, acc,
@@ -172,7 +185,7 @@ def train(
         if main and stopped:
             save_model(accelerator.unwrap_model(model), run_dir,
                        masc_config=masc_config(config, meta, epoch=epoch, row=row, stopped=stopped))  # fmt: skip
-        save_resume(accelerator, run_dir, config, history)
+        save_resume(accelerator, run_dir, config, history, weights=stopped != "target")
         if main:
             write_metrics(run_dir, history)
         if stopped:
@@ -263,7 +276,8 @@ def make_optimizer(params: Iterable[torch.nn.Parameter], name: str, *, lr: float
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[Any], *, device: torch.device,
                 backward: Callable[[torch.Tensor], Any] | None = None, gather: Callable[[Any], Any] | None = None,
                 disable: bool | None = True, desc: str = "epoch") -> float:
-    """One pass of cross-entropy steps on the given labels; returns the mean loss over the samples seen.
+    """One pass of cross-entropy steps on the given labels; returns the mean loss over the samples seen (see
+    :func:`train` for the running accuracy of the same pass).
 
     Args:
         model: Put in train mode.
@@ -276,21 +290,34 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iter
         disable: Hide the progress bar (None: tqdm hides it when stderr is not a TTY).
         desc: The progress bar's label.
     """
+    return _epoch(model, optimizer, loader, device=device, backward=backward, gather=gather, disable=disable,
+                  desc=desc)[0]
+
+
+def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[Any], *, device: torch.device,
+           backward: Callable[[torch.Tensor], Any] | None, gather: Callable[[Any], Any] | None,
+           disable: bool | None, desc: str) -> tuple[float, float]:
+    """:func:`train_epoch`, also returning the running accuracy: the share of samples whose train-mode prediction,
+    made in the forward of their own step (before it), matches the given label — the authors' stop rule."""
     model.train()
     total = torch.zeros((), dtype=torch.float64, device=device)
+    right = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=disable):
         part = split_batch(batch)
         x, y = part.x.to(device), part.y.to(device)
-        losses = F.cross_entropy(model(x).float(), y, reduction="none")
+        logits = model(x).float()
+        losses = F.cross_entropy(logits, y, reduction="none")
         optimizer.zero_grad(set_to_none=True)
         (backward or torch.Tensor.backward)(losses.mean())
         optimizer.step()
+        hits = logits.detach().argmax(dim=1) == y
         # gather_for_metrics drops the samples Accelerate repeats to even out the last batch across processes.
-        seen = gather(losses.detach()) if gather is not None else losses.detach()
+        seen, hits = gather((losses.detach(), hits)) if gather is not None else (losses.detach(), hits)
         total += seen.double().sum()
+        right += hits.sum()
         count += seen.numel()
-    return float(total / max(count, 1))
+    return float(total / max(count, 1)), int(right) / max(count, 1)
 
 
 @torch.no_grad()
@@ -335,7 +362,9 @@ def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device,
 
 
 def _stop_reason(row: dict[str, Any], config: TrainConfig) -> str | None:
-    if row["train_accuracy_corrupted"] >= config.target_accuracy:
+    """"target" once the protocol's accuracy (:attr:`TrainConfig.stop_metric`) reaches the target, "max_epochs" at
+    the last epoch, else None."""
+    if row[config.stop_metric] >= config.target_accuracy:
         return "target"
     return "max_epochs" if row["epoch"] >= config.max_epochs else None
 

@@ -27,7 +27,8 @@ _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 STATE_NAME = "trainer.json"
 # Fields that may change between a run and its resumption without changing what it computes.
 _RESUMABLE_CHANGES = {"progress", "resume", "output_dir", "eval_batch_size", "max_epochs", "checkpoint_every",
-                      "checkpoint_dense_until", "corruption", "preprocessing", "dataset", "cpu"}  # fmt: skip
+                      "checkpoint_dense_until", "keep_checkpoints", "corruption", "preprocessing", "dataset",
+                      "cpu"}  # fmt: skip
 
 
 def masc_config(config: TrainConfig, meta: dict[str, Any], *, epoch: int, row: dict[str, Any] | None,
@@ -70,16 +71,25 @@ def save_checkpoint(accelerator: Any, model: nn.Module, run_dir: Path, config: T
     _atomic.publish(tmp, final)
 
 
-def save_resume(accelerator: Any, run_dir: Path, config: TrainConfig, history: list[dict[str, Any]]) -> None:
-    """Rewrite ``resume/`` so that at every instant either the old or the new state is complete on disk."""
+def save_resume(accelerator: Any, run_dir: Path, config: TrainConfig, history: list[dict[str, Any]], *,
+                weights: bool = True) -> None:  # fmt: skip
+    """Rewrite ``resume/`` so that at every instant either the old or the new state is complete on disk.
+
+    ``weights=False`` (a memorized run: nothing left to train) keeps only ``trainer.json``, the history and config
+    a rerun reads to return the finished run; Accelerate's state (weights, optimizer, RNGs: three times the model's
+    size under Adam) is dropped.
+    """
     tmp, final, old = run_dir / "resume.tmp", run_dir / "resume", run_dir / "resume.old"
     if accelerator.is_main_process:
         remove(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    if weights:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+    elif accelerator.is_main_process:
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        state = {"epoch": history[-1]["epoch"], "history": history, "config": config.to_dict()}
+        state = {"epoch": history[-1]["epoch"], "history": history, "config": config.to_dict(), "weights": weights}
         # trainer.json is written last (and atomically): a folder with it is a complete state.
         _atomic.write_text(tmp / STATE_NAME, json.dumps(state, indent=1))
         if final.exists():
@@ -131,8 +141,14 @@ def run_checkpoints(run_dir: str | os.PathLike[str]) -> list[tuple[int, Path]]:
 
 
 def check_same_run(saved: dict[str, Any], config: TrainConfig, run_dir: Path) -> None:
-    """Refuse to resume a run folder that holds a run with other settings than *config*."""
+    """Refuse to resume a run folder that holds a run with other settings than *config*.
+
+    A field the saved config lacks was added to :class:`TrainConfig` after the run started; it counts as its
+    default, which is what the code that wrote the run did (a new field's default must keep the old behaviour).
+    """
     now = config.to_dict()
+    defaults = TrainConfig().to_dict()
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     diff = sorted(k for k in set(saved) | set(now) if k not in _RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if diff:
         raise InputError(
