@@ -23,7 +23,7 @@ from masc_probe.layers import default_layers, list_layers
 from masc_probe.models import load_model
 from masc_probe.report import ProbeReport
 
-TINY = ["--max-epochs", "1", "--layers", "input,fc1", "--probes", "masc,ncm"]
+TINY = ["--max-epochs", "1", "--layers", "input,fc1", "--probes", "masc,ncm", "--keep-checkpoints", "dense"]
 
 
 def _main(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
@@ -69,11 +69,14 @@ def test_quiet_prints_only_the_output_folder(capsys: pytest.CaptureFixture[str],
 
 def test_train_then_probe_then_dry_run_push(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     folder = tmp_path / "trained"
-    code, out, _ = _main(capsys, "train", "--max-epochs", "1", "--seed", "3", "--output-dir", folder)
+    code, out, _ = _main(capsys, "train", "--max-epochs", "2", "--seed", "3", "--output-dir", folder)
     assert code == 0 and f"run folder: {folder}" in out
     assert (folder / "model.safetensors").is_file() and not (folder / "report.json").exists()
     saved = json.loads((folder / "config.json").read_text())["masc_probe"]
     assert saved["corruption"]["seed"] == 3 and saved["dataset"] == "digits"
+    # The CLI's default checkpoint policy keeps the final epoch only (not epoch 0, not epoch 1).
+    assert saved["training"]["keep_checkpoints"] == "final" and saved["training"]["protocol"] == "clean"
+    assert os.listdir(folder / "checkpoints") == ["epoch-0002"]
 
     code, out, _ = _main(capsys, "probe", folder, "--layers", "fc1", "--probes", "ncm", "--labels", "true")
     assert code == 0
@@ -102,13 +105,36 @@ def test_probe_all_checkpoints(capsys: pytest.CaptureFixture[str], run_dir: Path
 
 
 def test_layers_lists_every_layer_and_marks_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = _main(capsys, "layers", "--model", "cnn", "--input-size", "28")
+    code, out, _ = _main(capsys, "layers", "--model", "cnn", "--input-size", "28", "--all")
     assert code == 0
     model = load_model("cnn", num_classes=10, input_size=28)
     defaults = set(default_layers(model))
     expected = [f"{'*' if n in defaults else ' '} {n}" for n in list_layers(model)]
     assert out.splitlines()[:-1] == expected
     assert out.splitlines()[-1].startswith(f"(* probed by default: {len(defaults)} of {len(expected)}")
+
+
+def test_layers_shows_module_names_unless_asked_for_all(capsys: pytest.CaptureFixture[str]) -> None:
+    import timm
+    from torch import nn
+
+    code, out, _ = _main(capsys, "layers", "--model", "timm/vit_tiny_patch16_224")
+    assert code == 0
+    shown = [line[2:] for line in out.splitlines()[:-1]]
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False)
+    modules = dict(model.named_modules())
+    everything = list_layers(model)
+    # What a person types: the input, the modules that compute something, and the probed defaults, in forward
+    # order; no getattr/getitem/_assert nodes, no Identity or dropout module (other than a default layer).
+    defaults = default_layers(model)
+    assert shown == [n for n in everything if n in set(defaults) | {"input"} or
+                     (n in modules and not isinstance(modules[n], (nn.Identity, nn.Dropout)))]
+    assert {"blocks.0", "blocks.0.attn.qkv", "blocks.11.mlp.fc2", "patch_embed.proj"} <= set(shown)
+    assert not any("getattr" in n or "getitem" in n or "_assert" in n for n in shown)
+    assert len(shown) < len(everything) / 3
+    code, out, _ = _main(capsys, "layers", "--model", "timm/vit_tiny_patch16_224", "--all")
+    assert [line[2:] for line in out.splitlines()[:-1]] == everything
+    assert any("getitem" in n for n in everything)
 
 
 def test_run_push_to_hub_then_probe_the_published_model(capsys: pytest.CaptureFixture[str], tmp_path: Path,

@@ -39,6 +39,8 @@ class RunConfig:
     device: str | None = None  # "cpu" forces the CPU
     output_dir: str | os.PathLike[str] | None = None
     progress: bool = True
+    protocol: str = "clean"  # "authors": the MASC authors' order, stop rule and extraction (masc_probe._choices)
+    keep_checkpoints: str = "dense"  # all, dense or final (TrainConfig.keep_checkpoints)
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,10 @@ class ProbeConfig:
     labels: str = "both"
     n_components: float | int = 0.99
     max_memory: int | None = None
+    protocol: str = "clean"  # how layers are read: eval mode, or (authors) train mode one sample at a time
 
     def runner_options(self, *, progress: bool) -> dict[str, Any]:
         """The ProbeRunner keyword arguments these settings stand for."""
         return {"layers": list(self.layers) if self.layers is not None else None, "probes": tuple(self.probes),
                 "labels": self.labels, "n_components": self.n_components, "max_memory": self.max_memory,
-                "progress": progress}
+                "progress": progress, "protocol": self.protocol}

@@ -28,7 +28,14 @@ from masc_probe.pipeline._inputs import (
     resolve_source,
 )
 from masc_probe.pipeline._outputs import write_outputs
-from masc_probe._choices import DEFAULT_PROBES, HUB_PREFIX, PIPELINE_LABELS, PIPELINE_PRESETS, TIMM_PREFIX
+from masc_probe._choices import (
+    DEFAULT_PROBES,
+    HUB_PREFIX,
+    PIPELINE_LABELS,
+    PIPELINE_PRESETS,
+    PROTOCOLS,
+    TIMM_PREFIX,
+)
 from masc_probe.errors import InputError, UnknownNameError, closest
 from masc_probe.probes import check_n_components
 from masc_probe.report import ProbeReport
@@ -65,7 +72,8 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
                 seed: int = 0, preset: str = "auto", max_epochs: int | None = None, batch_size: int | None = None,
                 mixed_precision: str = "no", device: str | None = None, image_column: str | None = None,
                 label_column: str | None = None, revision: str | None = None,
-                output_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> RunResult:
+                output_dir: str | os.PathLike[str] | None = None, progress: bool = True, protocol: str = "clean",
+                keep_checkpoints: str = "dense") -> RunResult:
     """Train *model* on *dataset* with corrupted labels until it memorizes them; rerunning resumes.
 
     Args:
@@ -84,6 +92,10 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
         revision: Hub revision of the dataset.
         output_dir: The run folder (default :func:`default_run_dir`).
         progress: Show progress bars.
+        protocol: ``clean`` or ``authors`` (the MASC authors' fixed order and running-accuracy stop rule; with
+            ``preset="auto"`` it takes the paper preset). See :class:`masc_probe.training.TrainConfig`.
+        keep_checkpoints: ``all``, ``dense`` or ``final``: which ``checkpoints/epoch-NNNN`` the run keeps besides
+            the final one (``probe --all-checkpoints`` reads them).
 
     Returns:
         A :class:`RunResult` with ``training`` set.
@@ -93,7 +105,8 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
         DataUnavailableError: The data cannot be read here (e.g. a Hub dataset offline).
     """
     run = RunConfig(model=model, preset=preset, max_epochs=max_epochs, batch_size=batch_size,
-                    mixed_precision=mixed_precision, device=device, output_dir=output_dir, progress=progress)
+                    mixed_precision=mixed_precision, device=device, output_dir=output_dir, progress=progress,
+                    protocol=protocol, keep_checkpoints=keep_checkpoints)
     data = DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
                       image_column=image_column, label_column=label_column, revision=revision)
     plan = _TrainPlan.make(run, data)
@@ -107,7 +120,8 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
                    max_memory: int | None = None, device: str | None = None, image_column: str | None = None,
                    label_column: str | None = None, revision: str | None = None,
                    output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                   push_to_hub: str | None = None, private: bool = False) -> RunResult:
+                   push_to_hub: str | None = None, private: bool = False, protocol: str = "clean",
+                   keep_checkpoints: str = "dense") -> RunResult:
     """Train until memorized, probe every layer with every probe and label set, write the report and the card.
 
     The run folder receives the training files (:func:`masc_probe.training.train`), ``report.json``,
@@ -116,7 +130,10 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
 
     Args:
         model, dataset, corrupt, corrupt_mode, seed, preset, max_epochs, batch_size, mixed_precision, device,
-            image_column, label_column, revision, output_dir, progress: As in :func:`train_model`.
+            image_column, label_column, revision, output_dir, progress, keep_checkpoints: As in
+            :func:`train_model`.
+        protocol: As in :func:`train_model`, and for probing: ``authors`` reads the layers in train mode, one
+            sample at a time (:class:`masc_probe.ProbeRunner`). The report records it.
         layers: Layers to probe (default: the model's probe points, :func:`masc_probe.layers.default_layers`).
         probes: Probe names (``masc``, ``ncm``, ``linear``, ``velpic``, ``knn``, ``lda``, ``qda``).
         labels: ``both``, ``corrupted`` or ``true``: the label sets subspaces are fitted on.
@@ -135,12 +152,13 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
     if push_to_hub is not None:
         check_repo_id(push_to_hub)
     run = RunConfig(model=model, preset=preset, max_epochs=max_epochs, batch_size=batch_size,
-                    mixed_precision=mixed_precision, device=device, output_dir=output_dir, progress=progress)
+                    mixed_precision=mixed_precision, device=device, output_dir=output_dir, progress=progress,
+                    protocol=protocol, keep_checkpoints=keep_checkpoints)
     data = DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
                       image_column=image_column, label_column=label_column, revision=revision)
     plan = _TrainPlan.make(run, data)
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
-                        max_memory=max_memory)
+                        max_memory=max_memory, protocol=protocol)
     probing = _ProbePlan.make(plan.net, probe, device=device, progress=progress, data=plan.data)
     training = plan.train()
     from masc_probe.models import load_model
@@ -172,7 +190,7 @@ class _TrainPlan:
         from accelerate.utils import set_seed
 
         from masc_probe.models import PAPER_MODELS, load_model
-        from masc_probe.training import preset_config
+        from masc_probe.training import paper_normalization, preset_config
 
         model, preset, dataset, seed = run.model, run.preset, source.dataset, source.seed
         check_device(run.device)
@@ -183,18 +201,22 @@ class _TrainPlan:
             load_model(model)  # an unknown spec raises its own error listing the valid forms
             raise InputError(f"expected an architecture to train ({', '.join(PAPER_MODELS)}, timm/<name>), got "
                              f"{model!r}; probe a trained model with `masc-probe probe {model}`")
+        # The authors fed AlexNet unnormalized Tiny ImageNet pixels; every other paper row is normalized (0.5, 0.5).
+        normalize = paper_normalization(model, os.fspath(dataset)) if preset in ("paper", "auto") else None
         data = load_run_data(dataset, corrupt=source.corrupt, mode=source.corrupt_mode, seed=seed,
                              image_column=source.image_column, label_column=source.label_column,
-                             revision=source.revision)
+                             revision=source.revision, normalize=normalize)
         set_seed(seed)  # the initial weights then depend on the seed alone, as when train() builds the model
         net = load_model(model, num_classes=data.num_classes, in_chans=data.shape[0], input_size=data.shape)
-        chosen = preset if preset != "auto" else ("fast" if data.info["source"] == "builtin" else "paper")
+        builtin = data.info["source"] == "builtin" and run.protocol != "authors"  # authors: their preset
+        chosen = preset if preset != "auto" else ("fast" if builtin else "paper")
         run_dir = Path(run.output_dir) if run.output_dir is not None else default_run_dir(
             model, os.fspath(dataset), source.corrupt, source.corrupt_mode, seed)
         overrides: dict[str, Any] = {"seed": seed, "num_classes": data.num_classes, "output_dir": str(run_dir),
                                      "progress": run.progress, "mixed_precision": run.mixed_precision,
                                      "cpu": run.device == "cpu", "corruption": data.corruption_spec,
-                                     "preprocessing": data.info["preprocessing"]}
+                                     "preprocessing": data.info["preprocessing"], "protocol": run.protocol,
+                                     "keep_checkpoints": run.keep_checkpoints}
         if run.max_epochs is not None:
             overrides["max_epochs"] = run.max_epochs
         if run.batch_size is not None:
@@ -205,7 +227,7 @@ class _TrainPlan:
         if config.batch_size > data.n_train:
             raise InputError(f"expected a batch size of at most the {data.n_train} training samples, got "
                              f"{config.batch_size}")
-        summary = {"preset": chosen, "optimizer": config.optimizer, "lr": config.lr, "batch_size": config.batch_size,
+        summary = {"preset": chosen, "protocol": config.protocol, "optimizer": config.optimizer, "lr": config.lr, "batch_size": config.batch_size,
                    "target_accuracy": config.target_accuracy, "max_epochs": config.max_epochs}
         return cls(data=data, net=net, config=summary, train_config=config, run_dir=run_dir)
 
@@ -266,7 +288,8 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
                  n_components: float | int = 0.99, max_memory: int | None = None, device: str | None = None,
                  batch_size: int | None = None, image_column: str | None = None, label_column: str | None = None,
                  revision: str | None = None, pretrained: bool = False,
-                 output_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> RunResult:
+                 output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+                 protocol: str = "clean") -> RunResult:
     """Probe a trained model (run folder, checkpoint folder, ``hf-hub:`` repo) or a model spec on a dataset.
 
     A run folder or ``hf-hub:`` repo supplies its dataset, corruption, seed and preprocessing from its
@@ -284,6 +307,8 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
         pretrained: For a ``timm/<name>`` spec: start from timm's pretrained weights.
         output_dir: Where the report files go. Default: the run folder itself when probing it on its own data
             (``<run>/dynamics`` with *all_checkpoints*), else ``runs/probe-<source>-<dataset>-…``.
+        protocol: ``clean`` (layers read in eval mode) or ``authors`` (train mode, one sample at a time); not
+            taken from the run, so that every report says which extraction it used.
 
     Returns:
         A :class:`RunResult` with the report and the files written.
@@ -301,7 +326,7 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
     checkpoints = src.checkpoints if all_checkpoints else [(None, src.model_path)]
     first = src.load(checkpoints[0][1], data=data, pretrained=pretrained, revision=revision)
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
-                        max_memory=max_memory)
+                        max_memory=max_memory, protocol=protocol)
     plan = _ProbePlan.make(first, probe, device=device, progress=progress, data=data)
     if batch_size is not None:
         plan.batch_size = batch_size
@@ -323,7 +348,8 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
                 corrupt_mode: str | None = None, seed: int | None = None, oracle: bool = False,
                 layers: Sequence[str] | None = None, max_epochs: int = 30, batch_size: int | None = None,
                 device: str | None = None, image_column: str | None = None, label_column: str | None = None,
-                output_dir: str | os.PathLike[str] | None = None, progress: bool = True) -> list[Any]:
+                output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+                protocol: str = "clean") -> list[Any]:
     """The paper's relabeling experiment on a run folder, on the data it was trained on (see
     :func:`masc_probe.pipeline.relabel.relabel`); with *oracle*, the true-label-subspace bound as well, labelled as
     such.
@@ -337,6 +363,8 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
         batch_size: Fine-tuning batch size (default: the run's).
         device, progress: As in :func:`run_experiment`.
         output_dir: Folder of the experiment's files (default ``<run>/relabel``); the oracle's go beside it.
+        protocol: ``clean`` (each training sample labelled by subspaces fitted on the other half, ``cross_fit=2``)
+            or ``authors`` (subspaces fitted on the whole training set, ``cross_fit=1``, as the authors did).
 
     Returns:
         ``[RelabelResult]``, then the oracle's when asked.
@@ -346,6 +374,8 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
     """
     from masc_probe.relabel import relabel
 
+    if protocol not in PROTOCOLS:
+        raise UnknownNameError(f"unknown protocol {protocol!r}; " + closest(str(protocol), PROTOCOLS))
     src = resolve_source(run_dir, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
                          revision=None, all_checkpoints=False)
     if src.kind == "spec":
@@ -363,18 +393,21 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
             out = Path(output_dir) if not bound else Path(output_dir).with_name(Path(output_dir).name + "-oracle")
         results.append(relabel(run_dir, data.train, data.test, seed=src.seed, oracle=bound, output_dir=out,
                                layers=list(layers) if layers is not None else None, max_epochs=max_epochs,
-                               batch_size=batch_size, device=device, progress=progress))
+                               batch_size=batch_size, device=device, progress=progress,
+                               cross_fit=1 if protocol == "authors" else 2))
     return results
 
 
 def layer_table(spec: str, *, num_classes: int = 10, in_chans: int | None = None, input_size: int | None = None,
-                revision: str | None = None) -> list[tuple[str, bool]]:
+                revision: str | None = None, nodes: bool = True) -> list[tuple[str, bool]]:
     """Every layer name of a model, each with whether it is probed by default.
 
     Args:
         spec: A model spec, run folder or ``hf-hub:`` repo.
         num_classes, in_chans, input_size: Shape of a new model (ignored for saved ones, which carry their own).
         revision: Hub revision of an ``hf-hub:`` model.
+        nodes: Also list FX nodes that are not modules (``list_layers(..., nodes=False)`` otherwise; the default
+            layers are listed either way).
 
     Returns:
         ``[(layer name, probed by default), ...]`` in forward order.
@@ -391,4 +424,5 @@ def layer_table(spec: str, *, num_classes: int = 10, in_chans: int | None = None
         size = None if input_size is None else (input_size, input_size)
         net = load_model(spec, num_classes=num_classes, in_chans=in_chans, input_size=size)
     chosen = set(default_layers(net))
-    return [(name, name in chosen) for name in list_layers(net)]
+    shown = None if nodes else set(list_layers(net, nodes=False)) | chosen
+    return [(name, name in chosen) for name in list_layers(net) if shown is None or name in shown]
