@@ -21,11 +21,12 @@ def test_files_land_with_the_mode_a_plain_open_gives(tmp_path: Path, umask: int)
     try:
         with open(tmp_path / "reference.txt", "w") as fh:  # the independent reference: what open() creates
             fh.write("x")
+        report.plot(tmp_path / "plot.png")
         written = [
             _atomic.write_text(tmp_path / "a.txt", "text"),
             # safetensors creates its own file: the rule must hold for writers that pick their own mode
             _atomic.write_with(tmp_path / "b.safetensors", lambda p: save_file({"t": torch.zeros(2)}, str(p))),
-            Path(report.plot(tmp_path / "plot.png")),
+            tmp_path / "plot.png",
         ]
         report.to_json(tmp_path / "report.json")
         written.append(tmp_path / "report.json")

@@ -156,7 +156,8 @@ def test_probe_checkpoints_gives_an_epoch_axis(tmp_path: Path) -> None:
     # The input layer does not change with training: MASC there scores the same at every epoch.
     at_input = [r["test_accuracy"] for r in report.results if r["layer"] == "input" and r["labels"] == "true"]
     assert at_input[0] == at_input[1]
-    assert report.plot_dynamics(tmp_path / "dynamics.png").stat().st_size > 0
+    report.plot_dynamics(tmp_path / "dynamics.png")
+    assert (tmp_path / "dynamics.png").stat().st_size > 0
     with pytest.raises(InputError, match="checkpoints"):
         probe_checkpoints(tmp_path, train, test)
 

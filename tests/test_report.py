@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+import sys
+import warnings
 import zlib
 from pathlib import Path
 
@@ -106,10 +108,70 @@ def test_round_trip_file_and_string(tmp_path: Path) -> None:
     text = rep.to_json(path)
     assert path.read_text() == text
     assert not [p for p in path.parent.iterdir() if p.name != "report.json"]  # no temp file left behind
-    for back in (ProbeReport.from_json(path), ProbeReport.from_json(text), ProbeReport.from_dict(json.loads(text))):
+    for back in (ProbeReport.from_json_file(path), ProbeReport.from_json_file(str(path)),
+                 ProbeReport.from_json_string(text), ProbeReport.from_dict(json.loads(text))):
         assert back.to_dict() == rep.to_dict()
         assert back == rep
     assert json.loads(text)["preprocessing"] == {"mean": [0.5], "std": [0.5]}
+
+
+def test_from_json_file_and_string_never_guess(tmp_path: Path) -> None:
+    text = _report().to_json()
+    named = tmp_path / "{odd}.json"  # a file name that looks like JSON text
+    named.write_text(text)
+    assert ProbeReport.from_json_file(str(named)) == _report()
+    with pytest.raises(InputError, match="parse error") as err:
+        ProbeReport.from_json_string(str(named))  # a path is not JSON: no fallback to reading the file
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="found none"):
+        ProbeReport.from_json_file(tmp_path / "missing.json")
+    with pytest.raises(InputError, match="str"):
+        ProbeReport.from_json_string(text.encode())
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(InputError, match="parse error"):
+        ProbeReport.from_json_file(tmp_path / "bad.json")
+
+
+def test_from_json_still_reads_both_but_warns_when_it_guesses(tmp_path: Path) -> None:
+    rep = _report()
+    path = tmp_path / "report.json"
+    text = rep.to_json(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ProbeReport.from_json(path) == rep  # a Path is unambiguous: no warning
+    for source in (text, str(path)):
+        with pytest.warns(DeprecationWarning, match="from_json_string"):
+            assert ProbeReport.from_json(source) == rep
+
+
+def test_an_older_reports_top_level_threshold_is_read_under_its_new_name() -> None:
+    old = _report().to_dict()
+    old["n_components"] = 0.99  # before the rename: the threshold, beside the per-class lists in each result
+    back = ProbeReport.from_dict(old)
+    assert back.extra["masc_n_components"] == 0.99 and "n_components" not in back.to_dict()
+    assert back.results[0]["n_components"] == [3, 4, 5]
+
+
+def test_to_pandas_has_one_row_per_result_with_the_intervals_split() -> None:
+    pd = pytest.importorskip("pandas")  # an optional dependency: to_pandas is the one part that needs it
+    rep = _report()
+    frame = rep.to_pandas()
+    assert isinstance(frame, pd.DataFrame) and len(frame) == len(rep.results)
+    for (_, row), r in zip(frame.iterrows(), rep.results):
+        assert (row["layer"], row["probe"], row["labels"]) == (r["layer"], r["probe"], r["labels"])
+        assert row["test_accuracy"] == r["test_accuracy"]
+        assert [row["test_ci_low"], row["test_ci_high"]] == r["test_ci"]
+        assert row["train_accuracy_corrupted"] == r["train_accuracy"]["corrupted"]
+        assert [row["train_ci_true_low"], row["train_ci_true_high"]] == r["train_ci"]["true"]
+    masc = frame[frame["probe"] == "masc"]
+    assert masc["n_components"].tolist() == [r["n_components"] for r in rep.results if r["probe"] == "masc"]
+    assert frame[frame["probe"] == "ncm"]["n_components"].isna().all()
+
+
+def test_to_pandas_without_pandas_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pandas", None)  # what an environment without pandas looks like to import
+    with pytest.raises(ImportError, match="pip install pandas"):
+        _report().to_pandas()
 
 
 def test_from_dict_rejects_other_versions() -> None:
@@ -163,10 +225,31 @@ def _png_ok(path: Path) -> tuple[int, int]:
 
 
 def test_plot_writes_valid_png(tmp_path: Path) -> None:
-    out = _report().plot(tmp_path / "acc.png")
-    w, h = _png_ok(out)
+    fig = _report().plot(tmp_path / "acc.png")
+    w, h = _png_ok(tmp_path / "acc.png")
     assert w > 300 and h > 200
+    assert (w, h) == tuple(round(v) for v in fig.get_size_inches() * fig.dpi)  # the figure returned is the one saved
     assert sorted(p.name for p in tmp_path.iterdir()) == ["acc.png"]
+
+
+def test_plot_without_a_path_returns_the_figure_and_draws_into_a_given_axes(tmp_path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    rep = _report()
+    fig = rep.plot()
+    assert isinstance(fig, Figure) and list(tmp_path.iterdir()) == []
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == LAYERS
+    masc_true = next(line for line in ax.get_lines() if line.get_label() == "masc (true)")
+    assert list(masc_true.get_ydata()) == [r["test_accuracy"] for r in rep.results
+                                          if (r["probe"], r["labels"]) == ("masc", "true")]
+    mine = Figure()
+    left, right = mine.subplots(1, 2)
+    assert rep.plot(ax=right) is mine  # the caller's figure, its other panel untouched
+    assert right.get_lines() and not left.get_lines()
+    dyn = ProbeReport.over_epochs({1: rep, 2: _report(shift=0.01)})
+    assert dyn.plot(tmp_path / "d.png", ax=left) is mine and (tmp_path / "d.png").stat().st_size > 0
+    assert left.get_xlabel() == "epoch"
 
 
 def test_epoch_axis_dynamics(tmp_path: Path) -> None:
@@ -177,10 +260,12 @@ def test_epoch_axis_dynamics(tmp_path: Path) -> None:
     assert dyn.best_layer()["epoch"] == 3
     assert dyn.best_layer(epoch=1)["test_accuracy"] == pytest.approx(0.3 + 0.2 + 0.2 + 0.05 + 0.01)
     assert dyn.to_dict()["best"]["masc/true"]["epoch"] == 3
-    back = ProbeReport.from_json(dyn.to_json())
+    back = ProbeReport.from_json_string(dyn.to_json())
     assert back == dyn and back.epochs == [1, 2, 3]
-    _png_ok(dyn.plot(tmp_path / "dyn.png"))
-    _png_ok(dyn.plot_layers(tmp_path / "layers.png", epoch=2))
+    dyn.plot(tmp_path / "dyn.png")
+    _png_ok(tmp_path / "dyn.png")
+    dyn.plot_layers(tmp_path / "layers.png", epoch=2)
+    _png_ok(tmp_path / "layers.png")
     md = dyn.to_markdown()
     assert "| 2 | 0.700 |" in md
     with pytest.raises(InputError, match="epoch"):
@@ -204,8 +289,9 @@ def test_aggregate_mean_and_spread(tmp_path: Path) -> None:
     assert agg.model_test_accuracy == pytest.approx(0.37 + sum(shifts) / 3)
     assert agg.corruption["seed"] == [0, 1, 2]
     assert agg.corruption["realized_rate"] == pytest.approx(0.72)
-    assert ProbeReport.from_json(agg.to_json()) == agg
-    _png_ok(agg.plot(tmp_path / "agg.png"))
+    assert ProbeReport.from_json_string(agg.to_json()) == agg
+    agg.plot(tmp_path / "agg.png")
+    _png_ok(tmp_path / "agg.png")
     assert "±" in agg.to_markdown()
 
 

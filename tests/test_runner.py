@@ -87,7 +87,7 @@ def test_report_numbers_match_direct_computation(mlp_fit) -> None:
         assert lo < r["test_accuracy"] < hi or r["test_accuracy"] in (0.0, 1.0)
     assert set(d["best"]) == {f"{p}/{s}" for p in ("masc", "ncm", "linear") for s in ("corrupted", "true")}
     assert [r["layer"] for r in d["results"]][::6] == runner.layers  # forward order, 3 probes × 2 label sets
-    assert ProbeReport.from_json(report.to_json()) == report
+    assert ProbeReport.from_json_string(report.to_json()) == report
 
 
 def test_batch_forms_give_the_same_fit() -> None:
@@ -293,6 +293,6 @@ def test_numpy_n_components_is_taken_as_the_estimator_takes_it() -> None:
     direct = MinimumAngleSubspaceClassifier(np.float32(0.9)).fit(feats, y.numpy())
     np.testing.assert_array_equal(runner.estimators_[("2", "masc", "true")].n_components_, direct.n_components_)
     report = runner.evaluate(tuples(x, yc, y, 30))
-    assert json.loads(report.to_json())["n_components"] == float(np.float32(0.9))
+    assert json.loads(report.to_json())["masc_n_components"] == float(np.float32(0.9))
     with pytest.raises(InputError, match="n_components must be"):
         ProbeRunner(model, ["2"], n_components=np.float32(1.5), progress=False)

@@ -189,7 +189,7 @@ def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[s
         command += f" --push-to-hub {repo_id}"
 
     # The runner may record its MASC threshold; 0.99 is the probe's (and the paper's) default.
-    variance = report.extra.get("n_components", report.provenance.get("n_components", 0.99))
+    variance = report.extra.get("masc_n_components", 0.99)
     variance_text = (f"the fewest that keep {variance:.0%} of the class's variance"
                      if isinstance(variance, float) and variance < 1 else f"{variance}, clipped to the rank")
     table = report.to_markdown().strip()

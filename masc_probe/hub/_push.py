@@ -98,7 +98,7 @@ def _plan(run_dir: str | os.PathLike[str], repo_id: str | None) -> dict[str, Pat
                          f"{'model.safetensors' if has_model else 'config.json'} in {str(run)!r}")
     if has_model:
         _check_safetensors(run / "model.safetensors")
-    report = ProbeReport.from_json(run / "report.json")
+    report = ProbeReport.from_json_file(run / "report.json")
     plan: dict[str, Path | bytes] = {}
     for local, (remote, _) in _FILES.items():
         if (run / local).is_file():
@@ -107,7 +107,8 @@ def _plan(run_dir: str | os.PathLike[str], repo_id: str | None) -> dict[str, Pat
         plan["masc/report.md"] = report.to_markdown().encode()
     if "masc/accuracy_by_layer.png" not in plan:
         with tempfile.TemporaryDirectory() as tmp:  # drawn aside: the run folder is never written
-            plan["masc/accuracy_by_layer.png"] = report.plot(Path(tmp) / "plot.png").read_bytes()
+            report.plot(Path(tmp) / "plot.png")
+            plan["masc/accuracy_by_layer.png"] = (Path(tmp) / "plot.png").read_bytes()
     described = {remote: what for remote, what in _FILES.values() if remote in plan}
     described["README.md"] = "this model card"
     card = _render_card(report, read_json(run / "config.json") if has_config else {},
@@ -234,7 +235,7 @@ def load_report(repo_id: str, *, revision: str | None = None, token: str | None 
     with _hub_errors(repo_id, revision=revision, token=token, what="download", filename=REPORT_FILE):
         path = hf_hub_download(repo_id, REPORT_FILE, revision=revision, token=token,
                                library_name="masc-probe", library_version=__version__)
-    return ProbeReport.from_json(Path(path))
+    return ProbeReport.from_json_file(path)
 
 
 def _validate(repo_id: str) -> None:

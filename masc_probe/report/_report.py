@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ SCHEMA_VERSION = 1
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
 _KNOWN_KEYS = ("schema_version", "model", "dataset", "corruption", "provenance", "model_test_accuracy", "results",
                "best", "n_test")
+# The top-level n_components of reports written before 0.1.0's release was the threshold MASC was asked for, the
+# same word as each result's per-class counts; it is read under its own name now.
+_THRESHOLD_KEY = "masc_n_components"
 _REQUIRED_RESULT_KEYS = ("layer", "probe", "labels", "test_accuracy")
 
 
@@ -230,25 +234,60 @@ class ProbeReport:
         if version != SCHEMA_VERSION:
             raise InputError(f"report schema_version must be {SCHEMA_VERSION}, got {version!r}")
         extra = {k: v for k, v in data.items() if k not in (*_KNOWN_KEYS, "n_train")}
+        if not isinstance(extra.get("n_components", []), list):  # an older report: the threshold, renamed
+            extra.setdefault(_THRESHOLD_KEY, extra.pop("n_components"))
         return cls(data["results"], model=data.get("model"), dataset=data.get("dataset"),
                    corruption=data.get("corruption"), provenance=data.get("provenance"),
                    model_test_accuracy=data.get("model_test_accuracy"), n_test=data.get("n_test"),
                    n_train=data.get("n_train"), extra=extra)
 
     @classmethod
-    def from_json(cls, source: str | os.PathLike[str]) -> ProbeReport:
-        """Read a report from a JSON file path or a JSON string.
+    def from_json_file(cls, path: str | os.PathLike[str]) -> ProbeReport:
+        """Read a report from a JSON file (``report.json``).
 
         Raises:
-            InputError: If the text is not JSON or not a version-1 report.
+            InputError: If the file is missing or unreadable, not JSON, or not a version-1 report.
         """
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise InputError(f"expected a report JSON file at {os.fspath(path)!r}, found none") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"expected a readable report JSON file at {os.fspath(path)!r}, got: {exc}") from None
+        return cls._parse(text, where=repr(os.fspath(path)))
+
+    @classmethod
+    def from_json_string(cls, text: str) -> ProbeReport:
+        """Read a report from JSON text (what :meth:`to_json` returns).
+
+        Raises:
+            InputError: If *text* is not a string of JSON, or not a version-1 report.
+        """
+        if not isinstance(text, str):
+            raise InputError(f"expected report JSON text as a str, got {type(text).__name__}")
+        return cls._parse(text, where="the string")
+
+    @classmethod
+    def from_json(cls, source: str | os.PathLike[str]) -> ProbeReport:
+        """Deprecated: use :meth:`from_json_file` or :meth:`from_json_string`, which do not guess.
+
+        A path object (``os.PathLike``) is read as a file. A ``str`` is taken for JSON text when it starts with
+        ``{`` and for a file path otherwise, with a ``DeprecationWarning``: a file whose name starts with ``{`` or
+        a typo in the text would be taken for the other.
+        """
+        if isinstance(source, os.PathLike):
+            return cls.from_json_file(source)
+        warnings.warn("ProbeReport.from_json(str) guesses whether the string is JSON or a path; use "
+                      "from_json_string(text) or from_json_file(path)", DeprecationWarning, stacklevel=2)
         text = str(source)
-        if not text.lstrip().startswith("{"):
-            text = Path(source).read_text()
+        return cls.from_json_string(text) if text.lstrip().startswith("{") else cls.from_json_file(text)
+
+    @classmethod
+    def _parse(cls, text: str, *, where: str) -> ProbeReport:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise InputError(f"a report must be JSON, got a parse error: {exc}") from None
+            raise InputError(f"expected report JSON in {where}, got a parse error: {exc}") from None
         return cls.from_dict(data)
 
     def __eq__(self, other: object) -> bool:
@@ -315,42 +354,61 @@ class ProbeReport:
         """
         return _views.to_markdown(self, digits=digits)
 
-    def plot(self, path: str | os.PathLike[str]) -> Path:
-        """Write a PNG: accuracy by layer, or accuracy over epochs when the report has several epochs.
+    def to_pandas(self) -> Any:
+        """The results as a ``pandas.DataFrame``, one row per result (pandas is an optional dependency).
+
+        Columns are the results' keys, with ``test_ci`` split into ``test_ci_low`` / ``test_ci_high`` and the
+        per-label-set dicts into ``train_accuracy_<set>`` and ``train_ci_<set>_low`` / ``_high``; MASC's per-class
+        ``n_components`` stays a list. Results without a key get NaN/None there.
+
+        Raises:
+            ImportError: pandas is not installed (the message says how to install it).
+
+        >>> ProbeReport([{"layer": "fc1", "probe": "masc", "labels": "true", "test_accuracy": 0.9}]).to_pandas().shape
+        (1, 4)
+        """
+        return _views.to_pandas(self)
+
+    def plot(self, path: str | os.PathLike[str] | None = None, *, ax: Any = None) -> Any:
+        """Draw accuracy by layer, or accuracy over epochs when the report has several epochs.
 
         Args:
-            path: Output PNG path (written atomically).
+            path: A PNG file to write (atomically); None: only draw.
+            ax: A matplotlib ``Axes`` to draw into (one panel of the caller's figure); None: a new ``Figure``,
+                made without pyplot (no global backend or figure state changes).
 
         Returns:
-            The path written.
+            The ``matplotlib.figure.Figure`` drawn on (``ax.figure`` when *ax* is given).
         """
         if len(self.epochs) > 1:
-            return self.plot_dynamics(path)
-        return self.plot_layers(path)
+            return self.plot_dynamics(path, ax=ax)
+        return self.plot_layers(path, ax=ax)
 
-    def plot_layers(self, path: str | os.PathLike[str], *, epoch: int | None = None) -> Path:
-        """Write a PNG of test accuracy by layer, one line per probe × label set, model accuracy as a line.
+    def plot_layers(self, path: str | os.PathLike[str] | None = None, *, epoch: int | None = None,
+                    ax: Any = None) -> Any:
+        """Draw test accuracy by layer, one line per probe × label set, the model's own accuracy as a line.
 
         Args:
-            path: Output PNG path (written atomically).
+            path: A PNG file to write (atomically); None: only draw.
             epoch: For a report with an epoch axis, the epoch drawn (default: the last).
+            ax: As in :meth:`plot`.
 
         Returns:
-            The path written.
+            The ``Figure`` drawn on.
         """
-        return _views.plot_layers(self, Path(path), epoch=epoch)
+        return _views.plot_layers(self, None if path is None else Path(path), epoch=epoch, ax=ax)
 
-    def plot_dynamics(self, path: str | os.PathLike[str]) -> Path:
-        """Write a PNG of test accuracy over epochs at each series' best layer (chosen at the last epoch), and the
-        model's own accuracy.
+    def plot_dynamics(self, path: str | os.PathLike[str] | None = None, *, ax: Any = None) -> Any:
+        """Draw test accuracy over epochs at each series' best layer (chosen at the last epoch), and the model's own.
 
         Args:
-            path: Output PNG path (written atomically).
+            path: A PNG file to write (atomically); None: only draw.
+            ax: As in :meth:`plot`.
 
         Returns:
-            The path written.
+            The ``Figure`` drawn on.
 
         Raises:
             InputError: If the report has no epoch axis.
         """
-        return _views.plot_dynamics(self, Path(path))
+        return _views.plot_dynamics(self, None if path is None else Path(path), ax=ax)

@@ -1,4 +1,5 @@
-"""Human views of a ProbeReport: the markdown table and the PNG plots (matplotlib, Agg, no pyplot state)."""
+"""Human views of a ProbeReport: the markdown table, the plots (matplotlib's object API: no pyplot state) and a
+pandas DataFrame."""
 
 from __future__ import annotations
 
@@ -100,8 +101,11 @@ def _probe_colors(report: ProbeReport) -> dict[str, str]:
     return {p: palette[i % len(palette)] for i, p in enumerate(probes)}
 
 
-def _figure(width: float) -> tuple[Any, Any]:
-    # The object-oriented API with an Agg canvas: no pyplot, so no global backend switch for the user's session.
+def _figure(width: float, ax: Any) -> tuple[Any, Any]:
+    """(figure, axes): the caller's *ax* and its figure, or a new figure on an Agg canvas (no pyplot, so no global
+    backend switch for the user's session)."""
+    if ax is not None:
+        return ax.figure, ax
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -110,21 +114,25 @@ def _figure(width: float) -> tuple[Any, Any]:
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _save(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    _atomic.write_bytes(path, buf.getvalue())
-    return path
+def _finish(fig: Any, path: Path | None, *, own: bool) -> Any:
+    """Lay out a figure drawn here (a caller's figure keeps its own layout); write it as a PNG when *path* is given."""
+    if own:
+        fig.tight_layout()
+    if path is not None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        _atomic.write_bytes(path, buf.getvalue())
+    return fig
 
 
-def plot_layers(report: ProbeReport, path: Path, *, epoch: int | None = None) -> Path:
+def plot_layers(report: ProbeReport, path: Path | None, *, epoch: int | None = None, ax: Any = None) -> Any:
     """See :meth:`ProbeReport.plot_layers`."""
     rows = report._at_epoch(epoch)
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     if not layers:
         raise InputError("plot needs at least one result, got an empty report")
-    fig, ax = _figure(max(6.0, 0.55 * len(layers) + 3.0))
+    own = ax is None
+    fig, ax = _figure(max(6.0, 0.55 * len(layers) + 3.0), ax)
     xs = list(range(len(layers)))
     cell = {(r["layer"], r["probe"], r["labels"]): r for r in rows}
     colors = _probe_colors(report)
@@ -159,15 +167,16 @@ def plot_layers(report: ProbeReport, path: Path, *, epoch: int | None = None) ->
         title += f" · corruption {report.corruption['rate']}"
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return _finish(fig, path, own=own)
 
 
-def plot_dynamics(report: ProbeReport, path: Path) -> Path:
+def plot_dynamics(report: ProbeReport, path: Path | None, *, ax: Any = None) -> Any:
     """See :meth:`ProbeReport.plot_dynamics`."""
     epochs = report.epochs
     if not epochs:
         raise InputError("plot_dynamics needs results with an 'epoch', got a report without an epoch axis")
-    fig, ax = _figure(7.0)
+    own = ax is None
+    fig, ax = _figure(7.0, ax)
     everything = {(r.get("epoch"), r["layer"], r["probe"], r["labels"]): r for r in report.results}
     colors = _probe_colors(report)
     for probe, labels in report.series:
@@ -191,4 +200,23 @@ def plot_dynamics(report: ProbeReport, path: Path) -> Path:
     ax.set_title(" · ".join(str(v) for v in (report.model, report.dataset) if v) or "accuracy over epochs",
                  fontsize=10)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return _finish(fig, path, own=own)
+
+
+def to_pandas(report: ProbeReport) -> Any:
+    """See :meth:`ProbeReport.to_pandas`."""
+    try:
+        import pandas as pd
+    except ImportError:
+        raise ImportError("ProbeReport.to_pandas needs pandas, which is not installed: pip install pandas") from None
+    rows = []
+    for r in report.results:
+        row = {k: v for k, v in r.items() if k not in ("test_ci", "train_accuracy", "train_ci")}
+        if r.get("test_ci"):
+            row["test_ci_low"], row["test_ci_high"] = r["test_ci"]
+        for labels, value in r.get("train_accuracy", {}).items():
+            row[f"train_accuracy_{labels}"] = value
+        for labels, (low, high) in r.get("train_ci", {}).items():
+            row[f"train_ci_{labels}_low"], row[f"train_ci_{labels}_high"] = low, high
+        rows.append(row)
+    return pd.DataFrame(rows)

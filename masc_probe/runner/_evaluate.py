@@ -142,7 +142,7 @@ def build_report(config: RunnerConfig, reducer: Reducer, fitted: FitResult, coun
                   "data_fingerprint": fitted.data_fingerprint,
                   "solver": solvers.pop() if len(solvers) == 1 else ("mixed" if solvers else None)}
     more = {"layers": list(config.layers or []), "probes": list(config.probes), "label_sets": fitted.label_sets,
-            "num_classes": len(fitted.classes), "n_components": config.n_components,
+            "num_classes": len(fitted.classes), "masc_n_components": config.n_components,
             "reducer": reducer.spec, "memory_plan": fitted.plan.to_dict(), "protocol": config.protocol,
             **dict(extra or {})}
     if fitted.failed:
