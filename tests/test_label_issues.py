@@ -195,6 +195,64 @@ def test_flagged_set_ranks_and_metrics_by_hand(result, noisy) -> None:
     assert m["lift_top_5pct"] == pytest.approx(wrong[top].mean() / wrong.mean())
 
 
+@pytest.fixture(scope="module")
+def memorized(digits):
+    """An MLP that memorized digits with labels corrupted at p = 0.6, and the clean 20% test split."""
+    from sklearn.model_selection import train_test_split
+
+    X, y = digits
+    Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, stratify=y, random_state=0)
+    given = corrupt_labels(ytr, 0.6, num_classes=10, seed=0)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    Xt, yt = torch.as_tensor(Xtr / 16), torch.as_tensor(given)
+    order = torch.Generator().manual_seed(0)
+    for _ in range(600):
+        for idx in torch.randperm(len(Xt), generator=order).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(Xt[idx]), yt[idx]).backward()
+            opt.step()
+        with torch.no_grad():
+            if (net(Xt).argmax(1) == yt).float().mean() >= 0.999:
+                break
+    net.eval()
+    with torch.no_grad():
+        assert (net(Xt).argmax(1) == yt).float().mean() >= 0.999
+    return net, Xtr / 16, given, ytr, Xte / 16, yte
+
+
+def test_select_data_the_model_never_saw_chooses_the_layer(memorized) -> None:
+    net, Xtr, given, ytr, Xte, yte = memorized
+    data = _batches(Xtr, given, ytr)
+    layers = ["input", "1", "3"]
+    out_of_fold = find_label_issues(net, data, layers=layers, progress=False)
+    # Why `select` exists: the memorizing network hands its late layers each training sample's given label, so a
+    # probe there agrees with the given labels out-of-fold far above 1 - (share of wrong labels), which no
+    # classifier whose errors ignore the noise reaches (an exact one reaches it exactly).
+    assert out_of_fold.criterion == "out_of_fold" and out_of_fold.select_accuracy is None
+    assert max(c["heldout_accuracy"] for c in out_of_fold.candidates) > np.mean(given == ytr) + 0.1
+    chosen = find_label_issues(net, data, layers=layers, select=_batches(Xte, yte), progress=False)
+    assert chosen.criterion == "select" and chosen.summary()["criterion"] == "select"
+    best = max(chosen.candidates, key=lambda c: c["select_accuracy"])
+    assert (chosen.layer, chosen.probe) == (best["layer"], best["probe"])
+    assert chosen.metrics["chosen"]["auroc"] >= 0.95  # issue 10: digits, p = 0.6, a memorizing network
+    assert roc_auc_score(given != ytr, -chosen.score) == pytest.approx(chosen.metrics["chosen"]["auroc"])
+    # The select accuracy of NCM at layer "1", from the definition in float64: fold probes' class means of the
+    # training rows, cosine to each test row, accuracy averaged over the folds.
+    with torch.no_grad():
+        train_rows = net[:2](torch.as_tensor(Xtr)).double().numpy()
+        test_rows = net[:2](torch.as_tensor(Xte)).double().numpy()
+    accuracies = []
+    for k in range(2):
+        part = chosen.fold != k
+        means = np.stack([train_rows[part & (given == c)].mean(axis=0) for c in range(10)])
+        cos = test_rows @ means.T / np.linalg.norm(means, axis=1)
+        accuracies.append(np.mean(cos.argmax(axis=1) == yte))
+    ncm = next(c for c in chosen.candidates if (c["layer"], c["probe"]) == ("1", "ncm"))
+    assert ncm["select_accuracy"] == pytest.approx(np.mean(accuracies), abs=1 / len(yte))
+
+
 def test_threshold_flags_the_scores_below_it(noisy) -> None:
     X, given, true = noisy
     out = find_label_issues(None, _batches(X, given, true), probes=("ncm",), threshold=-0.01, progress=False)

@@ -8,10 +8,20 @@ other class's (MASC: cosines; NCM: cosine similarities; LDA, QDA, linear: decisi
 up to a per-row constant; kNN: vote shares): below zero, the probe prefers another label. The most negative scores
 come first in the ranking.
 
-The layer and probe are chosen without the true labels, by out-of-fold accuracy against the *given* labels: under
-random label noise with rate p over K classes a classifier of true accuracy a agrees with the given labels with
-probability a(1 - p) + p/K, an increasing affine function of a, so the ranking of candidates is the ranking by
-true accuracy. The chosen probe's disagreement rate D estimates the share of wrong labels (exactly when the probe
+The layer and probe are chosen without the true labels, by accuracy against *given* labels on held-out samples:
+under random label noise with rate p over K classes a classifier of true accuracy a, whose errors do not depend on
+the noise, agrees with the given labels with probability a(1 - p) + p/K, an increasing affine function of a, so
+ranking candidates by it ranks them by true accuracy. The held-out samples must be held out from the *network* too:
+a network that memorized the training set carries each sample's given label in its late layers, so a probe fitted
+on other folds there (LDA at the last hidden layer of a memorizing MLP on digits: 0.67 out-of-fold agreement at
+p = 0.6, where no honest classifier exceeds 1 - 0.55) reads the wrong labels back and wins the out-of-fold choice
+while it finds few of them (AUROC 0.83 against 0.99 for NCM at the same layer). So, given ``select`` data the model
+never trained on (the test split; its labels may be noisy too), the candidates, fitted on the training folds, are
+ranked by their accuracy there; without it, by out-of-fold accuracy on the training data itself, which is sound
+for features the labels did not shape (the inputs, a network trained on other data) and logged as a risk when a
+model is given.
+
+The chosen probe's out-of-fold disagreement rate D estimates the share of wrong labels (exactly when the probe
 predicts every true label; a probe of true accuracy a < 1 adds about (1 - a)(1 - p)), and the corruption rate p of
 the random mode, which redraws the true label by chance once in K, is estimated as D K / (K - 1). By default the
 D n lowest-ranked samples are flagged (``threshold`` flags the scores below it instead).
@@ -20,7 +30,8 @@ When the data carries true labels, each method (the chosen detector; MASC alone 
 when training margins are given; and every layer x probe) is scored against the corruption mask: AUROC, average
 precision, precision / recall / F1 of its flagged set, and lift at the top 1% and 5%.
 
->>> issues = find_label_issues("runs/mlp-digits-p0.6", load_data("digits", corrupt=0.6))  # doctest: +SKIP
+>>> issues = find_label_issues("runs/mlp-digits-p0.6", load_data("digits", corrupt=0.6),  # doctest: +SKIP
+...                            select=load_data("digits", split="test"))
 >>> issues.layer, issues.probe, issues.n_flagged                                          # doctest: +SKIP
 ('fc2', 'ncm', 963)
 >>> issues.write("runs/mlp-digits-p0.6/label_issues")                                     # doctest: +SKIP
@@ -77,9 +88,11 @@ class LabelIssues:
         fold: (n,) the fold of each sample (its scores come from probes fitted on the other folds).
         true_label: (n,) or None. aum: (n,) area under the margin from training, or None.
         layer, probe, heldout_accuracy: the chosen candidate and its out-of-fold accuracy against the given labels.
-        runner_up: the second-best candidate (``layer``, ``probe``, ``heldout_accuracy``), or None.
-        candidates: every layer x probe: ``layer``, ``probe``, ``heldout_accuracy`` (None with ``error`` when its
-            fit failed) and, with true labels, ``metrics``.
+        criterion: ``"select"`` (chosen by accuracy on the ``select`` data) or ``"out_of_fold"``.
+        select_accuracy: the chosen candidate's accuracy on the ``select`` data (mean over the K fold probes).
+        runner_up: the second-best candidate (``layer``, ``probe``, ``heldout_accuracy``, ``select_accuracy``).
+        candidates: every layer x probe: ``layer``, ``probe``, ``heldout_accuracy``, ``select_accuracy`` (None with
+            ``error`` when its fit failed) and, with true labels, ``metrics``.
         noise_rate: estimated share of wrong labels (the chosen probe's disagreement rate).
         corruption_rate: the random mode's p implied by it, noise_rate x K / (K - 1), capped at 1.
         metrics: with true labels, per method (``chosen``, ``masc``, ``aum``) the detection metrics, else None.
@@ -100,6 +113,8 @@ class LabelIssues:
     layer: str
     probe: str
     heldout_accuracy: float
+    criterion: str
+    select_accuracy: float | None
     runner_up: dict[str, Any] | None
     candidates: list[dict[str, Any]]
     noise_rate: float
@@ -120,7 +135,8 @@ class LabelIssues:
         known = self.true_label is not None
         return _jsonable({
             "n_samples": len(self.score), "n_classes": len(self.classes), "folds": self.folds, "seed": self.seed,
-            "layer": self.layer, "probe": self.probe, "heldout_accuracy": self.heldout_accuracy,
+            "layer": self.layer, "probe": self.probe, "criterion": self.criterion,
+            "heldout_accuracy": self.heldout_accuracy, "select_accuracy": self.select_accuracy,
             "runner_up": self.runner_up, "noise_rate": self.noise_rate, "corruption_rate": self.corruption_rate,
             "realized_noise_rate": float(np.mean(self.given_label != self.true_label)) if known else None,
             "threshold": self.threshold, "n_flagged": self.n_flagged, "aum": self.aum is not None,
@@ -167,6 +183,7 @@ def find_label_issues(
     device: str | torch.device | None = None,
     progress: bool = True,
     margins: Any = None,
+    select: Any = None,
     n_components: float | int = 0.99,
     probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     batch_size: int = 256,
@@ -184,12 +201,14 @@ def find_label_issues(
         folds: K >= 2; every class needs at least K samples.
         seed: Seed of the stratified folds (scikit-learn's ``StratifiedKFold(shuffle=True)`` over data order).
         threshold: Flag the samples scoring below it; None flags as many as the estimated noise rate says.
-        max_memory: Bytes: half for the layer rows held in memory (the rest spill to a temporary folder), half for
-            one probe's statistics (default 4 GiB in all).
+        max_memory: Bytes: half for the layer rows held in memory (a quarter each for *data* and *select*; the rest
+            spill to a temporary folder), half for one probe's statistics (default 4 GiB in all).
         device: Where the model and the statistic probes run (the model is moved there); None: the model's.
         progress: A progress bar over the batches.
         margins: Per-sample training margins for AUM, indexed by the data's ``index``: an array (N,) of AUMs, an
             array (epochs, N) of per-epoch margins (averaged), or a mapping index -> AUM.
+        select: Labelled data the model never trained on (e.g. the test split), in the same forms as *data*:
+            candidates are chosen by their accuracy there (module docstring: why a memorizing model needs it).
         n_components: MASC's threshold.
         probe_kwargs: Per-probe constructor arguments (default QDA: ``solver="eigen", shrinkage="auto", tol=0``).
         batch_size: Batch size of the forward pass for map-style data.
@@ -215,9 +234,17 @@ def find_label_issues(
         elif name == "ncm":
             kwargs[name] = {"device": device, **kwargs[name]}
     net = _resolve_model(model, device)
+    if net is not None and select is None:
+        logger.warning("label issues: no select data; out-of-fold accuracy on the training data can favour layers "
+                       "that reproduce labels the model memorized (pass select=, e.g. the test split)")
     with tempfile.TemporaryDirectory(prefix="masc-label-issues-") as spill:
-        rows, given, true, index = _collect(net, data, layers, device, progress, batch_size, budget // 2, spill)
+        rows, given, true, index = _collect(net, data, layers, device, progress, batch_size, budget // 4,
+                                            os.path.join(spill, "train"))
+        held = None
         try:
+            if select is not None:
+                held = _collect(net, select, layers, device, progress, batch_size, budget // 4,
+                                os.path.join(spill, "select"))[:2]
             classes, counts = np.unique(given, return_counts=True)
             if len(classes) < 2:
                 raise InputError(f"expected given labels of at least 2 classes, got only class {classes.tolist()}")
@@ -228,11 +255,15 @@ def find_label_issues(
             fold = stratified_folds(given, folds, seed)
             aum = _aum(margins, index) if margins is not None else None
             scored: dict[tuple[str, str], np.ndarray] = {}
-            candidates = _score_candidates(rows, probes, given, fold, classes, kwargs, scored)
+            candidates = _score_candidates(rows, probes, given, fold, classes, kwargs, scored, held)
         finally:
             rows.close()
+            if held is not None:
+                held[0].close()
+    criterion = "select" if select is not None else "out_of_fold"
+    key = "select_accuracy" if select is not None else "heldout_accuracy"
     fitted = sorted((c for c in candidates if c["heldout_accuracy"] is not None),
-                    key=lambda c: -c["heldout_accuracy"])  # stable: ties keep layer, then probe order
+                    key=lambda c: -c[key])  # stable: ties keep layer, then probe order
     if not fitted:
         raise InputError(f"no probe could be fitted on any layer; first failure: {candidates[0].get('error')}")
     best = fitted[0]
@@ -241,8 +272,8 @@ def find_label_issues(
     rank = ranks(score)
     disagree = float(np.mean(suggested != given))
     flagged = score < threshold if threshold is not None else rank <= round(disagree * len(score))
-    logger.info("label issues: chose %s at %s (held-out accuracy %.4f), noise rate %.3f, %d flagged",
-                best["probe"], best["layer"], best["heldout_accuracy"], disagree, int(flagged.sum()))
+    logger.info("label issues: chose %s at %s (%s accuracy %.4f), noise rate %.3f, %d flagged",
+                best["probe"], best["layer"], criterion, best[key], disagree, int(flagged.sum()))
     metrics = None
     if true is not None:
         metrics = _score_methods(given != true, candidates, fitted, scored, given, classes, threshold,
@@ -252,8 +283,10 @@ def find_label_issues(
     return LabelIssues(
         index=index, given_label=given, suggested_label=suggested, score=score, rank=rank,
         flagged=np.asarray(flagged, dtype=bool), fold=fold, true_label=true, aum=aum, classes=classes,
-        layer=best["layer"], probe=best["probe"], heldout_accuracy=best["heldout_accuracy"],
-        runner_up={k: runner_up[k] for k in ("layer", "probe", "heldout_accuracy")} if runner_up else None,
+        layer=best["layer"], probe=best["probe"], heldout_accuracy=best["heldout_accuracy"], criterion=criterion,
+        select_accuracy=best["select_accuracy"],
+        runner_up={k: runner_up[k] for k in ("layer", "probe", "heldout_accuracy", "select_accuracy")}
+        if runner_up else None,
         candidates=candidates, noise_rate=disagree, corruption_rate=min(1.0, disagree * K / (K - 1)),
         threshold=threshold, folds=folds, seed=seed, metrics=metrics, class_scores=S,
         all_class_scores=scored if keep_scores else None)  # fmt: skip
@@ -269,7 +302,7 @@ def _score_methods(wrong: np.ndarray, candidates: list[dict[str, Any]], fitted: 
             s = margin_scores(scored[(c["layer"], c["probe"])], given, classes)[0]
             c["metrics"] = detection_metrics(wrong, s, _own_flags(s, threshold))
     metrics = {"chosen": detection_metrics(wrong, score, flagged)}
-    masc = next((c for c in fitted if c["probe"] == "masc"), None)  # MASC alone: its best held-out layer
+    masc = next((c for c in fitted if c["probe"] == "masc"), None)  # MASC alone: its best layer by the criterion
     if masc is not None:
         metrics["masc"] = {"layer": masc["layer"], **masc["metrics"]}
     if aum is not None:  # AUM has no noise estimate of its own: it flags as many as the chosen probe
@@ -280,14 +313,17 @@ def _score_methods(wrong: np.ndarray, candidates: list[dict[str, Any]], fitted: 
 # ---------------------------------------------------------------------------------------------- the pieces
 def _score_candidates(rows: Mapping[str, np.ndarray], probes: Sequence[str], given: np.ndarray, fold: np.ndarray,
                       classes: np.ndarray, kwargs: Mapping[str, Mapping[str, Any]],
-                      scored: dict[tuple[str, str], np.ndarray]) -> list[dict[str, Any]]:  # fmt: skip
-    """Every layer x probe's out-of-fold scores (into *scored*) and held-out accuracy against the given labels."""
+                      scored: dict[tuple[str, str], np.ndarray],
+                      held: tuple[Mapping[str, np.ndarray], np.ndarray] | None) -> list[dict[str, Any]]:  # fmt: skip
+    """Every layer x probe's out-of-fold scores (into *scored*), out-of-fold accuracy against the given labels and
+    accuracy on the select data *held* (rows, labels)."""
     candidates = []
     for layer, X in rows.items():
         for name in probes:
-            entry: dict[str, Any] = {"layer": layer, "probe": name, "heldout_accuracy": None}
+            entry: dict[str, Any] = {"layer": layer, "probe": name, "heldout_accuracy": None, "select_accuracy": None}
             try:
-                S = out_of_fold_scores(name, X, given, fold, classes, kwargs[name])
+                S, entry["select_accuracy"] = out_of_fold_scores(
+                    name, X, given, fold, classes, kwargs[name], None if held is None else (held[0][layer], held[1]))
             except (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError) as err:
                 # A probe that cannot fit here (QDA on a rank-deficient class, …) drops out of the choice.
                 entry["error"] = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -316,12 +352,15 @@ def _fold_split(fold: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def out_of_fold_scores(name: str, X: np.ndarray, given: np.ndarray, fold: np.ndarray, classes: np.ndarray,
-                       kwargs: Mapping[str, Any]) -> np.ndarray:  # fmt: skip
-    """(n, K) class scores, each row from the probe *name* fitted on the folds other than its own.
+                       kwargs: Mapping[str, Any],
+                       select: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, float | None]:  # fmt: skip
+    """(n, K) class scores, each row from the probe *name* fitted on the folds other than its own; and the mean
+    accuracy of the K fold probes on the *select* rows and labels (None without them).
 
     Statistic probes stream the training rows block by block (``partial_fit``), the others fit the matrix.
     """
     S = np.empty((len(given), len(classes)), dtype=np.float32)
+    correct = 0
     for k in range(int(fold.max()) + 1):
         train, held = _fold_split(fold, k)
         probe = make_probe(name, **kwargs)
@@ -341,12 +380,16 @@ def out_of_fold_scores(name: str, X: np.ndarray, given: np.ndarray, fold: np.nda
             for start in range(0, len(where), _BLOCK):
                 pick = where[start:start + _BLOCK]
                 S[pick] = class_scores(probe, name, np.asarray(X[pick]))
+            if select is not None:
+                for start in range(0, len(select[1]), _BLOCK):
+                    block = class_scores(probe, name, np.asarray(select[0][start:start + _BLOCK]))
+                    correct += int(np.sum(classes[block.argmax(axis=1)] == select[1][start:start + _BLOCK]))
         finally:
             if hasattr(probe, "close"):
                 probe.close()
     if not np.isfinite(S).all():
         raise ValueError("non-finite class scores")
-    return S
+    return S, None if select is None else correct / (len(select[1]) * (int(fold.max()) + 1))
 
 
 def class_scores(probe: Any, name: str, X: np.ndarray) -> np.ndarray:
