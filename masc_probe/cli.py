@@ -408,25 +408,37 @@ def _console(*, quiet: bool) -> Iterator[None]:
         handler.setFormatter(fmt)
         ours.addHandler(handler)
     saved = {name: logging.getLogger(name).level for name in ("masc_probe", *_CHATTY)}
-    propagate, tqdm_env = ours.propagate, os.environ.get("TQDM_DISABLE")
+    propagate = ours.propagate
     ours.setLevel(logging.WARNING if quiet else logging.INFO)
     ours.propagate = False
     for name in _CHATTY:
         logging.getLogger(name).setLevel(logging.ERROR)
-    if quiet:
-        os.environ["TQDM_DISABLE"] = "1"
     try:
-        yield
+        with _library_bars_off() if quiet else contextlib.nullcontext():
+            yield
     finally:
         for handler in (out, err):
             ours.removeHandler(handler)
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
         ours.propagate = propagate
-        if tqdm_env is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = tqdm_env
+
+
+@contextlib.contextmanager
+def _library_bars_off() -> Iterator[None]:
+    """--quiet: huggingface_hub's and datasets' progress bars off through their own switches, restored afterwards
+    (the process environment is left alone; our own bars are off through progress=False)."""
+    from datasets.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars as hub_bars_off
+
+    were_off = are_progress_bars_disabled()
+    disable_progress_bars()
+    try:
+        with hub_bars_off():
+            yield
+    finally:
+        if not were_off:
+            enable_progress_bars()
 
 
 def _run_guarded(ns: Any) -> int:
