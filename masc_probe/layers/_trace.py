@@ -17,8 +17,9 @@ import inspect
 import logging
 import math
 import sys
+import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
@@ -153,8 +154,49 @@ class _Names:
             self.taps[name] = tap
 
 
+# The trace of each model, reused while the model holds the same modules: one pipeline run builds several taps of a
+# model (checking the layer names, the fit pass, the evaluate pass, the output node) and traced it for each, five
+# times in all. Keyed weakly: the cache never keeps a model alive.
+_TRACES: weakref.WeakKeyDictionary[nn.Module, tuple[list[tuple[str, nn.Module]], bool, LayerIndex]] = (
+    weakref.WeakKeyDictionary())
+
+
 def trace(model: nn.Module) -> LayerIndex:
-    """Trace *model* once in eval mode and name its values; fall back to module names when FX cannot trace it."""
+    """Trace *model* once in eval mode and name its values; fall back to module names when FX cannot trace it.
+
+    A model is traced once and its trace reused while its module tree is the same (the same module objects under
+    the same names); each call gets its own copy of the graph (:func:`build_extractor` rewrites the one it is
+    given), built over the model as it is now, so that it reads the parameters and buffers the model holds now.
+    """
+    modules = [(name, m) for name, m in model.named_modules() if m is not model]  # the model itself: never held
+    timm_loaded = "timm" in sys.modules
+    cached = _TRACES.get(model)
+    if cached is not None and cached[1] == timm_loaded and len(cached[0]) == len(modules) and all(
+            a == c and b is d for (a, b), (c, d) in zip(cached[0], modules)):
+        return _copy_index(cached[2], model)
+    index = _trace(model)
+    _TRACES[model] = (modules, timm_loaded, index)
+    return _copy_index(index, model)
+
+
+def _copy_index(index: LayerIndex, model: nn.Module) -> LayerIndex:
+    """*index* with a fresh graph module over *model*; its taps, calls and output point into the new graph."""
+    if index.graph_module is None:
+        return index
+    graph, remap = fx.Graph(), {}
+    graph.output(graph.graph_copy(index.graph_module.graph, remap))
+    gm = fx.GraphModule(model, graph, type(model).__name__)
+
+    def node(n: fx.Node | None) -> fx.Node | None:
+        return None if n is None else remap[n]
+
+    return replace(index, graph_module=gm, output=node(index.output),
+                   taps={k: replace(t, node=node(t.node), after=node(t.after)) for k, t in index.taps.items()},
+                   calls={k: [_Call(node(c.input), node(c.output), node(c.last)) for c in v]
+                          for k, v in index.calls.items()})
+
+
+def _trace(model: nn.Module) -> LayerIndex:
     flags = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
