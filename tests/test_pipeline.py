@@ -94,6 +94,17 @@ def test_corruption_and_provenance_describe_the_data(run: Any, data: dict) -> No
     assert 0.65 < realized < 0.8  # p(K-1)/K = 0.72 for random mode
     prov = run.report.provenance
     assert {"masc_probe", "torch", "timm", "data_fingerprint", "solver"} <= set(prov)
+    # One meaning (docs/architecture.md): the digest of the training labels the probes were fitted on, as any
+    # ProbeRunner reports it; the dataset's own digest (source, split, corruption, preprocessing) is data.*.fingerprint.
+    from torch.utils.data import DataLoader
+
+    from masc_probe.data import load_data
+    from masc_probe.runner import ProbeRunner
+
+    direct = ProbeRunner(load_model(run.output_dir), layers=["input"], probes=("ncm",), train_accuracy=False,
+                         progress=False).fit(DataLoader(load_data("digits", corrupt=0.8, seed=0), batch_size=512))
+    assert prov["data_fingerprint"] == direct.data_fingerprint_
+    assert run.report.extra["data"]["train"]["fingerprint"] not in (None, prov["data_fingerprint"])
     assert run.report.model == "mlp" and run.report.dataset == "digits"
     saved = json.loads((run.output_dir / "config.json").read_text())["masc_probe"]
     assert saved["dataset"] == "digits"

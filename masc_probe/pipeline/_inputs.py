@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -111,12 +110,6 @@ class RunData:
         from masc_probe.data.corruption import report_corruption
 
         return report_corruption(self.info["corruption"])
-
-    @property
-    def fingerprint(self) -> str:
-        """One digest of both splits as loaded (source, split, corruption, preprocessing)."""
-        both = f"{self.info['fingerprint']}:{self.test_info['fingerprint']}"
-        return hashlib.sha256(both.encode()).hexdigest()[:16]
 
     @property
     def record(self) -> dict[str, Any]:

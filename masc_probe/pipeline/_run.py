@@ -272,14 +272,12 @@ class _ProbePlan:
         options = dict(self.options)
         if not data.corrupted and options["labels"] == "both":
             options["labels"] = "true"  # clean data: the "corrupted" set would repeat the true one
-        runner = ProbeRunner(net, device=self.device, seed=data.seed, **options)
         train = DataLoader(data.train, batch_size=self.batch_size, shuffle=False)
         test = DataLoader(data.test, batch_size=self.batch_size, shuffle=False)
-        runner.fit(train, num_classes=data.num_classes)
-        report = runner.evaluate(test, epoch=epoch, model_name=model_name, dataset=dataset,
-                                 corruption=data.corruption, extra={**(extra or {}), "data": data.record})
-        report.provenance["data_fingerprint"] = data.fingerprint
-        return report
+        with ProbeRunner(net, device=self.device, seed=data.seed, **options) as runner:  # spilled probes go with it
+            runner.fit(train, num_classes=data.num_classes)
+            return runner.evaluate(test, epoch=epoch, model_name=model_name, dataset=dataset,
+                                   corruption=data.corruption, extra={**(extra or {}), "data": data.record})
 
 
 def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,
