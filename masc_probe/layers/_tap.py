@@ -289,7 +289,7 @@ class FeatureTap:
         try:
             with torch.no_grad():
                 first = x.detach().clone() if any(t.is_input for t in self._taps.values()) else None
-                if train and len(x):  # one sample at a time: train-mode BatchNorm then sees that sample's statistics only
+                if train and len(x):  # one sample at a time: train-mode BatchNorm sees that sample's statistics
                     graph_out, hooked = _stack([self._forward(x[i:i + 1]) for i in range(len(x))])
                 else:
                     graph_out, hooked = self._forward(x)

@@ -227,8 +227,9 @@ class _TrainPlan:
         if config.batch_size > data.n_train:
             raise InputError(f"expected a batch size of at most the {data.n_train} training samples, got "
                              f"{config.batch_size}")
-        summary = {"preset": chosen, "protocol": config.protocol, "optimizer": config.optimizer, "lr": config.lr, "batch_size": config.batch_size,
-                   "target_accuracy": config.target_accuracy, "max_epochs": config.max_epochs}
+        summary = {"preset": chosen, "protocol": config.protocol, "optimizer": config.optimizer, "lr": config.lr,
+                   "batch_size": config.batch_size, "target_accuracy": config.target_accuracy,
+                   "max_epochs": config.max_epochs}
         return cls(data=data, net=net, config=summary, train_config=config, run_dir=run_dir)
 
     def train(self) -> Any:
