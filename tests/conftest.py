@@ -1,6 +1,11 @@
-"""Shared test set-up: no network, an isolated Hugging Face cache, quiet progress bars.
+"""Shared test set-up: no network, an isolated Hugging Face cache, quiet progress bars, and where the real data is.
 
 The environment is set before anything imports huggingface_hub or datasets, which read it at import time.
+
+The real datasets (MNIST's idx files, ...) live outside the repository, in one folder named by ONE setting:
+``MASC_PROBE_SHARED_DATA`` (default: ``shared/data`` beside the checkout, i.e. ``../shared/data``). Outside CI a test
+that needs a missing dataset is skipped, and the skip names the folder and the setting; under CI (``CI=true``, which
+``.ci/run`` sets) a missing folder fails the test, so CI never skips them silently.
 """
 
 from __future__ import annotations
@@ -20,13 +25,28 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SHARED_MNIST = SHARED / "data" / "mnist"
+SHARED_DATA_SETTING = "MASC_PROBE_SHARED_DATA"
+SHARED_DATA = Path(os.environ.get(SHARED_DATA_SETTING) or Path(__file__).resolve().parents[2] / "shared" / "data")
+SHARED_MNIST = SHARED_DATA / "mnist"  # tests that shell out (test_reproduce_paper) pass the folder on
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def shared_dataset(name: str, marker: str) -> Path:
+    """``SHARED_DATA / name``, checked to hold *marker*; skipped outside CI, failed under CI, when it does not."""
+    folder = SHARED_DATA / name
+    if not (folder / marker).is_file():
+        reason = (f"real data {folder / marker} is absent: set {SHARED_DATA_SETTING} to the folder that holds "
+                  f"{name}/ (now {SHARED_DATA})")
+        if _in_ci():
+            pytest.fail(f"{reason}; CI=true, so a missing dataset is an error, not a skip", pytrace=False)
+        pytest.skip(reason)
+    return folder
 
 
 @pytest.fixture
 def shared_mnist() -> Path:
-    """The full MNIST idx folder beside the checkout; the test is skipped when it is absent."""
-    if not (SHARED_MNIST / "train-images.idx3-ubyte.gz").exists():
-        pytest.skip(f"{SHARED_MNIST} is absent")
-    return SHARED_MNIST
+    """The full MNIST idx folder (``$MASC_PROBE_SHARED_DATA/mnist``)."""
+    return shared_dataset("mnist", "train-images.idx3-ubyte.gz")

@@ -162,7 +162,7 @@ def test_small_cnn_with_reducers() -> None:
 
 
 def test_timm_resnet18_32px() -> None:
-    timm = pytest.importorskip("timm")
+    import timm  # a hard dependency: a broken install must fail here, not skip
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False, num_classes=N_CLASSES)
     x, yc, y = data(24, shape=(3, 32, 32))
