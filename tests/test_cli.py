@@ -185,6 +185,8 @@ def _one_line_error(code: int, out: str, err: str) -> str:
     (["--push-to-hub", "not a repo"], "expected a Hub repo id"),
     (["probe", "mlp"], "expected a dataset"),
     (["layers"], "the following arguments are required: --model"),
+    (["--protocol", "author"], "invalid choice: 'author'"),
+    (["train", "--keep-checkpoints", "sparse"], "invalid choice: 'sparse'"),
 ])
 def test_bad_flags_and_values_give_one_line_and_exit_2(capsys: pytest.CaptureFixture[str], tmp_path: Path,
                                                        argv: list[str], needle: str) -> None:

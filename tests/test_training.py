@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from _training_helpers import RATE, memorized_run, tuple_data
 from masc_probe.errors import InputError, UnknownNameError
 from masc_probe.models import load_model
-from masc_probe.training import TrainConfig, preset_config, train
+from masc_probe.training import TrainConfig, paper_normalization, preset_config, train
 
 HERE = Path(__file__).resolve().parent
 
@@ -184,6 +184,11 @@ def test_presets() -> None:
     assert (preset_config("cnn", "cifar10").batch_size, preset_config("cnn", "mnist").batch_size) == (32, 128)
     assert preset_config("cnn", "fashion_mnist").target_accuracy == 0.991
     assert preset_config("alexnet", "cifar100").lr == 1e-4
+    # AlexNet on Tiny ImageNet: the authors' batch of 500 and unnormalized pixels (ToTensor only).
+    assert (preset_config("alexnet", "zh-plus/tiny-imagenet").batch_size, preset_config("alexnet").batch_size) == \
+        (500, 128)
+    assert paper_normalization("alexnet", "../shared/data/tiny-imagenet/") == ((0.0,), (1.0,))
+    assert paper_normalization("alexnet", "cifar100") is None and paper_normalization("mlp", "tiny-imagenet") is None
     assert preset_config("resnet18-cifar", "cifar10").target_accuracy == 1.0
     fast = preset_config("timm/resnet18", "digits")
     assert (fast.optimizer, fast.lr, fast.batch_size, fast.target_accuracy) == ("adam", 3e-4, 128, 1.0)

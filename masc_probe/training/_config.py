@@ -233,9 +233,12 @@ def preset_config(model: str, dataset: str | None = None, *, preset: str = "pape
 
 def paper_normalization(model: str, dataset: str | None) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """``(mean, std)`` the authors normalized *model*'s inputs on *dataset* with, where it is not the usual
-    (0.5, 0.5): ``((0.0,), (1.0,))`` — pixels in [0, 1] — for AlexNet on Tiny ImageNet; else None.
+    (0.5, 0.5): ``((0.0,), (1.0,))`` — pixels in [0, 1] — for AlexNet on Tiny ImageNet; else None. A local folder
+    is known by its name (``…/tiny-imagenet``).
 
     >>> paper_normalization("alexnet", "zh-plus/tiny-imagenet")
     ((0.0,), (1.0,))
     """
-    return PAPER_NORMALIZATION.get((model, _DATASET_FAMILY.get((dataset or "").lower(), "")))
+    text = (dataset or "").rstrip("/\\").lower()
+    family = _DATASET_FAMILY.get(text) or _DATASET_FAMILY.get(text.replace("\\", "/").rsplit("/", 1)[-1], "")
+    return PAPER_NORMALIZATION.get((model, family))
