@@ -27,21 +27,17 @@ predictions agree), and even at an equal count the directions of eigenvalues nea
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import shared_dataset
 from masc_probe import load_model
 from masc_probe.layers import FeatureTap
 from masc_probe.probes import MinimumAngleSubspaceClassifier
 
 PER_CLASS, N_TEST = 100, 500
-# The real datasets beside the checkout (issue 13: one setting, skipped with a reason when the folder is absent).
-SHARED_DATA = Path(os.environ.get("MASC_PROBE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
-CIFAR10 = SHARED_DATA / "cifar10"
 LAYERS = {"resnet18-cifar": ["layer1.0"], "alexnet": ["features.1", "features.4", "flatten", "fc1"]}
 WIDTHS = {"layer1.0": 16384, "features.1": 16384, "features.4": 9408, "flatten": 256, "fc1": 4096}
 COSINE_ERROR = 2e-4  # float32 cosines of d = 16,384 rows may differ from float64 by this much (measured: 7e-5)
@@ -65,9 +61,7 @@ def features() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """
     import pyarrow.parquet as pq
 
-    if not (CIFAR10 / "train.parquet").is_file():
-        pytest.skip(f"the real CIFAR-10 is not at {CIFAR10} (set MASC_PROBE_SHARED_DATA to the shared data folder)")
-    table = pq.read_table(CIFAR10 / "train.parquet")
+    table = pq.read_table(shared_dataset("cifar10", "train.parquet") / "train.parquet")
     y = table.column("label").to_numpy()
     train = np.sort(np.concatenate([np.flatnonzero(y == c)[:PER_CLASS] for c in range(10)]))
     test = np.setdiff1d(np.arange(len(y)), train)[:N_TEST]
