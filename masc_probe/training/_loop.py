@@ -311,7 +311,7 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[
         optimizer.zero_grad(set_to_none=True)
         (backward or torch.Tensor.backward)(losses.mean())
         optimizer.step()
-        hits = logits.detach().argmax(dim=1) == y
+        hits = (logits.detach().argmax(dim=1) == y).long()  # an integer tensor: every backend gathers those
         # gather_for_metrics drops the samples Accelerate repeats to even out the last batch across processes.
         seen, hits = gather((losses.detach(), hits)) if gather is not None else (losses.detach(), hits)
         total += seen.double().sum()
