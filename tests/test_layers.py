@@ -131,7 +131,7 @@ def test_cnn_refuses_reused_module_and_non_tensor_nodes(cnn: SmallCNN) -> None:
 
 @pytest.fixture(scope="module")
 def timm_resnet() -> nn.Module:
-    timm = pytest.importorskip("timm")
+    import timm
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False, num_classes=10)
     # timm's zero_init_last makes every block's last BN output zero, which would hide an add/ReLU mix-up.
@@ -221,7 +221,7 @@ def test_tap_runs_in_eval_mode_and_restores_training_flags(timm_resnet: nn.Modul
 
 
 def test_torchvision_reused_relu_is_refused_with_its_calls() -> None:
-    torchvision = pytest.importorskip("torchvision")
+    import torchvision
     from torchvision.models.feature_extraction import get_graph_node_names
 
     torch.manual_seed(0)
@@ -392,7 +392,7 @@ def test_module_name_reads_what_the_module_returns() -> None:
 
 
 def test_modules_inside_timm_leaf_modules_are_hooked_beside_fx_nodes() -> None:
-    timm = pytest.importorskip("timm")
+    import timm
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3), timm.layers.BatchNormAct2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 2))
     _randomize_batchnorms(model)

@@ -22,7 +22,8 @@ _BASELINES = {"ncm": "nearest class mean (cosine)", "linear": "a linear probe (l
               "velpic": "VeLPIC (top eigenvector per class)", "knn": "k-nearest neighbours (cosine, k=5)",
               "lda": "LDA", "qda": "QDA"}
 # Bookkeeping that does not change the weights: left out of the card's training table (config.json keeps it).
-_NOT_TRAINING = {"checkpoint_dense_until", "checkpoint_every", "eval_batch_size", "num_classes", "progress"}
+_NOT_TRAINING = {"checkpoint_dense_until", "checkpoint_every", "eval_batch_size", "keep_checkpoints", "num_classes",
+                 "progress"}
 _MODES = {
     "random": "each training label, with probability p, was replaced by a uniformly random class (which may be the "
               "true one, so the realized flip rate is about p(K−1)/K)",
