@@ -229,6 +229,13 @@ def test_plateau_schedule_follows_the_loss_history() -> None:
     # Less than 1% below the best is no improvement.
     assert config.lr_at(rows([1.0, 0.995, 0.992, 0.991])) == 5e-4
     assert TrainConfig(lr=1e-3).lr_at(rows([1.0] * 50)) == 1e-3  # constant
+    # No plateau counts before memorizing starts (train accuracy below lr_decay_after), however flat the loss.
+    stall = [{"loss": 2.2 - 0.001 * i, "train_accuracy_corrupted": 0.26} for i in range(60)]
+    assert config.lr_at(stall) == 1e-3
+    late = stall + [{"loss": 0.1, "train_accuracy_corrupted": 0.95}] * 4
+    assert config.lr_at(late) == 5e-4  # 0.1 is a new best, then 3 flat epochs at 0.95
+    with pytest.raises(InputError, match="lr_decay_after"):
+        TrainConfig(lr_decay_after=1.5)
     with pytest.raises(InputError, match="lr_floor"):
         TrainConfig(lr_floor=0)
     with pytest.raises(UnknownNameError, match="lr_schedule"):
