@@ -13,7 +13,8 @@
 #
 #   bash benchmarks/gpu_check.sh [--dry-run] [OUT_DIR]      # OUT_DIR: default $OUT when set, else runs/gpu_check
 # Environment: PYTHON (default .venv/bin/python, else python3), DATA_ROOT (default ../shared/data beside the
-# checkout, else ./shared/data), DEADLINE_S (overall seconds; default 450, dry run 110).
+# checkout, else ./shared/data), DEADLINE_S (overall seconds; default 450, dry run 115), STEP_BUDGET_S (one time
+# limit for every step).
 # To publish step 1's cell: python benchmarks/reproduce_paper.py --import-table OUT_DIR/paper_table.json --markdown
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,9 @@ fi
 RP=("$PY" benchmarks/reproduce_paper.py --row mlp-mnist --rates 0.8 --seeds 0 --preset fast --device "$DEVICE"
     --threads "$THREADS" --data-root "$DATA_ROOT" --work-dir "$OUT_DIR/runs" --table "$OUT_DIR/paper_table.json"
     --quiet "${SIZE[@]}")
+if [ -n "${STEP_BUDGET_S:-}" ]; then  # one budget for every step (the tests' dry run: correctness, not speed)
+  B_TRAIN=$STEP_BUDGET_S B_PROBE=$STEP_BUDGET_S B_MASC=$STEP_BUDGET_S B_RESNET=$STEP_BUDGET_S
+fi
 START=$(date +%s)
 STEPS=()
 LAST_RC=0

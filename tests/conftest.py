@@ -50,3 +50,15 @@ def shared_dataset(name: str, marker: str) -> Path:
 def shared_mnist() -> Path:
     """The full MNIST idx folder (``$MASC_PROBE_SHARED_DATA/mnist``)."""
     return shared_dataset("mnist", "train-images.idx3-ubyte.gz")
+
+
+@pytest.fixture
+def keep_logger_levels():
+    """Restore the levels of the loggers the benchmark script quiets (as a script may) after a test that ran it."""
+    import logging
+
+    names = ("", "accelerate", "masc_probe", "reproduce_paper")
+    saved = {n: logging.getLogger(n).level for n in names}
+    yield
+    for n, level in saved.items():
+        logging.getLogger(n).setLevel(level)

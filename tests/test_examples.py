@@ -36,14 +36,7 @@ def _script(relative: str) -> ModuleType:
     return module
 
 
-@pytest.fixture(autouse=True)
-def _keep_logger_levels() -> Iterator[None]:
-    """The benchmark script quiets some loggers, as a script may; other tests must not inherit that."""
-    names = ("", "accelerate", "masc_probe", "reproduce_paper")
-    saved = {n: logging.getLogger(n).level for n in names}
-    yield
-    for n, level in saved.items():
-        logging.getLogger(n).setLevel(level)
+pytestmark = pytest.mark.usefixtures("keep_logger_levels")
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:

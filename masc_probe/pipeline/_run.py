@@ -11,6 +11,7 @@ file is written, so a failed call leaves no half-made run folder behind. Report 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -104,13 +105,15 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
         InputError: A bad value. UnknownNameError: an unknown model, dataset, mode or preset.
         DataUnavailableError: The data cannot be read here (e.g. a Hub dataset offline).
     """
-    run = RunConfig(model=model, preset=preset, max_epochs=max_epochs, batch_size=batch_size,
-                    mixed_precision=mixed_precision, device=device, output_dir=output_dir, progress=progress,
-                    protocol=protocol, keep_checkpoints=keep_checkpoints)
-    data = DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
-                      image_column=image_column, label_column=label_column, revision=revision)
-    plan = _TrainPlan.make(run, data)
+    plan = _TrainPlan.make(*_train_configs(locals()))
     return RunResult(output_dir=plan.run_dir, training=plan.train())
+
+
+def _train_configs(args: dict[str, Any]) -> tuple[RunConfig, DataConfig]:
+    """The run and data settings of :func:`train_model` / :func:`run_experiment`, from their keyword arguments."""
+    run = RunConfig(**{f.name: args[f.name] for f in dataclasses.fields(RunConfig)})
+    data = DataConfig(**{f.name: args[f.name] for f in dataclasses.fields(DataConfig)})
+    return run, data
 
 
 def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: float = 0.8,
@@ -151,12 +154,7 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
     """
     if push_to_hub is not None:
         check_repo_id(push_to_hub)
-    run = RunConfig(model=model, preset=preset, max_epochs=max_epochs, batch_size=batch_size,
-                    mixed_precision=mixed_precision, device=device, output_dir=output_dir, progress=progress,
-                    protocol=protocol, keep_checkpoints=keep_checkpoints)
-    data = DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
-                      image_column=image_column, label_column=label_column, revision=revision)
-    plan = _TrainPlan.make(run, data)
+    plan = _TrainPlan.make(*_train_configs(locals()))
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
                         max_memory=max_memory, protocol=protocol)
     probing = _ProbePlan.make(plan.net, probe, device=device, progress=progress, data=plan.data)
