@@ -350,11 +350,9 @@ def train_config(args: argparse.Namespace, job: Job, num_classes: int, preproces
 
 
 def initial_model(model: str, seed: int, num_classes: int, input_size: list[int]) -> Any:
-    """The network a run starts from: seeded exactly as train() seeds before building a model from its spec.
-
-    train() builds a spec's model after its first look at the data, and a DataLoader's first iteration draws from
-    the global RNG: the init would then depend on the loader. Training is handed this module instead, so that the
-    init is the same on both loader paths and the random-init control is exactly the run's epoch-0 network.
+    """The network a run starts from: set_seed(seed) then load_model, as train() does right before it builds a
+    model from its spec. It is the random-init control (exactly the run's epoch-0 network) and what training is
+    handed, so both loader paths start from the same weights.
     """
     from accelerate.utils import set_seed
 
