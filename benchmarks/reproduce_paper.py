@@ -117,12 +117,17 @@ AUTHORS_DIFFERENCES = """\
 
 PROBE_NAMES = ("masc", "ncm", "lda", "qda", "knn", "linear")
 LABEL_SETS = ("corrupted", "true")
-# The protocols a cell can be run under: the preset it defaults to, TrainConfig overrides and ProbeRunner arguments.
-# "clean" is the package's default (eval-mode extraction, shuffled epochs, eval-pass stop rule). The authors'
-# protocol (issue 14, item 1) lands in the package later; then add, e.g.,
-#   "authors": {"preset": "paper", "train": {"protocol": "authors"}, "runner": {"protocol": "authors"}},
-# and its run folders get a "-authors" suffix (run_dir), its cells their own key.
-PROTOCOLS: dict[str, dict[str, Any]] = {"clean": {"preset": "fast", "train": {}, "runner": {}}}
+# The protocols a cell can be run under: the preset it defaults to, TrainConfig overrides, ProbeRunner arguments and
+# the corruption seed (None: the run's seed). "clean" is the package's default (eval-mode extraction, shuffled epochs,
+# eval-pass stop rule). "authors" is the MASC authors' code: their optimizer (the paper preset), the data's own order
+# every epoch, the stop rule on the running train-mode accuracy, layers read in train mode one sample at a time, and
+# one corruption seed (42) for every run, so that seeds change only the initialization. Its run folders get a
+# "-authors" suffix (run_dir), its cells their own key.
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "clean": {"preset": "fast", "train": {}, "runner": {}, "corruption_seed": None},
+    "authors": {"preset": "paper", "train": {"protocol": "authors"}, "runner": {"protocol": "authors"},
+                "corruption_seed": 42},
+}
 # Named sets of runs: groups of rows × rates × {subset (None = all): seeds}.
 SETS: dict[str, list[dict[str, Any]]] = {
     # The data-size law, exactly the first lane of benchmarks/paper_queue.sh (3 seeds where a run takes minutes).
@@ -329,6 +334,12 @@ def run_dir(args: argparse.Namespace, job: Job) -> Path:
         f"{protocol}"
 
 
+def corruption_seed(args: argparse.Namespace, job: Job) -> int:
+    """The seed of the run's label corruption: the protocol's fixed one (authors: 42), else the run's seed."""
+    fixed = PROTOCOLS[args.protocol]["corruption_seed"]
+    return job.seed if fixed is None else int(fixed)
+
+
 def train_config(args: argparse.Namespace, job: Job, num_classes: int, preprocessing: Any, *,
                  max_epochs: int | None = None) -> Any:  # fmt: skip
     """The run's TrainConfig: the preset with the queue's overrides (changing any non-resumable one would make
@@ -338,7 +349,7 @@ def train_config(args: argparse.Namespace, job: Job, num_classes: int, preproces
     overrides: dict[str, Any] = {
         "seed": job.seed, "num_classes": num_classes, "output_dir": str(run_dir(args, job)),
         "progress": not args.quiet, "cpu": args.device == "cpu",
-        "corruption": {"mode": "random", "rate": job.rate, "seed": job.seed} if job.rate else None,
+        "corruption": {"mode": "random", "rate": job.rate, "seed": corruption_seed(args, job)} if job.rate else None,
         "preprocessing": preprocessing,
         # only the final checkpoint: the table reads no training dynamics
         "checkpoint_dense_until": -1, "checkpoint_every": 0, **PROTOCOLS[args.protocol]["train"]}
@@ -451,7 +462,7 @@ def run_one(args: argparse.Namespace, job: Job, test_batches: Any, n_test: int,
         log.warning("%s: training has not finished (still queued or running); not probed", path)
         return None
     train_data = load_split(job.dataset, split="train", n=job.subset, subset_seed=args.subset_seed, rate=job.rate,
-                            seed=job.seed)
+                            seed=corruption_seed(args, job))
     info = describe_data(train_data)
     labels = train_data.with_format("numpy")
     y, y_true = labels["label"][:], labels["true_label"][:]
@@ -488,7 +499,7 @@ def run_one(args: argparse.Namespace, job: Job, test_batches: Any, n_test: int,
                "n_components": args.n_components, "n_test": n_test,
                "epochs": trained.epochs, "protocol": args.protocol,
                **({"test_subset_seed": args.subset_seed} if args.test_subset else {})}  # fmt: skip
-    corruption = {"mode": "random", "rate": job.rate, "seed": job.seed, "realized_rate": result["realized_rate"]}
+    corruption = {"mode": "random", "rate": job.rate, "seed": corruption_seed(args, job), "realized_rate": result["realized_rate"]}
     net = load_model(path)  # exactly the saved, final checkpoint
     layers = probe_layers(net)
     report = cached_report(path / "report.json", {**probing, "layers": layers})
@@ -548,7 +559,7 @@ def masc_check(args: argparse.Namespace, job: Job, test_data: Any) -> dict[str, 
         log.warning("%s: training has not finished; no MASC check", path)
         return None
     train_data = load_split(job.dataset, split="train", n=job.subset, subset_seed=args.subset_seed, rate=job.rate,
-                            seed=job.seed)
+                            seed=corruption_seed(args, job))
     net = load_model(path)
     layers = [layer for layer in probe_layers(net) if layer != "input"]
     runner = ProbeRunner(net, layers=layers, probes=("masc",), device=args.device, progress=False)
@@ -602,7 +613,7 @@ def compare_loaders(args: argparse.Namespace, job: Job) -> dict[str, Any]:
     from masc_probe.training import train
 
     train_data = load_split(job.dataset, split="train", n=job.subset, subset_seed=args.subset_seed, rate=job.rate,
-                            seed=job.seed)
+                            seed=corruption_seed(args, job))
     info = describe_data(train_data)
     input_size = [int(s) for s in train_data[0]["image"].shape]
     epochs = args.max_epochs or 2

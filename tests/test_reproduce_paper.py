@@ -322,3 +322,20 @@ def test_markdown_mode_rebuilds_the_section_and_draws_the_sweep(tmp_path: Path) 
     assert [c["n_train"] for c in rp.data_size_cells(table)] == [1500, 60000]
     one = {"cells": {k: v for k, v in table["cells"].items() if "n1500" in k}}
     assert rp.plot_data_size(one, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_authors_protocol_runs_apart_with_its_own_settings(shared_mnist: Path) -> None:
+    # The authors' protocol: the paper preset, their training order and stop rule, train-mode extraction, one
+    # corruption seed (42) whatever the run's seed; its folders never collide with the clean protocol's.
+    args = rp.parse_args(["--dataset", str(shared_mnist), "--rates", "0.8", "--subset", "1500", "--seeds", "0", "1",
+                          "--protocol", "authors"])
+    assert args.preset == "paper"
+    jobs = rp.plan(args)
+    assert [rp.run_dir(args, job).name for job in jobs] == [f"mlp-mnist-paper-n1500-p0.8-s{s}-authors" for s in (0, 1)]
+    for job in jobs:
+        config = rp.train_config(args, job, 10, None)
+        assert (config.protocol, config.seed, config.optimizer) == ("authors", job.seed, "sgd")
+        assert rp.corruption_seed(args, job) == 42 and config.corruption["seed"] == 42
+    clean = rp.parse_args(["--dataset", str(shared_mnist), "--rates", "0.8", "--seeds", "1"])
+    (job,) = rp.plan(clean)
+    assert rp.corruption_seed(clean, job) == 1 and rp.run_dir(clean, job).name == "mlp-mnist-fast-nall-p0.8-s1"
