@@ -30,7 +30,11 @@ row/p/n/protocol/preset; a cell keeps one entry per seed and their mean ± std. 
 invocation's runs (default ``<work-dir>/results.json``).
 
 Reruns resume: each (row, p, n, seed) trains in its own run folder under ``--work-dir``, named
-``{model}-{data folder}-{preset}[-b{batch}]-{n<N>|nall}-p{p}-s{seed}``, continuing from the last finished epoch.
+``{model}-{data folder}-{preset}[-b{batch}]-{n<N>|nall}-p{p}-s{seed}[-authors]``, continuing from the last finished
+epoch. ``--protocol authors`` runs a cell the way the authors' code does (see PROTOCOLS and the differences below):
+the paper preset, a fixed order, the running-accuracy stop rule, train-mode extraction and corruption seed 42::
+
+    python benchmarks/reproduce_paper.py --row mlp-mnist --rates 0.8 --subset 1500 --seeds 0 --protocol authors
 """
 
 from __future__ import annotations
@@ -98,7 +102,7 @@ PAPER_MASC_HAS_INPUT = {row: not row.startswith("resnet") for row in ROWS}
 AUTHORS_DIFFERENCES = """\
 1. **Activation extraction mode.** The authors never switch to eval mode before extracting activations: every
    ResNet-18 MASC number of theirs comes from BatchNorm in train mode with batch size 1 (each image normalized by its
-   own statistics). We use eval mode. Irrelevant for the MLP and the CNN.
+   own statistics). We use eval mode (``--protocol authors`` switches to theirs). Irrelevant for the MLP and the CNN.
 2. **AlexNet.** Their CIFAR-100 AlexNet (3×3 stride-2 convs, max-pools 3/2, maps 16 → 7 → 3 → 1) and their
    Tiny-ImageNet AlexNet (11×11 stride 4 padding 2, batch 500, no normalization) match neither of ours before the
    package's fix (issue 14, item 1). No AlexNet row is in this table.
@@ -499,7 +503,8 @@ def run_one(args: argparse.Namespace, job: Job, test_batches: Any, n_test: int,
                "n_components": args.n_components, "n_test": n_test,
                "epochs": trained.epochs, "protocol": args.protocol,
                **({"test_subset_seed": args.subset_seed} if args.test_subset else {})}  # fmt: skip
-    corruption = {"mode": "random", "rate": job.rate, "seed": corruption_seed(args, job), "realized_rate": result["realized_rate"]}
+    corruption = {"mode": "random", "rate": job.rate, "seed": corruption_seed(args, job),
+                  "realized_rate": result["realized_rate"]}
     net = load_model(path)  # exactly the saved, final checkpoint
     layers = probe_layers(net)
     report = cached_report(path / "report.json", {**probing, "layers": layers})
