@@ -46,6 +46,14 @@ class Eigen:
         """Top-k eigenvectors as columns, (m, k) float32, in descending eigenvalue order."""
         raise NotImplementedError
 
+    def complement(self, k: int) -> torch.Tensor:  # pragma: no cover - abstract
+        """The other m - k eigenvectors (null space included) as columns, (m, m - k) float32, in no set order.
+
+        With the top k they form an orthonormal basis of the whole space, so ‖x‖² = ‖Vₖᵀx‖² + ‖complement(k)ᵀx‖²:
+        a projection onto the top k can be scored from the complement when that is the smaller matrix.
+        """
+        raise NotImplementedError
+
 
 class _DenseEigen(Eigen):
     """``torch.linalg.eigh``: every eigenpair at once (CUDA, and CPU matrices too small to bother)."""
@@ -53,10 +61,13 @@ class _DenseEigen(Eigen):
     def __init__(self, matrix: torch.Tensor) -> None:
         w, v = torch.linalg.eigh(matrix)
         super().__init__(w.double().cpu().numpy())
-        self._v = v.flip(1)[:, : self.rank].contiguous()
+        self._v = v.flip(1).contiguous()  # every column: the complement of the top k needs the null space too
 
     def vectors(self, k: int) -> torch.Tensor:
-        return self._v[:, :k]
+        return self._v[:, : min(k, self.rank)]
+
+    def complement(self, k: int) -> torch.Tensor:
+        return self._v[:, min(k, self.rank):]
 
 
 class _TridiagonalEigen(Eigen):
@@ -102,6 +113,15 @@ class _TridiagonalEigen(Eigen):
                 y[1:] = torch.ormqr(self._reflectors, self._tau, y[1:])
             self._v = torch.cat([self._v, y], dim=1)
         return self._v[:, :k]
+
+    def complement(self, k: int) -> torch.Tensor:
+        k = min(k, self.rank)
+        # Ascending order: columns 0 .. m-1-k are the eigenvalues below the top k (the null space included).
+        y = torch.from_numpy(np.ascontiguousarray(self._tridiagonal_vectors[:, : self._m - k]))
+        if y.shape[1]:
+            with limited_threads(probe_threads()):
+                y[1:] = torch.ormqr(self._reflectors, self._tau, y[1:])
+        return y
 
 
 # A 1x1 matrix has no tridiagonal form to speak of (sytrd has no reflector to store); the dense route serves it.

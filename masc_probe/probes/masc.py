@@ -21,8 +21,9 @@ class _Subspace:
     """One class's eigendecomposition and the orthonormal basis rows built from it, prefix by prefix."""
 
     def __init__(self, eigen: Eigen | None, trace: float, rows: torch.Tensor | None, d: int, device: torch.device):
-        self.eigen, self.trace, self._rows = eigen, trace, rows
+        self.eigen, self.trace, self._rows, self.d = eigen, trace, rows, d
         self._basis = torch.zeros(d, 0, dtype=torch.float32, device=device)  # columns = basis vectors
+        self._complement: tuple[int, torch.Tensor] | None = None
 
     def k_for(self, n_components: float | int) -> int:
         """k_c: #{i : r_i <= t} + 1 for a fraction t (r_i cumulative eigenvalue ratios), or the count; <= rank."""
@@ -45,31 +46,56 @@ class _Subspace:
             self._basis = torch.cat([self._basis, vectors], dim=1) if have else vectors
         return self._basis[:, :k]
 
+    def scores_from_complement(self, k: int) -> bool:
+        """Whether ‖B_c x‖² is cheaper as ‖x‖² − ‖B_c^⊥ x‖²: the scatter form (its eigenvectors span all d
+        dimensions, the null space included) with more than half of them in the basis."""
+        return self._rows is None and self.eigen is not None and 2 * k > self.d
+
+    def complement(self, k: int) -> torch.Tensor:
+        """The d - k basis vectors of the orthogonal complement of the top-k basis, (d, d - k) float32."""
+        if self._complement is None or self._complement[0] != k:
+            assert self.eigen is not None  # scores_from_complement(k) holds
+            self._complement = (k, self.eigen.complement(k).to(self._basis.device))
+        return self._complement[1]
+
+
+def _segments(counts: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The class index of each column of a stack whose class c has counts[c] columns."""
+    return torch.repeat_interleave(torch.arange(len(counts), device=device),
+                                   torch.from_numpy(np.asarray(counts, dtype=np.int64)).to(device))
+
 
 class _Solution:
-    """Every class's subspace, and the stacked basis matrix for the fitted ``n_components``."""
+    """Every class's subspace, and the stacked scoring matrix for the fitted ``n_components``."""
 
     def __init__(self, subspaces: list[_Subspace], n_components: float | int, solvers: list[str]) -> None:
         self.subspaces, self.solvers = subspaces, solvers
         self.ks = np.array([s.k_for(n_components) for s in subspaces], dtype=np.int64)
         self.stacked = self.stack(self.ks)
 
-    def stack(self, ks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """All class bases side by side (d, Σk) and the class index of each column (Σk,)."""
-        bases = [s.basis(int(k)) for s, k in zip(self.subspaces, ks, strict=True)]
-        W = torch.cat(bases, dim=1)
-        segment = torch.repeat_interleave(torch.arange(len(ks), device=W.device), torch.from_numpy(ks).to(W.device))
-        return W, segment
+    def stack(self, ks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """What scoring reads: every class's columns side by side (d, Σ columns), the class of each column, and
+        which classes are scored from the complement (C,) bool. A class's columns are its top-k_c basis, or the
+        d - k_c vectors of its complement when those are fewer (see ``_Subspace.scores_from_complement``)."""
+        flip = [s.scores_from_complement(int(k)) for s, k in zip(self.subspaces, ks, strict=True)]
+        parts = [s.complement(int(k)) if f else s.basis(int(k))
+                 for s, k, f in zip(self.subspaces, ks, flip, strict=True)]
+        W = torch.cat(parts, dim=1)
+        counts = np.array([p.shape[1] for p in parts], dtype=np.int64)
+        return W, _segments(counts, W.device), torch.tensor(flip, dtype=torch.bool, device=W.device)
 
 
 class _FrozenSubspace:
-    """Stands in for a class's :class:`_Subspace` in a frozen MASC: the fitted basis only (a view into the stack)."""
+    """Stands in for a class's :class:`_Subspace` in a frozen MASC: the fitted columns only (a view into the stack)."""
 
-    def __init__(self, basis: torch.Tensor) -> None:
-        self._basis = basis
+    def __init__(self, columns: torch.Tensor, complement: bool) -> None:
+        self._columns, self._complement = columns, complement
 
     def basis(self, k: int) -> torch.Tensor:
-        return self._basis[:, :k]
+        if self._complement:
+            raise InputError("this frozen MASC scores the class from the orthogonal complement of its subspace and "
+                             "keeps only that; fit a MinimumAngleSubspaceClassifier for its components_")
+        return self._columns[:, :k]
 
     def k_for(self, n_components: float | int) -> int:
         raise InputError("a frozen (runner-fitted or loaded) MASC keeps only its fitted components; "
@@ -77,18 +103,25 @@ class _FrozenSubspace:
 
 
 class _FrozenSolution:
-    """What scoring reads, and nothing else: the stacked (d, Σk) basis, the column-to-class map, views and k_c."""
+    """What scoring reads, and nothing else: the stacked (d, Σ columns) matrix, the column-to-class map, which
+    classes are scored from the complement, per-class views and k_c."""
 
-    def __init__(self, stacked: torch.Tensor, ks: list[int], solvers: list[str]) -> None:
+    def __init__(self, stacked: torch.Tensor, ks: list[int], solvers: list[str],
+                 complement: list[bool] | None = None) -> None:
         self.ks = np.asarray(ks, dtype=np.int64)
-        starts = np.concatenate([[0], np.cumsum(self.ks)])
-        self.subspaces = [_FrozenSubspace(stacked[:, a:b]) for a, b in zip(starts[:-1], starts[1:])]
+        flip = [bool(f) for f in complement] if complement is not None else [False] * len(ks)
+        d = stacked.shape[0]
+        counts = np.array([d - k if f else k for k, f in zip(self.ks.tolist(), flip, strict=True)], dtype=np.int64)
+        if int(counts.sum()) != stacked.shape[1]:
+            raise InputError(f"a MASC of {len(ks)} classes with k_c {self.ks.tolist()} needs {int(counts.sum())} "
+                             f"stacked columns, got {stacked.shape[1]}")
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        self.subspaces = [_FrozenSubspace(stacked[:, a:b], f) for a, b, f in zip(starts[:-1], starts[1:], flip)]
         self.solvers = solvers
-        segment = torch.repeat_interleave(torch.arange(len(ks), device=stacked.device),
-                                          torch.from_numpy(self.ks).to(stacked.device))
-        self.stacked = (stacked, segment)  # the same (d, Σk) layout _Solution scores with
+        self.stacked = (stacked, _segments(counts, stacked.device),
+                        torch.tensor(flip, dtype=torch.bool, device=stacked.device))
 
-    def stack(self, ks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def stack(self, ks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise InputError("a frozen MASC scores only its fitted n_components")
 
 
@@ -193,20 +226,25 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
         return _output(self._scores_checked(X, n_components=nc), X)
 
     def _state_arrays(self, solution: Any, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
-        comps = self.components_
-        meta.update(ks=[int(c.shape[0]) for c in comps], solvers=list(solution.solvers))
-        return {"components": torch.from_numpy(np.concatenate(comps, axis=0)) if comps else torch.zeros(0, 0)}
+        W, _, flip = solution.stacked
+        # The scoring columns as rows: per class its basis, or its complement where meta["complement"] says so.
+        meta.update(ks=[int(k) for k in solution.ks], solvers=list(solution.solvers),
+                    complement=[bool(f) for f in flip.tolist()])
+        return {"components": W.T.detach().cpu()}
 
     def _solution_from_state(self, arrays: dict[str, torch.Tensor], meta: dict[str, Any],
                              device: torch.device) -> _FrozenSolution:
         rows = arrays["components"]
         if rows.numel() == 0:
             rows = torch.zeros(0, int(meta["n_features"]))
-        # One (d, Σk) copy, contiguous as the stacked basis of a fitted MASC, and nothing else kept.
-        return _FrozenSolution(rows.to(device).T.contiguous(), meta["ks"], meta["solvers"])
+        # One (d, Σ columns) copy, contiguous as the stack of a fitted MASC, and nothing else kept. Files written
+        # before complements existed have no "complement" entry: every class there is its basis.
+        return _FrozenSolution(rows.to(device).T.contiguous(), meta["ks"], meta["solvers"], meta.get("complement"))
 
     def _frozen_solution(self, solution: Any, device: torch.device) -> _FrozenSolution:
-        return _FrozenSolution(solution.stacked[0].to(device), [int(k) for k in solution.ks], list(solution.solvers))
+        W, _, flip = solution.stacked
+        return _FrozenSolution(W.to(device), [int(k) for k in solution.ks], list(solution.solvers),
+                               [bool(f) for f in flip.tolist()])
 
     def _solution_bytes(self, solution: Any) -> int:
         return int(solution.stacked[0].numel()) * 4
@@ -233,13 +271,15 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
 
     def _scores(self, X: torch.Tensor, solution: _Solution, n_components: float | int | None = None) -> torch.Tensor:
         if n_components is None:
-            W, segment = solution.stacked
+            W, segment, flip = solution.stacked
         else:
-            W, segment = solution.stack(np.array([s.k_for(n_components) for s in solution.subspaces]))
+            W, segment, flip = solution.stack(np.array([s.k_for(n_components) for s in solution.subspaces]))
         n_classes = len(solution.subspaces)
         out = torch.empty(X.shape[0], n_classes, dtype=torch.float32, device=X.device)
         W = W.to(X.device)
         segment = segment.to(X.device)
+        flip = flip.to(X.device)
+        any_flip = bool(flip.any())
         blocks = row_blocks(X.shape[0], W.shape[1])
         for start in blocks:
             block = X[start : start + blocks.step]
@@ -247,6 +287,10 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
             sq = torch.zeros(block.shape[0], n_classes, dtype=torch.float32, device=X.device)
             sq.index_add_(1, segment, projected.square_())
             norm2 = torch.sum(block * block, dim=1, keepdim=True)
+            if any_flip:
+                # Classes scored from the complement: ‖Bx‖² = ‖x‖² − ‖B^⊥x‖² (an orthonormal basis of R^d splits
+                # ‖x‖² exactly); fewer columns than the basis when k_c > d/2.
+                sq = torch.where(flip, norm2 - sq, sq)
             # cos² = ‖Bx‖²/‖x‖²; a zero vector has no angle and scores 0 everywhere.
             cos2 = torch.where(norm2 > 0, sq / torch.where(norm2 > 0, norm2, torch.ones_like(norm2)), 0.0)
             out[start : start + block.shape[0]] = cos2.clamp_(0.0, 1.0).sqrt_()
