@@ -62,6 +62,11 @@ class TrainConfig:
     keep_checkpoints: Literal["all", "dense", "final"] = "dense"
     checkpoint_dense_until: int = 20
     checkpoint_every: int = 5
+    # Record every training sample's margin (given-label logit minus the largest other logit) after each epoch, from
+    # the eval-mode pass over the training data the stop rule already makes, into margins.safetensors (AUM, Pleiss
+    # et al. 2020: the mean over epochs ranks mislabeled samples first). Pleiss et al. take the logits of each
+    # sample's training step instead; after the epoch is what a checkpoint of that epoch gives back exactly.
+    record_margins: bool = False
     output_dir: str = "runs/run"  # the run folder; rerunning with the same folder resumes
     resume: bool = True  # False starts over, deleting the folder's previous checkpoints and resume state
     progress: bool = True  # progress bars (also off when stderr is not a TTY or TQDM_DISABLE is set)
@@ -109,6 +114,8 @@ class TrainConfig:
             raise InputError(f"expected 0 <= momentum < 1, got {self.momentum!r}")
         if not (isinstance(self.target_accuracy, (int, float)) and 0 < self.target_accuracy <= 1):
             raise InputError(f"expected 0 < target_accuracy <= 1, got {self.target_accuracy!r}")
+        if not isinstance(self.record_margins, bool):
+            raise InputError(f"expected record_margins to be True or False, got {self.record_margins!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise InputError(f"expected output_dir to be a non-empty path string, got {self.output_dir!r}")
 

@@ -13,6 +13,10 @@ a run cut off at ``max_epochs`` keeps its whole state, so that a rerun with more
 an eval-mode pass over the training data after the epoch; ``"authors"`` (the MASC authors' code) keeps the data's
 own order and stops on the running accuracy — each batch's train-mode predictions, made before its step, summed
 over the epoch. Every metrics row records both (``train_accuracy_corrupted``, ``train_accuracy_running``).
+
+``config.record_margins`` also keeps, from the same eval pass over the training data, every sample's margin (given-
+label logit minus the largest other) after each epoch in ``margins.safetensors``: the training record AUM needs
+(:func:`masc_probe.find_label_issues`, ``masc-probe label-issues --method aum``).
 """
 
 from __future__ import annotations
@@ -33,17 +37,20 @@ from tqdm.auto import tqdm
 
 from masc_probe.data._batches import make_loader, split_batch
 from masc_probe.errors import InputError
-from masc_probe.models import load_model, model_spec, save_model
+from masc_probe.models import load_model, model_logits, model_spec, save_model
 from masc_probe.training._config import TrainConfig
 from masc_probe.training._run_folder import (
+    MARGINS_NAME,
     METRICS_NAME,
     STATE_NAME,
     check_same_run,
     masc_config,
+    read_margins,
     remove,
     save_checkpoint,
     save_resume,
     settle_resume,
+    write_margins,
     write_metrics,
 )
 
@@ -99,7 +106,7 @@ def train(
     run_dir = Path(config.output_dir)
     if main:
         if not config.resume:
-            for name in ("resume", "resume.old", "resume.tmp", "checkpoints", METRICS_NAME):
+            for name in ("resume", "resume.old", "resume.tmp", "checkpoints", METRICS_NAME, MARGINS_NAME):
                 remove(run_dir / name)
         run_dir.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
@@ -130,8 +137,9 @@ def train(
     swap = dict(zip(map(id, loaders), prepared))
     loader, eval_train, eval_test = (swap.get(id(x), x) for x in (loader, eval_train, eval_test))
 
-    def score(data: Any) -> tuple[float, float | None, float | None]:
-        return evaluate(model, data, device=accelerator.device, gather=accelerator.gather_for_metrics)
+    def score(data: Any, margins: list[Any] | None = None) -> tuple[float, float | None, float | None]:
+        return evaluate(model, data, device=accelerator.device, gather=accelerator.gather_for_metrics,
+                        margins=margins)
 
     history: list[dict[str, Any]] = []
     if main:
@@ -155,6 +163,7 @@ def train(
             save_checkpoint(accelerator, model, run_dir, config, meta, epoch=0, row=None)
     else:
         meta["realized"] = history[-1].get("_realized_rate")
+    margin_rows = _resumed_margins(run_dir, history) if config.record_margins else []
 
     stopped = _stop_reason(history[-1], config) if history else None
     start = history[-1]["epoch"] + 1 if history else 1
@@ -171,7 +180,12 @@ def train(
             group["lr"] = lr
         loss, running = _epoch(model, optimizer, loader, device=accelerator.device, backward=accelerator.backward,
                                gather=accelerator.gather_for_metrics, disable=disable, desc=f"epoch {epoch}")
-        acc, acc_true, realized = score(eval_train)
+        record: list[Any] | None = [] if config.record_margins else None
+        acc, acc_true, realized = score(eval_train, record)
+        if record:
+            margin_rows.append((epoch, *_margin_row(record)))
+            if main:  # written before the resume state: a rerun cuts it back to the history it resumes
+                write_margins(run_dir, [r[0] for r in margin_rows], margin_rows[-1][1], [r[2] for r in margin_rows])
         test_acc = score(eval_test)[0] if eval_test is not None else None
         row = {"epoch": epoch, "loss": loss, "train_accuracy_corrupted": acc, "train_accuracy_true": acc_true,
                "test_accuracy": test_acc, "lr": lr, "train_accuracy_running": running}  # fmt: skip
@@ -306,7 +320,7 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[
     for batch in tqdm(loader, desc=desc, leave=False, disable=disable):
         part = split_batch(batch)
         x, y = part.x.to(device), part.y.to(device)
-        logits = model(x).float()
+        logits = model_logits(model(x)).float()  # transformers models return a ModelOutput
         losses = F.cross_entropy(logits, y, reduction="none")
         optimizer.zero_grad(set_to_none=True)
         (backward or torch.Tensor.backward)(losses.mean())
@@ -320,9 +334,31 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[
     return float(total / max(count, 1)), int(right) / max(count, 1)
 
 
+def _resumed_margins(run_dir: Path, history: list[dict[str, Any]]) -> list[tuple[int, Any, Any]]:
+    """The recorded margins of the epochs in *history*: ``[(epoch, index, margins)]``."""
+    saved = read_margins(run_dir) if history else None
+    if saved is None:
+        if history:
+            logger.warning("%s has no %s for its %d finished epochs; margins are recorded from here on", run_dir,
+                           MARGINS_NAME, len(history))
+        return []
+    epoch, index, margins = saved
+    done = {row["epoch"] for row in history}
+    return [(int(e), index, m) for e, m in zip(epoch.tolist(), margins) if e in done]
+
+
+def _margin_row(record: list[Any]) -> tuple[Any, Any]:
+    """(index, margins) in index order from :func:`evaluate`'s per-batch ``(index, margin)`` tensors."""
+    index = torch.cat([i for i, _ in record]).cpu().numpy()
+    margins = torch.cat([m for _, m in record]).float().cpu().numpy()  # stored as float32
+    order = index.argsort(kind="stable")
+    return index[order], margins[order]
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device,
-             gather: Callable[[Any], Any] | None = None) -> tuple[float, float | None, float | None]:
+             gather: Callable[[Any], Any] | None = None,
+             margins: list[Any] | None = None) -> tuple[float, float | None, float | None]:
     """Accuracy against the given labels and against the true labels, and the share of given ≠ true labels.
 
     Args:
@@ -331,6 +367,8 @@ def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device,
         device: Where the inputs go.
         gather: Collects a tuple of per-process tensors across processes (Accelerate's ``gather_for_metrics``,
             which also drops the samples it repeated to even out the last batch); None with one process.
+        margins: A list to append each batch's ``(index, margin)`` tensors to: the data's ``index`` column (the
+            position in the pass without one) and the given-label logit minus the largest other logit (float64).
 
     Returns:
         ``(accuracy vs given labels, accuracy vs true labels, realized corruption rate)``; the last two are None
@@ -344,8 +382,12 @@ def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device,
     has_true = True
     for batch in loader:
         part = split_batch(batch)
-        pred = model(part.x.to(device)).argmax(dim=1)
+        logits = model_logits(model(part.x.to(device)))
+        pred = logits.argmax(dim=1)
         y = part.y.to(device)
+        if margins is not None:
+            index = part.index.to(device) if part.index is not None else None
+            margins.append(_margins(logits, y, index, count, gather))
         y_true = part.y_true.to(device) if part.y_true is not None else y
         has_true = has_true and part.y_true is not None
         if gather is not None:
@@ -359,6 +401,19 @@ def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device,
     if not has_true:
         return right / count, None, None
     return right / count, right_true / count, differ / count
+
+
+def _margins(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None, start: int,
+             gather: Callable[[Any], Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, margin)`` of one batch, gathered across processes: the given-label logit minus the largest other
+    (float64). Without an index column, the position in the pass (*start*: the samples of the earlier batches)."""
+    z = logits.detach().double()
+    margin = z.gather(1, y[:, None])[:, 0] - z.scatter(1, y[:, None], float("-inf")).max(dim=1).values
+    if index is None:
+        (margin,) = gather((margin,)) if gather is not None else (margin,)
+        return torch.arange(start, start + len(margin), device=margin.device), margin
+    out = (index.long(), margin)
+    return gather(out) if gather is not None else out
 
 
 def _stop_reason(row: dict[str, Any], config: TrainConfig) -> str | None:

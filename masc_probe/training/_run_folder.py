@@ -2,8 +2,9 @@
 
 ``checkpoints/epoch-NNNN/`` are drawn whole in a temporary folder and renamed into place; ``resume/`` (Accelerate's
 state plus ``trainer.json``) is rotated through ``resume.tmp/`` and ``resume.old/`` so that either the old or the new
-state is complete on disk; ``metrics.jsonl`` is rewritten from the resume state's history; ``config.json`` carries
-the run's metadata under its ``"masc_probe"`` key (:func:`masc_config`).
+state is complete on disk; ``metrics.jsonl`` is rewritten from the resume state's history; ``margins.safetensors``
+(``record_margins``) is rewritten after each epoch, before the resume state, and cut back to the resumed history on
+a rerun; ``config.json`` carries the run's metadata under its ``"masc_probe"`` key (:func:`masc_config`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from masc_probe import _atomic
@@ -23,6 +25,7 @@ from masc_probe.models import save_model
 from masc_probe.training._config import TrainConfig
 
 METRICS_NAME = "metrics.jsonl"
+MARGINS_NAME = "margins.safetensors"
 _EPOCH_DIR = re.compile(r"^epoch-(\d+)$")
 STATE_NAME = "trainer.json"
 # Fields that may change between a run and its resumption without changing what it computes.
@@ -161,6 +164,38 @@ def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
     """metrics.jsonl is derived from the resume state's history, so a rewrite can never lose or repeat an epoch."""
     lines = [json.dumps({k: v for k, v in row.items() if not k.startswith("_")}) for row in history]
     _atomic.write_text(run_dir / METRICS_NAME, "".join(line + "\n" for line in lines))
+
+
+def write_margins(run_dir: Path, epochs: list[int], index: np.ndarray, margins: list[np.ndarray]) -> Path:
+    """Rewrite ``margins.safetensors`` (atomically): ``margins`` (epochs, N) float32, row e the margins after
+    ``epoch[e]``, column j those of the sample whose ``index`` is ``index[j]``."""
+    from safetensors.numpy import save_file
+
+    tensors = {"epoch": np.asarray(epochs, dtype=np.int64), "index": np.ascontiguousarray(index, dtype=np.int64),
+               "margins": np.ascontiguousarray(np.stack(margins) if margins else np.zeros((0, len(index))),
+                                               dtype=np.float32)}
+    return _atomic.write_with(run_dir / MARGINS_NAME, lambda tmp: save_file(tensors, str(tmp)))
+
+
+def read_margins(run_dir: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(epoch (E,), index (N,), margins (E, N))`` from a run folder's ``margins.safetensors``; None without one.
+
+    Raises:
+        InputError: The file is not a margins file (missing tensors, shapes that do not fit together).
+    """
+    from safetensors.numpy import load_file
+
+    path = Path(run_dir) / MARGINS_NAME
+    if not path.is_file():
+        return None
+    try:
+        tensors = load_file(str(path))
+        epoch, index, margins = tensors["epoch"], tensors["index"], tensors["margins"]
+    except (KeyError, OSError, ValueError) as err:
+        raise InputError(f"expected {path} to hold epoch, index and margins tensors, got {err}") from None
+    if margins.shape != (len(epoch), len(index)):
+        raise InputError(f"expected margins of shape ({len(epoch)}, {len(index)}) in {path}, got {margins.shape}")
+    return epoch, index, margins
 
 
 def remove(path: Path) -> None:
