@@ -40,5 +40,9 @@ SECOND_MOMENT_PROBES = ("masc", "velpic")
 TENSOR_PROBES = ("masc", "ncm", "velpic", "linear")
 DEFAULT_PROBES = ("masc", "ncm", "linear")
 
+# How a layer's activation becomes rows (masc_probe.layers._reduce): flatten (the paper's), the class token, the mean
+# token, global average pooling of conv maps, or a per-layer automatic choice.
+REDUCERS = ("flatten", "cls", "mean", "gap", "auto")
+
 TIMM_PREFIX = "timm/"  # ours: "timm/<name>" builds timm.create_model(name)
 HUB_PREFIX = "hf-hub:"  # "hf-hub:<user>/<repo>[@revision]": a published checkpoint

@@ -2,7 +2,8 @@
 
 ``masc-probe`` alone runs the embedded default (the paper's MLP on scikit-learn's real digits with 80% of the labels
 corrupted); ``masc-probe --model timm/resnet18 --dataset cifar10 --corrupt 0.8`` runs train → probe → report on
-anything else. Subcommands run the parts: ``run``, ``train``, ``probe``, ``layers``, ``relabel``, ``push``.
+anything else. Subcommands run the parts: ``run``, ``train``, ``probe``, ``layers``, ``relabel``, ``label-issues``,
+``push``.
 
 Every bad flag or value ends the program with one line on stderr and exit code 2; nothing is left half-written.
 """
@@ -28,9 +29,10 @@ from masc_probe._choices import (
     PIPELINE_PRESETS,
     PROBE_NAMES,
     PROTOCOLS,
+    REDUCERS,
 )
 
-SUBCOMMANDS = ("run", "train", "probe", "layers", "relabel", "push")
+SUBCOMMANDS = ("run", "train", "probe", "layers", "relabel", "label-issues", "push")
 _EXIT_USAGE = 2
 
 
@@ -54,6 +56,16 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a rate in [0, 1], got {text!r}")
     return value
+
+
+def _reducer(text: str) -> str | dict[str, str]:
+    """``NAME`` for every layer, or ``LAYER=NAME,LAYER=NAME`` per layer (NAME one of REDUCERS, or random:D)."""
+    pairs = [part.partition("=") for part in text.split(",")] if "=" in text else [("", "", text)]
+    for layer, eq, name in pairs:
+        if (eq and not layer) or not (name in REDUCERS or (name.startswith("random:") and name[7:].isdigit()
+                                                          and not eq)):
+            raise argparse.ArgumentTypeError(f"expected {'|'.join(REDUCERS)} or LAYER=NAME,…, got {text!r}")
+    return pairs[0][2] if not pairs[0][1] else {layer: name for layer, _, name in pairs}
 
 
 def _n_components(text: str) -> float | int:
@@ -110,6 +122,17 @@ def _memory(text: str) -> int:
     return int(value)
 
 
+def _folds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (each sample is scored by probes fitted on the "
+                                         f"other folds), got {text!r}")
+    return value
+
+
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     if not names:
@@ -147,6 +170,10 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
                    help="MASC subspace size: variance fraction in (0,1) or a count (default 0.99)")
     g.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE",
                    help="memory budget of the probes, e.g. 4GB (decides the exact solver per layer)")
+    g.add_argument("--reducer", type=_reducer, default=None, metavar="NAME|LAYER=NAME,…",
+                   help="how a layer's value becomes rows: flatten (default, the paper's), cls or mean (token maps "
+                        "(B,T,D)), gap (conv maps), auto (cls for transformer blocks, flatten elsewhere); one for "
+                        "every layer but the input, or per layer as LAYER=NAME,…")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -173,6 +200,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     g.add_argument("--keep-checkpoints", choices=CHECKPOINT_POLICIES, default="final",
                    help="checkpoints/epoch-NNNN to keep: final (default: the last epoch only), dense (epochs 0, 2, "
                         "…, 20, then every 5th) or all; `probe --all-checkpoints` reads them")
+    g.add_argument("--record-margins", action="store_true",
+                   help="keep every training sample's margin after each epoch (margins.safetensors): the record "
+                        "`label-issues --method aum` ranks by")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(run)
     _add_protocol(run, "fixed order, running-accuracy stop rule and train-mode extraction")
     run.add_argument("--push-to-hub", default=None, metavar="USER/NAME", help="publish the run when done")
+    run.add_argument("--save-probes", action="store_true",
+                     help="keep the fitted probes in RUN/probes (safetensors + JSON); a push then publishes them")
 
     train = sub.add_parser("train", help="train a model until it memorizes corrupted labels")
     train.add_argument("--model", default="mlp", help="model spec (default mlp)")
@@ -208,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="probe every kept checkpoint of a run folder (a report with an epoch axis)")
     probe.add_argument("--pretrained", action="store_true",
                        help="timm/<name> only: start from timm's pretrained weights (downloads them)")
+    probe.add_argument("--save-probes", action="store_true",
+                       help="keep the fitted probes in OUTPUT_DIR/probes (safetensors + JSON) for `push --with-probes`")
 
     layers = sub.add_parser("layers", help="list the layer names a model can be probed at")
     layers.add_argument("--model", required=True, help="model spec or run folder")
@@ -229,11 +263,39 @@ def build_parser() -> argparse.ArgumentParser:
                          help="candidate layers for the best MASC layer (default: the model's probe points)")
     _add_protocol(relabel, "relabeling with subspaces fitted on the whole training set")
 
+    issues = sub.add_parser("label-issues", help="rank the training samples whose labels are likely wrong, from the "
+                                                 "layers of a trained model (scored against the truth when known)")
+    issues.add_argument("source", metavar="RUN|MODEL",
+                        help="run folder (its data, corruption and margins), hf-hub:<user>/<repo>, or a model spec")
+    _add_data(issues, corrupt_default=None)
+    issues.add_argument("--layers", type=_names, default=None, metavar="A,B,…",
+                        help="candidate layers (default: the model's probe points)")
+    # QDA is left out by default: one d x d eigendecomposition per class and fold made it the bulk of the time on
+    # the MLP's 2048-wide layers (over 10 minutes on digits on one thread, against about one for the other three).
+    issues.add_argument("--probes", type=_names, default=("masc", "ncm", "lda"), metavar="P,…",
+                        help="candidate probes (default masc,ncm,lda; qda is slow on wide layers); the best layer x "
+                             "probe on the test split is chosen")
+    issues.add_argument("--folds", type=_folds, default=2, help="folds K: each sample is scored by probes fitted on "
+                                                               "the other K-1 (default 2)")
+    issues.add_argument("--threshold", type=float, default=None,
+                        help="flag the scores below this (default: as many as the estimated noise rate)")
+    issues.add_argument("--method", choices=("probe", "aum"), default="probe",
+                        help="rank by the chosen probe (default) or by AUM (a run trained with --record-margins)")
+    issues.add_argument("--n-components", type=_n_components, default=0.99, metavar="T|K", help="MASC threshold")
+    issues.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE", help="memory budget, e.g. 4GB")
+    issues.add_argument("--out", "--output-dir", dest="output_dir", default=None, metavar="DIR",
+                        help="where label_issues.csv and .json go (default RUN/label-issues)")
+    issues.add_argument("--device", default=None, help="cpu, cuda, cuda:1, …")
+    issues.add_argument("--revision", default=None, help="Hub revision of an hf-hub: model")
+    issues.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
+
     push = sub.add_parser("push", help="publish a run folder with its report and card in one commit")
     push.add_argument("run_dir", help="the run folder")
     push.add_argument("--repo", required=True, metavar="USER/NAME", help="target Hub repo")
     push.add_argument("--private", action="store_true", help="create the repo private")
     push.add_argument("--revision", default=None, help="branch to commit to (default main)")
+    push.add_argument("--with-probes", action="store_true",
+                      help="also publish the fitted probes of RUN_DIR/probes under masc/probes/ (same commit)")
     push.add_argument("--dry-run", nargs="?", const="", default=None, metavar="DIR",
                       help="write the files that would be pushed into DIR (default RUN_DIR/hub-dry-run); "
                            "upload nothing")
@@ -253,7 +315,7 @@ def _normalize_argv(argv: Sequence[str]) -> list[str]:
 # Each handler turns the parsed flags into the arguments of ONE library call, then prints what it returned.
 def _probing(ns: argparse.Namespace) -> dict[str, Any]:
     return {"layers": ns.layers, "probes": ns.probes, "labels": ns.labels, "n_components": ns.n_components,
-            "max_memory": ns.max_memory}
+            "max_memory": ns.max_memory, "reducer": ns.reducer}
 
 
 def _data(ns: argparse.Namespace) -> dict[str, Any]:
@@ -266,14 +328,14 @@ def _training(ns: argparse.Namespace) -> dict[str, Any]:
             "preset": ns.preset, "max_epochs": ns.max_epochs, "batch_size": ns.batch_size,
             "mixed_precision": ns.mixed_precision, "device": ns.device, "revision": ns.revision,
             "output_dir": ns.output_dir, "progress": not ns.quiet, "protocol": ns.protocol,
-            "keep_checkpoints": ns.keep_checkpoints, **_data(ns)}
+            "keep_checkpoints": ns.keep_checkpoints, "record_margins": ns.record_margins, **_data(ns)}
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
     """``masc-probe [run]``: train → probe → report (→ push)."""
     from masc_probe.pipeline import run_experiment
 
-    result = run_experiment(**_training(ns), **_probing(ns), push_to_hub=ns.push_to_hub)
+    result = run_experiment(**_training(ns), **_probing(ns), push_to_hub=ns.push_to_hub, save_probes=ns.save_probes)
     _show_report(result, quiet=ns.quiet)
     if result.pushed:
         _say(f"pushed to {result.pushed}", quiet=False)
@@ -301,7 +363,8 @@ def cmd_probe(ns: argparse.Namespace) -> int:
     result = probe_source(ns.source, dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode,
                           seed=ns.seed, all_checkpoints=ns.all_checkpoints, batch_size=ns.batch_size,
                           device=ns.device, revision=ns.revision, pretrained=ns.pretrained, output_dir=ns.output_dir,
-                          progress=not ns.quiet, protocol=ns.protocol, **_probing(ns), **_data(ns))
+                          progress=not ns.quiet, protocol=ns.protocol, save_probes=ns.save_probes, **_probing(ns),
+                          **_data(ns))
     _show_report(result, quiet=ns.quiet)
     return 0
 
@@ -339,12 +402,39 @@ def cmd_relabel(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label_issues(ns: argparse.Namespace) -> int:
+    """``masc-probe label-issues RUN|MODEL``: the suspect labels, most suspect first, and how they were found."""
+    from masc_probe.pipeline import label_issues_run
+
+    issues, out = label_issues_run(
+        ns.source, dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode, seed=ns.seed,
+        layers=ns.layers, probes=ns.probes, folds=ns.folds, threshold=ns.threshold, method=ns.method,
+        n_components=ns.n_components, max_memory=ns.max_memory, device=ns.device, batch_size=ns.batch_size,
+        image_column=ns.image_column, label_column=ns.label_column, revision=ns.revision, output_dir=ns.output_dir,
+        progress=not ns.quiet)  # fmt: skip
+    if not ns.quiet:
+        s = issues.summary()
+        up = s["runner_up"]
+        print(f"chosen: {s['probe']} at {s['layer']} ({s['criterion']} accuracy "
+              f"{_num(s['select_accuracy'] if s['criterion'] == 'select' else s['heldout_accuracy'])})"
+              + (f"; runner-up {up['probe']} at {up['layer']}" if up else ""))
+        print(f"estimated noise rate {s['noise_rate']:.4f}; {s['n_flagged']} of {s['n_samples']} flagged "
+              f"(ranked by {s['method']})")
+        for name, m in (s["metrics"] or {}).items():
+            print(f"  against the true labels, {name}: AUROC {_num(m['auroc'])}, AP {_num(m['average_precision'])}, "
+                  f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f}, lift top 1% "
+                  f"{_num(m['lift_top_1pct'])}, top 5% {_num(m['lift_top_5pct'])}")
+    _say(f"wrote {out / 'label_issues.csv'} and label_issues.json", quiet=ns.quiet, path=out)
+    return 0
+
+
 def cmd_push(ns: argparse.Namespace) -> int:
-    """``masc-probe push RUN_DIR --repo user/name [--private] [--dry-run [DIR]]``."""
+    """``masc-probe push RUN_DIR --repo user/name [--private] [--with-probes] [--dry-run [DIR]]``."""
     from masc_probe.hub import push_run
 
     dry = None if ns.dry_run is None else (ns.dry_run or str(Path(ns.run_dir) / "hub-dry-run"))
-    where = push_run(ns.run_dir, ns.repo, private=ns.private, revision=ns.revision, dry_run_dir=dry)
+    where = push_run(ns.run_dir, ns.repo, private=ns.private, revision=ns.revision, dry_run_dir=dry,
+                     with_probes=ns.with_probes)
     message = f"dry run: the files a push would upload are in {where}" if dry is not None else f"pushed: {where}"
     _say(message, quiet=ns.quiet, path=where)
     return 0
@@ -369,7 +459,7 @@ def _num(value: float | None) -> str:
 
 
 _COMMANDS = {"run": cmd_run, "train": cmd_train, "probe": cmd_probe, "layers": cmd_layers, "relabel": cmd_relabel,
-             "push": cmd_push}
+             "label-issues": cmd_label_issues, "push": cmd_push}
 
 
 def _dispatch(ns: argparse.Namespace) -> int:

@@ -202,7 +202,8 @@ def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[s
         card_data, template_path=str(TEMPLATE), title=f"{model} memorizing {dataset} — MASC probe report",
         summary=summary, headline=headline, gap=gap, repo_id=repo, is_timm=is_timm, training_rows=training_rows,
         metrics_line=metrics_line, corruption_text=corruption_text, layer_table=table,
-        has_plot=has_plot, variance_text=variance_text, baselines=", ".join(baselines) or "none in this report",
+        has_plot=has_plot, has_probes=any(name.startswith("masc/probes") for name in files),
+        variance_text=variance_text, baselines=", ".join(baselines) or "none in this report",
         reproduce=command, files=list(files.items()), version=__version__,
     )
     return card

@@ -86,6 +86,8 @@ def default_layers(model: nn.Module) -> list[str]:
       those.
     * A timm model: its ``feature_info`` stages, then the pooled features (the value fed to the classifier,
       e.g. ``global_pool``). The input is left out: at ImageNet sizes it is larger than every stage.
+    * A ``transformers`` model: ``"input"``, then every member of its longest list of same-class modules (the
+      encoder layers, e.g. ``vit.layers.0`` …).
     * Any other model: ``"input"``, then the output of each top-level child in forward order (through wrappers with
       a single child), leaving out pass-through children (``Identity``, dropout) and the child whose output is the
       model's output (the logits, which the model's own accuracy already measures). For an ``nn.Sequential``:
@@ -121,7 +123,21 @@ def _default_layers(model: nn.Module, index: LayerIndex) -> list[str]:
         names = _timm_layers(model, index)
         if names:
             return names
+    if type(model).__module__.startswith("transformers."):
+        names = _repeated_blocks(model, index)
+        if names:
+            return [INPUT, *names]
     return _block_layers(model, index)
+
+
+def _repeated_blocks(model: nn.Module, index: LayerIndex) -> list[str]:
+    """The members of the longest list of modules of one class (a transformer's encoder layers), in order."""
+    best: list[str] = []
+    for path, module in model.named_modules():
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > len(best):
+            if len({type(child) for child in module}) == 1:
+                best = [f"{path}.{name}" if path else name for name, _ in module.named_children()]
+    return [name for name in best if name in index.taps]
 
 
 def _timm_layers(model: nn.Module, index: LayerIndex) -> list[str]:
@@ -220,6 +236,7 @@ class FeatureTap:
         if not self.layers:
             raise InputError("layers is empty; name at least one layer, or pass None for the default layers")
         self._method = method
+        self._keyword = _keyword_input(model)
         self._taps = {name: self._resolve(index, name, method) for name in self.layers}
         self._modules = list(model.modules())
         hooked = [t.module for t in self._taps.values() if t.node is None and t.module is not None]
@@ -267,7 +284,8 @@ class FeatureTap:
         """Run the model on a batch and return each layer's value.
 
         Args:
-            x: A batch, shape (B, ...), the model's only positional input.
+            x: A batch, shape (B, ...), the model's only positional input (``transformers`` models get it as
+                ``pixel_values=x``).
 
         Returns:
             Layer name to a detached copy of its value, shape (B, ...), in the order of :attr:`layers`.
@@ -318,7 +336,7 @@ class FeatureTap:
         if self._hooks is None:
             return (run(x) if self._graph is not None else {}), {}
         with self._hooks.collecting():
-            out = run(x)
+            out = run(x) if self._graph is not None or self._keyword is None else run(**{self._keyword: x})
         return (out if self._graph is not None else {}), self._hooks.values()
 
     def close(self) -> None:
@@ -349,6 +367,19 @@ def _stack(parts: list[tuple[dict[Any, Any], dict[Any, Any]]]) -> tuple[dict[Any
         return values[0]
 
     return tuple({key: join([p[i][key] for p in parts]) for key in parts[0][i]} for i in (0, 1))  # type: ignore
+
+
+def _keyword_input(model: nn.Module) -> str | None:
+    """The keyword a ``transformers`` model takes its images by (``pixel_values``), else None (positional)."""
+    if not type(model).__module__.startswith("transformers."):
+        return None
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    return "pixel_values" if "pixel_values" in params else None
 
 
 def _placement(model: nn.Module) -> tuple[torch.device, torch.dtype | None]:

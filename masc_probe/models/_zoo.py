@@ -6,11 +6,15 @@ A spec is one of
 * ``"timm/<name>"`` — ``timm.create_model(name, ...)`` (the prefix is ours; timm's Hub repos are
   ``timm/<arch>.<tag>``);
 * ``"hf-hub:<user>/<repo>"`` (optionally ``@<revision>``) — a published checkpoint, safetensors only;
+* a ``transformers`` image classifier: an ``hf-hub:`` repo or a folder written by ``save_pretrained`` whose
+  ``config.json`` has a ``model_type`` (``models._transformers``: safetensors only, never remote code); a folder
+  with such a ``config.json`` and no weights is an architecture, built new when ``num_classes`` is given;
 * a local run folder or checkpoint folder (``config.json`` + ``model.safetensors``), or a legacy local ``.pt`` /
   ``.pth`` / ``.bin`` file or folder with a ``config.json`` beside it (read with ``torch.load(weights_only=True)``).
 
 Saved folders hold ``model.safetensors`` and ``config.json`` in the layout of their family — the
-``PyTorchModelHubMixin`` layout for paper models, timm's ``save_for_hf`` layout for timm models — plus a top-level
+``PyTorchModelHubMixin`` layout for paper models, timm's ``save_for_hf`` layout for timm models, ``save_pretrained``'s
+for ``transformers`` models — plus a top-level
 ``"masc_probe"`` key with the run's metadata, so that ``load_model(folder)`` needs no other argument.
 """
 
@@ -31,6 +35,7 @@ from torch import nn
 from masc_probe import _atomic
 from masc_probe._choices import HUB_PREFIX, TIMM_PREFIX
 from masc_probe.models._paper import PAPER_MODELS, PaperModel
+from masc_probe.models import _transformers
 from masc_probe.errors import HubError, InputError, UnknownNameError, UnsafeCheckpointError, closest
 
 logger = logging.getLogger(__name__)
@@ -76,7 +81,8 @@ def load_model(
 
     Raises:
         UnknownNameError: The spec is none of the valid forms, or names an unknown timm model.
-        InputError: A saved model disagrees with ``num_classes`` / ``in_chans``, or a folder has no weights.
+        InputError: A saved model disagrees with ``num_classes`` / ``in_chans``, or a folder has no weights, or a
+            ``transformers`` config needs remote code (``auto_map``).
         UnsafeCheckpointError: A Hub repo offers only pickled weights.
         HubError: A Hub repo, revision or file cannot be had.
 
@@ -106,6 +112,9 @@ def load_model(
         folder = _download_checkpoint(*_hub_repo(text, revision), hub)
         return _load_folder(folder, source=text, expect=expect)
     path = Path(text).expanduser()
+    if path.is_dir() and num_classes is not None and _transformers.is_architecture_folder(path):
+        return _transformers.new_transformers_model(path, source=text, num_classes=num_classes, in_chans=in_chans,
+                                                    input_size=input_size).eval()
     if path.is_dir():
         return _load_folder(path, source=text, expect=expect)
     if path.is_file():
@@ -123,7 +132,7 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], *, masc_conf
     is present always has the weights it describes.
 
     Args:
-        model: A paper model or a timm model (unwrapped: not DDP, not compiled).
+        model: A paper model, a timm model or a ``transformers`` model (unwrapped: not DDP, not compiled).
         directory: The folder; created when missing.
         masc_config: The run's metadata (docs/architecture.md: model, num_classes, in_chans, input_size, dataset,
             corruption, preprocessing, training, epoch). ``model``, ``num_classes`` and ``masc_probe_version`` are
@@ -138,7 +147,9 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], *, masc_conf
     masc.setdefault("masc_probe_version", __version__)
     directory = Path(directory)
     with _atomic.staging(directory, prefix=".tmp-save-") as tmp:
-        if isinstance(model, PaperModel):
+        if _transformers.is_transformers_model(model):
+            _transformers.save_transformers_model(model, tmp, masc)
+        elif isinstance(model, PaperModel):
             # The mixin's own layout: __init__ arguments at the top level; its README.md card is not kept here.
             config = {**(model._hub_mixin_config or {}), "masc_probe": masc}
             model.save_pretrained(tmp, config=config)
@@ -150,12 +161,15 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], *, masc_conf
             _atomic.publish(tmp / name, directory / name)
 
 
-def read_config(source: str | os.PathLike[str], *, revision: str | None = None) -> dict[str, Any]:
+def read_config(source: str | os.PathLike[str], *, revision: str | None = None,
+                required: bool = True) -> dict[str, Any]:
     """Return the ``"masc_probe"`` section of a run folder's, checkpoint folder's or ``hf-hub:`` repo's config.
 
     Args:
         source: A folder, or ``hf-hub:<user>/<repo>[@<revision>]``.
         revision: Hub revision, when the spec names none (the same rule as :func:`load_model`).
+        required: False returns ``{}`` for a model saved elsewhere (a ``transformers`` or timm checkpoint whose
+            ``config.json`` has no ``"masc_probe"`` key) instead of raising.
 
     Raises:
         InputError: The folder has no ``config.json`` or it has no ``"masc_probe"`` key, or two revisions differ.
@@ -167,23 +181,29 @@ def read_config(source: str | os.PathLike[str], *, revision: str | None = None) 
     else:
         folder = Path(text)
     config = _read_json(folder / CONFIG_NAME)
+    if "masc_probe" not in config and not required:
+        return {}
     if "masc_probe" not in config:
         raise InputError(f"expected a 'masc_probe' key in {folder / CONFIG_NAME}, got keys {sorted(config)}")
     return dict(config["masc_probe"])
 
 
 def model_spec(model: nn.Module) -> str:
-    """The spec that rebuilds *model*'s architecture: ``"mlp"`` … for paper models, ``"timm/<arch>"`` for timm.
+    """The spec that rebuilds *model*'s architecture: ``"mlp"`` … for paper models, ``"timm/<arch>"`` for timm,
+    ``"transformers/<class>"`` for ``transformers`` models (whose saved ``config.json`` rebuilds them).
 
     Raises:
         InputError: The model is neither a paper model nor a timm model.
     """
     if isinstance(model, PaperModel):
         return model.SPEC
+    if _transformers.is_transformers_model(model):
+        return _transformers.transformers_spec(model)
     cfg = getattr(model, "pretrained_cfg", None)
     if isinstance(cfg, Mapping) and cfg.get("architecture"):
         return TIMM_PREFIX + str(cfg["architecture"])
-    raise InputError(f"expected a paper model ({', '.join(PAPER_MODELS)}) or a timm model, got {type(model).__name__}")
+    raise InputError(f"expected a paper model ({', '.join(PAPER_MODELS)}), a timm or a transformers model, "
+                     f"got {type(model).__name__}")
 
 
 def paper_layers(model: nn.Module) -> list[str] | None:
@@ -265,6 +285,9 @@ def _load_folder(folder: Path, *, source: str, expect: Mapping[str, int | None])
             raise InputError(f"run folder {source} has no final model yet (no {CONFIG_NAME}); finish the run or "
                              f"name one of its checkpoints/epoch-NNNN folders")
         raise InputError(f"expected a {CONFIG_NAME} in model folder {source}, found none")
+    config = _read_json(config_path)
+    if _transformers.is_transformers_config(config):
+        return _transformers.load_transformers_folder(folder, config, source=source, expect=expect)
     weights = folder / WEIGHTS_NAME
     if weights.is_file():
         state = _safetensors_weights(weights)
@@ -273,7 +296,7 @@ def _load_folder(folder: Path, *, source: str, expect: Mapping[str, int | None])
         if legacy is None:
             raise InputError(f"expected {WEIGHTS_NAME} in model folder {source}, found none")
         state = _torch_load_weights(legacy)
-    return _build_and_fill(_read_json(config_path), state, source=source, expect=expect)
+    return _build_and_fill(config, state, source=source, expect=expect)
 
 
 def _load_file(path: Path, *, expect: Mapping[str, int | None]) -> nn.Module:
@@ -447,6 +470,8 @@ def _num_classes(model: nn.Module) -> int | None:
     head = getattr(model, "head", None)
     if isinstance(model, PaperModel) and isinstance(head, nn.Linear):
         return head.out_features
+    if _transformers.is_transformers_model(model):
+        return _transformers.num_labels(model)
     value = getattr(model, "num_classes", None)
     return int(value) if isinstance(value, int) else None
 

@@ -7,7 +7,7 @@ builds these once and hands them on, so no list of a dozen keywords is forwarded
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,7 @@ class RunConfig:
     progress: bool = True
     protocol: str = "clean"  # "authors": the MASC authors' order, stop rule and extraction (masc_probe._choices)
     keep_checkpoints: str = "dense"  # all, dense or final (TrainConfig.keep_checkpoints)
+    record_margins: bool = False  # margins.safetensors: every training sample's margin per epoch (AUM)
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,11 @@ class ProbeConfig:
     n_components: float | int = 0.99
     max_memory: int | None = None
     protocol: str = "clean"  # how layers are read: eval mode, or (authors) train mode one sample at a time
+    # How each layer's value becomes rows: None/flatten (the paper's), cls, mean, gap, auto, or {layer: name}
+    reducer: str | Mapping[str, str] | None = None
 
     def runner_options(self, *, progress: bool) -> dict[str, Any]:
         """The ProbeRunner keyword arguments these settings stand for."""
         return {"layers": list(self.layers) if self.layers is not None else None, "probes": tuple(self.probes),
                 "labels": self.labels, "n_components": self.n_components, "max_memory": self.max_memory,
-                "progress": progress, "protocol": self.protocol}
+                "progress": progress, "protocol": self.protocol, "reducer": self.reducer}

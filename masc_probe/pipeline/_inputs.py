@@ -214,14 +214,16 @@ def resolve_source(source: str | os.PathLike[str], *, dataset: str | None, corru
     text = os.fspath(source)
     checkpoints: list[tuple[int, str]] = []
     if text.startswith(HUB_PREFIX):
-        kind, saved = "hub", read_config(text, revision=revision)
+        # A model published by others (a transformers or timm repo) has no masc_probe section: dataset= then says
+        # what to probe it on.
+        kind, saved = "hub", read_config(text, revision=revision, required=False)
     elif text in PAPER_MODELS or text.startswith(TIMM_PREFIX):
         kind, saved = "spec", {}
     elif Path(text).expanduser().is_dir():
         kind, folder = "folder", Path(text).expanduser()
         checkpoints = [(epoch, str(path)) for epoch, path in run_checkpoints(folder)]
         if (folder / "config.json").is_file():
-            saved = read_config(folder)
+            saved = read_config(folder, required=False)
         elif all_checkpoints and checkpoints:
             saved = read_config(checkpoints[-1][1])  # a run still training: its checkpoints say what it is
         else:

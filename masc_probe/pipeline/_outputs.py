@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from masc_probe import _atomic
 from masc_probe.report import ProbeReport
 
 REPORT_FILES = ("report.json", "report.md", "accuracy_by_layer.png")
+PROBES_DIR = "probes"  # the fitted probes of a run folder (``--save-probes``; ``push --with-probes`` publishes them)
 DYNAMICS_PLOT = "accuracy_over_epochs.png"
 CARD_FILE = "README.md"
 
@@ -45,3 +47,19 @@ def write_outputs(report: ProbeReport, out: Path, *, card: bool, dynamics: bool 
 
         files[CARD_FILE] = _atomic.write_text(out / CARD_FILE, str(build_card(out, repo_id=repo_id)))
     return files
+
+
+def save_probes(runner: Any, out: Path) -> Path:
+    """Write *runner*'s fitted probes to ``out/probes`` (``ProbeRunner.save_pretrained``) as a whole: drawn in a
+    staging folder, then swapped in for any previous ``probes/``, so that a reader finds the old set or the new.
+
+    Returns:
+        The folder.
+    """
+    target = out / PROBES_DIR
+    with _atomic.staging(out, prefix=".tmp-probes-") as tmp:
+        runner.save_pretrained(tmp / PROBES_DIR)
+        if target.exists():
+            _atomic.rename(target, tmp / "old")  # removed with the staging folder
+        _atomic.publish(tmp / PROBES_DIR, target)
+    return target

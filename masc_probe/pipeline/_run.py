@@ -28,6 +28,7 @@ from masc_probe.pipeline._inputs import (
     load_run_data,
     resolve_source,
 )
+from masc_probe.pipeline._outputs import save_probes as _save_probes
 from masc_probe.pipeline._outputs import write_outputs
 from masc_probe._choices import (
     DEFAULT_PROBES,
@@ -74,11 +75,12 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
                 mixed_precision: str = "no", device: str | None = None, image_column: str | None = None,
                 label_column: str | None = None, revision: str | None = None,
                 output_dir: str | os.PathLike[str] | None = None, progress: bool = True, protocol: str = "clean",
-                keep_checkpoints: str = "dense") -> RunResult:
+                keep_checkpoints: str = "dense", record_margins: bool = False) -> RunResult:
     """Train *model* on *dataset* with corrupted labels until it memorizes them; rerunning resumes.
 
     Args:
-        model: A model spec (``mlp``, ``cnn``, ``alexnet``, ``resnet18-cifar``, ``timm/<name>``).
+        model: A model spec (``mlp``, ``cnn``, ``alexnet``, ``resnet18-cifar``, ``timm/<name>``, or a folder with a
+            ``transformers`` ``config.json`` and no weights: that architecture, built new).
         dataset: A dataset spec (see :func:`masc_probe.load_data`).
         corrupt: Label corruption rate p in [0, 1] of the training split.
         corrupt_mode: ``random``, ``symmetric``, ``shuffle`` or ``asymmetric``.
@@ -97,6 +99,8 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
             ``preset="auto"`` it takes the paper preset). See :class:`masc_probe.training.TrainConfig`.
         keep_checkpoints: ``all``, ``dense`` or ``final``: which ``checkpoints/epoch-NNNN`` the run keeps besides
             the final one (``probe --all-checkpoints`` reads them).
+        record_margins: Keep every training sample's margin after each epoch in ``margins.safetensors`` (the
+            record AUM ranks by; ``masc-probe label-issues`` reads it).
 
     Returns:
         A :class:`RunResult` with ``training`` set.
@@ -124,7 +128,8 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
                    label_column: str | None = None, revision: str | None = None,
                    output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
                    push_to_hub: str | None = None, private: bool = False, protocol: str = "clean",
-                   keep_checkpoints: str = "dense") -> RunResult:
+                   keep_checkpoints: str = "dense", record_margins: bool = False,
+                   save_probes: bool = False, reducer: str | Mapping[str, str] | None = None) -> RunResult:
     """Train until memorized, probe every layer with every probe and label set, write the report and the card.
 
     The run folder receives the training files (:func:`masc_probe.training.train`), ``report.json``,
@@ -133,7 +138,7 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
 
     Args:
         model, dataset, corrupt, corrupt_mode, seed, preset, max_epochs, batch_size, mixed_precision, device,
-            image_column, label_column, revision, output_dir, progress, keep_checkpoints: As in
+            image_column, label_column, revision, output_dir, progress, keep_checkpoints, record_margins: As in
             :func:`train_model`.
         protocol: As in :func:`train_model`, and for probing: ``authors`` reads the layers in train mode, one
             sample at a time (:class:`masc_probe.ProbeRunner`). The report records it.
@@ -144,6 +149,11 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
         max_memory: Bytes the probes may hold in memory (decides the exact solver per layer).
         push_to_hub: ``user/name``: publish the run folder there when done (one commit).
         private: Create the Hub repo private.
+        reducer: How each layer's value becomes rows: None or ``flatten`` (the paper's), ``cls``, ``mean``,
+            ``gap``, ``auto`` or ``{layer: name}`` (:class:`masc_probe.ProbeRunner`); the report records each
+            layer's choice.
+        save_probes: Also keep the fitted probes in ``<run>/probes`` (``ProbeRunner.save_pretrained``; a push then
+            publishes them under ``masc/probes/``).
 
     Returns:
         A :class:`RunResult` with the report, training outcome, files and (when pushed) the commit URL.
@@ -156,8 +166,9 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
         check_repo_id(push_to_hub)
     plan = _TrainPlan.make(*_train_configs(locals()))
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
-                        max_memory=max_memory, protocol=protocol)
+                        max_memory=max_memory, protocol=protocol, reducer=reducer)
     probing = _ProbePlan.make(plan.net, probe, device=device, progress=progress, data=plan.data)
+    probing.save_probes_to = plan.run_dir if save_probes else None
     training = plan.train()
     from masc_probe.models import load_model
 
@@ -169,7 +180,7 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
     if push_to_hub is not None:
         from masc_probe.hub import push_run
 
-        pushed = push_run(plan.run_dir, push_to_hub, private=private)
+        pushed = push_run(plan.run_dir, push_to_hub, private=private, with_probes=save_probes)
     return RunResult(output_dir=plan.run_dir, report=report, training=training, files=files, pushed=pushed)
 
 
@@ -187,18 +198,20 @@ class _TrainPlan:
     def make(cls, run: RunConfig, source: DataConfig) -> _TrainPlan:
         from accelerate.utils import set_seed
 
-        from masc_probe.models import PAPER_MODELS, load_model
+        from masc_probe.models import PAPER_MODELS, is_architecture_folder, load_model
         from masc_probe.training import paper_normalization, preset_config
 
         model, preset, dataset, seed = run.model, run.preset, source.dataset, source.seed
         check_device(run.device)
         if preset not in PIPELINE_PRESETS:
             raise UnknownNameError(f"unknown preset {preset!r}; " + closest(str(preset), PIPELINE_PRESETS))
-        if not (model in PAPER_MODELS or str(model).startswith(TIMM_PREFIX)):
+        architecture = Path(os.fspath(model)).is_dir() and is_architecture_folder(Path(os.fspath(model)))
+        if not (model in PAPER_MODELS or str(model).startswith(TIMM_PREFIX) or architecture):
             # Training starts from an architecture; a run folder or hf-hub: model is probed (or relabeled) instead.
             load_model(model)  # an unknown spec raises its own error listing the valid forms
-            raise InputError(f"expected an architecture to train ({', '.join(PAPER_MODELS)}, timm/<name>), got "
-                             f"{model!r}; probe a trained model with `masc-probe probe {model}`")
+            raise InputError(f"expected an architecture to train ({', '.join(PAPER_MODELS)}, timm/<name>, a folder "
+                             f"with a transformers config.json and no weights), got {model!r}; probe a trained "
+                             f"model with `masc-probe probe {model}`")
         # The authors fed AlexNet unnormalized Tiny ImageNet pixels; every other paper row is normalized (0.5, 0.5).
         normalize = paper_normalization(model, os.fspath(dataset)) if preset in ("paper", "auto") else None
         data = load_run_data(dataset, corrupt=source.corrupt, mode=source.corrupt_mode, seed=seed,
@@ -214,7 +227,8 @@ class _TrainPlan:
                                      "progress": run.progress, "mixed_precision": run.mixed_precision,
                                      "cpu": run.device == "cpu", "corruption": data.corruption_spec,
                                      "preprocessing": data.info["preprocessing"], "protocol": run.protocol,
-                                     "keep_checkpoints": run.keep_checkpoints}
+                                     "keep_checkpoints": run.keep_checkpoints,
+                                     "record_margins": run.record_margins}
         if run.max_epochs is not None:
             overrides["max_epochs"] = run.max_epochs
         if run.batch_size is not None:
@@ -246,6 +260,7 @@ class _ProbePlan:
     data: RunData
     device: str | None
     batch_size: int = _PROBE_BATCH
+    save_probes_to: Path | None = None  # a folder whose probes/ receives the fitted probes (pipeline._outputs)
 
     @classmethod
     def make(cls, net: Any, probe: ProbeConfig, *, device: str | None, progress: bool, data: RunData) -> _ProbePlan:
@@ -275,8 +290,11 @@ class _ProbePlan:
         test = DataLoader(data.test, batch_size=self.batch_size, shuffle=False)
         with ProbeRunner(net, device=self.device, seed=data.seed, **options) as runner:  # spilled probes go with it
             runner.fit(train, num_classes=data.num_classes)
-            return runner.evaluate(test, epoch=epoch, model_name=model_name, dataset=dataset,
-                                   corruption=data.corruption, extra={**(extra or {}), "data": data.record})
+            report = runner.evaluate(test, epoch=epoch, model_name=model_name, dataset=dataset,
+                                     corruption=data.corruption, extra={**(extra or {}), "data": data.record})
+            if self.save_probes_to is not None:
+                _save_probes(runner, self.save_probes_to)
+            return report
 
 
 def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,
@@ -286,7 +304,8 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
                  batch_size: int | None = None, image_column: str | None = None, label_column: str | None = None,
                  revision: str | None = None, pretrained: bool = False,
                  output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                 protocol: str = "clean") -> RunResult:
+                 protocol: str = "clean", save_probes: bool = False,
+                 reducer: str | Mapping[str, str] | None = None) -> RunResult:
     """Probe a trained model (run folder, checkpoint folder, ``hf-hub:`` repo) or a model spec on a dataset.
 
     A run folder or ``hf-hub:`` repo supplies its dataset, corruption, seed and preprocessing from its
@@ -298,7 +317,8 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
             model spec, clean labels and seed 0).
         all_checkpoints: Probe every ``checkpoints/epoch-NNNN`` of a run folder into one report with an epoch axis
             (plus an accuracy-over-epochs plot).
-        layers, probes, labels, n_components, max_memory, device, progress: As in :func:`run_experiment`.
+        layers, probes, labels, n_components, max_memory, device, progress, reducer: As in
+            :func:`run_experiment`.
         batch_size: Batch of the probing passes (default 256; no effect on the results).
         revision: Hub revision of an ``hf-hub:`` model.
         pretrained: For a ``timm/<name>`` spec: start from timm's pretrained weights.
@@ -306,6 +326,7 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
             (``<run>/dynamics`` with *all_checkpoints*), else ``runs/probe-<source>-<dataset>-…``.
         protocol: ``clean`` (layers read in eval mode) or ``authors`` (train mode, one sample at a time); not
             taken from the run, so that every report says which extraction it used.
+        save_probes: Also keep the fitted probes in ``<output_dir>/probes`` (not with *all_checkpoints*).
 
     Returns:
         A :class:`RunResult` with the report and the files written.
@@ -314,6 +335,8 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
         InputError: A missing folder, a run without checkpoints, no dataset for a model spec, a bad option.
         UnknownNameError, DataUnavailableError, HubError: As raised by loading the model or the data.
     """
+    if save_probes and all_checkpoints:
+        raise InputError("expected one checkpoint to save the probes of, got all_checkpoints=True with save_probes")
     src = resolve_source(source, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
                          revision=revision, all_checkpoints=all_checkpoints)
     data = load_run_data(src.dataset, corrupt=src.corrupt, mode=src.mode, seed=src.seed, image_column=image_column,
@@ -323,11 +346,12 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
     checkpoints = src.checkpoints if all_checkpoints else [(None, src.model_path)]
     first = src.load(checkpoints[0][1], data=data, pretrained=pretrained, revision=revision)
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
-                        max_memory=max_memory, protocol=protocol)
+                        max_memory=max_memory, protocol=protocol, reducer=reducer)
     plan = _ProbePlan.make(first, probe, device=device, progress=progress, data=data)
     if batch_size is not None:
         plan.batch_size = batch_size
     out = Path(output_dir) if output_dir is not None else src.default_output(all_checkpoints)
+    plan.save_probes_to = out if save_probes else None
     name = src.model_name or str(source)
     reports: list[tuple[int, ProbeReport]] = []
     for i, (epoch, path) in enumerate(checkpoints):

@@ -25,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from masc_probe.errors import InputError
-from masc_probe.layers import FeatureTap
+from masc_probe._choices import HUB_PREFIX
+from masc_probe.errors import InputError, UnknownNameError
+from masc_probe.layers import FeatureTap, LayerReducer
 from masc_probe.report import ProbeReport
 from masc_probe.runner import _persist
 from masc_probe.runner._cache import Reducer
@@ -51,8 +52,11 @@ class ProbeRunner:
         labels: Label sets to fit: ``"both"`` (every set the batches carry: ``"corrupted"`` and ``"true"``, or the
             single ``"label"``), or one of ``"corrupted"``, ``"true"``, ``"label"``.
         n_components: MASC's threshold: a variance fraction in (0, 1) or a count >= 1.
-        reducer: None (flatten each activation per sample, as the paper), ``"gap"`` (global average pooling over
-            the spatial axes) or ``"random:D"`` (seeded Gaussian projection to D features). Never the default.
+        reducer: How each activation becomes rows: None or ``"flatten"`` (every value, as the paper), ``"cls"``
+            (the class token of a (B, T, D) token map), ``"mean"`` (the mean token), ``"gap"`` (global average
+            pooling of conv maps), ``"auto"`` (cls for transformer blocks, flatten elsewhere; see
+            :mod:`masc_probe.layers._reduce`), a mapping layer → one of those, or ``"random:D"`` (seeded Gaussian
+            projection to D features). Reports record the per-layer choice under ``reducer``.
         max_memory: Bytes for probe statistics held in memory (default 4 GiB). Layers whose per-class scatter
             matrices do not fit are solved after the pass from the disk cache, one at a time; within that, each
             class takes the scatter or the Gram form (rows spilled to disk); results are exact either way.
@@ -89,7 +93,9 @@ class ProbeRunner:
             max_memory=max_memory, device=device, cache_dir=cache_dir, progress=progress, probe_kwargs=probe_kwargs,
             train_accuracy=train_accuracy, seed=seed, protocol=protocol)
         self.model = model
-        self.reducer = Reducer(reducer, seed=seed)
+        self.reducer: Reducer | LayerReducer = (
+            Reducer(reducer, seed=seed) if isinstance(reducer, str) and reducer.startswith("random:")
+            else LayerReducer(reducer, model=model, seed=seed))
         if model is not None:
             if self.config.device is not None:
                 model.to(self.config.device)
@@ -155,10 +161,11 @@ class ProbeRunner:
                 dicts with ``image``/``pixel_values``/``x``, ``label`` and optionally ``true_label``. Under several
                 processes each one passes its own shard (or the whole data with ``shard=True``).
             num_classes: Number of classes; default: the dataset's ``ClassLabel``, else the model's output width.
-            shard: With several processes, take every world-size-th batch of *train* (from this rank on) instead
-                of treating *train* as this process's shard already. Shards must not repeat samples: Accelerate's
-                prepared loaders pad the last batches by repeating some (``even_batches=True``), which would count
-                them twice; pass the plain loader with ``shard=True``, or use ``Accelerator(even_batches=False)``.
+            shard: With several processes, read only this process's shard of *train* (a DataLoader over a
+                map-style dataset: a contiguous part of its order; a streamed Hugging Face dataset: split by node;
+                other iterables: every world-size-th batch) instead of treating *train* as this process's shard
+                already. A loader Accelerate prepared is a shard already. Samples read twice (Accelerate's
+                ``even_batches`` padding) count once when batches carry their ``index`` (see ``_distributed``).
 
         Returns:
             self.
@@ -248,7 +255,8 @@ class ProbeRunner:
 
     # ------------------------------------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the fitted probes: ``probes.safetensors`` (arrays) and ``runner.json`` (everything else).
+        """Write the fitted probes: ``probes/eNNNN.safetensors`` (one per probe) and ``runner.json`` (the settings,
+        the class list, each layer's row width, the fit's results).
 
         Nothing is pickled. kNN keeps its training rows (it has no other state); LDA and QDA keep the arrays their
         predictions use.
@@ -276,19 +284,109 @@ class ProbeRunner:
             progress: As in the constructor.
 
         Raises:
-            InputError: If the folder holds no saved runner, or a newer format.
+            InputError: If the folder holds no saved runner, a newer format, missing or malformed files, or a model
+                without the saved layers (or, on its first batch, with other widths).
         """
         folder = Path(directory)
         saved = _persist.read_settings(folder)
         arguments = _persist.runner_arguments(saved)
         if model is None:
             arguments["layers"] = None  # not checked against a model; filled in below
-        runner = cls(model, device=device, progress=progress, **arguments)
+        try:
+            runner = cls(model, device=device, progress=progress, **arguments)
+        except UnknownNameError as exc:
+            if model is None:
+                raise
+            raise UnknownNameError(f"the model must have the layers the probes were fitted on, {saved['layers']}; "
+                                   f"{exc}") from None
         runner.config = dataclasses.replace(runner.config, layers=tuple(saved["layers"]))
         _persist.check_projections(saved, runner.reducer)
+        if saved.get("widths"):
+            runner.reducer = _persist.WidthCheck(runner.reducer, saved["widths"])  # type: ignore[assignment]
         target = torch.device(device) if device is not None else torch.device("cpu")
         runner._set_fitted(_persist.load_fitted(saved, folder, runner.config, target))
         return runner
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
+        """Write the fitted probes as :meth:`save` does (``runner.json`` + safetensors, never pickle), in the layout
+        :meth:`from_pretrained` and :meth:`push_to_hub` read.
+
+        >>> runner.save_pretrained("probes/")                                   # doctest: +SKIP
+        """
+        return self.save(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, repo_or_dir: str | os.PathLike[str], model: nn.Module | None = None, *,
+                        revision: str | None = None, token: str | None = None,
+                        cache_dir: str | os.PathLike[str] | None = None, subfolder: str | None = None,
+                        device: str | torch.device | None = None, progress: bool = True) -> ProbeRunner:
+        """Load fitted probes from a folder or a Hub repo; they score new data without refitting.
+
+        A folder may be one :meth:`save_pretrained` wrote, a run folder holding them in ``probes/`` (``masc-probe
+        run/probe --save-probes``) or a copy of a repo (``masc/probes/``). A repo (``"user/name"`` or
+        ``"hf-hub:user/name"``) is read at ``masc/probes/`` (where :meth:`push_to_hub` and ``masc-probe push
+        --with-probes`` put them): only ``runner.json`` and the safetensors files it names are downloaded.
+
+        Args:
+            repo_or_dir: A local folder, or a Hub repo id.
+            model: The model the probes were fitted on (its layers must carry the saved names and widths); None to
+                score rows (``predict({layer: rows})``) only.
+            revision, token, cache_dir: For a Hub repo, as in ``huggingface_hub.hf_hub_download``.
+            subfolder: The folder in the repo (default ``masc/probes``).
+            device, progress: As in :meth:`load`.
+
+        Returns:
+            The fitted runner.
+
+        Raises:
+            InputError: No saved runner there, a newer format, missing or malformed files, a model without the saved
+                layers (or, on its first batch, with other widths).
+            HubError: The repo, revision or a file cannot be had (one line).
+
+        >>> net = load_model("hf-hub:me/mlp-digits")                              # doctest: +SKIP
+        >>> runner = ProbeRunner.from_pretrained("me/mlp-digits", model=net)      # doctest: +SKIP
+        """
+        text = os.fspath(repo_or_dir)
+        local = Path(text)
+        if local.is_dir():
+            folder = _persist.local_folder(local / subfolder if subfolder else local)
+            if folder is None:
+                raise InputError(f"expected runner.json in {text!r} (or its probes/ or masc/probes/), got none")
+        elif local.exists():
+            raise InputError(f"expected a folder or a Hub repo id, got the file {text!r}")
+        else:
+            repo_id = text.removeprefix(HUB_PREFIX)
+            where = _persist.HUB_FOLDER if subfolder is None else subfolder
+            folder = _persist.download_runner(repo_id, subfolder=where, revision=revision, token=token,
+                                              cache_dir=cache_dir)
+        return cls.load(folder, model, device=device, progress=progress)
+
+    def push_to_hub(self, repo_id: str, *, path_in_repo: str = "masc/probes", private: bool = False,
+                    revision: str | None = None, token: str | None = None, commit_message: str | None = None,
+                    create_pr: bool = False) -> str:
+        """Publish the fitted probes to a Hub repo in one commit, under *path_in_repo* (stale files there go).
+
+        Args:
+            repo_id: ``"user/name"`` (created when missing).
+            path_in_repo: The folder in the repo (default ``masc/probes``, where :meth:`from_pretrained` looks).
+            private, revision, token, create_pr: As in :func:`masc_probe.hub.push_run`.
+            commit_message: The commit title.
+
+        Returns:
+            The commit URL, or the pull-request URL with *create_pr*.
+
+        Raises:
+            InputError: Not fitted, a malformed repo id, or a probe that cannot be saved without pickle.
+            HubError: The Hub refuses or fails (one line).
+        """
+        import tempfile
+
+        fitted = self._need_fitted()
+        with tempfile.TemporaryDirectory(prefix="masc-probe-push-") as tmp:
+            folder = _persist.save_runner(self.config, self.reducer, fitted, Path(tmp))
+            title = commit_message or f"masc-probe: {len(fitted.store)} fitted probes, {len(self.layers or [])} layers"
+            return _persist.push_runner(folder, repo_id, path_in_repo=path_in_repo, title=title, private=private,
+                                        revision=revision, token=token, create_pr=create_pr)
 
     def close(self) -> None:
         """Release the fitted probes, deleting any kept on disk (the runner must be fitted again to be used).
