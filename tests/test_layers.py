@@ -432,3 +432,101 @@ def test_tap_follows_the_model_to_another_dtype() -> None:
     assert out.dtype == torch.float64
     assert_close(out, (x @ model.lin.weight.T + model.lin.bias) * torch.tensor([10.0, 20.0, 30.0], dtype=torch.float64))
     tap.close()
+
+
+# ------------------------------------------------------------------------------------------------------- reducers
+def _timm_vit(**kwargs: object) -> nn.Module:
+    import timm
+
+    torch.manual_seed(0)
+    return timm.create_model("vit_tiny_patch16_224", patch_size=4, img_size=16, depth=2, num_classes=3,
+                             **kwargs).eval()
+
+
+def _hf_vit() -> nn.Module:
+    from transformers import ViTConfig, ViTForImageClassification  # in the test extra: no skip
+
+    torch.manual_seed(0)
+    return ViTForImageClassification(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=2,
+                                               num_attention_heads=4, intermediate_size=64, num_labels=3)).eval()
+
+
+def _block_output(model: nn.Module, name: str, x: torch.Tensor) -> torch.Tensor:
+    """The raw output of module *name*, captured by a plain forward hook (independent of FeatureTap)."""
+    seen: list[torch.Tensor] = []
+    handle = dict(model.named_modules())[name].register_forward_hook(lambda m, a, out: seen.append(out.clone()))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    return seen[0]
+
+
+@pytest.mark.parametrize(("make", "block"), [(_timm_vit, "blocks.1"), (_hf_vit, "vit.layers.1")])
+def test_cls_and_mean_reducers_equal_a_hand_computation_on_a_vit_block(make, block: str) -> None:
+    from masc_probe import ProbeRunner
+
+    model = make()
+    x = torch.randn(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    out = _block_output(model, block, x)
+    assert out.shape == (6, 17, out.shape[2])  # 16 patches + the class token
+    rows = {r: ProbeRunner(model, [block], probes=("ncm",), reducer=r, progress=False).features(x)[block]
+            for r in ("cls", "mean", "flatten", "auto")}
+    assert_close(rows["cls"], out[:, 0], rtol=0, atol=0)
+    assert_close(rows["mean"], out.sum(1) / out.shape[1])
+    assert_close(rows["flatten"], out.reshape(6, -1), rtol=0, atol=0)
+    assert_close(rows["auto"], rows["cls"], rtol=0, atol=0)  # a ViT block with a class token: CLS
+
+
+def test_auto_reducer_chooses_per_layer_and_the_report_records_it() -> None:
+    from masc_probe import ProbeRunner
+
+    x = torch.randn(30, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(30) % 3
+    vit = _timm_vit()
+    runner = ProbeRunner(vit, ["input", "patch_embed.proj", "blocks.0", "norm"], probes=("ncm",), reducer="auto",
+                         progress=False).fit([(x, y)])
+    expected = {"input": "flatten", "patch_embed.proj": "flatten", "blocks.0": "cls", "norm": "flatten"}
+    assert runner.reducer.spec == expected
+    assert runner.evaluate([(x, y)]).to_dict()["reducer"] == expected
+    pooled = _timm_vit(class_token=False, global_pool="avg")  # no class token: the mean token
+    rows = ProbeRunner(pooled, ["blocks.0"], probes=("ncm",), reducer="auto", progress=False).features(x)
+    assert_close(rows["blocks.0"], _block_output(pooled, "blocks.0", x).mean(1))
+    mixed = ProbeRunner(vit, ["patch_embed.proj", "blocks.0"], probes=("ncm",), progress=False,
+                        reducer={"patch_embed.proj": "gap", "blocks.0": "mean"}).features(x)
+    assert_close(mixed["patch_embed.proj"], _block_output(vit, "patch_embed.proj", x).mean((2, 3)))
+    default = ProbeRunner(vit, ["blocks.0"], probes=("ncm",), progress=False).fit([(x, y)])
+    assert default.evaluate([(x, y)]).to_dict()["reducer"] is None  # the paper's flatten, as before
+
+
+@pytest.mark.parametrize(("layer", "reducer", "message"), [
+    ("patch_embed.proj", "cls", "reducer 'cls' takes token maps (B, T, D), but layer 'patch_embed.proj' gives "
+                                "(4, 192, 4, 4)"),
+    ("blocks.0", "gap", "reducer 'gap' takes conv maps (B, C, H, W) or rows (B, D), but layer 'blocks.0' gives "
+                        "(4, 17, 192)"),
+    ("head", "mean", "reducer 'mean' takes token maps (B, T, D), but layer 'head' gives (4, 3)"),
+])
+def test_a_reducer_that_does_not_fit_the_layer_is_one_line(layer: str, reducer: str, message: str) -> None:
+    from masc_probe import ProbeRunner
+
+    runner = ProbeRunner(_timm_vit(), [layer], probes=("ncm",), reducer=reducer, progress=False)
+    with pytest.raises(InputError) as err:
+        runner.features(torch.zeros(4, 3, 16, 16))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UnknownNameError, match="unknown reducer 'token'"):
+        ProbeRunner(_timm_vit(), [layer], reducer={layer: "token"})
+
+
+def test_transformers_model_is_tapped_with_pixel_values_and_its_blocks_are_the_default() -> None:
+    model = _hf_vit()
+    assert default_layers(model) == ["input", "vit.layers.0", "vit.layers.1"]
+    calls: list[tuple[int, list[str]]] = []
+    handle = model.register_forward_pre_hook(lambda m, a, k: calls.append((len(a), sorted(k))), with_kwargs=True)
+    x = torch.randn(2, 3, 16, 16)
+    with FeatureTap(model, ["vit.layers.0"]) as tap:
+        value = tap(x)["vit.layers.0"]
+    handle.remove()
+    assert calls == [(0, ["pixel_values"])]
+    assert_close(value, _block_output(model, "vit.layers.0", x), rtol=0, atol=0)
