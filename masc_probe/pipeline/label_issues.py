@@ -25,7 +25,9 @@ model is given.
 The chosen probe's out-of-fold disagreement rate D estimates the share of wrong labels (exactly when the probe
 predicts every true label; a probe of true accuracy a < 1 adds about (1 - a)(1 - p)), and the corruption rate p of
 the random mode, which redraws the true label by chance once in K, is estimated as D K / (K - 1). By default the
-D n lowest-ranked samples are flagged (``threshold`` flags the scores below it instead).
+D n lowest-ranked samples are flagged (``threshold`` flags the scores below it instead). With ``method="aum"`` the
+ranking, scores and flagged set are AUM's (the training margins), the suggested labels and the noise estimate still
+the chosen probe's.
 
 When the data carries true labels, each method (the chosen detector; MASC alone at its best layer by the same criterion; AUM,
 when training margins are given; and every layer x probe) is scored against the corruption mask: AUROC, average
@@ -125,6 +127,7 @@ class LabelIssues:
     metrics: dict[str, dict[str, Any]] | None
     class_scores: np.ndarray = field(repr=False)
     all_class_scores: dict[tuple[str, str], np.ndarray] | None = field(default=None, repr=False)
+    method: str = "probe"  # what score / rank / flagged come from: "probe" (the chosen one) or "aum"
 
     @property
     def n_flagged(self) -> int:
@@ -135,7 +138,7 @@ class LabelIssues:
         known = self.true_label is not None
         return _jsonable({
             "n_samples": len(self.score), "n_classes": len(self.classes), "folds": self.folds, "seed": self.seed,
-            "layer": self.layer, "probe": self.probe, "criterion": self.criterion,
+            "method": self.method, "layer": self.layer, "probe": self.probe, "criterion": self.criterion,
             "heldout_accuracy": self.heldout_accuracy, "select_accuracy": self.select_accuracy,
             "runner_up": self.runner_up, "noise_rate": self.noise_rate, "corruption_rate": self.corruption_rate,
             "realized_noise_rate": float(np.mean(self.given_label != self.true_label)) if known else None,
@@ -188,6 +191,7 @@ def find_label_issues(
     probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     batch_size: int = 256,
     keep_scores: bool = False,
+    method: str = "probe",
 ) -> LabelIssues:
     """Rank the training samples by how likely their given label is wrong (module docstring: the method).
 
@@ -213,6 +217,8 @@ def find_label_issues(
         probe_kwargs: Per-probe constructor arguments (default QDA: ``solver="eigen", shrinkage="auto", tol=0``).
         batch_size: Batch size of the forward pass for map-style data.
         keep_scores: Keep every candidate's (n, K) out-of-fold scores in ``all_class_scores``.
+        method: ``"probe"`` ranks and flags by the chosen probe's scores; ``"aum"`` by the AUM of *margins* (as
+            many flagged as the probe's noise estimate, or those below *threshold*).
 
     Returns:
         A :class:`LabelIssues`; ``.write(folder)`` writes ``label_issues.csv`` and ``label_issues.json``.
@@ -223,6 +229,11 @@ def find_label_issues(
         UnknownNameError: An unknown probe or layer.
     """
     probes = _check_args(probes, folds, seed, threshold, batch_size)
+    if method not in ("probe", "aum"):
+        raise UnknownNameError(f"unknown method {method!r}; " + closest(str(method), ["probe", "aum"]))
+    if method == "aum" and margins is None:
+        raise InputError("method='aum' needs margins= (per-sample training margins, e.g. the margins.safetensors "
+                         "of a run trained with record_margins / --record-margins), got none")
     n_components = check_n_components(n_components)
     budget = check_max_memory(max_memory)
     kwargs = {name: {**_DEFAULT_KWARGS.get(name, {}), **dict((probe_kwargs or {}).get(name, {}))} for name in probes}
@@ -278,6 +289,12 @@ def find_label_issues(
     if true is not None:
         metrics = _score_methods(given != true, candidates, fitted, scored, given, classes, threshold,
                                  score, flagged, aum)
+    if method == "aum":
+        assert aum is not None  # checked at the door
+        score, rank = aum, ranks(aum)
+        flagged = score < threshold if threshold is not None else rank <= round(disagree * len(score))
+        if metrics is not None:
+            metrics["aum"] = detection_metrics(given != true, aum, np.asarray(flagged, dtype=bool))
     runner_up = fitted[1] if len(fitted) > 1 else None
     K = len(classes)
     return LabelIssues(
@@ -289,7 +306,7 @@ def find_label_issues(
         if runner_up else None,
         candidates=candidates, noise_rate=disagree, corruption_rate=min(1.0, disagree * K / (K - 1)),
         threshold=threshold, folds=folds, seed=seed, metrics=metrics, class_scores=S,
-        all_class_scores=scored if keep_scores else None)  # fmt: skip
+        all_class_scores=scored if keep_scores else None, method=method)  # fmt: skip
 
 
 def _score_methods(wrong: np.ndarray, candidates: list[dict[str, Any]], fitted: list[dict[str, Any]],

@@ -1,0 +1,133 @@
+"""``masc-probe label-issues``: :func:`~masc_probe.pipeline.label_issues.find_label_issues` on a run folder, an
+``hf-hub:`` repo or a model spec, on the data it was trained on (or another), with the files written atomically.
+
+A run folder supplies its dataset, corruption and preprocessing (``config.json``) and, when it was trained with
+``record_margins``, its training margins for AUM. The clean test split, which the network never trained on, chooses
+the layer and probe (``select=``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from masc_probe import _atomic
+from masc_probe.errors import InputError
+from masc_probe.pipeline._inputs import check_device, default_run_dir, load_run_data, resolve_source
+from masc_probe.pipeline.label_issues import CSV_NAME, JSON_NAME, LabelIssues, find_label_issues
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["label_issues_run"]
+
+OUTPUT_FOLDER = "label-issues"
+
+
+def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,
+                     corrupt_mode: str | None = None, seed: int | None = None, layers: Sequence[str] | None = None,
+                     probes: Sequence[str] = ("masc", "ncm", "lda", "qda"), folds: int = 2,
+                     threshold: float | None = None, method: str = "probe", n_components: float | int = 0.99,
+                     max_memory: int | None = None, device: str | None = None, batch_size: int | None = None,
+                     image_column: str | None = None, label_column: str | None = None, revision: str | None = None,
+                     output_dir: str | os.PathLike[str] | None = None,
+                     progress: bool = True) -> tuple[LabelIssues, Path]:  # fmt: skip
+    """Find the training samples whose given labels are likely wrong, from the layers of *source*.
+
+    Args:
+        source: A run folder (``masc-probe train`` / ``run``), ``hf-hub:<user>/<repo>``, or a model spec.
+        dataset, corrupt, corrupt_mode, seed, image_column, label_column: The data (default: the run's own; a
+            model spec needs *dataset*).
+        layers, probes, folds, threshold, n_components, max_memory, device: As in :func:`find_label_issues`.
+        method: ``probe`` (default) or ``aum``: rank by the run's training margins (a run trained with
+            ``record_margins``). AUM is scored beside the probe whenever the margins exist and fit the data.
+        batch_size: Batch of the forward pass (default 256).
+        revision: Hub revision of an ``hf-hub:`` model.
+        output_dir: Where ``label_issues.csv`` and ``label_issues.json`` go (default ``<run>/label-issues``, or
+            ``runs/label-issues-<source>-…`` for a model spec or other data).
+        progress: Progress bars.
+
+    Returns:
+        The :class:`LabelIssues` and the output folder.
+
+    Raises:
+        InputError: Folds < 2 or more folds than samples of a class, data without labels, a run folder without a
+            model, ``method="aum"`` without margins for this data.
+        UnknownNameError, DataUnavailableError, HubError: As loading the model or the data raises them.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise InputError(f"expected folds >= 2 (each sample is scored by probes fitted on the other folds), got "
+                         f"{folds!r}")
+    if method not in ("probe", "aum"):
+        raise InputError(f"expected method 'probe' or 'aum', got {method!r}")
+    check_device(device)
+    src = resolve_source(source, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
+                         revision=revision, all_checkpoints=False)
+    if src.kind == "folder" and not (Path(src.text) / "model.safetensors").is_file():
+        raise InputError(f"expected a run folder with a trained model (model.safetensors) at {src.text}, found "
+                         "none; finish its training first (rerun `masc-probe train` with the same folder)")
+    data = load_run_data(src.dataset, corrupt=src.corrupt, mode=src.mode, seed=src.seed, image_column=image_column,
+                         label_column=label_column, normalize=src.normalize, input_size=src.input_size,
+                         in_chans=src.in_chans)
+    _check_class_counts(data.train, folds)
+    margins = _run_margins(src, method)
+    model = src.load(src.model_path, data=data, pretrained=False, revision=revision)
+    issues = find_label_issues(model, data.train, layers=layers, probes=probes, folds=folds, seed=src.seed,
+                               threshold=threshold, max_memory=max_memory, device=device, progress=progress,
+                               margins=margins, select=data.test, n_components=n_components,
+                               batch_size=batch_size or 256, method=method)  # fmt: skip
+    out = Path(output_dir) if output_dir is not None else _default_output(src)
+    summary = {"source": str(source), "dataset": src.dataset, "corruption": data.corruption,
+               **issues.summary()}
+    out.mkdir(parents=True, exist_ok=True)
+    issues.write_csv(out / CSV_NAME)
+    _atomic.write_text(out / JSON_NAME, json.dumps(summary, indent=2) + "\n")
+    return issues, out
+
+
+def _default_output(src: Any) -> Path:
+    if src.kind == "folder" and src.own_data:
+        return Path(src.text) / OUTPUT_FOLDER
+    name = Path(src.text.rstrip("/\\")).name if src.kind == "folder" else src.text
+    return default_run_dir(f"label-issues-{name}", src.dataset, src.corrupt, src.mode, src.seed)
+
+
+def _check_class_counts(train: Any, folds: int) -> None:
+    """Refuse more folds than samples of a class before the forward pass (find_label_issues checks it again)."""
+    try:
+        labels = np.asarray(train["label"]).reshape(-1)
+    except (KeyError, TypeError, ValueError):
+        return  # no label column here: find_label_issues says so in its own words
+    if labels.size == 0:
+        return
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() < folds:
+        raise InputError(f"expected at least folds={folds} samples of every class, got {int(counts.min())} of "
+                         f"class {int(classes[np.argmin(counts)])}")
+
+
+def _run_margins(src: Any, method: str) -> dict[int, float] | None:
+    """The run's AUM per sample index (mean margin over its recorded epochs), when it has margins for this data."""
+    from masc_probe.training._run_folder import read_margins
+
+    saved = read_margins(src.text) if src.kind == "folder" else None
+    if saved is not None and not src.own_data:
+        logger.warning("label issues: %s's margins belong to its own training labels, not to this data; AUM left out",
+                       src.text)
+        saved = None
+    if saved is None:
+        if method == "aum":
+            raise InputError(f"expected margins.safetensors in {src.text} for method aum (train with "
+                             "--record-margins / record_margins=True on the run's own data), found none")
+        return None
+    epoch, index, margins = saved
+    if len(epoch) == 0:
+        if method == "aum":
+            raise InputError(f"expected at least one epoch of margins in {src.text}, got none")
+        return None
+    return dict(zip(index.tolist(), margins.astype(np.float64).mean(axis=0).tolist()))
