@@ -530,3 +530,13 @@ def test_transformers_model_is_tapped_with_pixel_values_and_its_blocks_are_the_d
     handle.remove()
     assert calls == [(0, ["pixel_values"])]
     assert_close(value, _block_output(model, "vit.layers.0", x), rtol=0, atol=0)
+
+
+def test_markdown_names_each_layers_reducer_where_it_is_not_flatten() -> None:
+    from masc_probe import ProbeRunner
+
+    x = torch.randn(30, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(30) % 3
+    runner = ProbeRunner(_timm_vit(), ["input", "blocks.0"], probes=("ncm",), reducer="mean", progress=False)
+    table = runner.fit([(x, y)]).evaluate([(x, y)]).to_markdown()
+    assert "| `blocks.0` (mean) |" in table and "| `input` |" in table

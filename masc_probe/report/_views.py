@@ -54,8 +54,11 @@ def to_markdown(report: ProbeReport, *, digits: int = 3) -> str:
     header = ["layer", *(_series_name(p, lab) for p, lab in series)]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" + "---:|" * len(series))
+    # The per-layer reducer (ProbeRunner's reducer=), shown where it is not the paper's flatten.
+    reducers = report.extra.get("reducer") if isinstance(report.extra.get("reducer"), dict) else {}
     for layer in dict.fromkeys(r["layer"] for r in rows):
-        cells = [f"`{layer}`"]
+        how = reducers.get(layer, "flatten")
+        cells = [f"`{layer}`" + (f" ({how})" if how != "flatten" else "")]
         for s in series:
             r = cell.get((layer, *s))
             if r is None:
