@@ -2,6 +2,10 @@
 
 Writes (rank 0) world.json, report.json and predictions.safetensors into the folder given as argv[1]; every rank
 writes its own predictions so the test can check that the ranks agree.
+
+``shard_worker`` (run by ``accelerate.debug_launcher``) checks that each process reads only its shard: datasets that
+count their decodes per process, read through a plain DataLoader (``shard=True``), a DataLoader Accelerate prepared
+(``even_batches`` repeats samples in the last batches) and a streamed Hugging Face dataset.
 """
 
 from __future__ import annotations
@@ -41,6 +45,89 @@ def predictions(runner: ProbeRunner) -> dict[str, torch.Tensor]:
         if key[1] == "masc":
             out["cos/" + "/".join(key)] = est.cosines(feats[key[0]])
     return out
+
+
+# The shard checks: sizes with uneven tails (150 = 9 x 16 + 6 training rows, 70 = 4 x 16 + 6 test rows: with 2
+# processes Accelerate pads rank 1's last training batch and gives rank 1 a whole extra test batch of repeats).
+SHARD_KWARGS = {"probes": ("masc", "ncm"), "max_memory": 100_000, "progress": False, "train_accuracy": True}
+N_TRAIN, N_TEST, BATCH = 150, 70, 16
+
+
+class CountingDataset(torch.utils.data.Dataset):
+    """(x, y corrupted, y true, index) rows that log every decode (``__getitem__``) of this process to a file."""
+
+    def __init__(self, n: int, seed: int, log: Path | None) -> None:
+        self.x, self.yc, self.y = data(n, seed=seed)
+        self.log = log
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple:
+        if self.log is not None:
+            with open(self.log, "a") as fh:
+                fh.write(f"{i}\n")
+        return self.x[i], self.yc[i], self.y[i], i
+
+
+def shard_data(kind: str, log_dir: Path | None, rank: int) -> tuple:
+    """(train, test) of one scenario: "plain" DataLoaders, or "stream" HF iterable datasets in DataLoaders."""
+    log = (lambda name: None if log_dir is None else log_dir / f"{kind}-{name}-{rank}.log")
+    if kind == "plain":
+        return (torch.utils.data.DataLoader(CountingDataset(N_TRAIN, 0, log("train")), batch_size=BATCH),
+                torch.utils.data.DataLoader(CountingDataset(N_TEST, 1, log("test")), batch_size=BATCH))
+    import datasets
+
+    def stream(n: int, seed: int, path: Path | None) -> torch.utils.data.DataLoader:
+        x, yc, y = data(n, seed=seed)
+        table = datasets.Dataset.from_dict({"x": x.numpy(), "label": yc.numpy(), "true_label": y.numpy(),
+                                            "index": list(range(n))})
+
+        def decode(row: dict) -> dict:
+            if path is not None:
+                with open(path, "a") as fh:
+                    fh.write(f"{row['index']}\n")
+            return row
+
+        # 4 shards: 2 per process, so each process decodes only its own.
+        rows = table.to_iterable_dataset(num_shards=4).map(decode).with_format("torch")
+        return torch.utils.data.DataLoader(rows, batch_size=BATCH)
+
+    return stream(N_TRAIN, 0, log("train")), stream(N_TEST, 1, log("test"))
+
+
+def shard_report(train, test, *, shard: bool) -> dict:
+    runner = ProbeRunner(mlp(), **SHARD_KWARGS)
+    return runner.fit(train, shard=shard).evaluate(test, shard=shard).to_dict()
+
+
+def shard_worker(out: str) -> None:
+    """Entry point for ``accelerate.debug_launcher``: the shard scenarios, each report written by rank 0."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    torch.set_num_threads(1)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    accelerator = Accelerator(cpu=True)  # even_batches=True, Accelerate's default
+    rank = dist.get_rank()
+    assert accelerator.num_processes == dist.get_world_size() == 2
+    out = Path(out)
+    reports = {}
+    train, test = shard_data("plain", out, rank)
+    reports["plain"] = shard_report(train, test, shard=True)
+    # The same loaders prepared by Accelerate: each process gets its batches, the last ones padded with repeats.
+    train, test = shard_data("plain", None, rank)
+    prepared_train, prepared_test = accelerator.prepare(train, test)
+    rows: list = [None, None]  # rows each process's prepared loader yields, repeats included
+    dist.all_gather_object(rows, [sum(len(b[1]) for b in loader) for loader in (prepared_train, prepared_test)])
+    reports["prepared"] = shard_report(prepared_train, prepared_test, shard=False)
+    reports["prepared_rows"] = rows
+    train, test = shard_data("stream", out, rank)
+    reports["stream"] = shard_report(train, test, shard=True)
+    if rank == 0:
+        (out / "shard_reports.json").write_text(json.dumps(reports))
+    dist.barrier()
 
 
 def worker(out: str | Path) -> None:

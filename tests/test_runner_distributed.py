@@ -73,3 +73,48 @@ def _check_against_one_process(tmp_path: Path) -> None:
             assert torch.equal(rank0[key], want), key
             assert torch.equal(rank1[key], want), key
     assert json.loads((tmp_path / "report.json").read_text()) == report.to_dict()
+
+
+# ------------------------------------------------------------------------------------------------ per-process shards
+def _decoded(folder: Path, name: str) -> list[list[int]]:
+    return [[int(i) for i in (folder / f"{name}-{r}.log").read_text().split()] for r in (0, 1)]
+
+
+def test_each_process_reads_its_shard_and_repeats_count_once(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from accelerate import debug_launcher
+    from _runner_distributed_script import BATCH, N_TEST, N_TRAIN, SHARD_KWARGS, shard_data, shard_worker
+
+    import masc_probe.layers  # noqa: F401
+    import masc_probe.probes  # noqa: F401
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    debug_launcher(shard_worker, args=(str(tmp_path),), num_processes=2)
+    reports = json.loads((tmp_path / "shard_reports.json").read_text())
+
+    # Each process decoded its half of the data once, and nothing else (a plain DataLoader with shard=True, and
+    # a streamed dataset split by node).
+    for kind in ("plain", "stream"):
+        for name, n in (("train", N_TRAIN), ("test", N_TEST)):
+            rank0, rank1 = _decoded(tmp_path, f"{kind}-{name}")
+            assert len(rank0) + len(rank1) == n, (kind, name)
+            assert sorted(rank0 + rank1) == list(range(n)), (kind, name)
+            assert abs(len(rank0) - len(rank1)) <= 2 * BATCH, (kind, name, len(rank0), len(rank1))
+    # Accelerate's even_batches repeated samples: the prepared loaders yielded more rows than there are samples.
+    (train0, test0), (train1, test1) = reports["prepared_rows"]
+    assert train0 + train1 > N_TRAIN and test0 + test1 > N_TEST
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train, test = shard_data("plain", None, 0)
+        single = ProbeRunner(__import__("_runner_helpers").mlp(), **SHARD_KWARGS).fit(train).evaluate(test).to_dict()
+        train, test = shard_data("stream", None, 0)
+        single_stream = ProbeRunner(__import__("_runner_helpers").mlp(), **SHARD_KWARGS).fit(train).evaluate(test)
+    finally:
+        torch.set_num_threads(before)
+    assert single["n_train"] == N_TRAIN and single["n_test"] == N_TEST
+    # Same numbers from 2 processes as from 1: plain shards, the prepared loader (repeats counted once), streams.
+    assert reports["plain"] == single
+    assert reports["prepared"] == single
+    assert reports["stream"] == single_stream.to_dict()

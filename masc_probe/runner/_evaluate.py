@@ -35,7 +35,9 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
     """Counts of correct predictions per probe and for the model, summed over processes (one all-reduce).
 
     Probes held in memory score each batch as it passes. Probes the store keeps on disk are read once each after
-    the pass and score the rows of their layer, cached on disk during the pass.
+    the pass and score the rows of their layer, cached on disk during the pass. Every row's outcome is kept (one
+    byte per probe) beside its sample index; with several processes, a sample read twice (Accelerate's
+    ``even_batches`` padding) counts once: at its first occurrence (see ``_distributed.first_occurrences``).
     """
     world = dist.world()
     device = config.device or model_device(model)
@@ -46,13 +48,15 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
     cache = RowCache.temporary(config.cache_dir) if spilled else None
     cached_layers = sorted({k[0] for k in spilled})
     labels: list[torch.Tensor] = []
-    correct = torch.zeros(len(keys) + 3, dtype=torch.int64)  # probes..., model correct, model scored, n
+    # Per row: one column per probe, then the model's hit and whether the model was scored on it.
+    hits: list[torch.Tensor] = []
+    indices: list[Any] = []
     timings = fitted.timings
     try:
         with Forward(model, list(config.layers or []), reducer, device, want_logits=True,
                      train_mode=config.protocol == "authors") as forward:
-            for b, batch in enumerate(batches(test, world=world, shard=shard, progress=config.progress,
-                                              desc="evaluate")):
+            for b, (batch, index) in enumerate(batches(test, world=world, shard=shard, progress=config.progress,
+                                                       desc="evaluate")):
                 if b % 16 == 15:
                     release_free_memory()  # see release_free_memory: scoring churns 1-32 MB blocks
                 x, sets = split_batch(batch)
@@ -60,13 +64,15 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                 t = sync(device)
                 rows, logits = forward(x)
                 t2 = sync(device)
+                hit = torch.zeros(len(y), len(keys) + 2, dtype=torch.int8)
                 for i, key in enumerate(keys):
                     if key in live:
-                        correct[i] += int((predict_rows(key[1], live[key], rows[key[0]]) == y).sum())
+                        hit[:, i] = predict_rows(key[1], live[key], rows[key[0]]) == y
                 if logits is not None and logits.ndim == 2:
-                    correct[-3] += int((logits.argmax(dim=1).cpu() == y).sum())
-                    correct[-2] += len(y)
-                correct[-1] += len(y)
+                    hit[:, -2] = logits.argmax(dim=1).cpu() == y
+                    hit[:, -1] = 1
+                hits.append(hit)
+                indices.append(index if index is not None and len(index) == len(y) else None)
                 if cache is not None:
                     for layer in cached_layers:
                         cache.append(layer, rows[layer])
@@ -74,6 +80,7 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                 t3 = sync(device)
                 timings["evaluate_forward"] = timings.get("evaluate_forward", 0.0) + t2 - t
                 timings["predict"] = timings.get("predict", 0.0) + t3 - t2
+        table = torch.cat(hits) if hits else torch.zeros(0, len(keys) + 2, dtype=torch.int8)
         if cache is not None and labels:
             t = sync(device)
             cache.finish()
@@ -84,7 +91,7 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                 est, start = store[key], 0
                 for chunk in cache.chunks(key[0], max(1, (128 * 1024**2) // (4 * cache.dims[key[0]]))):
                     pred = predict_rows(key[1], est, torch.from_numpy(chunk).to(device))
-                    correct[i] += int((pred == y_all[start:start + len(chunk)]).sum())
+                    table[start:start + len(chunk), i] = pred == y_all[start:start + len(chunk)]
                     start += len(chunk)
                 del est
                 release_free_memory()
@@ -92,12 +99,25 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
     finally:
         if cache is not None:
             cache.cleanup()
-    total = dist.all_reduce_sum(world, {"counts": correct})["counts"]
+    keep = _first_rows(world, indices, len(table))
+    counts = table[torch.from_numpy(keep)].sum(dim=0, dtype=torch.int64)
+    local = torch.cat([counts, torch.tensor([int(keep.sum())], dtype=torch.int64)])
+    total = dist.all_reduce_sum(world, {"counts": local})["counts"]
     n = int(total[-1])
     if n == 0:
         raise InputError("evaluate needs at least one test batch, got none")
+    scored = int(total[-2])
     return {"n": n, "correct": {key: int(total[i]) for i, key in enumerate(keys)},
-            "model_accuracy": int(total[-3]) / int(total[-2]) if int(total[-2]) == n else None}
+            "model_accuracy": int(total[-3]) / scored if scored == n else None}
+
+
+def _first_rows(world: dist.World, indices: list[Any], n_rows: int) -> np.ndarray:
+    """Which rows count: all of them, or with several processes that all know their rows' sample indices, the
+    first occurrence of each sample in the job."""
+    known = bool(indices) and all(i is not None for i in indices)
+    if not world.distributed or not all(dist.all_gather_objects(world, known or not indices)):
+        return np.ones(n_rows, dtype=bool)
+    return dist.first_occurrences(world, np.concatenate(indices) if indices else np.zeros(0, np.int64))
 
 
 def _version(package: str) -> str | None:

@@ -38,6 +38,7 @@ from masc_probe.runner._store import ProbeStore, read_probe, write_probe
 logger = logging.getLogger("masc_probe.runner")
 
 _CHUNK_BYTES = 128 * 1024**2  # rows read back from the cache per block
+_INDEX = "_index"  # the row cache's "label set" of sample indices (no label set has this name)
 
 
 def new_estimator(config: RunnerConfig, probe: str, device: torch.device, max_memory: int | None) -> Any:
@@ -106,6 +107,7 @@ class FitState:
     train_scores: dict[Key, dict[str, float]] = field(default_factory=dict)
     store: Any = None  # ProbeStore of the fitted probes
     failed: list[dict[str, str]] = field(default_factory=list)
+    indexed: bool = True  # every row so far carried its sample index (kept in the cache as label set _INDEX)
 
     def tick(self, name: str, since: float) -> float:
         now = sync(self.device)
@@ -213,19 +215,45 @@ def fit(config: RunnerConfig, reducer: Reducer, model: nn.Module, train: Any, *,
 
 
 def fit_pass(state: FitState, model: nn.Module, data: Any, *, shard: bool) -> None:
-    """The one forward pass over the training batches."""
+    """The one forward pass over the training batches.
+
+    With several processes and batches whose sample indices are known, each process holds its last batch back
+    until the pass is over: Accelerate's ``even_batches`` repeats samples only there, and statistics cannot take a
+    row back once added. One gather of every process's indices then keeps of the held rows only the first
+    occurrence of each sample in the job (:func:`~masc_probe.runner._distributed.first_occurrences`). A repeat
+    anywhere else is an error.
+    """
     config = state.config
     state.device = config.device or model_device(model)
     classes: np.ndarray | None = None
     first_sets: list[str] = []
     blocks: _Blocks | None = None
+    dedup = state.world.distributed
+    seen: list[np.ndarray] = []  # indices of the rows added so far (when dedup)
+    held: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], np.ndarray, bool] | None = None
+
+    def add(rows: dict[str, torch.Tensor], sets: dict[str, torch.Tensor], index: np.ndarray | None,
+            carried: bool) -> None:
+        t = sync(state.device)
+        blocks.add(rows, {name: y.numpy() for name, y in sets.items()}, classes)  # type: ignore[union-attr]
+        t = state.tick("statistics", t)
+        for layer in state.plan.cached:
+            state.cache.append(layer, rows[layer])
+        state.cache.append_labels(sets)
+        if index is None or not carried:
+            state.indexed = False
+        elif state.indexed:
+            state.cache.append_labels({_INDEX: torch.from_numpy(np.asarray(index, dtype=np.int64))})
+        state.n_local += len(next(iter(sets.values())))
+        state.tick("cache_write", t)
+
     with Forward(model, list(config.layers or []), state.reducer, state.device,
                  want_logits=state.num_classes is None, train_mode=config.protocol == "authors") as forward:
-        for batch in batches(data, world=state.world, shard=shard, progress=config.progress, desc="fit"):
+        for batch, index in batches(data, world=state.world, shard=shard, progress=config.progress, desc="fit"):
             x, sets = split_batch(batch)
             t = sync(state.device)
             rows, logits = forward(x)
-            t = state.tick("forward", t)
+            state.tick("forward", t)
             if classes is None:
                 state.input_shape = list(x.shape[1:])
                 _setup(state, sets, rows, logits)
@@ -240,18 +268,64 @@ def fit_pass(state: FitState, model: nn.Module, data: Any, *, shard: bool) -> No
                 if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(classes)):
                     raise InputError(f"labels must lie in [0, {len(classes)}), got {name} labels in "
                                      f"[{int(y.min())}, {int(y.max())}]; pass num_classes= to fit")
-            blocks.add(rows, {name: y.numpy() for name, y in sets.items()}, classes)  # type: ignore[union-attr]
-            t = state.tick("statistics", t)
-            for layer in state.plan.cached:
-                state.cache.append(layer, rows[layer])
-            state.cache.append_labels(sets)
-            state.n_local += len(x)
-            state.tick("cache_write", t)
+            if index is not None and len(index) != len(x):
+                index = None
+            # Indices the batch carries itself (not positions the shards were cut at) also order the fingerprint.
+            carried = index is not None and dist.batch_index(batch) is not None
+            if dedup and index is None:
+                dedup = False  # indices unknown: every row counts as it comes
+                if held is not None:
+                    add(*held)
+                    held = None
+            if not dedup:
+                add(rows, sets, index, carried)
+                continue
+            if held is not None:
+                add(*held)
+                seen.append(held[2])
+            held = (rows, sets, index, carried)
+        if state.world.distributed:
+            # Every process must agree before the gather: one without indices means none de-duplicates.
+            if all(dist.all_gather_objects(state.world, dedup)):
+                keep_rows = _resolve_held(state, seen, held)
+                if held is not None and keep_rows.any():
+                    pick = torch.from_numpy(np.flatnonzero(keep_rows))
+                    add({layer: r.index_select(0, pick.to(r.device)) for layer, r in held[0].items()},
+                        {name: y[pick] for name, y in held[1].items()}, held[2][keep_rows], held[3])
+            elif held is not None:
+                add(*held)
     if blocks is not None:
         t = sync(state.device)
         blocks.flush(classes)
         state.tick("statistics", t)
     state.cache.finish()
+
+
+def _resolve_held(state: FitState, seen: list[np.ndarray], held: Any) -> np.ndarray:
+    """Of this process's held-back last batch, the rows whose sample no process added, nor held earlier in the
+    order (every added row, then the held batches rank by rank). One gather; every process takes part.
+
+    Raises:
+        InputError: A sample was added twice (the shards overlap before their last batches).
+    """
+    added = np.concatenate(seen) if seen else np.zeros(0, np.int64)
+    tail = held[2] if held is not None else np.zeros(0, np.int64)
+    parts = dist.all_gather_objects(state.world, (added, tail))
+    all_added = np.concatenate([p[0] for p in parts])
+    if len(np.unique(all_added)) != len(all_added):  # every process sees this and raises alike
+        raise InputError(f"{len(all_added) - len(np.unique(all_added))} samples were read twice before the last "
+                         "batches: the processes' shards overlap; pass each process a disjoint part of the data, or "
+                         "the whole data with shard=True")
+    order = np.concatenate([all_added, *(p[1] for p in parts)])
+    first = np.zeros(len(order), dtype=bool)
+    first[np.unique(order, return_index=True)[1]] = True
+    start = len(all_added) + sum(len(p[1]) for p in parts[:state.world.rank])
+    keep = first[start:start + len(tail)]
+    dropped = len(order) - int(first.sum())
+    if dropped and state.world.main:
+        logger.info("dropped %d repeated samples from the processes' last batches (Accelerate's even_batches "
+                    "padding)", dropped)
+    return keep
 
 
 def _agree(state: FitState) -> None:
@@ -401,12 +475,18 @@ def _train_accuracy(state: FitState) -> dict[Key, dict[str, float]]:
 
 
 def _fingerprint(state: FitState) -> str:
-    """A short digest of what was fitted: sample count, input shape and every label set, in data order."""
+    """A short digest of what was fitted: sample count, input shape and every label set, in sample-index order when
+    every batch carried its rows' indices (so that a loader Accelerate prepared digests as the plain loader over
+    data in index order does), else in the order the rows were read."""
     import hashlib
 
     h = hashlib.sha256(repr((state.n_train, state.input_shape, state.label_sets)).encode())
+    order = None
+    if all(dist.all_gather_objects(state.world, state.indexed)):
+        order = np.argsort(state.cache.labels(_INDEX), kind="stable")
     for name in state.label_sets:
-        h.update(state.cache.labels(name).astype("<i8").tobytes())
+        labels = state.cache.labels(name)
+        h.update((labels if order is None else labels[order]).astype("<i8").tobytes())
     return h.hexdigest()[:16]
 
 

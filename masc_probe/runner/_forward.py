@@ -165,23 +165,17 @@ def expected_input(model: nn.Module) -> str:
     return "; ".join(parts) or f"{type(model).__name__} does not say what input it takes"
 
 
-def batches(data: Iterable[Any], *, world: World, shard: bool, progress: bool, desc: str) -> Iterator[Any]:
-    """The batches this process handles, under a progress bar (quiet when *progress* is False or not a TTY)."""
+def batches(data: Iterable[Any], *, world: World, shard: bool, progress: bool,
+            desc: str) -> Iterator[tuple[Any, Any]]:
+    """The batches this process handles, each with its rows' sample indices or None (see ``_distributed``), under a
+    progress bar (quiet when *progress* is False or not a TTY)."""
     from tqdm.auto import tqdm
 
-    total = None
-    try:
-        total = len(data)  # type: ignore[arg-type]
-    except TypeError:
-        pass
-    if shard and world.distributed and total is not None:
-        total = len(range(world.rank, total, world.size))
-    bar = tqdm(data, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
-               disable=None if progress and world.main else True)
-    for i, batch in enumerate(bar):
-        if shard and world.distributed and i % world.size != world.rank:
-            continue
-        yield batch
+    from masc_probe.runner._distributed import local_batches
+
+    pairs, total = local_batches(data, world, shard=shard)
+    yield from tqdm(pairs, total=total, desc=desc, unit="batch", leave=False, dynamic_ncols=True,
+                    disable=None if progress and world.main else True)
 
 
 _LIBC: Any = None
