@@ -188,6 +188,16 @@ def test_push_to_hub_and_back_scores_identically(hub: FakeHub, fitted: ProbeRunn
     assert fetched == weights | {"masc/probes/runner.json"}
     assert len(hub.hits("lfs-download")) == len(weights)
 
+    # Offline, the cache alone serves the same commit (no request reaches the Hub).
+    import huggingface_hub.constants as hf_constants
+
+    requests = len(hub.requests)
+    with pytest.MonkeyPatch.context() as offline:
+        offline.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+        cached = ProbeRunner.from_pretrained("me/probes", model=mlp())
+    assert len(hub.requests) == requests
+    _assert_scores_equal(fitted, cached, _new_inputs())
+
     again = fitted.push_to_hub("me/probes", path_in_repo="elsewhere", commit_message="copy")
     assert hub.history("me/probes")[0] == "copy" and again.endswith(hub.repos[("model", "me/probes")].refs["main"])
     copy = ProbeRunner.from_pretrained("me/probes", model=mlp(), subfolder="elsewhere")
@@ -298,6 +308,13 @@ def test_push_with_probes_refuses_a_run_without_matching_probes(hub: FakeHub, ru
         mhub.push_run(stale, "me/r", with_probes=True)
     assert "\n" not in str(err.value)
     assert hub.commit_requests == 0 and not hub.hits("preupload")
+
+    # Probing the run again through the CLI with --save-probes swaps in probes that belong to its new report.
+    assert main(["probe", str(stale), "--probes", "masc,ncm,linear", "--layers", "input,fc2", "--save-probes",
+                 "--quiet"]) == 0
+    assert sorted(p.name for p in stale.iterdir() if p.name.startswith(".tmp")) == []
+    assert mhub.push_run(stale, "me/r", with_probes=True).endswith(hub.repos[("model", "me/r")].refs["main"])
+    assert len(_safetensors(hub.files("me/r"))) == 12
 
     dry = mhub.write_dry_run(run_with_probes, tmp_path / "dry", with_probes=True)
     assert {p.relative_to(tmp_path / "dry").as_posix() for p in dry} >= {"masc/probes/runner.json",
