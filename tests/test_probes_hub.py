@@ -160,6 +160,8 @@ def test_model_that_does_not_fit_the_probes_is_one_line(fitted: ProbeRunner, tmp
         ProbeRunner.from_pretrained(folder / "runner.json")
     with pytest.raises(InputError, match="runner.json"):
         ProbeRunner.from_pretrained(tmp_path)
+    with pytest.raises(InputError, match="which is neither"):
+        ProbeRunner.from_pretrained(tmp_path / "no-such-folder")
     with pytest.raises(InputError, match="not fitted"):
         ProbeRunner(mlp(), ["2"], progress=False).push_to_hub("me/x")
 

@@ -113,7 +113,8 @@ def read_settings(directory: Path) -> dict[str, Any]:
     """The saved ``runner.json``, checked to be one this version reads.
 
     Raises:
-        InputError: If the folder holds no saved runner, or a newer format.
+        InputError: If the folder holds no runner.json, or one that is not JSON, not this format, of a newer
+            version, or without the keys every version has.
     """
     path = directory / SETTINGS
     if not path.is_file():

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from masc_probe._choices import HUB_PREFIX
+from masc_probe._hub import check_repo_id
 from masc_probe.errors import InputError, UnknownNameError
 from masc_probe.layers import FeatureTap, LayerReducer
 from masc_probe.report import ProbeReport
@@ -356,6 +357,11 @@ class ProbeRunner:
             raise InputError(f"expected a folder or a Hub repo id, got the file {text!r}")
         else:
             repo_id = text.removeprefix(HUB_PREFIX)
+            try:
+                check_repo_id(repo_id)
+            except InputError:
+                raise InputError(f"expected a saved runner's folder or a Hub repo id 'user/name', got {text!r}, "
+                                 "which is neither (no such folder)") from None
             where = _persist.HUB_FOLDER if subfolder is None else subfolder
             folder = _persist.download_runner(repo_id, subfolder=where, revision=revision, token=token,
                                               cache_dir=cache_dir)
