@@ -66,6 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--hf-depth", type=int, default=4)
     p.add_argument("--work-dir", default=str(REPO / "runs" / "transformers"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--results", default=str(RESULTS_JSON), help="the results JSON (default %(default)s)")
     p.add_argument("--markdown", action="store_true", help="only rebuild the RESULTS.md section from the JSON")
     p.add_argument("--quiet", action="store_true")
     return p.parse_args(argv)
@@ -196,15 +197,15 @@ def machine() -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------------- results
-def load_results() -> dict[str, Any]:
-    return json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.is_file() else {"rows": {}}
+def load_results(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.is_file() else {"rows": {}}
 
 
-def save_results(results: dict[str, Any]) -> None:
-    RESULTS_JSON.parent.mkdir(parents=True, exist_ok=True)
-    tmp = RESULTS_JSON.with_name(f".{RESULTS_JSON.name}.tmp")
+def save_results(results: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, RESULTS_JSON)
+    os.replace(tmp, path)
 
 
 def _acc(entry: dict[str, Any], key: str, probe: str, labels: str, layer: str) -> float | None:
@@ -216,7 +217,8 @@ def _f(x: float | None) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    lines = [SECTION, "", results.get("command", ""), "", results.get("summary", ""), ""]
+    lines = [SECTION, "", "Made by (one thread; each command resumes):", "", "```",
+             *results.get("commands", []), "```", "", results.get("summary", ""), ""]
     for row, entry in results["rows"].items():
         t = entry.get("trained", {})
         if "probed" not in entry:
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.markdown:
-        write_markdown(load_results())
+        write_markdown(load_results(Path(args.results)))
         return
     import torch
 
@@ -276,10 +278,10 @@ def main(argv: list[str] | None = None) -> None:
         path = run_dir(args, row)
         if args.stage in ("train", "all"):
             trained = train_row(args, row, train_data)
-            results = load_results()
+            results = load_results(Path(args.results))
             entry = results["rows"].setdefault(row, {})
             entry.update(trained=trained, run_dir=os.path.relpath(path, REPO))
-            save_results(results)
+            save_results(results, Path(args.results))
         if args.stage in ("probe", "all"):
             if not finished(path):
                 log.warning("%s: training has not ended; not probed", path)
@@ -287,15 +289,16 @@ def main(argv: list[str] | None = None) -> None:
             test_data = load_split(dataset, "test", args.test_subset, rate=0.0)
             probed = probe_row(args, row, train_data, test_data)
             labels = train_data.with_format("numpy")
-            results = load_results()
+            results = load_results(Path(args.results))
             entry = results["rows"].setdefault(row, {})
             entry.update(probed=probed, n_train=len(train_data), n_test=len(test_data),
                          realized_rate=float(np.mean(labels["label"][:] != labels["true_label"][:])),
                          machine=machine())
-            save_results(results)
-    results = load_results()
-    results["command"] = "OMP_NUM_THREADS=1 python benchmarks/transformer_rows.py " + " ".join(sys.argv[1:])
-    save_results(results)
+            save_results(results, Path(args.results))
+    results = load_results(Path(args.results))
+    command = "OMP_NUM_THREADS=1 python benchmarks/transformer_rows.py " + " ".join(sys.argv[1:])
+    results["commands"] = list(dict.fromkeys([*results.get("commands", []), command]))
+    save_results(results, Path(args.results))
 
 
 if __name__ == "__main__":

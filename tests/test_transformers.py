@@ -198,3 +198,15 @@ def test_cli_trains_a_transformers_architecture(tmp_path: Path, capsys: pytest.C
         pred = trained(x).logits.argmax(1)
     assert metrics[-1]["train_accuracy_corrupted"] == pytest.approx(float((pred == y).double().mean()))
 
+
+
+def test_runner_reads_the_models_own_accuracy_from_its_model_output() -> None:
+    from masc_probe import ProbeRunner
+
+    model = tiny_vit(2, num_labels=3)
+    x, y = _x(30), torch.arange(30) % 3
+    with torch.no_grad():
+        expected = float((model(x).logits.argmax(1) == y).double().mean())
+    for layers in (["input"], ["vit.layers.1"]):  # the raw input alone still runs the model for its logits
+        runner = ProbeRunner(model, layers, probes=("ncm",), progress=False).fit([(x, y)])
+        assert runner.evaluate([(x, y)]).model_test_accuracy == pytest.approx(expected)

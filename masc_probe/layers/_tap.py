@@ -237,6 +237,7 @@ class FeatureTap:
             raise InputError("layers is empty; name at least one layer, or pass None for the default layers")
         self._method = method
         self._keyword = _keyword_input(model)
+        self._traced = index.graph_module is not None
         self._taps = {name: self._resolve(index, name, method) for name in self.layers}
         self._modules = list(model.modules())
         hooked = [t.module for t in self._taps.values() if t.node is None and t.module is not None]
@@ -332,12 +333,23 @@ class FeatureTap:
         return result
 
     def _forward(self, x: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
-        run: Any = self._graph if self._graph is not None else self.model
+        if self._graph is not None:
+            if self._hooks is None:
+                return self._graph(x), {}
+            with self._hooks.collecting():
+                return self._graph(x), self._hooks.values()
         if self._hooks is None:
-            return (run(x) if self._graph is not None else {}), {}
+            # The input alone: a traced model need not run; an untraceable one still does, for the forward hooks
+            # others keep on it (the runner reads the model's logits that way).
+            if not self._traced:
+                self._call_model(x)
+            return {}, {}
         with self._hooks.collecting():
-            out = run(x) if self._graph is not None or self._keyword is None else run(**{self._keyword: x})
-        return (out if self._graph is not None else {}), self._hooks.values()
+            self._call_model(x)
+        return {}, self._hooks.values()
+
+    def _call_model(self, x: torch.Tensor) -> Any:
+        return self.model(x) if self._keyword is None else self.model(**{self._keyword: x})
 
     def close(self) -> None:
         """Remove the hooks from the model and drop the graph; the tap cannot be called again."""
