@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from masc_probe import __version__, _atomic
+from masc_probe._choices import HUB_PREFIX
 from masc_probe._hub import check_repo_id, commit_files, hub_errors, one_line
 from masc_probe.errors import InputError
 from masc_probe.probes import probe_from_state
@@ -278,6 +279,47 @@ class WidthCheck:
 
 
 # ---------------------------------------------------------------------------------------------------------- the Hub
+def find_runner(repo_or_dir: str | os.PathLike[str], *, subfolder: str | None, revision: str | None,
+                token: str | None, cache_dir: str | os.PathLike[str] | None) -> Path:
+    """The local folder of a saved runner: *repo_or_dir* itself when it is a folder (see :func:`local_folder`),
+    else the download of a Hub repo's ``subfolder`` (default ``masc/probes``; see :func:`download_runner`).
+
+    Raises:
+        InputError: A folder without a saved runner, a file, or a string that is neither a folder nor a repo id.
+        HubError: As :func:`download_runner`.
+    """
+    text = os.fspath(repo_or_dir)
+    local = Path(text)
+    if local.is_dir():
+        folder = local_folder(local / subfolder if subfolder else local)
+        if folder is None:
+            raise InputError(f"expected runner.json in {text!r} (or its probes/ or masc/probes/), got none")
+        return folder
+    if local.exists():
+        raise InputError(f"expected a folder or a Hub repo id, got the file {text!r}")
+    repo_id = text.removeprefix(HUB_PREFIX)
+    try:
+        check_repo_id(repo_id)
+    except InputError:
+        raise InputError(f"expected a saved runner's folder or a Hub repo id 'user/name', got {text!r}, which is "
+                         "neither (no such folder)") from None
+    return download_runner(repo_id, subfolder=HUB_FOLDER if subfolder is None else subfolder, revision=revision,
+                           token=token, cache_dir=cache_dir)
+
+
+def push_fitted(config: RunnerConfig, reducer: Reducer, fitted: FitResult, repo_id: str, *, path_in_repo: str,
+                title: str | None, private: bool, revision: str | None, token: str | None, create_pr: bool) -> str:
+    """See :meth:`ProbeRunner.push_to_hub`: the runner saved in a temporary folder, then :func:`push_runner`."""
+    import tempfile
+
+    check_repo_id(repo_id)
+    with tempfile.TemporaryDirectory(prefix="masc-probe-push-") as tmp:
+        folder = save_runner(config, reducer, fitted, Path(tmp))
+        title = title or f"masc-probe: {len(fitted.store)} fitted probes, {len(config.layers or [])} layers"
+        return push_runner(folder, repo_id, path_in_repo=path_in_repo, title=title, private=private,
+                           revision=revision, token=token, create_pr=create_pr)
+
+
 def local_folder(path: Path) -> Path | None:
     """The saved runner in *path*: the folder itself, a run folder's ``probes/``, or a repo copy's ``masc/probes/``."""
     for folder in (path, path / "probes", path / HUB_FOLDER):

@@ -25,8 +25,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from masc_probe._choices import HUB_PREFIX
-from masc_probe._hub import check_repo_id
 from masc_probe.errors import InputError, UnknownNameError
 from masc_probe.layers import FeatureTap, LayerReducer
 from masc_probe.report import ProbeReport
@@ -347,24 +345,8 @@ class ProbeRunner:
         >>> net = load_model("hf-hub:me/mlp-digits")                              # doctest: +SKIP
         >>> runner = ProbeRunner.from_pretrained("me/mlp-digits", model=net)      # doctest: +SKIP
         """
-        text = os.fspath(repo_or_dir)
-        local = Path(text)
-        if local.is_dir():
-            folder = _persist.local_folder(local / subfolder if subfolder else local)
-            if folder is None:
-                raise InputError(f"expected runner.json in {text!r} (or its probes/ or masc/probes/), got none")
-        elif local.exists():
-            raise InputError(f"expected a folder or a Hub repo id, got the file {text!r}")
-        else:
-            repo_id = text.removeprefix(HUB_PREFIX)
-            try:
-                check_repo_id(repo_id)
-            except InputError:
-                raise InputError(f"expected a saved runner's folder or a Hub repo id 'user/name', got {text!r}, "
-                                 "which is neither (no such folder)") from None
-            where = _persist.HUB_FOLDER if subfolder is None else subfolder
-            folder = _persist.download_runner(repo_id, subfolder=where, revision=revision, token=token,
-                                              cache_dir=cache_dir)
+        folder = _persist.find_runner(repo_or_dir, subfolder=subfolder, revision=revision, token=token,
+                                      cache_dir=cache_dir)
         return cls.load(folder, model, device=device, progress=progress)
 
     def push_to_hub(self, repo_id: str, *, path_in_repo: str = "masc/probes", private: bool = False,
@@ -385,14 +367,9 @@ class ProbeRunner:
             InputError: Not fitted, a malformed repo id, or a probe that cannot be saved without pickle.
             HubError: The Hub refuses or fails (one line).
         """
-        import tempfile
-
-        fitted = self._need_fitted()
-        with tempfile.TemporaryDirectory(prefix="masc-probe-push-") as tmp:
-            folder = _persist.save_runner(self.config, self.reducer, fitted, Path(tmp))
-            title = commit_message or f"masc-probe: {len(fitted.store)} fitted probes, {len(self.layers or [])} layers"
-            return _persist.push_runner(folder, repo_id, path_in_repo=path_in_repo, title=title, private=private,
-                                        revision=revision, token=token, create_pr=create_pr)
+        return _persist.push_fitted(self.config, self.reducer, self._need_fitted(), repo_id,
+                                    path_in_repo=path_in_repo, title=commit_message, private=private,
+                                    revision=revision, token=token, create_pr=create_pr)
 
     def close(self) -> None:
         """Release the fitted probes, deleting any kept on disk (the runner must be fitted again to be used).
