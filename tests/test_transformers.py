@@ -210,3 +210,14 @@ def test_runner_reads_the_models_own_accuracy_from_its_model_output() -> None:
     for layers in (["input"], ["vit.layers.1"]):  # the raw input alone still runs the model for its logits
         runner = ProbeRunner(model, layers, probes=("ncm",), progress=False).fit([(x, y)])
         assert runner.evaluate([(x, y)]).model_test_accuracy == pytest.approx(expected)
+
+
+def test_cli_reducer_flag_takes_a_name_or_a_per_layer_map(capsys: pytest.CaptureFixture[str]) -> None:
+    from masc_probe.cli import _reducer
+
+    assert _reducer("cls") == "cls" and _reducer("random:8") == "random:8"
+    assert _reducer("blocks.0=cls,blocks.3=mean") == {"blocks.0": "cls", "blocks.3": "mean"}
+    for bad in ("token", "=cls", "blocks.0=random:8"):
+        assert main(["probe", "mlp", "--dataset", "digits", "--reducer", bad]) == 2
+        err = capsys.readouterr().err
+        assert "expected flatten|cls|mean|gap|auto or LAYER=NAME" in err and err.count("\n") == 1
