@@ -26,6 +26,8 @@ Data: ../shared/data/{cifar10,mnist} (see its README; CIFAR-10 there is JPEG-re-
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -33,6 +35,7 @@ import platform
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +204,17 @@ def load_results(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {"rows": {}}
 
 
+@contextlib.contextmanager
+def updating(path: Path) -> Iterator[dict[str, Any]]:
+    """Read, change and write the results under a lock (a training and a probing process share the file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_results(path)
+        yield results
+        save_results(results, path)
+
+
 def save_results(results: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -278,10 +292,8 @@ def main(argv: list[str] | None = None) -> None:
         path = run_dir(args, row)
         if args.stage in ("train", "all"):
             trained = train_row(args, row, train_data)
-            results = load_results(Path(args.results))
-            entry = results["rows"].setdefault(row, {})
-            entry.update(trained=trained, run_dir=os.path.relpath(path, REPO))
-            save_results(results, Path(args.results))
+            with updating(Path(args.results)) as results:
+                results["rows"].setdefault(row, {}).update(trained=trained, run_dir=os.path.relpath(path, REPO))
         if args.stage in ("probe", "all"):
             if not finished(path):
                 log.warning("%s: training has not ended; not probed", path)
@@ -289,16 +301,15 @@ def main(argv: list[str] | None = None) -> None:
             test_data = load_split(dataset, "test", args.test_subset, rate=0.0)
             probed = probe_row(args, row, train_data, test_data)
             labels = train_data.with_format("numpy")
-            results = load_results(Path(args.results))
-            entry = results["rows"].setdefault(row, {})
-            entry.update(probed=probed, n_train=len(train_data), n_test=len(test_data),
-                         realized_rate=float(np.mean(labels["label"][:] != labels["true_label"][:])),
-                         machine=machine())
-            save_results(results, Path(args.results))
-    results = load_results(Path(args.results))
+            with updating(Path(args.results)) as results:
+                entry = results["rows"].setdefault(row, {})
+                entry.update(probed=probed, n_train=len(train_data), n_test=len(test_data),
+                             realized_rate=float(np.mean(labels["label"][:] != labels["true_label"][:])),
+                             final_metrics=json.loads((path / "metrics.jsonl").read_text().splitlines()[-1]),
+                             machine=machine())
     command = "OMP_NUM_THREADS=1 python benchmarks/transformer_rows.py " + " ".join(sys.argv[1:])
-    results["commands"] = list(dict.fromkeys([*results.get("commands", []), command]))
-    save_results(results, Path(args.results))
+    with updating(Path(args.results)) as results:
+        results["commands"] = list(dict.fromkeys([*results.get("commands", []), command]))
 
 
 if __name__ == "__main__":
