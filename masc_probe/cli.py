@@ -261,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     relabel.add_argument("--max-epochs", type=_positive_int, default=30, help="fine-tuning epochs (30)")
     relabel.add_argument("--layers", type=_names, default=None, metavar="A,B,…",
                          help="candidate layers for the best MASC layer (default: the model's probe points)")
+    relabel.add_argument("--detector", choices=("masc", "issues"), default="masc",
+                         help="masc: the paper's best MASC layer (default); issues: label-issues' chosen layer x "
+                              "probe (masc, ncm, lda)")
+    relabel.add_argument("--ceiling", action="store_true",
+                         help="also fine-tune on the true labels (the ceiling a perfect detector would reach)")
     _add_protocol(relabel, "relabeling with subspaces fitted on the whole training set")
 
     issues = sub.add_parser("label-issues", help="rank the training samples whose labels are likely wrong, from the "
@@ -391,13 +396,17 @@ def cmd_relabel(ns: argparse.Namespace) -> int:
     results = relabel_run(ns.run_dir, dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode,
                           seed=ns.seed, oracle=ns.oracle, layers=ns.layers, max_epochs=ns.max_epochs,
                           batch_size=ns.batch_size, device=ns.device, output_dir=ns.output_dir,
-                          progress=not ns.quiet, protocol=ns.protocol, **_data(ns))
+                          progress=not ns.quiet, protocol=ns.protocol, detector=ns.detector, ceiling=ns.ceiling,
+                          **_data(ns))
     for r in results:
         if not ns.quiet:
-            kind = "ORACLE BOUND (true-label subspaces, leaks the answer)" if r.oracle else "MASC relabeling"
+            kind = ("ORACLE BOUND (true-label subspaces, leaks the answer)" if r.oracle
+                    else f"relabeling by {r.probe}" if r.detector == "issues" else "MASC relabeling")
             print(f"{kind}: layer {r.layer}, {r.n_changed} of {r.n_train} labels changed, repaired "
                   f"{_num(r.repaired)}, broken {_num(r.broken)}; accuracy on the held-out 80% of the test set "
-                  f"{r.accuracy_before:.4f} -> {r.accuracy_after:.4f} (best fine-tuning epoch {r.best_epoch})")
+                  f"{r.accuracy_before:.4f} -> {r.accuracy_after:.4f} (best fine-tuning epoch {r.best_epoch})"
+                  + (f"; on the true labels (ceiling) {r.accuracy_ceiling:.4f}" if r.accuracy_ceiling is not None
+                     else ""))
         _say(f"wrote {Path(r.output_dir) / 'relabel.csv'} and relabel.json", quiet=ns.quiet, path=r.output_dir)
     return 0
 

@@ -241,3 +241,33 @@ def test_relabel_refuses_a_model_without_parameters_in_one_line(separate, tmp_pa
                 progress=False)
     assert "trainable parameters" in str(err.value) and "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_issues_detector_repairs_every_label_and_the_ceiling_is_the_same_fine_tuning_on_true_labels(
+        separate, tmp_path: Path) -> None:
+    # find_label_issues' chosen probe labels the separate subspaces exactly as MASC does: every suggestion is the true
+    # label. Then fine-tuning on the suggestions and the ceiling's fine-tuning on the true labels see the same labels,
+    # from the same weights with the same seed, so they must end at the same accuracy and epoch.
+    result = relabel(_model(), separate["train"], separate["test"], layers=["0"], n_components=DIMS, max_epochs=4,
+                     patience=2, output_dir=tmp_path, progress=False, detector="issues", probes=("masc", "ncm"),
+                     ceiling=True)
+    rows = list(csv.DictReader((tmp_path / "relabel.csv").open()))
+    suggested = np.array([int(r["suggested_label"]) for r in rows])
+    assert np.array_equal(suggested, separate["true"].numpy())
+    assert (result.detector, result.layer, result.repaired, result.broken) == ("issues", "0", 1.0, 0.0)
+    assert result.probe in ("masc", "ncm")
+    assert result.accuracy_ceiling == result.accuracy_after and result.ceiling_best_epoch == result.best_epoch
+    saved = json.loads((tmp_path / "relabel.json").read_text())
+    assert saved["accuracy_ceiling"] == result.accuracy_ceiling and saved["probe"] == result.probe
+
+
+def test_issues_detector_and_ceiling_errors_are_one_line(separate, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cross_fit >= 2"):
+        relabel(_model(), separate["train"], separate["test"], detector="issues", cross_fit=1, output_dir=tmp_path)
+    with pytest.raises(InputError, match="detector"):
+        relabel(_model(), separate["train"], separate["test"], detector="cleanlab", output_dir=tmp_path)
+    x, given = separate["x"], separate["given"]
+    no_truth = torch.utils.data.TensorDataset(x, given)
+    with pytest.raises(InputError, match="true labels"):
+        relabel(_model(), no_truth, separate["test"], layers=["0"], n_components=DIMS, max_epochs=1,
+                output_dir=tmp_path, progress=False, ceiling=True)

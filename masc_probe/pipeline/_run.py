@@ -370,7 +370,7 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
                 layers: Sequence[str] | None = None, max_epochs: int = 30, batch_size: int | None = None,
                 device: str | None = None, image_column: str | None = None, label_column: str | None = None,
                 output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                protocol: str = "clean") -> list[Any]:
+                protocol: str = "clean", detector: str = "masc", ceiling: bool = False) -> list[Any]:
     """The paper's relabeling experiment on a run folder, on the data it was trained on (see
     :func:`masc_probe.pipeline.relabel.relabel`); with *oracle*, the true-label-subspace bound as well, labelled as
     such.
@@ -386,6 +386,8 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
         output_dir: Folder of the experiment's files (default ``<run>/relabel``); the oracle's go beside it.
         protocol: ``clean`` (each training sample labelled by subspaces fitted on the other half, ``cross_fit=2``)
             or ``authors`` (subspaces fitted on the whole training set, ``cross_fit=1``, as the authors did).
+        detector: ``masc`` (the paper's) or ``issues`` (find_label_issues' chosen layer x probe; clean protocol).
+        ceiling: Also fine-tune on the true labels (the accuracy a perfect detector would give).
 
     Returns:
         ``[RelabelResult]``, then the oracle's when asked.
@@ -415,7 +417,8 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
         results.append(relabel(run_dir, data.train, data.test, seed=src.seed, oracle=bound, output_dir=out,
                                layers=list(layers) if layers is not None else None, max_epochs=max_epochs,
                                batch_size=batch_size, device=device, progress=progress,
-                               cross_fit=1 if protocol == "authors" else 2))
+                               cross_fit=1 if protocol == "authors" else 2, detector=detector,
+                               ceiling=ceiling and not bound))
     return results
 
 

@@ -12,6 +12,11 @@ Relabeling (:func:`relabel`):
    30 epochs, stopping early on the 20% part (patience 3) and keeping its best epoch;
 5. report the accuracy on the 80% part, the share of corrupted samples whose label was repaired and the share of
    clean samples that were broken (against the known corruption, when the batches carry true labels).
+
+``detector="issues"`` replaces steps 2-3 by :func:`~masc_probe.pipeline.label_issues.find_label_issues`: every layer x
+probe scored out of fold, the one most accurate on the 20% part chosen, its out-of-fold predictions the suggestions.
+``ceiling=True`` also fine-tunes the memorized network, the same way, on the true labels: the accuracy a perfect
+detector would reach (the batches must carry true labels).
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ class RelabelResult:
     accuracy_after: float  # the fine-tuned model (best epoch on the 20% part) on the 80% part
     best_epoch: int  # 0 when no fine-tuning epoch beat the memorized model on the 20% part
     history: list[dict[str, float]] = field(default_factory=list)  # fine-tuning: epoch, loss, select_accuracy
+    detector: str = "masc"  # "masc" (the paper's: best MASC layer) or "issues" (find_label_issues' chosen probe)
+    probe: str = "masc"  # the probe whose predictions are the suggestions
+    accuracy_ceiling: float | None = None  # fine-tuned on the true labels instead (ceiling=True), on the 80% part
+    ceiling_best_epoch: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -82,6 +91,9 @@ def relabel(
     cross_fit: int = 2,
     device: str | torch.device | None = None,
     progress: bool = True,
+    detector: str = "masc",
+    probes: tuple[str, ...] = ("masc", "ncm", "lda"),
+    ceiling: bool = False,
 ) -> RelabelResult:
     """Relabel the training set with MASC and fine-tune on the suggestions (module docstring: the five steps).
 
@@ -106,6 +118,11 @@ def relabel(
             the 2048-wide layers none of the 300 labels changed), so K=2 is the default.
         device: Where everything runs; default the model's device (that of its first parameter or buffer).
         progress: Progress bars of the probe passes.
+        detector: ``"masc"`` (the paper's experiment) or ``"issues"``: the suggestions of
+            :func:`~masc_probe.pipeline.label_issues.find_label_issues` over *layers* x *probes*, chosen on the 20%
+            part (``cross_fit`` folds, at least 2).
+        probes: The candidate probes of ``detector="issues"``.
+        ceiling: Also fine-tune a copy of the memorized network on the true labels (needs them in the batches).
 
     Returns:
         The numbers, also written to ``relabel.json``.
@@ -123,6 +140,10 @@ def relabel(
     lr = float(lr if lr is not None else training.get("lr", 1e-3))
     momentum = float(training.get("momentum", 0.9))
     batch_size = int(batch_size or training.get("batch_size", 128))
+    if detector not in ("masc", "issues"):
+        raise InputError(f"expected detector 'masc' or 'issues', got {detector!r}")
+    if detector == "issues" and cross_fit < 2:
+        raise InputError(f"detector='issues' scores every sample out of fold: expected cross_fit >= 2, got {cross_fit}")
     if opt_name not in OPTIMIZERS or lr <= 0 or max_epochs < 1 or patience < 1 or cross_fit < 1:
         raise InputError(f"expected optimizer sgd|adam, lr > 0, max_epochs >= 1, patience >= 1, cross_fit >= 1; "
                          f"got {opt_name!r}, {lr}, {max_epochs}, {patience}, {cross_fit}")  # fmt: skip
@@ -139,18 +160,27 @@ def relabel(
         raise InputError(f"expected a test set of at least 5 samples for the 80/20 split, got {len(test_set)}")
     eval_bs = 512
     labels = "true" if oracle else "corrupted"
+    if ceiling and split_batch(next(iter(_loader(train_set, 1)))).y_true is None:
+        raise InputError("ceiling=True fine-tunes on the true labels: expected them in the training batches, got none")
 
     # Steps 2-3: the best MASC layer on the 20% part, and its predictions on the training set.
-    runner = ProbeRunner(model, layers=layers, probes=("masc",), labels=labels, n_components=n_components,
-                         device=device, progress=progress, train_accuracy=False)  # fmt: skip
-    runner.fit(_loader(train_set, eval_bs))
-    report = runner.evaluate(_loader(select, eval_bs))
-    best = report.best_layer("masc", labels)
-    layer = best["layer"]
-    in_sample = runner.estimators_[(layer, "masc", labels)] if cross_fit == 1 else None
-    given, true, index, suggested, margin = _suggest(
-        runner, layer, train_set, eval_bs, labels=labels, folds=cross_fit, seed=seed, in_sample=in_sample,
-        n_components=n_components)  # fmt: skip
+    probe_name = "masc"
+    if detector == "issues" and not oracle:
+        given, true, index, suggested, margin, layer, probe_name, selection = _issues_suggest(
+            model, train_set, select, layers=layers, probes=probes, folds=cross_fit, seed=seed,
+            n_components=n_components, device=device, progress=progress, batch_size=eval_bs)  # fmt: skip
+    else:
+        runner = ProbeRunner(model, layers=layers, probes=("masc",), labels=labels, n_components=n_components,
+                             device=device, progress=progress, train_accuracy=False)  # fmt: skip
+        runner.fit(_loader(train_set, eval_bs))
+        report = runner.evaluate(_loader(select, eval_bs))
+        best = report.best_layer("masc", labels)
+        layer, selection = best["layer"], best["test_accuracy"]
+        in_sample = runner.estimators_[(layer, "masc", labels)] if cross_fit == 1 else None
+        given, true, index, suggested, margin = _suggest(
+            runner, layer, train_set, eval_bs, labels=labels, folds=cross_fit, seed=seed, in_sample=in_sample,
+            n_components=n_components)  # fmt: skip
+
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "relabel.csv", index, given, suggested, margin)
     repaired = broken = None
@@ -161,6 +191,17 @@ def relabel(
 
     # Steps 4-5: fine-tune on the suggestions, keep the best epoch on the 20% part, score the 80% part.
     before = _accuracy(model, _loader(held_out, eval_bs), device)
+    upper = upper_epoch = None
+    if ceiling:  # the same fine-tuning from the same memorized weights, on the true labels
+        import copy
+
+        twin = copy.deepcopy(model)
+        _, upper_epoch = _fine_tune(
+            twin, _Relabeled(train_set, true), _loader(select, eval_bs), optimizer=opt_name, lr=lr,
+            momentum=momentum, batch_size=min(batch_size, len(train_set)), max_epochs=max_epochs,
+            patience=patience, seed=seed, device=device)  # fmt: skip
+        upper = _accuracy(twin, _loader(held_out, eval_bs), device)
+        del twin
     history, best_epoch = _fine_tune(
         model, _Relabeled(train_set, suggested), _loader(select, eval_bs), optimizer=opt_name, lr=lr,
         momentum=momentum, batch_size=min(batch_size, len(train_set)), max_epochs=max_epochs, patience=patience,
@@ -168,7 +209,8 @@ def relabel(
     after = _accuracy(model, _loader(held_out, eval_bs), device)
     result = RelabelResult(
         output_dir=str(out), layer=layer, labels=labels, oracle=oracle, cross_fit=cross_fit,
-        selection_accuracy=best["test_accuracy"],
+        selection_accuracy=selection, detector=detector if not oracle else "masc", probe=probe_name,
+        accuracy_ceiling=upper, ceiling_best_epoch=upper_epoch,
         n_train=len(given), n_changed=int((suggested != given).sum()), repaired=repaired, broken=broken,
         accuracy_before=before, accuracy_after=after, best_epoch=best_epoch, history=history)  # fmt: skip
     _atomic.write_text(out / "relabel.json", json.dumps(result.to_dict(), indent=2))
@@ -309,6 +351,22 @@ def _suggest(runner: Any, layer: str, dataset: Any, batch_size: int, *, labels: 
         position += n
     cat = np.concatenate
     return cat(given), (cat(true) if has_true else None), cat(index), cat(suggested).astype(np.int64), cat(margin)
+
+
+def _issues_suggest(model: nn.Module, train_set: Any, select: Any, *, layers: list[str] | None,
+                    probes: tuple[str, ...], folds: int, seed: int, n_components: float | int, device: Any,
+                    progress: bool, batch_size: int) -> tuple[Any, ...]:  # fmt: skip
+    """find_label_issues' suggestions: given, true (or None), index, suggested, the chosen probe's gap between its
+    two best class scores, the layer, the probe and its accuracy on *select*."""
+    from masc_probe.pipeline.label_issues import find_label_issues
+
+    issues = find_label_issues(model, train_set, layers=layers, probes=probes, folds=folds, seed=seed,
+                               device=device, progress=progress, select=select, n_components=n_components,
+                               batch_size=batch_size)  # fmt: skip
+    top = np.sort(issues.class_scores, axis=1)
+    gap = (top[:, -1] - top[:, -2]).astype(np.float64)
+    return (issues.given_label, issues.true_label, issues.index, issues.suggested_label.astype(np.int64), gap,
+            issues.layer, issues.probe, issues.select_accuracy)
 
 
 def _write_csv(path: Path, index: np.ndarray, given: np.ndarray, suggested: np.ndarray, margin: np.ndarray) -> None:
