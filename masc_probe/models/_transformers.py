@@ -14,9 +14,10 @@ the package works without it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +143,9 @@ def load_transformers_folder(folder: Path, config: Mapping[str, Any], *, source:
             raise InputError(f"{source} was saved with {key}={have[key]}, but {key}={want} was asked for")
     transformers = _import_transformers()
     try:
-        model, info = transformers.AutoModelForImageClassification.from_pretrained(
-            str(folder), use_safetensors=True, trust_remote_code=False, output_loading_info=True)
+        with _no_bars():
+            model, info = transformers.AutoModelForImageClassification.from_pretrained(
+                str(folder), use_safetensors=True, trust_remote_code=False, output_loading_info=True)
     except ValueError as err:  # an architecture without an image-classification head
         raise InputError(f"expected an image classifier in {source}, got: {err}".splitlines()[0]) from None
     bad = [*info.get("missing_keys", []), *info.get("mismatched_keys", [])]
@@ -158,11 +160,26 @@ def save_transformers_model(model: nn.Module, directory: Path, masc: Mapping[str
     ``"masc_probe"`` key (transformers keeps unknown config keys as attributes and writes them back)."""
     import json
 
-    model.save_pretrained(str(directory), safe_serialization=True)
+    with _no_bars():
+        model.save_pretrained(str(directory), safe_serialization=True)
     path = directory / "config.json"
     config = json.loads(path.read_text(encoding="utf-8"))
     config["masc_probe"] = dict(masc)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _no_bars() -> Iterator[None]:
+    """transformers' own progress bars off ("Loading weights", "Writing model shards": local files, instant)."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 def model_logits(output: Any) -> torch.Tensor:
