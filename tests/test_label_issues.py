@@ -301,6 +301,20 @@ def test_aum_is_looked_up_by_index_and_scored(noisy) -> None:
     as_map = find_label_issues(None, _batches(X, given, true), probes=("ncm",), progress=False,
                                margins={i: float(v) for i, v in enumerate(per_epoch.mean(axis=0))})
     np.testing.assert_allclose(as_map.aum, out.aum)
+    # method="aum": the ranking and the flagged set are AUM's; suggestions and noise estimate stay the probe's.
+    by_aum = find_label_issues(None, _batches(X, given, true), probes=("ncm",), margins=per_epoch, progress=False,
+                               method="aum")
+    aum = per_epoch.mean(axis=0)
+    assert by_aum.method == "aum" and by_aum.summary()["method"] == "aum"
+    np.testing.assert_allclose(by_aum.score, aum)
+    assert np.array_equal(by_aum.rank, li.ranks(aum))
+    assert np.array_equal(by_aum.flagged, li.ranks(aum) <= round(out.noise_rate * len(aum)))
+    assert np.array_equal(by_aum.suggested_label, out.suggested_label) and by_aum.noise_rate == out.noise_rate
+    assert by_aum.metrics["chosen"] == out.metrics["chosen"]
+    thresholded = find_label_issues(None, _batches(X, given, true), probes=("ncm",), margins=per_epoch,
+                                    progress=False, method="aum", threshold=-0.5)
+    assert np.array_equal(thresholded.flagged, aum < -0.5)
+    assert thresholded.metrics["aum"]["n_flagged"] == int((aum < -0.5).sum())
 
 
 # ------------------------------------------------------------------------------------------------- files
@@ -375,3 +389,9 @@ def test_unknown_probe_and_bad_margins_are_one_line(noisy) -> None:
     with pytest.raises(InputError) as err:
         find_label_issues(None, _batches(X, given), probes=("ncm",), margins=np.zeros(10), progress=False)
     assert "margins must be" in _one_line(err)
+    with pytest.raises(InputError) as err:
+        find_label_issues(None, _batches(X, given), probes=("ncm",), method="aum", progress=False)
+    assert "needs margins" in _one_line(err)
+    with pytest.raises(UnknownNameError) as err:
+        find_label_issues(None, _batches(X, given), probes=("ncm",), method="aum_", progress=False)
+    assert "aum" in _one_line(err)
