@@ -221,3 +221,16 @@ def test_cli_reducer_flag_takes_a_name_or_a_per_layer_map(capsys: pytest.Capture
         assert main(["probe", "mlp", "--dataset", "digits", "--reducer", bad]) == 2
         err = capsys.readouterr().err
         assert "expected flatten|cls|mean|gap|auto or LAYER=NAME" in err and err.count("\n") == 1
+
+
+def test_cli_run_names_the_architecture_not_its_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from masc_probe.report import ProbeReport
+
+    tiny_vit().config.save_pretrained(tmp_path / "arch")
+    code = main(["--model", str(tmp_path / "arch"), "--dataset", "digits", "--max-epochs", "1", "--probes", "ncm",
+                 "--reducer", "auto", "--output-dir", str(tmp_path / "run"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    report = ProbeReport.from_json(tmp_path / "run" / "report.json")
+    assert report.model == "transformers/ViTForImageClassification"
+    assert report.to_dict()["reducer"] == {"input": "flatten", "vit.layers.0": "cls", "vit.layers.1": "cls"}
+    assert read_config(tmp_path / "run")["model"] == "transformers/ViTForImageClassification"

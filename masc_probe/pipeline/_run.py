@@ -174,7 +174,8 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
 
     trained = load_model(plan.run_dir)  # exactly the checkpoint that is saved and would be published
     extra = {"training": {**plan.config, "epochs": training.epochs, "stopped": training.stopped}}
-    report = probing.run(trained, model_name=model, dataset=dataset, extra=extra)
+    # The spec as trained: a transformers architecture folder is named by its class, not its local path.
+    report = probing.run(trained, model_name=plan.train_config.model or model, dataset=dataset, extra=extra)
     files = write_outputs(report, plan.run_dir, card=True, repo_id=push_to_hub)
     pushed = None
     if push_to_hub is not None:
@@ -198,7 +199,7 @@ class _TrainPlan:
     def make(cls, run: RunConfig, source: DataConfig) -> _TrainPlan:
         from accelerate.utils import set_seed
 
-        from masc_probe.models import PAPER_MODELS, is_architecture_folder, load_model
+        from masc_probe.models import PAPER_MODELS, is_architecture_folder, load_model, model_spec
         from masc_probe.training import paper_normalization, preset_config
 
         model, preset, dataset, seed = run.model, run.preset, source.dataset, source.seed
@@ -219,6 +220,8 @@ class _TrainPlan:
                              revision=source.revision, normalize=normalize)
         set_seed(seed)  # the initial weights then depend on the seed alone, as when train() builds the model
         net = load_model(model, num_classes=data.num_classes, in_chans=data.shape[0], input_size=data.shape)
+        if architecture:  # reports, cards and the default folder name the architecture, not a local path
+            model = model_spec(net)
         builtin = data.info["source"] == "builtin" and run.protocol != "authors"  # authors: their preset
         chosen = preset if preset != "auto" else ("fast" if builtin else "paper")
         run_dir = Path(run.output_dir) if run.output_dir is not None else default_run_dir(
