@@ -1,17 +1,29 @@
-"""Benchmark ProbeRunner on a CIFAR-size ResNet-18: fit + evaluate against a bare forward pass and the
-eigendecompositions exact MASC cannot avoid, with peak memory.
+"""Benchmark ProbeRunner on a CIFAR-size ResNet-18: fit + evaluate against its floor (the bare forward pass and the
+MASC work no exact implementation can skip), with peak memory and images/s.
 
 Workload (issue 3): timm ``resnet18`` (random init, 10 classes) on 32×32 inputs; probe points after the stem's
 max-pool, the two layer1 block outputs (the second is the layer1 stage output), layer2's first block, the four stage
 outputs and the pooled features; random images with balanced random true labels and 80% of them re-drawn at random
 (the "corrupted" set), so both label sets are fitted; probes masc + ncm; the linear probe is timed separately.
 
-Everything below is measured in ONE run: the bare forward over the same batches (image generation included, as it
-is in the runner's passes), ``fit`` + ``evaluate`` with the default memory budget, the decompositions alone (MASC's
-own routine on random PSD matrices of the sizes min(n_c, d) the run needs, k eigenvectors each), peak RSS.
+Everything below is measured in ONE run, the floor's parts each timed alone with the routines the probe calls, on
+random inputs of the sizes this run's fitted probes have:
+
+* forward: the bare model over the same batches (image generation included, as it is in the runner's passes);
+* decompositions: MASC's eigendecomposition (tridiagonal form + its eigenvalues) of each class's matrix, size
+  m = d (scatter form) or n_c (Gram form);
+* basis: the eigenvectors scoring needs, mapped back to the matrix's basis — the top k_c, or the d − k_c of the
+  complement where MASC scores from it (k_c > d/2, scatter form) — plus, for Gram-form classes, the product X_cᵀU
+  that turns Gram eigenvectors into the basis;
+* prediction: the products that project every scored row (the test rows, and the training rows scored for training
+  accuracy) on each layer's stacked columns (timed on ``--floor-rows`` rows and scaled);
+
+then ``fit`` + ``evaluate``, the pass over their sum (the rest is what the runner adds: statistics, the row cache,
+grouping, bookkeeping), images/s, and peak RSS (``--max-memory`` sets the budget). ``--device cuda`` runs the model
+and the probes on the GPU; ``--cpu-reference N`` adds, in the same run, the CPU's images/s on N training images.
 
     python benchmarks/bench_probe.py                          # the full workload: 50,000 train, 10,000 test
-    python benchmarks/bench_probe.py --n-train 5000 --n-test 1000 --json out.json
+    python benchmarks/bench_probe.py --n-train 10000 --n-test 2000 --classes 2 --threads 1 --json out.json
 """
 
 from __future__ import annotations
@@ -35,6 +47,8 @@ class RandomImages:
     """Batches generated on the fly from a seed (nothing held in memory): (x, y_corrupted, y_true)."""
 
     def __init__(self, n: int, batch_size: int, n_classes: int, seed: int, corrupt: float) -> None:
+        if n < 1:
+            raise SystemExit(f"bench_probe: expected at least one image, got n={n}")
         rng = np.random.default_rng(seed)
         self.y_true = rng.permutation(np.arange(n) % n_classes)
         flip = rng.random(n) < corrupt
@@ -67,11 +81,18 @@ def bare_forward(model: torch.nn.Module, *loaders: RandomImages, device: torch.d
     return time.perf_counter() - t
 
 
-def timed_decompose() -> dict[str, float]:
-    """Wrap MASC's one decomposition routine to add up its time (and the k eigenvectors it is asked for)."""
+def _sync(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def timed_in_run() -> dict[str, float]:
+    """Wrap MASC's one decomposition routine to add up, during the run, the time of the decompositions and of the
+    eigenvectors (basis or complement) they are asked for."""
     from masc_probe.probes import _eigen, baselines, masc
 
-    acc = {"seconds": 0.0, "count": 0}
+    acc = {"decompositions": 0.0, "basis": 0.0, "count": 0}
     original = _eigen.decompose
 
     class _Timed:
@@ -81,19 +102,25 @@ def timed_decompose() -> dict[str, float]:
         def __getattr__(self, name: str):  # values, rank
             return getattr(self._inner, name)
 
-        def vectors(self, k: int) -> torch.Tensor:
+        def _timed(self, name: str, k: int) -> torch.Tensor:
             t = time.perf_counter()
             try:
-                return self._inner.vectors(k)
+                return getattr(self._inner, name)(k)
             finally:
-                acc["seconds"] += time.perf_counter() - t
+                acc["basis"] += time.perf_counter() - t
+
+        def vectors(self, k: int) -> torch.Tensor:
+            return self._timed("vectors", k)
+
+        def complement(self, k: int) -> torch.Tensor:
+            return self._timed("complement", k)
 
     def wrapper(matrix: torch.Tensor, *args, **kwargs) -> _Timed:
         t = time.perf_counter()
         try:
             return _Timed(original(matrix, *args, **kwargs))
         finally:
-            acc["seconds"] += time.perf_counter() - t
+            acc["decompositions"] += time.perf_counter() - t
             acc["count"] += 1
 
     masc.decompose = wrapper
@@ -101,27 +128,113 @@ def timed_decompose() -> dict[str, float]:
     return acc
 
 
-def decompositions_alone(sizes: list[tuple[str, int, int, int]], samples: int, device: torch.device) -> dict:
-    """Time MASC's decomposition (+ k eigenvectors) on random PSD matrices: `samples` per layer, scaled by count."""
-    from masc_probe.probes._eigen import decompose
+def masc_shapes(runner, class_counts: dict[str, np.ndarray]) -> list[dict]:
+    """Per fitted MASC (layer, label set): d, per class the matrix size m, k_c, scoring columns and form."""
+    out = []
+    for (layer, probe, labels), est in runner.estimators_.items():
+        if probe != "masc":
+            continue
+        d = int(est.n_features_in_)
+        W, _, flip = est._solution.stacked
+        solvers = list(est._solution.solvers)
+        ks = [int(k) for k in est.n_components_]
+        counts = class_counts[labels]
+        classes = []
+        for c, (k, f, form) in enumerate(zip(ks, flip.tolist(), solvers, strict=True)):
+            m = int(counts[c]) if form == "gram" else d
+            classes.append({"m": m, "k": k, "columns": d - k if f else k, "complement": bool(f), "form": form,
+                            "n_c": int(counts[c])})
+        out.append({"layer": layer, "labels": labels, "d": d, "columns": int(W.shape[1]), "classes": classes})
+    return out
 
-    total, per_layer = 0.0, {}
+
+def floor_alone(shapes: list[dict], n_scored: int, floor_rows: int, device: torch.device) -> dict:
+    """Time the floor's MASC parts alone on random inputs of the run's sizes (one class per distinct (m, k, form)
+    timed, the others counted; prediction on floor_rows rows, scaled to n_scored)."""
+    from masc_probe.probes._eigen import decompose
+    from masc_probe.probes._linalg import matmul
+
     gen = torch.Generator().manual_seed(0)
-    for layer, m, k, count in sizes:
-        times = []
-        for _ in range(samples):
-            a = torch.randn(m, m + 8, generator=gen).to(device)
-            mat = a @ a.T
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            t = time.perf_counter()
-            decompose(mat).vectors(max(k, 1))
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            times.append(time.perf_counter() - t)
-        per_layer[layer] = {"m": m, "k": k, "count": count, "seconds_each": float(np.mean(times))}
-        total += float(np.mean(times)) * count
-    return {"seconds": total, "per_layer": per_layer}
+    seen: dict[tuple, tuple[float, float]] = {}
+    dec = basis = pred = basis_direct = pred_direct = 0.0
+    per_layer: dict[str, dict[str, float]] = {}
+    for fitted in shapes:
+        d = fitted["d"]
+        row = per_layer.setdefault(fitted["layer"], {"decompositions": 0.0, "basis": 0.0, "prediction": 0.0})
+        for cls in fitted["classes"]:
+            key = (cls["m"], cls["k"], cls["complement"], cls["form"], d)
+            if key not in seen:
+                a = torch.randn(cls["m"], cls["m"] + 8, generator=gen).to(device)
+                mat = a @ a.T
+                rows = torch.randn(cls["m"], d, generator=gen).to(device) if cls["form"] == "gram" else None
+                del a
+                t0 = _sync(device)
+                eigen = decompose(mat, overwrite=True)
+                t1 = _sync(device)
+                vectors = eigen.complement(cls["k"]) if cls["complement"] else eigen.vectors(max(cls["k"], 1))
+                if rows is not None:  # Gram form: the basis X_cᵀ U / sqrt(λ) from the Gram eigenvectors
+                    matmul(rows.T, vectors.to(device))
+                t2 = _sync(device)
+                if cls["complement"]:  # what the top-k_c basis would have cost instead (for the comparison)
+                    del vectors
+                    vectors = eigen.vectors(cls["k"])
+                seen[key] = (t1 - t0, t2 - t1, _sync(device) - t2 if cls["complement"] else t2 - t1)
+                del mat, eigen, vectors, rows
+            t_dec, t_basis, t_direct = seen[key]
+            dec += t_dec
+            basis += t_basis
+            basis_direct += t_direct
+            row["decompositions"] += t_dec
+            row["basis"] += t_basis
+        if fitted["columns"]:
+            rows = torch.randn(min(floor_rows, n_scored), d, generator=gen).to(device)
+            W = torch.randn(d, fitted["columns"], generator=gen).to(device)
+            t = _sync(device)
+            matmul(rows, W).square_()
+            t_pred = (_sync(device) - t) * n_scored / len(rows)
+            pred += t_pred
+            row["prediction"] += t_pred
+            direct = sum(c["k"] for c in fitted["classes"])
+            if direct != fitted["columns"]:  # scored from complements: the same products on Σ k_c basis columns
+                W = torch.randn(d, direct, generator=gen).to(device)
+                t = _sync(device)
+                matmul(rows, W).square_()
+                pred_direct += (_sync(device) - t) * n_scored / len(rows)
+            else:
+                pred_direct += t_pred
+            del rows, W
+    return {"decompositions": dec, "basis": basis, "prediction": pred, "per_layer": per_layer,
+            "without_complements": {"basis": basis_direct, "prediction": pred_direct}}
+
+
+def probe_pass(model: torch.nn.Module, train: RandomImages, test: RandomImages, args, device: torch.device):
+    """fit + evaluate of masc + ncm; returns (runner, report, seconds fit, seconds fit + evaluate)."""
+    from masc_probe.runner import ProbeRunner
+
+    runner = ProbeRunner(model, LAYERS, probes=("masc", "ncm"), labels=args.labels, device=device,
+                         max_memory=args.max_memory, progress=not args.quiet)
+    t = time.perf_counter()
+    runner.fit(train)
+    t_fit = _sync(device) - t
+    report = runner.evaluate(test)
+    return runner, report, t_fit, _sync(device) - t
+
+
+def cpu_reference(args) -> dict:
+    """images/s of the bare forward and of the probe pass on the CPU, on a smaller workload of the same kind."""
+    import timm
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", pretrained=False, num_classes=args.classes).eval()
+    n_train, n_test = args.cpu_reference, max(1, args.cpu_reference // 5)
+    train = RandomImages(n_train, args.batch_size, args.classes, seed=1, corrupt=0.8)
+    test = RandomImages(n_test, args.batch_size, args.classes, seed=2, corrupt=0.0)
+    t_bare = bare_forward(model, train, test, device=cpu)
+    _, _, _, t_pass = probe_pass(model, train, test, args, cpu)
+    return {"n_train": n_train, "n_test": n_test, "torch_threads": torch.get_num_threads(),
+            "images_per_second": {"bare_forward": (n_train + n_test) / t_bare,
+                                  "probe_pass": (n_train + n_test) / t_pass}}
 
 
 def main() -> None:
@@ -133,13 +246,22 @@ def main() -> None:
     p.add_argument("--labels", choices=("both", "true"), default="both", help="label sets fitted")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--max-memory", type=int, default=None, help="ProbeRunner budget in bytes (default: its own)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--eigh-samples", type=int, default=1, help="decompositions timed alone per layer")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--floor-rows", type=int, default=1024, help="rows the prediction floor is timed on (scaled)")
+    p.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the floor's parts alone")
+    p.add_argument("--cpu-reference", type=int, default=0,
+                   help="with --device cuda: also time this many training images on the CPU (images/s beside)")
     p.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the linear probe (a separate run)")
     p.add_argument("--linear-epochs", type=int, default=20)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_probe: --device cuda needs a CUDA device; torch sees none")
 
     import timm
 
@@ -147,7 +269,6 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
     load_before = os.getloadavg()
     torch.manual_seed(0)
     model = timm.create_model("resnet18", pretrained=False, num_classes=args.classes).eval().to(device)
@@ -155,61 +276,77 @@ def main() -> None:
     test = RandomImages(args.n_test, args.batch_size, args.classes, seed=2, corrupt=0.0)
     bare_forward(model, RandomImages(2 * args.batch_size, args.batch_size, args.classes, 3, 0.0), device=device)
     rss_start = peak_rss_gb()
+    model_gb = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers())) / 1e9
 
     t_bare = bare_forward(model, train, test, device=device)
-    eig = timed_decompose()
-    runner = ProbeRunner(model, LAYERS, probes=("masc", "ncm"), labels=args.labels, device=device,
-                         max_memory=args.max_memory, progress=True)
-    t = time.perf_counter()
-    runner.fit(train)
-    t_fit = time.perf_counter() - t
-    report = runner.evaluate(test)
-    t_fit_eval = time.perf_counter() - t
+    in_run = timed_in_run()
+    runner, report, t_fit, t_fit_eval = probe_pass(model, train, test, args, device)
     rss_probe = peak_rss_gb()
     tm = runner.timings_
 
-    n_sets = len(runner.label_sets_)
     dims = {layer: runner.features(next(iter(test))[0][:2])[layer].shape[1] for layer in LAYERS}
-    n_c = args.n_train // args.classes
-    ks = {layer: int(np.mean([r["n_components"] for r in report.results
-                              if r["layer"] == layer and r["probe"] == "masc"])) for layer in LAYERS}
-    sizes = [(layer, min(n_c, dims[layer]), ks[layer], args.classes * n_sets) for layer in LAYERS]
-    alone = decompositions_alone(sizes, args.eigh_samples, device)
+    class_counts = {"corrupted": np.bincount(train.y, minlength=args.classes),
+                    "true": np.bincount(train.y_true, minlength=args.classes),
+                    "label": np.bincount(train.y_true, minlength=args.classes)}
+    shapes = masc_shapes(runner, class_counts)
+    n_scored = args.n_test + runner.n_train_scored_
+    floor = floor_alone(shapes, n_scored, args.floor_rows, device) if args.floor else None
 
     forward = tm.get("forward", 0.0) + tm.get("evaluate_forward", 0.0)
     # statistics: the pass's partial_fit calls and row-cache writes, and the deferred layers' partial_fit from the
-    # cache (reading it back included); solve_other: everything in the solves but the decompositions.
+    # cache (reading it back included); solve_other: everything in the solves but decompositions and eigenvectors.
     statistics = tm.get("statistics", 0.0) + tm.get("cache_write", 0.0) + tm.get("deferred_statistics", 0.0)
     prediction = tm.get("predict", 0.0) + tm.get("train_accuracy", 0.0)
-    solve_rest = tm.get("solve", 0.0) + tm.get("deferred_solve", 0.0) - eig["seconds"]
+    solve_rest = tm.get("solve", 0.0) + tm.get("deferred_solve", 0.0) - in_run["decompositions"] - in_run["basis"]
+    n_images = args.n_train + args.n_test
+    seconds = {"bare_forward": t_bare, "fit": t_fit, "fit_evaluate": t_fit_eval,
+               "in_run": {"forward": forward, "statistics": statistics,
+                          "decompositions": in_run["decompositions"], "basis": in_run["basis"],
+                          "solve_other": solve_rest, "prediction": prediction,
+                          "other": t_fit_eval - forward - statistics - in_run["decompositions"] - in_run["basis"]
+                          - solve_rest - prediction},
+               "runner_timings": tm}
+    ratios = {"fit_evaluate_over_bare_forward": t_fit_eval / t_bare}
+    if floor is not None:
+        total = t_bare + floor["decompositions"] + floor["basis"] + floor["prediction"]
+        seconds["floor"] = {"forward": t_bare, "decompositions": floor["decompositions"], "basis": floor["basis"],
+                            "prediction": floor["prediction"], "sum": total, "rest": t_fit_eval - total,
+                            "per_layer": floor["per_layer"],
+                            # the same floor had every class been scored from its top-k_c basis
+                            "without_complements": floor["without_complements"]}
+        ratios["fit_evaluate_over_floor"] = t_fit_eval / total
+        ratios["fit_evaluate_over_forward_plus_decompositions"] = t_fit_eval / (t_bare + floor["decompositions"])
+    budget_gb = runner.max_memory / 1e9
     result = {
         "command": "python benchmarks/bench_probe.py " + " ".join(os.sys.argv[1:]),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(),
-                    "eigh_threads": os.environ.get("MASC_PROBE_EIGH_THREADS", "1 (default)"),
-                    "device": str(device), "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+                    "probe_threads": os.environ.get("MASC_PROBE_THREADS", "1 (default)"),
+                    "device": str(device), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda"
+                    else None, "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "workload": {"n_train": args.n_train, "n_test": args.n_test, "classes": args.classes,
                      "label_sets": runner.label_sets_, "layers": dims, "batch_size": args.batch_size,
                      "max_memory": runner.max_memory, "memory_plan": runner.plan_.to_dict(),
                      "solvers": sorted(set(runner.solvers_.values())),
-                     "train_accuracy_rows": runner.n_train_scored_},
-        "seconds": {"bare_forward": t_bare, "fit": t_fit, "fit_evaluate": t_fit_eval,
-                    "decompositions_alone": alone["seconds"],
-                    "breakdown": {"forward": forward, "statistics": statistics,
-                                  "eigendecompositions": eig["seconds"], "solve_other": solve_rest,
-                                  "prediction": prediction,
-                                  "other": t_fit_eval - forward - statistics - eig["seconds"] - solve_rest
-                                  - prediction},
-                    "runner_timings": tm},
-        "decompositions": {"in_run": eig["count"], "alone": alone["per_layer"]},
-        "ratios": {"fit_evaluate_over_forward_plus_decompositions": t_fit_eval / (t_bare + alone["seconds"]),
-                   "fit_evaluate_over_bare_forward": t_fit_eval / t_bare},
-        "peak_rss_gb": {"before_fit": rss_start, "after_fit_evaluate": rss_probe},
+                     "train_accuracy_rows": runner.n_train_scored_, "scored_rows": n_scored},
+        "seconds": seconds,
+        "ratios": ratios,
+        "images_per_second": {"bare_forward": n_images / t_bare, "probe_pass": n_images / t_fit_eval},
+        "masc": [{k: v for k, v in s.items() if k != "classes"}
+                 | {"k": [c["k"] for c in s["classes"]], "complement": [c["complement"] for c in s["classes"]],
+                    "forms": sorted({c["form"] for c in s["classes"]})} for s in shapes],
+        "decompositions_in_run": in_run["count"],
+        "peak_rss_gb": {"before_fit": rss_start, "after_fit_evaluate": rss_probe, "model": model_gb,
+                        "target": budget_gb + model_gb + 1.5,
+                        "within_target": rss_probe <= budget_gb + model_gb + 1.5},
         "best": report.to_dict()["best"],
     }
+    runner.close()
+    if args.cpu_reference and device.type != "cpu":
+        result["cpu_reference"] = cpu_reference(args)
     if args.linear:
         lin = ProbeRunner(model, LAYERS, probes=("linear",), labels=args.labels, device=device,
-                          max_memory=args.max_memory, progress=True, train_accuracy=False,
+                          max_memory=args.max_memory, progress=not args.quiet, train_accuracy=False,
                           probe_kwargs={"linear": {"epochs": args.linear_epochs}})
         t = time.perf_counter()
         lin.fit(train).evaluate(test)

@@ -6,7 +6,11 @@
 #      -> OUT_DIR/paper_table.json (cells as in benchmarks/results/paper_table.json), OUT_DIR/results*.json
 #   2. MASC fitted on the GPU against MASC fitted on the CPU, from the same activations of that run
 #      -> OUT_DIR/masc_check.json (per layer: prediction agreement, k_c of both, seconds of both)
-#   3. A ResNet-18 ProbeRunner pass: benchmarks/bench_probe.py --device cuda -> OUT_DIR/bench_probe.json
+#   3. A ResNet-18 ProbeRunner pass: benchmarks/bench_probe.py --device cuda (images/s of the bare forward and the
+#      probe pass, the floor table, and the CPU's images/s on 1,000 images beside) -> OUT_DIR/bench_probe.json
+#   4. (GPU only) MASC fit+predict on the GPU with the CPU beside it: benchmarks/bench_masc.py --device cuda at half
+#      its sizes -> OUT_DIR/bench_masc.json. The dry run leaves it out: its step list is fixed by the CI test, and
+#      tests/test_bench_device.py runs the same command on the CPU.
 # Every step runs under its own time limit within one overall deadline; OUT_DIR/gpu_check.json lists the steps with
 # their exit codes and seconds. `--dry-run` runs the same steps on the CPU at tiny sizes (well under 2 minutes; CI
 # runs it through tests/test_reproduce_paper.py).
@@ -35,21 +39,25 @@ if [ "$DRY" = 1 ]; then
   DEVICE=cpu THREADS=1 DEADLINE_S="${DEADLINE_S:-115}"
   export OMP_NUM_THREADS=1
   SIZE=(--subset 300 --test-subset 200 --max-epochs 2)
-  BENCH=(--n-train 200 --n-test 100 --batch-size 100)
-  B_TRAIN=35 B_PROBE=50 B_MASC=25 B_RESNET=35
+  BENCH=(--n-train 200 --n-test 100 --batch-size 100 --quiet)
+  B_TRAIN=35 B_PROBE=50 B_MASC=25 B_RESNET=35 B_MASC_BENCH=0
 else
   # getconf, not nproc: nproc follows OMP_NUM_THREADS
   DEVICE=cuda THREADS="$(getconf _NPROCESSORS_ONLN)" DEADLINE_S="${DEADLINE_S:-450}"
   SIZE=()
-  BENCH=(--n-train 10000 --n-test 2000)
-  B_TRAIN=180 B_PROBE=200 B_MASC=40 B_RESNET=45
+  BENCH=(--n-train 10000 --n-test 2000 --quiet --cpu-reference 1000)
+  B_TRAIN=180 B_PROBE=200 B_MASC=40 B_RESNET=60 B_MASC_BENCH=40
 fi
 RP=("$PY" benchmarks/reproduce_paper.py --row mlp-mnist --rates 0.8 --seeds 0 --preset fast --device "$DEVICE"
     --threads "$THREADS" --data-root "$DATA_ROOT" --work-dir "$OUT_DIR/runs" --table "$OUT_DIR/paper_table.json"
     --quiet "${SIZE[@]}")
 if [ -n "${STEP_BUDGET_S:-}" ]; then  # one budget for every step (the tests' dry run: correctness, not speed)
   B_TRAIN=$STEP_BUDGET_S B_PROBE=$STEP_BUDGET_S B_MASC=$STEP_BUDGET_S B_RESNET=$STEP_BUDGET_S
+  [ "$DRY" = 1 ] || B_MASC_BENCH=$STEP_BUDGET_S
 fi
+# The MASC benchmark's command (also run on the CPU by tests/test_bench_device.py).
+MASC_BENCH=("$PY" benchmarks/bench_masc.py --device "$DEVICE" --threads "$THREADS" --repeats 1 --ref-repeats 0
+            --wide-ref-repeats 0 --scale 0.5 --json "$OUT_DIR/bench_masc.json")
 START=$(date +%s)
 STEPS=()
 LAST_RC=0
@@ -88,6 +96,7 @@ step probe "$B_PROBE" "${RP[@]}" --stage probe --out "$OUT_DIR/results.json"
 step masc-check "$B_MASC" "${RP[@]}" --stage masc-check --out "$OUT_DIR/masc_check.json"
 step resnet18-probe "$B_RESNET" "$PY" benchmarks/bench_probe.py --device "$DEVICE" --threads "$THREADS" --no-linear \
   "${BENCH[@]}" --json "$OUT_DIR/bench_probe.json"
+[ "$DRY" = 1 ] || step masc-bench "$B_MASC_BENCH" "${MASC_BENCH[@]}"
 
 # Every step must succeed; a training step that ran out of time counts as done when the run was closed after it
 # (the cell then says "not memorized").

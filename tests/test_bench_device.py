@@ -1,0 +1,70 @@
+"""benchmarks/bench_probe.py and bench_masc.py on the CPU, as gpu_check.sh calls them with --device: they run, their
+JSON holds the floor table, images/s and peak memory, and the parts add up. (Timings themselves are not asserted.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_bench_probe_floor_table(tmp_path: Path) -> None:
+    out = tmp_path / "probe.json"
+    proc = _run(["benchmarks/bench_probe.py", "--device", "cpu", "--threads", "1", "--n-train", "120",
+                 "--n-test", "40", "--batch-size", "40", "--classes", "2", "--no-linear", "--quiet",
+                 "--max-memory", str(2 * 1024**3), "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    floor = result["seconds"]["floor"]
+    parts = ("forward", "decompositions", "basis", "prediction")
+    assert all(floor[p] >= 0 for p in parts)
+    assert floor["forward"] == result["seconds"]["bare_forward"]
+    assert floor["sum"] == pytest.approx(sum(floor[p] for p in parts))
+    assert floor["rest"] == pytest.approx(result["seconds"]["fit_evaluate"] - floor["sum"])
+    assert result["ratios"]["fit_evaluate_over_floor"] == pytest.approx(result["seconds"]["fit_evaluate"]
+                                                                        / floor["sum"])
+    assert set(floor["per_layer"]) == set(result["workload"]["layers"])
+    images = result["images_per_second"]
+    assert images["bare_forward"] > 0 and images["probe_pass"] > 0
+    memory = result["peak_rss_gb"]
+    assert result["workload"]["max_memory"] == 2 * 1024**3
+    assert memory["target"] == pytest.approx(2 * 1024**3 / 1e9 + memory["model"] + 1.5)
+    # One MASC per layer and label set, each class with its k_c and how it is scored.
+    assert len(result["masc"]) == len(result["workload"]["layers"]) * len(result["workload"]["label_sets"])
+    for fitted in result["masc"]:
+        assert fitted["columns"] == sum(fitted["d"] - k if c else k
+                                        for k, c in zip(fitted["k"], fitted["complement"], strict=True))
+
+
+def test_bench_masc_as_gpu_check_calls_it(tmp_path: Path) -> None:
+    out = tmp_path / "masc.json"
+    proc = _run(["benchmarks/bench_masc.py", "--device", "cpu", "--threads", "1", "--repeats", "1",
+                 "--ref-repeats", "0", "--wide-ref-repeats", "0", "--scale", "0.02", "--shape", "square",
+                 "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["device"] == "cpu" and row["cpu"] is None  # the CPU is timed beside a GPU only
+    assert row["rows_per_second"] == pytest.approx((row["n"] + row["n_test"]) / row["ours"])
+    assert (row["n"], row["d"], row["n_test"]) == (400, 2048, 40)  # --scale 0.02 of the square shape
+    assert len(row["k_ours"]) == row["classes"] and row["floor"] > 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without CUDA")
+@pytest.mark.parametrize("script", ["bench_probe.py", "bench_masc.py"])
+def test_device_cuda_without_cuda_says_so(script: str) -> None:
+    proc = _run([f"benchmarks/{script}", "--device", "cuda"], timeout=300)
+    assert proc.returncode != 0
+    assert "needs a CUDA device" in proc.stderr.strip().splitlines()[-1]
