@@ -230,9 +230,44 @@ def _f(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+def best_cell(entry: dict[str, Any], network: str, probe: str, labels: str) -> tuple[float, str, str] | None:
+    """(accuracy, layer, reducer) of the best block of *network* for one probe and label set (input excluded)."""
+    cells = [(acc, key.split("/", 2)[2], reducer)
+             for reducer in REDUCERS
+             for key, acc in entry["probed"]["reports"].get(f"{network}/{reducer}", {}).get("accuracy", {}).items()
+             if key.startswith(f"{probe}/{labels}/") and not key.endswith("/input")]
+    return max(cells, key=lambda c: c[0]) if cells else None
+
+
+def summary_table(results: dict[str, Any]) -> list[str]:
+    """One line per probed row: the model, the best block (and reducer) of MASC on each label set, the controls."""
+    lines = ["| row | memorized (epochs, train acc.) | model test acc. | MASC corrupted: best block (reducer) | "
+             "MASC true: best block (reducer) | raw input MASC corrupted / true | random init: best MASC "
+             "corrupted / true |", "|---|---|---|---|---|---|---|"]
+    for row, entry in results["rows"].items():
+        if "probed" not in entry:
+            continue
+        m = entry.get("final_metrics", {})
+        t = entry.get("trained", {})
+        reports = entry["probed"]["reports"]
+        cells = {(n, s): best_cell(entry, n, "masc", s) for n in ("trained", "random-init") for s in LABEL_SETS}
+        raw = [_acc(entry, "trained/flatten", "masc", s, "input") for s in LABEL_SETS]
+
+        def fmt(c: tuple[float, str, str] | None) -> str:
+            return "–" if c is None else f"{c[0]:.3f} `{c[1]}` ({c[2]})"
+
+        memorized = "yes" if t.get("memorized") else "no"
+        lines.append(f"| {row} | {memorized} ({m.get('epoch')}, {_f(m.get('train_accuracy_corrupted'))}) | "
+                     f"{_f(reports['trained/flatten']['model_test_accuracy'])} | {fmt(cells['trained', 'corrupted'])} | "
+                     f"{fmt(cells['trained', 'true'])} | {_f(raw[0])} / {_f(raw[1])} | "
+                     f"{_f((cells['random-init', 'corrupted'] or (None,))[0])} / "
+                     f"{_f((cells['random-init', 'true'] or (None,))[0])} |")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [SECTION, "", "Made by (one thread; each command resumes):", "", "```",
-             *results.get("commands", []), "```", "", results.get("summary", ""), ""]
+             *results.get("commands", []), "```", "", *results.get("notes", []), "", *summary_table(results), ""]
     for row, entry in results["rows"].items():
         t = entry.get("trained", {})
         if "probed" not in entry:
