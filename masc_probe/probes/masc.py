@@ -141,7 +141,9 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
     one more fits ``max_memory`` (16 d² bytes), else rows. Products are float32 with float64 accumulation across
     batches; the eigendecomposition is float32, computed once per class and kept (two m × m factors, m the
     matrix size), so ``cosines(X, n_components=...)`` scores any other threshold without refitting. Eigenvalues
-    below 64 float32 epsilons of the largest count as zero: the rank ends there. The statistics that add exactly
+    below 64 float32 epsilons of the largest count as zero: the rank ends there. A scatter-form class with
+    k_c > d/2 is scored from the orthogonal complement of its subspace, cos² = 1 − ‖B_c^⊥x‖²/‖x‖² (exact: the
+    eigenvectors span R^d), which has d − k_c < k_c columns to project on. The statistics that add exactly
     across processes come from ``additive_statistics()`` (see there); ``merge`` adds another probe's.
 
     Threads: the eigendecompositions, and whole calls on small inputs (under 2^24 elements), run on one thread;
