@@ -219,9 +219,8 @@ def fit_pass(state: FitState, model: nn.Module, data: Any, *, shard: bool) -> No
 
     With several processes and batches whose sample indices are known, each process holds its last batch back
     until the pass is over: Accelerate's ``even_batches`` repeats samples only there, and statistics cannot take a
-    row back once added. One gather of every process's indices then keeps of the held rows only the first
-    occurrence of each sample in the job (:func:`~masc_probe.runner._distributed.first_occurrences`). A repeat
-    anywhere else is an error.
+    row back once added. One gather of every process's indices then keeps of the held rows only those whose
+    sample no process added and no lower rank held (``_resolve_held``). A repeat anywhere else is an error.
     """
     config = state.config
     state.device = config.device or model_device(model)
