@@ -55,7 +55,7 @@ if [ -n "${STEP_BUDGET_S:-}" ]; then  # one budget for every step (the tests' dr
   B_TRAIN=$STEP_BUDGET_S B_PROBE=$STEP_BUDGET_S B_MASC=$STEP_BUDGET_S B_RESNET=$STEP_BUDGET_S
   [ "$DRY" = 1 ] || B_MASC_BENCH=$STEP_BUDGET_S
 fi
-# The MASC benchmark's command (also run on the CPU by tests/test_bench_device.py).
+# The MASC benchmark (tests/test_bench_device.py runs it on the CPU at a smaller --scale).
 MASC_BENCH=("$PY" benchmarks/bench_masc.py --device "$DEVICE" --threads "$THREADS" --repeats 1 --ref-repeats 0
             --wide-ref-repeats 0 --scale 0.5 --json "$OUT_DIR/bench_masc.json")
 START=$(date +%s)
