@@ -33,7 +33,7 @@ recall / F1 are those of the set it flags (ours: as many as its noise estimate; 
 
     python benchmarks/label_issues.py --dataset digits --p 0.2 0.4 0.6 0.8
     python benchmarks/label_issues.py --dataset mnist --n 5000 --p 0.2 0.4
-    python benchmarks/label_issues.py --dataset cifar10 --n 3000 --probes masc ncm lda --mode asymmetric --p 0.2 0.4
+    python benchmarks/label_issues.py --dataset cifar10 --n 2000 --probes masc ncm lda --mode asymmetric --p 0.2 0.4
     python benchmarks/label_issues.py --markdown            # rewrite the RESULTS.md section from the JSON
 
 cleanlab is AGPL-3.0: install it with ``pip install -e '.[bench]'``; the package itself never imports it.
@@ -501,7 +501,9 @@ def markdown(results: dict[str, Any]) -> str:
             "- AUM's margins here run until the network has memorized the noisy labels; averaged over a memorizing "
             "run, late epochs (every margin positive) dilute the early ones that separate the wrong labels. Pleiss "
             "et al. train for a fixed, shorter schedule and threshold with fake-class samples; neither is "
-            "reproduced here.",
+            "reproduced here. One measurement of the dilution (README, digits at p = 0.6, `masc-probe train "
+            "--record-margins` then `label-issues`): AUM over the first 5 epochs of a run reached AUROC 0.993, over "
+            "the 59 epochs of the run that memorized 0.909.",
             "- Digits: scikit-learn's 1,797 8×8 images (pixels / 16) split 80/20 per class (1,437 corrupted "
             "training images, 360 clean test images for `select=`); MNIST, Fashion-MNIST: fixed seeded subsets of "
             "the training and test images in ../shared/data (pixels / 255); CIFAR-10: the first n training and n/5 "
@@ -562,8 +564,8 @@ def _aum_summary(cells: list[dict[str, Any]]) -> list[str]:
         parts.append(f"p = {p}: {aum:.3f} vs {mine:.3f} ({len(at)} cells)")
     wins = sum(c["aum"]["auroc"] > c["features"]["mlp"]["methods"]["ours"]["auroc"] for c in have)
     return [f"- AUM (mean AUROC against ours on the same memorizing MLP's layers) — " + "; ".join(parts)
-            + f". AUM has the higher AUROC in {wins}/{len(have)} cells: it weakens as p grows, because the wrong "
-            "labels become the majority of the gradient and a memorizing run ends with every margin positive."]
+            + f". AUM has the higher AUROC in {wins}/{len(have)} cells, and falls faster than ours as p grows (notes: "
+            "averaged over a run that goes on to memorize)."]
 
 
 def _overshoot(rows: list[tuple[dict[str, Any], str, dict[str, Any]]]) -> str:
@@ -588,10 +590,11 @@ def _wins(cells: list[dict[str, Any]]) -> list[str]:
         for feat in ("raw", "mlp"):
             m = c["features"][feat]["methods"]
             others = [("cleanlab, CV MLP", c["cleanlab_cv_mlp"]), ("cleanlab, our probe", m["cleanlab_our_probe"])]
-            if c.get("aum"):
+            if c.get("aum") and feat == "mlp":  # AUM comes from the memorizing MLP: compared with ours on its layers
                 others.append(("AUM", c["aum"]))
             for name, other in others:
-                won = [k for k in ("auroc", "f1") if (other.get(k) or 0) > (m["ours"].get(k) or 0)]
+                # Compared at the 3 decimals shown; a tie is no win.
+                won = [k for k in ("auroc", "f1") if round(other.get(k) or 0, 3) > round(m["ours"].get(k) or 0, 3)]
                 if won:
                     lines.append(f"- {c['dataset']} {c.get('mode', 'random')} p={c['p']} seed {c['seed']} {feat}: "
                                  f"{name} beats ours on "
