@@ -7,8 +7,9 @@ on the true labels and scored on a clean test subset. Controls as the paper rows
 exact random initialization, and on the raw input.
 
 * ``vit-tiny``: timm ``vit_tiny_patch16_224`` (width 192, 3 heads) reconfigured to patch 4 at the data's size
-  (32×32 → 64 tokens + CLS; 28×28 → 49 + CLS), with ``--timm-depth`` blocks (4: twelve do not memorize on one CPU
-  thread in the time at hand).
+  (32×32 → 64 tokens + CLS; 28×28 → 49 + CLS), with ``--timm-depth`` blocks (default 4; the recorded rows used 2
+  on 500 images: twelve blocks, or four on 1,000 images, do not memorize on one shared CPU thread in the time
+  this session had).
 * ``hf-vit``: a ``transformers`` ``ViTForImageClassification`` from a local ``ViTConfig`` (width 128, 4 heads,
   MLP 256, ``--hf-depth`` layers), trained through the same ``masc_probe.training.train``.
 
@@ -34,6 +35,7 @@ import os
 import platform
 import re
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -230,6 +232,11 @@ def _f(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
+def _ordered(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    rows = results["rows"]
+    return [(row, rows[row]) for row in ROWS if row in rows]
+
+
 def best_cell(entry: dict[str, Any], network: str, probe: str, labels: str) -> tuple[float, str, str] | None:
     """(accuracy, layer, reducer) of the best block of *network* for one probe and label set (input excluded)."""
     cells = [(acc, key.split("/", 2)[2], reducer)
@@ -244,7 +251,7 @@ def summary_table(results: dict[str, Any]) -> list[str]:
     lines = ["| row | memorized (epochs, train acc.) | model test acc. | MASC corrupted: best block (reducer) | "
              "MASC true: best block (reducer) | raw input MASC corrupted / true | random init: best MASC "
              "corrupted / true |", "|---|---|---|---|---|---|---|"]
-    for row, entry in results["rows"].items():
+    for row, entry in _ordered(results):
         if "probed" not in entry:
             continue
         m = entry.get("final_metrics", {})
@@ -267,8 +274,10 @@ def summary_table(results: dict[str, Any]) -> list[str]:
 
 def markdown(results: dict[str, Any]) -> str:
     lines = [SECTION, "", "Made by (one thread; each command resumes):", "", "```",
-             *results.get("commands", []), "```", "", *results.get("notes", []), "", *summary_table(results), ""]
-    for row, entry in results["rows"].items():
+             *results.get("commands", []), "```", "",
+             *[line for note in results.get("notes", []) for line in (textwrap.fill(note, 118), "")],
+             *summary_table(results), ""]
+    for row, entry in _ordered(results):
         t = entry.get("trained", {})
         if "probed" not in entry:
             lines += [f"### {row}: not probed (training: {json.dumps(t)})", ""]
