@@ -14,8 +14,8 @@ A spec is one of
 
 Saved folders hold ``model.safetensors`` and ``config.json`` in the layout of their family — the
 ``PyTorchModelHubMixin`` layout for paper models, timm's ``save_for_hf`` layout for timm models, ``save_pretrained``'s
-for ``transformers`` models — plus a top-level
-``"masc_probe"`` key with the run's metadata, so that ``load_model(folder)`` needs no other argument.
+for ``transformers`` models — plus a top-level ``"masc_probe"`` key with the run's metadata, so that
+``load_model(folder)`` needs no other argument.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def model_spec(model: nn.Module) -> str:
     ``"transformers/<class>"`` for ``transformers`` models (whose saved ``config.json`` rebuilds them).
 
     Raises:
-        InputError: The model is neither a paper model nor a timm model.
+        InputError: The model is neither a paper model, a timm model nor a ``transformers`` model.
     """
     if isinstance(model, PaperModel):
         return model.SPEC
