@@ -35,6 +35,7 @@ import os
 import platform
 import re
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -210,7 +211,8 @@ def load_results(path: Path) -> dict[str, Any]:
 def updating(path: Path) -> Iterator[dict[str, Any]]:
     """Read, change and write the results under a lock (a training and a probing process share the file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
+    # The lock file lives in the temp folder, never beside the committed results.
+    with open(Path(tempfile.gettempdir()) / f"masc-probe-{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         results = load_results(path)
         yield results
