@@ -41,7 +41,9 @@ def found(run_dir: Path) -> tuple[dict, list[dict]]:
 
 def test_digits_p06_on_a_run_folder_finds_the_wrong_labels(found) -> None:
     summary, rows = found
-    # The bar: AUROC >= 0.95 against the corruption mask, the chosen layer and probe stated.
+    # The bar: AUROC >= 0.95 against the corruption mask, the chosen layer and probe stated. Measured with
+    # these settings: 0.986 (NCM at the input, runner-up NCM at fc2); on the run trained until it memorized (59 epochs,
+    # default probes): 0.990 (NCM at fc2), README.
     assert summary["metrics"]["chosen"]["auroc"] >= 0.95
     assert summary["probe"] in ("masc", "ncm") and summary["layer"] in {c["layer"] for c in summary["candidates"]}
     assert summary["runner_up"]["layer"] and summary["criterion"] == "select"  # chosen on the clean test split
