@@ -291,9 +291,11 @@ class _ProbePlan:
             options["labels"] = "true"  # clean data: the "corrupted" set would repeat the true one
         train = DataLoader(data.train, batch_size=self.batch_size, shuffle=False)
         test = DataLoader(data.test, batch_size=self.batch_size, shuffle=False)
+        # shard=True: under several processes (accelerate launch, torchrun) each reads only its part of the plain
+        # loaders; one process reads them whole.
         with ProbeRunner(net, device=self.device, seed=data.seed, **options) as runner:  # spilled probes go with it
-            runner.fit(train, num_classes=data.num_classes)
-            report = runner.evaluate(test, epoch=epoch, model_name=model_name, dataset=dataset,
+            runner.fit(train, num_classes=data.num_classes, shard=True)
+            report = runner.evaluate(test, epoch=epoch, shard=True, model_name=model_name, dataset=dataset,
                                      corruption=data.corruption, extra={**(extra or {}), "data": data.record})
             if self.save_probes_to is not None:
                 _save_probes(runner, self.save_probes_to)
