@@ -42,4 +42,5 @@ $PY --row mlp-mnist --rates 0.8 --subset 6000 --seeds 0
 $PY --row mlp-mnist --rates 0.8 --seeds 0
 $PY --row mlp-mnist --rates 0.8 --subset 6000 --seeds 1 2
 $PY --row mlp-mnist --rates 0.8 --subset 15000 --seeds 0
+$PY --row mlp-mnist --rates 0.8 --seeds 1 2  # the 60,000-image cell with three seeds
 echo "queue done $(date)"

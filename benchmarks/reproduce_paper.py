@@ -136,7 +136,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 SETS: dict[str, list[dict[str, Any]]] = {
     # The data-size law, exactly the first lane of benchmarks/paper_queue.sh (3 seeds where a run takes minutes).
     "n-sweep": [{"rows": ["mlp-mnist"], "rates": [0.8],
-                 "subsets": {1500: [0, 1, 2], 6000: [0, 1, 2], 15000: [0], None: [0]}}],
+                 "subsets": {1500: [0, 1, 2], 6000: [0, 1, 2], 15000: [0], None: [0, 1, 2]}}],
     # The queue's second lane (`paper_queue.sh rows`): Fashion-MNIST and CIFAR-10 rows on subsets, one seed.
     "queue-rows": [{"rows": ["cnn-fmnist"], "rates": [0.8, 0.2, 0.4, 0.6], "subsets": {6000: [0]}},
                    {"rows": ["mlp-cifar10"], "rates": [0.8], "subsets": {10000: [0]}},

@@ -149,7 +149,8 @@ def test_n_sweep_runs_are_the_training_queues_folders(shared_mnist: Path) -> Non
     assert args.stage == "train" and args.preset == "fast"
     names = sorted(rp.run_dir(args, job).name for job in rp.plan(args))
     queue = [f"mlp-mnist-fast-n{n}-p0.8-s{s}" for n in (1500, 6000) for s in (0, 1, 2)]
-    assert names == sorted(queue + ["mlp-mnist-fast-n15000-p0.8-s0", "mlp-mnist-fast-nall-p0.8-s0"])
+    full = [f"mlp-mnist-fast-nall-p0.8-s{s}" for s in (0, 1, 2)]
+    assert names == sorted([*queue, "mlp-mnist-fast-n15000-p0.8-s0", *full])
     # The queue's own spelling (--dataset and --subset) lands in the same folder and cell row.
     args = rp.parse_args(["--dataset", str(shared_mnist), "--rates", "0.8", "--subset", "1500", "--seeds", "2",
                           "--preset", "fast"])
