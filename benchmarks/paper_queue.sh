@@ -5,6 +5,8 @@
 # benchmarks/RESULTS.md), which can run beside the queue.
 #   nohup bash benchmarks/paper_queue.sh > runs/paper/queue.log 2>&1 &            # MLP-MNIST: n-sweep, 60k
 #   nohup bash benchmarks/paper_queue.sh rows > runs/paper/queue-rows.log 2>&1 &  # Fashion-MNIST, CIFAR-10 rows
+#   nohup bash benchmarks/paper_queue.sh seed1 > runs/paper/queue-seed1.log 2>&1 & # MLP-MNIST 60k: seed 1, p=0, 0.4
+#   nohup bash benchmarks/paper_queue.sh seed2 > runs/paper/queue-seed2.log 2>&1 & # MLP-MNIST 60k: seed 2, p=0.2, 0.6
 # The code runs from a snapshot of masc_probe/ and the script taken at the first start (runs/paper/.code), so that
 # edits to the work tree cannot change a run halfway; delete that folder to run later code. CODE_REF names the
 # commit to snapshot (default HEAD); runs/paper/.code/COMMIT records it. This file itself is copied before it runs:
@@ -27,6 +29,14 @@ cd "$MASC_QUEUE_ROOT"
 ) 9>"$WORK/.code.lock"
 export PYTHONPATH="$PWD/$WORK/.code" OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
 PY=".venv/bin/python $WORK/.code/benchmarks/reproduce_paper.py --threads 1 --preset fast --stage train --work-dir $WORK --data-root $MASC_QUEUE_ROOT/../shared/data"
+case "${1:-}" in
+  # Issue "Does memorization keep, add or remove what MASC reads?": the 60,000-image headline's seeds, one lane
+  # each (about 90 epochs of 45-120 s on one thread), then the other corruption rates (p = 0 is the clean reference).
+  seed1) $PY --row mlp-mnist --rates 0.8 --seeds 1; $PY --row mlp-mnist --rates 0 0.4 --seeds 0
+         echo "seed1 lane done $(date)"; exit 0 ;;
+  seed2) $PY --row mlp-mnist --rates 0.8 --seeds 2; $PY --row mlp-mnist --rates 0.2 0.6 --seeds 0
+         echo "seed2 lane done $(date)"; exit 0 ;;
+esac
 if [ "${1:-}" = rows ]; then
   # Subsets: a CNN epoch on 60,000 images takes minutes on one thread here.
   $PY --row mlp-cifar10 --rates 0.8 --subset 10000 --seeds 0
