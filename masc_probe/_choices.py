@@ -15,7 +15,7 @@ PIPELINE_LABELS = ("both", "corrupted", "true")
 # Label sets a fitted edit or relabeling can use.
 FIT_LABELS = ("corrupted", "true")
 
-CORRUPTION_MODES = ("random", "symmetric", "shuffle", "asymmetric")
+CORRUPTION_MODES = ("random", "symmetric", "shuffle", "asymmetric", "authors")
 
 # How a run is trained and probed. "clean": eval-mode extraction, shuffled epochs, an eval pass for the stop rule,
 # cross-fitted relabeling. "authors": the MASC authors' code — train-mode extraction one sample at a time, a fixed

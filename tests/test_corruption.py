@@ -143,3 +143,40 @@ def test_bad_mode_labels_and_seed() -> None:
         corrupt_labels([[0, 1]], 0.5)
     with pytest.raises(InputError, match="integers"):
         corrupt_labels([0.5, 1.0], 0.5)
+
+
+# --- the MASC authors' recipe ----------------------------------------------------------------------------------------
+def _authors_numpy(labels: np.ndarray, p: float, k: int, seed: int) -> np.ndarray:
+    """The authors' released code, written out with numpy's global generator as they call it."""
+    out = labels.copy()
+    np.random.seed(seed)
+    mask = np.random.rand(len(out)) <= p
+    out[mask] = np.random.choice(k, mask.sum())
+    return out
+
+
+@pytest.mark.parametrize(("p", "seed"), [(0.8, 42), (0.2, 42), (0.5, 7), (1.0, 42)])
+def test_authors_mode_is_the_authors_numpy_recipe_label_for_label(y: np.ndarray, p: float, seed: int) -> None:
+    state = np.random.get_state()
+    try:
+        expected = _authors_numpy(y[:5000], p, K, seed)
+    finally:
+        np.random.set_state(state)
+    got = corrupt_labels(y[:5000], p, num_classes=K, mode="authors", seed=seed)
+    np.testing.assert_array_equal(got, expected)
+    assert np.mean(got != y[:5000]) > 0  # the recipe changed labels at all
+    # It leaves numpy's global generator alone (the authors' code seeds it; a library must not).
+    before = np.random.get_state()[1].copy()
+    corrupt_labels(y[:100], p, num_classes=K, mode="authors", seed=seed)
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+
+
+def test_authors_mode_differs_from_the_hashed_random_mode_and_refuses_a_subset(y: np.ndarray) -> None:
+    authors = corrupt_labels(y, P, num_classes=K, mode="authors", seed=42)
+    hashed = corrupt_labels(y, P, num_classes=K, mode="random", seed=42)
+    assert np.mean(authors != hashed) > 0.5  # the same distribution, other draws
+    assert _within(float(np.mean(authors != y)), P * (K - 1) / K, N)
+    with pytest.raises(InputError, match="whole label column"):
+        corrupt_labels(y[10:20], P, num_classes=K, mode="authors", seed=42, indices=np.arange(10, 20))
+    with pytest.raises(InputError, match="below 2\\*\\*32"):
+        corrupt_labels(y[:10], P, num_classes=K, mode="authors", seed=2**32)

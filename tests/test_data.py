@@ -311,6 +311,15 @@ def test_load_data_corrupts_train_only_and_records_it() -> None:
         load_data("digits", split="test", corrupt=0.8)
     with pytest.raises(InputError, match="shuffle"):
         load_data("digits", corrupt=0.5, mode="shuffle", streaming=True)
+    with pytest.raises(InputError, match="authors"):
+        load_data("digits", corrupt=0.5, mode="authors", streaming=True)
+    # The authors' recipe over the split in its file order: numpy's legacy generator, label for label.
+    authors = load_data("digits", corrupt=0.8, mode="authors", seed=42)
+    state = np.random.RandomState(42)
+    mask = state.rand(len(true)) <= 0.8
+    expected = true.copy()
+    expected[mask] = state.choice(10, int(mask.sum()))
+    np.testing.assert_array_equal(_column(authors, "label"), expected)
     with pytest.raises(InputError, match="mapping"):
         load_data("digits", corrupt=0.5, mode="asymmetric")
 

@@ -111,8 +111,8 @@ def load_data(
     rate, mode, seed = _check_rate(corrupt), _check_mode(mode), _check_seed(seed)
     if rate > 0 and not str(split).startswith("train"):
         raise InputError(f"test data is never corrupted: expected corrupt=0 for split {split!r}, got {corrupt}")
-    if streaming and rate > 0 and mode == "shuffle":
-        raise InputError("mode='shuffle' permutes the whole label column, which a stream never holds; "
+    if streaming and rate > 0 and mode in ("shuffle", "authors"):
+        raise InputError(f"mode={mode!r} draws over the whole label column, which a stream never holds; "
                          "use streaming=False or another mode")
     cache = None if cache_dir is None else os.fspath(cache_dir)
     src, name = resolve(spec, split, streaming=streaming, image_column=image_column, label_column=label_column,

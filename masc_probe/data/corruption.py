@@ -12,6 +12,10 @@ the same selection serves every mode, so the modes differ only in what a selecte
 - ``symmetric``: a uniformly random *other* class. Realized flip rate ≈ p.
 - ``shuffle``: the selected labels are permuted among themselves (the histogram is kept). Needs the whole column.
 - ``asymmetric``: a class-pair map (``mapping=``), e.g. the usual CIFAR-10 pairs; classes outside the map never change.
+- ``authors``: the MASC authors' released recipe, label for label: numpy's legacy generator seeded with ``seed``
+  (they use 42), ``mask = rand(n) <= p``, then ``labels[mask] = choice(K, mask.sum())``, over the whole training set
+  in file order. It is ``random`` in distribution but a sequential draw: it needs the whole label column (no subset
+  or stream), and a sample's label depends on every sample before it.
 """
 
 from __future__ import annotations
@@ -166,6 +170,8 @@ def corrupt_labels(
         raise InputError(f"indices must be {n} non-negative integers, got shape {idx.shape}")
 
     out = labels.copy()
+    if mode == "authors":
+        return _authors_recipe(out, rate, k, seed, idx)
     if rate == 0.0 or n == 0:
         return out
     selected = _uniform(seed, idx, _SELECT) < rate
@@ -187,6 +193,20 @@ def corrupt_labels(
             table[src] = dst
         out[selected] = table[labels[selected]]
     return out
+
+
+def _authors_recipe(labels: np.ndarray, rate: float, k: int, seed: int, idx: np.ndarray) -> np.ndarray:
+    """The authors' draw (``np.random.seed(seed)``; ``mask = rand(n) <= p``; ``choice(K, mask.sum())``) on *labels*."""
+    n = labels.shape[0]
+    if not np.array_equal(idx, np.arange(n)):
+        raise InputError("mode='authors' draws over the whole label column in file order; got a subset or a shard of "
+                         "it (indices other than 0..n-1): corrupt the whole column, then select")
+    if seed >= 2**32:
+        raise InputError(f"mode='authors' uses numpy's legacy generator, which takes a seed below 2**32, got {seed}")
+    state = np.random.RandomState(seed)  # the generator behind np.random.seed / rand / choice
+    mask = state.rand(n) <= rate
+    labels[mask] = state.choice(k, int(mask.sum()))
+    return labels
 
 
 def report_corruption(summary: Mapping[str, Any] | None) -> dict[str, Any] | None:
