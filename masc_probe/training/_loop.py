@@ -39,6 +39,7 @@ from masc_probe.data._batches import make_loader, split_batch
 from masc_probe.errors import InputError
 from masc_probe.models import load_model, model_logits, model_spec, save_model
 from masc_probe.training._config import TrainConfig
+from masc_probe.training._init import init_record
 from masc_probe.training._run_folder import (
     MARGINS_NAME,
     METRICS_NAME,
@@ -131,6 +132,7 @@ def train(
         set_seed(config.seed)
         model = load_model(model, num_classes=num_classes, input_size=shape if len(shape) == 3 else None)
     spec = config.model or model_spec(model)
+    init = init_record(model, config.seed)  # what rebuilds the epoch-0 weights (training._init), before any step
     optimizer = make_optimizer(model.parameters(), config.optimizer, lr=config.lr, momentum=config.momentum)
     loaders = [x for x in (loader, eval_train, eval_test) if isinstance(x, DataLoader)]
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders)
@@ -156,7 +158,7 @@ def train(
             raise InputError(f"{run_dir} holds a finished run whose model.safetensors is gone (its resume state "
                              "keeps no weights once memorized); train again with resume=False")
         logger.info("resuming %s after epoch %d", run_dir, state["epoch"])
-    meta = {"spec": spec, "shape": shape, "world": world, "realized": None}
+    meta = {"spec": spec, "shape": shape, "world": world, "realized": None, "init": init}
     if not history:
         meta["realized"] = score(eval_train)[2]
         if main and config.keeps_checkpoint(0):

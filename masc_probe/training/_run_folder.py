@@ -56,6 +56,8 @@ def masc_config(config: TrainConfig, meta: dict[str, Any], *, epoch: int, row: d
         "training": training,
         "epoch": epoch,
     }
+    if meta.get("init"):  # {"seed", "init_sha256"}: what rebuilds the run's initial weights (training._init)
+        out["init"] = meta["init"]
     if config.num_classes is not None:
         out["num_classes"] = config.num_classes
     if row is not None:
