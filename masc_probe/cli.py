@@ -3,7 +3,7 @@
 ``masc-probe`` alone runs the embedded default (the paper's MLP on scikit-learn's real digits with 80% of the labels
 corrupted); ``masc-probe --model timm/resnet18 --dataset cifar10 --corrupt 0.8`` runs train → probe → report on
 anything else. Subcommands run the parts: ``run``, ``train``, ``probe``, ``layers``, ``relabel``, ``label-issues``,
-``push``.
+``push``, ``report``.
 
 Every bad flag or value ends the program with one line on stderr and exit code 2; nothing is left half-written.
 """
@@ -32,7 +32,7 @@ from masc_probe._choices import (
     REDUCERS,
 )
 
-SUBCOMMANDS = ("run", "train", "probe", "layers", "relabel", "label-issues", "push")
+SUBCOMMANDS = ("run", "train", "probe", "layers", "relabel", "label-issues", "push", "report")
 _EXIT_USAGE = 2
 
 
@@ -293,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     issues.add_argument("--device", default=None, help="cpu, cuda, cuda:1, …")
     issues.add_argument("--revision", default=None, help="Hub revision of an hf-hub: model")
     issues.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
+    issues.add_argument("--gallery", type=_non_negative_int, default=32, metavar="K",
+                        help="draw the K most suspect samples as label_issues.png (default 32; 0 for none)")
 
     push = sub.add_parser("push", help="publish a run folder with its report and card in one commit")
     push.add_argument("run_dir", help="the run folder")
@@ -305,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="write the files that would be pushed into DIR (default RUN_DIR/hub-dry-run); "
                            "upload nothing")
     push.add_argument("--quiet", action="store_true")
+
+    page = sub.add_parser("report", help="(re)write a run folder's report.html from its report.json, plots and "
+                                         "label issues")
+    page.add_argument("run_dir", help="a run folder (or any folder with report.json)")
+    page.add_argument("--quiet", action="store_true")
     return parser
 
 
@@ -420,7 +427,7 @@ def cmd_label_issues(ns: argparse.Namespace) -> int:
         layers=ns.layers, probes=ns.probes, folds=ns.folds, threshold=ns.threshold, method=ns.method,
         n_components=ns.n_components, max_memory=ns.max_memory, device=ns.device, batch_size=ns.batch_size,
         image_column=ns.image_column, label_column=ns.label_column, revision=ns.revision, output_dir=ns.output_dir,
-        progress=not ns.quiet)  # fmt: skip
+        progress=not ns.quiet, gallery=ns.gallery)  # fmt: skip
     if not ns.quiet:
         s = issues.summary()
         up = s["runner_up"]
@@ -433,7 +440,16 @@ def cmd_label_issues(ns: argparse.Namespace) -> int:
             print(f"  against the true labels, {name}: AUROC {_num(m['auroc'])}, AP {_num(m['average_precision'])}, "
                   f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f}, lift top 1% "
                   f"{_num(m['lift_top_1pct'])}, top 5% {_num(m['lift_top_5pct'])}")
-    _say(f"wrote {out / 'label_issues.csv'} and label_issues.json", quiet=ns.quiet, path=out)
+    _say(f"wrote {out / 'label_issues.csv'}, label_issues.json" + (", label_issues.png" if ns.gallery else ""),
+         quiet=ns.quiet, path=out)
+    return 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    """``masc-probe report RUN_DIR``: the run folder's one-page report, report.html."""
+    from masc_probe.report import write_run_html
+
+    _say(f"wrote {write_run_html(ns.run_dir)}", quiet=ns.quiet, path=Path(ns.run_dir) / "report.html")
     return 0
 
 
@@ -468,7 +484,7 @@ def _num(value: float | None) -> str:
 
 
 _COMMANDS = {"run": cmd_run, "train": cmd_train, "probe": cmd_probe, "layers": cmd_layers, "relabel": cmd_relabel,
-             "label-issues": cmd_label_issues, "push": cmd_push}
+             "label-issues": cmd_label_issues, "push": cmd_push, "report": cmd_report}
 
 
 def _dispatch(ns: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from masc_probe.report import ProbeReport
 TOKEN = "hf_testSECRETtoken0123456789abcdef"
 CORRUPTION = {"mode": "random", "rate": 0.8, "seed": 3, "realized_rate": 0.7213}
 PUSHED = {"model.safetensors", "config.json", "masc/report.json", "masc/report.md", "masc/accuracy_by_layer.png",
-          "metrics.jsonl", "README.md"}
+          "masc/report.html", "metrics.jsonl", "README.md"}
 LFS = {"model.safetensors", "masc/accuracy_by_layer.png"}  # what the Hub's .gitattributes sends through LFS
 LFS_LOCAL = ("model.safetensors", "accuracy_by_layer.png")  # their names in the run folder
 
@@ -232,7 +232,7 @@ def test_report_only_run_is_published_without_writing_into_it(hub: FakeHub, tmp_
     mhub.push_run(run, "me/report-only")
     files = hub.files("me/report-only")
     assert set(files) == {".gitattributes", "README.md", "masc/report.json", "masc/report.md",
-                          "masc/accuracy_by_layer.png"}
+                          "masc/accuracy_by_layer.png", "masc/report.html"}  # the page drawn aside, as the plot
     assert files["masc/report.md"].decode() == report.to_markdown()
     assert files["masc/accuracy_by_layer.png"][:8] == b"\x89PNG\r\n\x1a\n"
     assert _snapshot(run) == before

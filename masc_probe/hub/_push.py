@@ -33,7 +33,7 @@ from masc_probe.hub._card import build_card as _render_card
 from masc_probe.hub._card import read_json, read_metrics
 from masc_probe.hub._probes import PROBES_DIR, PROBES_WHAT, probe_files
 from masc_probe.errors import InputError
-from masc_probe.report import ProbeReport
+from masc_probe.report import ProbeReport, run_html
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,11 @@ _FILES: dict[str, tuple[str, str]] = {
     "report.md": ("masc/report.md", "the report's tables in markdown"),
     "accuracy_by_layer.png": ("masc/accuracy_by_layer.png", "test accuracy of each probe by layer"),
     "metrics.jsonl": ("metrics.jsonl", "training metrics, one JSON object per epoch"),
+    # The links are the card's way to them: its files table shows these descriptions as they are.
+    "report.html": ("masc/report.html", "the whole report as one self-contained page (download and open it in a "
+                                        "browser): [report.html](masc/report.html)"),
+    "label-issues/label_issues.png": ("masc/label_issues.png", "the training samples ranked most likely "
+                                                               "mislabeled: [label_issues.png](masc/label_issues.png)"),
 }
 
 
@@ -90,6 +95,8 @@ def _plan(run_dir: str | os.PathLike[str], repo_id: str | None, *,
         plan.update(probe_files(run, report))
     if "masc/report.md" not in plan:
         plan["masc/report.md"] = report.to_markdown().encode()
+    if "masc/report.html" not in plan:  # an older run folder: its page, drawn aside like the plot below
+        plan["masc/report.html"] = run_html(run).encode()
     if "masc/accuracy_by_layer.png" not in plan:
         with tempfile.TemporaryDirectory() as tmp:  # drawn aside: the run folder is never written
             report.plot(Path(tmp) / "plot.png")
@@ -155,8 +162,9 @@ def push_run(run_dir: str | os.PathLike[str], repo_id: str, *, private: bool = F
 
     Uploads ``model.safetensors`` + ``config.json`` as the run folder has them (timm's layout for timm models, so
     ``timm.create_model("hf-hub:<repo>")`` loads them; the ``PyTorchModelHubMixin`` layout for the paper's models),
-    ``masc/report.json``, ``masc/report.md``, ``masc/accuracy_by_layer.png``, ``metrics.jsonl`` and a ``README.md``
-    model card; stale files under ``masc/`` are deleted in the same commit. The repo is created if needed.
+    ``masc/report.json``, ``masc/report.md``, ``masc/accuracy_by_layer.png``, ``masc/report.html`` (the one-page
+    report; written now for a folder without one), ``masc/label_issues.png`` (after ``masc-probe label-issues`` on the
+    run), ``metrics.jsonl`` and a ``README.md`` model card; stale files under ``masc/`` are deleted in the same commit. The repo is created if needed.
 
     Args:
         run_dir: The run folder (see docs/architecture.md); ``resume/`` and checkpoints are never pushed.

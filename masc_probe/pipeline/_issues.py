@@ -19,8 +19,10 @@ import numpy as np
 
 from masc_probe import _atomic
 from masc_probe.errors import InputError
+from masc_probe.pipeline._gallery import GALLERY_NAME, gallery_summary, write_gallery
 from masc_probe.pipeline._inputs import check_device, default_run_dir, load_run_data, resolve_source
 from masc_probe.pipeline.label_issues import CSV_NAME, JSON_NAME, LabelIssues, find_label_issues
+from masc_probe.report import write_run_html
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +37,8 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
                      threshold: float | None = None, method: str = "probe", n_components: float | int = 0.99,
                      max_memory: int | None = None, device: str | None = None, batch_size: int | None = None,
                      image_column: str | None = None, label_column: str | None = None, revision: str | None = None,
-                     output_dir: str | os.PathLike[str] | None = None,
-                     progress: bool = True) -> tuple[LabelIssues, Path]:  # fmt: skip
+                     output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
+                     gallery: int = 32) -> tuple[LabelIssues, Path]:  # fmt: skip
     """Find the training samples whose given labels are likely wrong, from the layers of *source*.
 
     Args:
@@ -51,6 +53,9 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
         output_dir: Where ``label_issues.csv`` and ``label_issues.json`` go (default ``<run>/label-issues``, or
             ``runs/label-issues-<source>-…`` for a model spec or other data).
         progress: Progress bars.
+        gallery: Also draw the top *gallery* suspects as ``label_issues.png`` (0: none); the summary's ``gallery``
+            key says which were shown and, with true labels, how many were truly mislabeled. On a run folder's own
+            data its ``report.html`` is rewritten to show them.
 
     Returns:
         The :class:`LabelIssues` and the output folder.
@@ -65,6 +70,8 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
                          f"{folds!r}")
     if method not in ("probe", "aum"):
         raise InputError(f"expected method 'probe' or 'aum', got {method!r}")
+    if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 0:
+        raise InputError(f"expected gallery to be an int >= 0 (samples shown; 0 for none), got {gallery!r}")
     check_device(device)
     src = resolve_source(source, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
                          revision=revision, all_checkpoints=False)
@@ -86,7 +93,14 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
                **issues.summary()}
     out.mkdir(parents=True, exist_ok=True)
     issues.write_csv(out / CSV_NAME)
+    if gallery:
+        write_gallery(issues, data.train, out / GALLERY_NAME, k=gallery)
+        summary["gallery"] = gallery_summary(issues, gallery)
+    else:
+        (out / GALLERY_NAME).unlink(missing_ok=True)  # an older gallery would no longer match these issues
     _atomic.write_text(out / JSON_NAME, json.dumps(summary, indent=2) + "\n")
+    if src.kind == "folder" and out == _default_output(src) and (Path(src.text) / "report.json").is_file():
+        write_run_html(src.text)  # the run's page shows what was just found
     return issues, out
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from masc_probe import _atomic
-from masc_probe.report import ProbeReport
+from masc_probe.report import ProbeReport, run_html
+from masc_probe.report._html import PAGE_NAME
 
 REPORT_FILES = ("report.json", "report.md", "accuracy_by_layer.png")
 PROBES_DIR = "probes"  # the fitted probes of a run folder (``--save-probes``; ``push --with-probes`` publishes them)
@@ -32,13 +33,14 @@ def write_outputs(report: ProbeReport, out: Path, *, card: bool, dynamics: bool 
     Returns:
         ``{file name: path}`` of what was written.
     """
-    names = [*REPORT_FILES, *([DYNAMICS_PLOT] if dynamics else [])]
+    names = [*REPORT_FILES, *([DYNAMICS_PLOT] if dynamics else []), PAGE_NAME]
     with _atomic.staging(out, prefix=".tmp-report-") as tmp:
         report.to_json(tmp / "report.json")
         _atomic.write_text(tmp / "report.md", report.to_markdown())
         report.plot_layers(tmp / "accuracy_by_layer.png")
         if dynamics:
             report.plot_dynamics(tmp / DYNAMICS_PLOT)
+        _atomic.write_text(tmp / PAGE_NAME, run_html(out, staged=tmp))  # report.html, from the files above
         for name in names:
             _atomic.publish(tmp / name, out / name)
     files = {name: out / name for name in names}

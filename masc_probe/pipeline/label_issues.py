@@ -172,6 +172,26 @@ class LabelIssues:
         """Write ``label_issues.csv`` and ``label_issues.json`` into *folder* (created when missing)."""
         return self.write_csv(Path(folder) / CSV_NAME), self.write_summary(Path(folder) / JSON_NAME)
 
+    def plot_gallery(self, data: Any, k: int = 32, ax: Any = None) -> Any:
+        """The top *k* suspected samples as a grid of images (``masc_probe.pipeline._gallery``: how they are drawn).
+
+        Args:
+            data: The map-style data the issues were found on, in the same order (e.g. the ``load_data`` dataset).
+            k: How many of the best-ranked samples to show (fewer when the data is smaller).
+            ax: A matplotlib Axes to draw the grid into; None draws on a new figure (no pyplot).
+
+        Returns:
+            The matplotlib Figure. Each panel shows the image as the data stores it, its index, score, given and
+            suggested label (class names where the data has them) and, with true labels, whether the given label
+            was wrong (red frame) or right (green).
+
+        Raises:
+            InputError: *k* < 1, data that is not map-style, or data that is not the data the issues were found on.
+        """
+        from masc_probe.pipeline._gallery import plot_gallery
+
+        return plot_gallery(self, data, k=k, ax=ax)
+
 
 def find_label_issues(
     model: nn.Module | str | os.PathLike[str] | None,

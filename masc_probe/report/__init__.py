@@ -5,6 +5,7 @@ It knows nothing of models, data or probes: the runner builds reports, the pipel
 
 from __future__ import annotations
 
+from masc_probe.report._html import report_html, run_html, write_run_html
 from masc_probe.report._report import SCHEMA_VERSION, ProbeReport, wilson_interval
 
-__all__ = ["SCHEMA_VERSION", "ProbeReport", "wilson_interval"]
+__all__ = ["SCHEMA_VERSION", "ProbeReport", "report_html", "run_html", "wilson_interval", "write_run_html"]
