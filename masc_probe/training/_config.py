@@ -52,7 +52,15 @@ class TrainConfig:
     # the epoch. "authors" (the MASC authors' code): the data's own order every epoch, and the stop rule reads the
     # running accuracy — train-mode predictions of each batch before its step, summed over the epoch.
     protocol: Literal["clean", "authors"] = "clean"
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    # The test pass, and a complete pass over the training data (both accuracies), run after every eval_every-th
+    # epoch and after the last; between them the pass over the training data is the stop rule's own, which ends as
+    # soon as it is certain that the target is out of reach (and, for the plateau schedule, which side of
+    # lr_decay_after the accuracy lies on): same stop epoch, same weights, a fraction of the compute. Those rows
+    # record None for the accuracies they did not complete. No effect on the weights (a skipped pass leaves the
+    # random stream where the pass would have), so it may change when a run resumes.
+    eval_every: int = 5
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # changes the numbers: recorded, off by default
+    compile: bool = False  # torch.compile the forward passes; changes the numbers: recorded, off by default
     cpu: bool = False  # train on the CPU even when an accelerator is present
     # Kept checkpoints/epoch-NNNN besides the final one, which is always kept: "all" epochs; "dense": epochs 0, 2, …,
     # checkpoint_dense_until (the follow-up paper's dense early phase), then every checkpoint_every-th epoch
@@ -103,6 +111,7 @@ class TrainConfig:
         _check_int(self.max_epochs, "max_epochs", low=1)
         _check_int(self.batch_size, "batch_size", low=1)
         _check_int(self.eval_batch_size, "eval_batch_size", low=1)
+        _check_int(self.eval_every, "eval_every", low=1)
         _check_int(self.seed, "seed", low=0)
         _check_int(self.checkpoint_dense_until, "checkpoint_dense_until", low=-1)
         _check_int(self.checkpoint_every, "checkpoint_every", low=0)
@@ -114,8 +123,9 @@ class TrainConfig:
             raise InputError(f"expected 0 <= momentum < 1, got {self.momentum!r}")
         if not (isinstance(self.target_accuracy, (int, float)) and 0 < self.target_accuracy <= 1):
             raise InputError(f"expected 0 < target_accuracy <= 1, got {self.target_accuracy!r}")
-        if not isinstance(self.record_margins, bool):
-            raise InputError(f"expected record_margins to be True or False, got {self.record_margins!r}")
+        for name in ("record_margins", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise InputError(f"expected {name} to be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise InputError(f"expected output_dir to be a non-empty path string, got {self.output_dir!r}")
 
@@ -130,12 +140,26 @@ class TrainConfig:
             if row["loss"] < best * (1 - self.lr_min_delta):
                 best, since = row["loss"], 0
                 continue
-            if row.get("train_accuracy_corrupted", 1.0) < self.lr_decay_after:
+            if not reaches(row, "train_accuracy_corrupted", self.lr_decay_after):
                 continue
             since += 1
             if since >= self.lr_patience:
                 lr, since = max(lr * self.lr_decay, self.lr * self.lr_floor), 0
         return lr
+
+    def accuracy_thresholds(self, history: list[dict[str, Any]], loss: float) -> tuple[list[float], list[float]]:
+        """What the rules will ask of the eval-pass accuracy of the epoch after *history*, whose training loss was
+        *loss*: ``(stop, other)`` thresholds, where the stop rule asks "at least ``target_accuracy``?" (clean
+        protocol) and the plateau schedule "at least ``lr_decay_after``?" when *loss* is no improvement (the only
+        rows :meth:`lr_at` reads the accuracy of)."""
+        stop = [float(self.target_accuracy)] if self.stop_metric == "train_accuracy_corrupted" else []
+        if self.lr_schedule != "plateau":
+            return stop, []
+        best = math.inf
+        for row in history:
+            if row["loss"] < best * (1 - self.lr_min_delta):
+                best = row["loss"]
+        return stop, ([] if loss < best * (1 - self.lr_min_delta) else [float(self.lr_decay_after)])
 
     def keeps_checkpoint(self, epoch: int) -> bool:
         """Whether *epoch* (0 = before training) is kept under ``checkpoints/`` (the final one always is)."""
@@ -174,6 +198,24 @@ class TrainConfig:
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with *changes* (validated like :meth:`from_dict`)."""
         return TrainConfig.from_dict({**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, **changes})
+
+
+def reaches(row: Mapping[str, Any], key: str, threshold: float) -> bool:
+    """Whether the metric *key* of a metrics row is at least *threshold*. A pass over the training data that ended
+    early leaves the accuracy None and its bounds in ``_train_accuracy_bounds`` (``[lo, hi]``: the share known
+    right, and one minus the share known wrong), which answer every question the pass was asked; a key the row
+    lacks (rows older than the key) counts as 1.0.
+
+    Raises:
+        ValueError: The bounds do not answer (a rule asked what the pass was not asked: a bug, not bad input).
+    """
+    value = row.get(key, 1.0)
+    if value is not None:
+        return value >= threshold
+    lo, hi = row["_train_accuracy_bounds"]
+    if lo >= threshold or hi < threshold:
+        return lo >= threshold
+    raise ValueError(f"epoch {row.get('epoch')}: {key} lies in [{lo}, {hi}], which does not answer >= {threshold}")
 
 
 def _check_int(value: Any, name: str, *, low: int) -> None:

@@ -35,10 +35,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from masc_probe.data._batches import make_loader, split_batch
+from masc_probe.data._batches import TensorBatches, make_loader, split_batch
 from masc_probe.errors import InputError
 from masc_probe.models import load_model, model_logits, model_spec, save_model
-from masc_probe.training._config import TrainConfig
+from masc_probe.training._config import TrainConfig, reaches
 from masc_probe.training._init import init_record
 from masc_probe.training._run_folder import (
     MARGINS_NAME,
@@ -54,6 +54,7 @@ from masc_probe.training._run_folder import (
     write_margins,
     write_metrics,
 )
+from masc_probe.training._passes import Tally, evaluate, realized_rate, scan, skip_pass, stop_pass
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def train(
     accelerator.wait_for_everyone()
     set_seed(config.seed)
 
+    train_data, test_data = _placed(train_data, accelerator.device), _placed(test_data, accelerator.device)
     order_seed = None if config.protocol == "authors" else config.seed  # authors: the same order every epoch
     loader, sampler, n_train = make_loader(train_data, batch_size=config.batch_size, shuffle_seed=order_seed,
                                            name="training data")  # fmt: skip
@@ -133,15 +135,21 @@ def train(
         model = load_model(model, num_classes=num_classes, input_size=shape if len(shape) == 3 else None)
     spec = config.model or model_spec(model)
     init = init_record(model, config.seed)  # what rebuilds the epoch-0 weights (training._init), before any step
+    fmt = _memory_format(model, accelerator.device)
+    if fmt is not None:
+        model = model.to(memory_format=fmt)
     optimizer = make_optimizer(model.parameters(), config.optimizer, lr=config.lr, momentum=config.momentum)
     loaders = [x for x in (loader, eval_train, eval_test) if isinstance(x, DataLoader)]
+    if accelerator.device.type == "cuda":
+        for x in loaders:  # batches pinned by the loader, copied without blocking (Accelerate's non_blocking)
+            x.pin_memory = True
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders)
     swap = dict(zip(map(id, loaders), prepared))
     loader, eval_train, eval_test = (swap.get(id(x), x) for x in (loader, eval_train, eval_test))
-
-    def score(data: Any, margins: list[Any] | None = None) -> tuple[float, float | None, float | None]:
-        return evaluate(model, data, device=accelerator.device, gather=accelerator.gather_for_metrics,
-                        margins=margins)
+    # The forward passes run through torch.compile with config.compile; the module itself is what is saved.
+    forward = torch.compile(model) if config.compile else model
+    gather = accelerator.gather_for_metrics if world > 1 else None  # one process: nothing to gather, every step
+    passes = {"device": accelerator.device, "gather": gather, "memory_format": fmt}
 
     history: list[dict[str, Any]] = []
     if main:
@@ -160,7 +168,7 @@ def train(
         logger.info("resuming %s after epoch %d", run_dir, state["epoch"])
     meta = {"spec": spec, "shape": shape, "world": world, "realized": None, "init": init}
     if not history:
-        meta["realized"] = score(eval_train)[2]
+        meta["realized"] = realized_rate(eval_train, gather=gather)  # from the labels alone: no forward pass
         if main and config.keeps_checkpoint(0):
             save_checkpoint(accelerator, model, run_dir, config, meta, epoch=0, row=None)
     else:
@@ -168,6 +176,14 @@ def train(
     margin_rows = _resumed_margins(run_dir, history) if config.record_margins else []
 
     stopped = _stop_reason(history[-1], config) if history else None
+    if stopped == "max_epochs" and history[-1].get("train_accuracy_corrupted", 0.0) is None:
+        # Closed by a lower max_epochs after an epoch that was not evaluated in full: the resume state holds that
+        # epoch's weights, so its row is completed now (the final row is always complete).
+        tally = scan(forward, eval_train, **passes)
+        test_acc = evaluate(forward, eval_test, **passes)[0] if eval_test is not None else None
+        history[-1] = {**history[-1], **_accuracies(tally), "test_accuracy": test_acc}
+        history[-1].pop("_train_accuracy_bounds", None)
+        save_resume(accelerator, run_dir, config, history)
     start = history[-1]["epoch"] + 1 if history else 1
     disable = _bars_off(config.progress, main)
     epochs = tqdm(range(start, config.max_epochs + 1), initial=start - 1, total=config.max_epochs, desc="train",
@@ -181,21 +197,35 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss, running = _epoch(model, optimizer, loader, device=accelerator.device, backward=accelerator.backward,
-                               gather=accelerator.gather_for_metrics, disable=disable, desc=f"epoch {epoch}")
+                               gather=gather, disable=disable, desc=f"epoch {epoch}", forward=forward,
+                               memory_format=fmt)
+        # A complete pass over the training data every eval_every epochs, on the last, on the authors' stop epoch
+        # and whenever margins are recorded; else the stop rule's own pass, which ends once it is answered.
+        full = (config.record_margins or epoch % config.eval_every == 0 or epoch >= config.max_epochs
+                or (config.stop_metric == "train_accuracy_running" and running >= config.target_accuracy))
         record: list[Any] | None = [] if config.record_margins else None
-        acc, acc_true, realized = score(eval_train, record)
+        if full:
+            tally = scan(forward, eval_train, margins=record, total=n_train, **passes)
+        else:
+            stop, other = config.accuracy_thresholds(history, loss)
+            tally = stop_pass(forward, eval_train, total=n_train, stop=stop, other=other, **passes)
         if record:
             margin_rows.append((epoch, *_margin_row(record)))
             if main:  # written before the resume state: a rerun cuts it back to the history it resumes
                 write_margins(run_dir, [r[0] for r in margin_rows], margin_rows[-1][1], [r[2] for r in margin_rows])
-        test_acc = score(eval_test)[0] if eval_test is not None else None
-        row = {"epoch": epoch, "loss": loss, "train_accuracy_corrupted": acc, "train_accuracy_true": acc_true,
-               "test_accuracy": test_acc, "lr": lr, "train_accuracy_running": running}  # fmt: skip
-        history.append({**row, "_realized_rate": realized})
-        epochs.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}")
-        logger.info("epoch %d: loss %.4f, train acc (given labels) %.4f%s", epoch, loss, acc,
-                    "" if test_acc is None else f", test acc {test_acc:.4f}")
-        stopped = _stop_reason(history[-1], config)
+        row = {"epoch": epoch, "loss": loss, **_accuracies(tally), "test_accuracy": None, "lr": lr,
+               "train_accuracy_running": running}  # fmt: skip
+        stopped = _stop_reason({**row, **_bounds(tally)}, config)
+        if eval_test is not None and (full or stopped):
+            row["test_accuracy"] = evaluate(forward, eval_test, **passes)[0]
+        elif eval_test is not None:
+            skip_pass(eval_test)
+        history.append({**row, "_realized_rate": meta["realized"], **_bounds(tally)})
+        acc = row["train_accuracy_corrupted"]
+        shown = ("train acc (given labels)", acc) if acc is not None else ("running acc (given labels)", running)
+        epochs.set_postfix(loss=f"{loss:.3f}", acc=f"{shown[1]:.3f}")
+        logger.info("epoch %d: loss %.4f, %s %.4f%s", epoch, loss, *shown,
+                    "" if row["test_accuracy"] is None else f", test acc {row['test_accuracy']:.4f}")
         if main and (config.keeps_checkpoint(epoch) or stopped):
             save_checkpoint(accelerator, model, run_dir, config, meta, epoch=epoch, row=row)
         if main and stopped:
@@ -254,9 +284,10 @@ def _accelerator(config: TrainConfig) -> tuple[Any, bool]:
                 f"on {state.device}), got mixed_precision={config.mixed_precision!r}{', cpu=True' * config.cpu}; "
                 "train with its settings, or before creating it")
     partial = made and not PartialState._shared_state
-    # split_batches: the loader's batch is the global one, divided among the processes.
+    # split_batches: the loader's batch is the global one, divided among the processes. non_blocking: batches the
+    # loader pinned are copied to a CUDA device without blocking.
     accelerator = Accelerator(cpu=config.cpu, mixed_precision=config.mixed_precision,
-                              dataloader_config=DataLoaderConfiguration(split_batches=True))  # fmt: skip
+                              dataloader_config=DataLoaderConfiguration(split_batches=True, non_blocking=True))
     if made:
         _MADE = {"values": dict(vars(AcceleratorState())), "partial": partial}
     return accelerator, made
@@ -312,17 +343,23 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iter
 
 def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[Any], *, device: torch.device,
            backward: Callable[[torch.Tensor], Any] | None, gather: Callable[[Any], Any] | None,
-           disable: bool | None, desc: str) -> tuple[float, float]:
+           disable: bool | None, desc: str, forward: Callable[[torch.Tensor], Any] | None = None,
+           memory_format: torch.memory_format | None = None) -> tuple[float, float]:
     """:func:`train_epoch`, also returning the running accuracy: the share of samples whose train-mode prediction,
-    made in the forward of their own step (before it), matches the given label — the authors' stop rule."""
+    made in the forward of their own step (before it), matches the given label — the authors' stop rule.
+    *forward* is the model's forward (its torch.compile'd form); the loss and the accuracy stay on the device until
+    the epoch ends (no host sync per step)."""
     model.train()
+    forward = forward or model
     total = torch.zeros((), dtype=torch.float64, device=device)
     right = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=disable):
         part = split_batch(batch)
-        x, y = part.x.to(device), part.y.to(device)
-        logits = model_logits(model(x)).float()  # transformers models return a ModelOutput
+        x, y = part.x.to(device, non_blocking=True), part.y.to(device, non_blocking=True)
+        if memory_format is not None:
+            x = x.contiguous(memory_format=memory_format)
+        logits = model_logits(forward(x)).float()  # transformers models return a ModelOutput
         losses = F.cross_entropy(logits, y, reduction="none")
         optimizer.zero_grad(set_to_none=True)
         (backward or torch.Tensor.backward)(losses.mean())
@@ -357,73 +394,43 @@ def _margin_row(record: list[Any]) -> tuple[Any, Any]:
     return index[order], margins[order]
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable[Any], *, device: torch.device,
-             gather: Callable[[Any], Any] | None = None,
-             margins: list[Any] | None = None) -> tuple[float, float | None, float | None]:
-    """Accuracy against the given labels and against the true labels, and the share of given ≠ true labels.
-
-    Args:
-        model: Put in eval mode.
-        loader: Batches in the contract's forms.
-        device: Where the inputs go.
-        gather: Collects a tuple of per-process tensors across processes (Accelerate's ``gather_for_metrics``,
-            which also drops the samples it repeated to even out the last batch); None with one process.
-        margins: A list to append each batch's ``(index, margin)`` tensors to: the data's ``index`` column (the
-            position in the pass without one) and the given-label logit minus the largest other logit (float64).
-
-    Returns:
-        ``(accuracy vs given labels, accuracy vs true labels, realized corruption rate)``; the last two are None
-        when the batches carry no true labels.
-
-    Raises:
-        InputError: The loader gives no batch.
-    """
-    model.eval()
-    right = right_true = differ = count = 0
-    has_true = True
-    for batch in loader:
-        part = split_batch(batch)
-        logits = model_logits(model(part.x.to(device)))
-        pred = logits.argmax(dim=1)
-        y = part.y.to(device)
-        if margins is not None:
-            index = part.index.to(device) if part.index is not None else None
-            margins.append(_margins(logits, y, index, count, gather))
-        y_true = part.y_true.to(device) if part.y_true is not None else y
-        has_true = has_true and part.y_true is not None
-        if gather is not None:
-            pred, y, y_true = gather((pred, y, y_true))
-        right += int((pred == y).sum())
-        right_true += int((pred == y_true).sum())
-        differ += int((y != y_true).sum())
-        count += int(y.numel())
-    if count == 0:
-        raise InputError("expected at least one batch of data to evaluate, got none")
-    if not has_true:
-        return right / count, None, None
-    return right / count, right_true / count, differ / count
-
-
-def _margins(logits: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None, start: int,
-             gather: Callable[[Any], Any] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(index, margin)`` of one batch, gathered across processes: the given-label logit minus the largest other
-    (float64). Without an index column, the position in the pass (*start*: the samples of the earlier batches)."""
-    z = logits.detach().double()
-    margin = z.gather(1, y[:, None])[:, 0] - z.scatter(1, y[:, None], float("-inf")).max(dim=1).values
-    if index is None:
-        (margin,) = gather((margin,)) if gather is not None else (margin,)
-        return torch.arange(start, start + len(margin), device=margin.device), margin
-    out = (index.long(), margin)
-    return gather(out) if gather is not None else out
-
-
 def _stop_reason(row: dict[str, Any], config: TrainConfig) -> str | None:
     """"target" once the protocol's accuracy (:attr:`TrainConfig.stop_metric`) reaches the target, "max_epochs" at
     the last epoch, else None."""
-    if row[config.stop_metric] >= config.target_accuracy:
+    if reaches(row, config.stop_metric, config.target_accuracy):
         return "target"
     return "max_epochs" if row["epoch"] >= config.max_epochs else None
+
+
+def _accuracies(tally: Tally) -> dict[str, float | None]:
+    """A metrics row's accuracies from a pass over the training data: None for those it did not complete."""
+    acc, acc_true, _ = tally.accuracies() if tally.complete else (None, None, None)
+    return {"train_accuracy_corrupted": acc, "train_accuracy_true": acc_true}
+
+
+def _bounds(tally: Tally) -> dict[str, list[float]]:
+    """The private row key that answers the rules' questions about a pass that ended early (config.reaches)."""
+    return {} if tally.complete else {"_train_accuracy_bounds": list(tally.bounds())}
+
+
+def _memory_format(model: nn.Module, device: torch.device) -> torch.memory_format | None:
+    """channels_last for a convolutional network on a CUDA device (its convolutions' fast layout), else None."""
+    if device.type == "cuda" and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        return torch.channels_last
+    return None
+
+
+def _placed(data: Any, device: torch.device) -> Any:
+    """Data held as tensors on the CPU, for a CUDA device: moved there when it takes at most a quarter of the
+    device's memory (no copy per batch), else pinned (copies without blocking). Anything else as it is: a
+    DataLoader's batches are pinned by the loader and copied by Accelerate."""
+    if not isinstance(data, TensorBatches) or device.type != "cuda" or data.x.device.type != "cpu":
+        return data
+    tensors = (data.x, data.y, data.y_true, data.index)
+    size = sum(t.numel() * t.element_size() for t in tensors if t is not None)
+    fits = size <= torch.cuda.get_device_properties(device).total_memory // 4
+    x, y, y_true, index = (None if t is None else t.to(device) if fits else t.pin_memory() for t in tensors)
+    return TensorBatches(x, y, y_true, index, batch_size=data.batch_size, shuffle_seed=data.shuffle_seed)
 
 
 def _bars_off(progress: bool, main: bool) -> bool | None:

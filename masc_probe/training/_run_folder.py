@@ -31,7 +31,7 @@ STATE_NAME = "trainer.json"
 # Fields that may change between a run and its resumption without changing what it computes.
 _RESUMABLE_CHANGES = {"progress", "resume", "output_dir", "eval_batch_size", "max_epochs", "checkpoint_every",
                       "checkpoint_dense_until", "keep_checkpoints", "corruption", "preprocessing", "dataset",
-                      "cpu"}  # fmt: skip
+                      "cpu", "eval_every"}  # fmt: skip
 
 
 def masc_config(config: TrainConfig, meta: dict[str, Any], *, epoch: int, row: dict[str, Any] | None,
