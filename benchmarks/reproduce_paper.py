@@ -128,9 +128,9 @@ LABEL_SETS = ("corrupted", "true")
 # one corruption seed (42) for every run, so that seeds change only the initialization. Its run folders get a
 # "-authors" suffix (run_dir), its cells their own key.
 PROTOCOLS: dict[str, dict[str, Any]] = {
-    "clean": {"preset": "fast", "train": {}, "runner": {}, "corruption_seed": None},
+    "clean": {"preset": "fast", "train": {}, "runner": {}, "corruption_seed": None, "corruption_mode": "random"},
     "authors": {"preset": "paper", "train": {"protocol": "authors"}, "runner": {"protocol": "authors"},
-                "corruption_seed": 42},
+                "corruption_seed": 42, "corruption_mode": "authors"},
 }
 # Named sets of runs: groups of rows × rates × {subset (None = all): seeds}.
 SETS: dict[str, list[dict[str, Any]]] = {
@@ -183,6 +183,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="paper: the authors' optimizer (MLP: SGD lr 1e-3, momentum 0.9, batch 32); fast: Adam lr "
                         "3e-4, batch 128, lr/10 at plateaus (default: the protocol's, fast for clean)")
     p.add_argument("--max-epochs", type=int, default=None, help="epoch cap (default: the preset's, 500)")
+    p.add_argument("--checkpoints", choices=("final", "dense"), default="final",
+                   help="checkpoints kept: the final one (default), or dense (epochs 0, 2, …, 20, then every 5th: "
+                        "for MASC over training, e.g. `masc-probe probe RUN --all-checkpoints`)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's)")
     p.add_argument("--subset", type=int, default=None,
                    help="train on N training images (stratified by true class, seeded by --subset-seed)")
@@ -302,16 +305,17 @@ def stratified_subset(labels: np.ndarray, n: int | None, seed: int) -> np.ndarra
     return np.sort(idx)
 
 
-def _load(dataset: str, split: str, rate: float, seed: int) -> Any:
+def _load(dataset: str, split: str, rate: float, seed: int, mode: str = "random") -> Any:
     from masc_probe import load_data
 
-    return load_data(dataset, split=split, corrupt=rate, seed=seed)
+    return load_data(dataset, split=split, corrupt=rate, seed=seed, mode=mode)
 
 
 def load_split(dataset: str, *, split: str, n: int | None, subset_seed: int, rate: float = 0.0,
-               seed: int = 0) -> Any:  # fmt: skip
-    """One split, corrupted over its whole length (a sample's label depends on its index only), then subset."""
-    data = _load(dataset, split, rate, seed)
+               seed: int = 0, mode: str = "random") -> Any:  # fmt: skip
+    """One split, corrupted over its whole length in file order (mode "random": a sample's label depends on its
+    index only; "authors": the authors' sequential numpy draw), then subset."""
+    data = _load(dataset, split, rate, seed, mode)
     true = data.with_format("numpy")["true_label"][:]  # no image is decoded for this
     idx = stratified_subset(true, n, subset_seed)
     return data if idx is None else data.select(idx)
@@ -344,6 +348,11 @@ def corruption_seed(args: argparse.Namespace, job: Job) -> int:
     return job.seed if fixed is None else int(fixed)
 
 
+def corruption_mode(args: argparse.Namespace) -> str:
+    """The corruption mode of the protocol: the package's hashed "random" draw, or the authors' numpy recipe."""
+    return str(PROTOCOLS[args.protocol]["corruption_mode"])
+
+
 def train_config(args: argparse.Namespace, job: Job, num_classes: int, preprocessing: Any, *,
                  max_epochs: int | None = None) -> Any:  # fmt: skip
     """The run's TrainConfig: the preset with the queue's overrides (changing any non-resumable one would make
@@ -353,10 +362,12 @@ def train_config(args: argparse.Namespace, job: Job, num_classes: int, preproces
     overrides: dict[str, Any] = {
         "seed": job.seed, "num_classes": num_classes, "output_dir": str(run_dir(args, job)),
         "progress": not args.quiet, "cpu": args.device == "cpu",
-        "corruption": {"mode": "random", "rate": job.rate, "seed": corruption_seed(args, job)} if job.rate else None,
+        "corruption": {"mode": corruption_mode(args), "rate": job.rate, "seed": corruption_seed(args, job)}
+        if job.rate else None,
         "preprocessing": preprocessing,
-        # only the final checkpoint: the table reads no training dynamics
-        "checkpoint_dense_until": -1, "checkpoint_every": 0, **PROTOCOLS[args.protocol]["train"]}
+        **PROTOCOLS[args.protocol]["train"]}
+    if args.checkpoints == "final":  # the table reads no training dynamics; "dense" keeps the preset's epochs (0, 2, …)
+        overrides.update(checkpoint_dense_until=-1, checkpoint_every=0)
     if max_epochs or args.max_epochs:
         overrides["max_epochs"] = max_epochs or args.max_epochs
     if args.batch_size is not None:
@@ -466,7 +477,7 @@ def run_one(args: argparse.Namespace, job: Job, test_batches: Any, n_test: int,
         log.warning("%s: training has not finished (still queued or running); not probed", path)
         return None
     train_data = load_split(job.dataset, split="train", n=job.subset, subset_seed=args.subset_seed, rate=job.rate,
-                            seed=corruption_seed(args, job))
+                            seed=corruption_seed(args, job), mode=corruption_mode(args))
     info = describe_data(train_data)
     labels = train_data.with_format("numpy")
     y, y_true = labels["label"][:], labels["true_label"][:]
@@ -503,7 +514,7 @@ def run_one(args: argparse.Namespace, job: Job, test_batches: Any, n_test: int,
                "n_components": args.n_components, "n_test": n_test,
                "epochs": trained.epochs, "protocol": args.protocol,
                **({"test_subset_seed": args.subset_seed} if args.test_subset else {})}  # fmt: skip
-    corruption = {"mode": "random", "rate": job.rate, "seed": corruption_seed(args, job),
+    corruption = {"mode": corruption_mode(args), "rate": job.rate, "seed": corruption_seed(args, job),
                   "realized_rate": result["realized_rate"]}
     net = load_model(path)  # exactly the saved, final checkpoint
     layers = probe_layers(net)
@@ -564,7 +575,7 @@ def masc_check(args: argparse.Namespace, job: Job, test_data: Any) -> dict[str, 
         log.warning("%s: training has not finished; no MASC check", path)
         return None
     train_data = load_split(job.dataset, split="train", n=job.subset, subset_seed=args.subset_seed, rate=job.rate,
-                            seed=corruption_seed(args, job))
+                            seed=corruption_seed(args, job), mode=corruption_mode(args))
     net = load_model(path)
     layers = [layer for layer in probe_layers(net) if layer != "input"]
     runner = ProbeRunner(net, layers=layers, probes=("masc",), device=args.device, progress=False)
@@ -618,7 +629,7 @@ def compare_loaders(args: argparse.Namespace, job: Job) -> dict[str, Any]:
     from masc_probe.training import train
 
     train_data = load_split(job.dataset, split="train", n=job.subset, subset_seed=args.subset_seed, rate=job.rate,
-                            seed=corruption_seed(args, job))
+                            seed=corruption_seed(args, job), mode=corruption_mode(args))
     info = describe_data(train_data)
     input_size = [int(s) for s in train_data[0]["image"].shape]
     epochs = args.max_epochs or 2
