@@ -337,6 +337,18 @@ def test_authors_protocol_runs_apart_with_its_own_settings(shared_mnist: Path) -
         config = rp.train_config(args, job, 10, None)
         assert (config.protocol, config.seed, config.optimizer) == ("authors", job.seed, "sgd")
         assert rp.corruption_seed(args, job) == 42 and config.corruption["seed"] == 42
+        # their batch on MNIST (128, from their released code) and their own corrupted labels
+        assert (config.batch_size, config.corruption["mode"]) == (128, "authors")
+    # The authors' labels, drawn over all 60,000 training labels in file order, before the subset is taken.
+    data = rp.load_split(str(shared_mnist), split="train", n=1500, subset_seed=0, rate=0.8, seed=42,
+                         mode=rp.corruption_mode(args))
+    full = rp._load(str(shared_mnist), "train", 0.0, 0).with_format("numpy")["true_label"][:]
+    state = np.random.RandomState(42)
+    mask = state.rand(len(full)) <= 0.8
+    expected = full.copy()
+    expected[mask] = state.choice(10, int(mask.sum()))
+    rows = data.with_format("numpy")
+    np.testing.assert_array_equal(rows["label"][:], expected[rows["index"][:]])
     clean = rp.parse_args(["--dataset", str(shared_mnist), "--rates", "0.8", "--seeds", "1"])
     (job,) = rp.plan(clean)
     assert rp.corruption_seed(clean, job) == 1 and rp.run_dir(clean, job).name == "mlp-mnist-fast-nall-p0.8-s1"
