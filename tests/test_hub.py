@@ -307,6 +307,27 @@ def test_pickle_only_repo_is_refused_without_unpickling(hub: FakeHub, cnn_run: P
     assert hub.lfs_files("me/pickled") == {"pytorch_model.bin", "model.pt"} and hub.hits("lfs-download") == []
 
 
+def test_model_downloads_take_the_one_hub_error_mapping(hub: FakeHub, cnn_run: Path) -> None:
+    """load_model's downloads fail as every other Hub call does: one line, the token scrubbed, the file listing
+    that follows a missing model.safetensors guarded too, and a malformed repo id refused before any request."""
+    mhub.push_run(cnn_run, "me/denied")
+    hub.fail_next("resolve", 403, f"token {TOKEN} may not read me/denied")
+    with pytest.raises(HubError) as err:
+        load_model("hf-hub:me/denied")
+    assert "HTTP 403" in str(err.value) and TOKEN not in str(err.value) and "***" in str(err.value)
+
+    hub.put_files("me/no-weights", {"config.json": (cnn_run / "config.json").read_bytes()})
+    hub.fail_next("tree", 403, f"listing refused for {TOKEN}")
+    with pytest.raises(HubError) as err:
+        load_model("hf-hub:me/no-weights")
+    assert "me/no-weights" in str(err.value) and TOKEN not in str(err.value) and "\n" not in str(err.value)
+
+    requests = len(hub.log)
+    with pytest.raises(InputError, match="user/name"):
+        load_model("hf-hub:not a repo")
+    assert len(hub.log) == requests
+
+
 # ----------------------------------------------------------------------------------------------------- card
 def test_card_carries_model_index_that_huggingface_hub_parses(hub: FakeHub, cnn_run: Path) -> None:
     mhub.push_run(cnn_run, "me/card")

@@ -162,6 +162,13 @@ def _message(exc: Exception, repo_id: str, *, revision: str | None, what: str, f
         return (f"repo {repo_id!r} not found on {constants.ENDPOINT}, or the current token cannot access it "
                 "(check the name, or log in with `hf auth login` / set HF_TOKEN)")
     if isinstance(exc, LocalEntryNotFoundError):
+        # hf_hub_download wraps a failed metadata request (an HTTP refusal, a dropped connection) in this error
+        # when the file is not cached: the cause says what the Hub answered.
+        cause = exc.__cause__
+        why = None if not isinstance(cause, Exception) or isinstance(cause, LocalEntryNotFoundError) else _message(
+            cause, repo_id, revision=revision, what=what, filename=filename)
+        if why is not None:
+            return f"{why} ({filename or 'the file'} is not in the local cache either)"
         return (f"{filename or 'a file'} of {repo_id!r}{at} is not in the local cache and the Hub cannot be "
                 f"reached (offline mode {'on' if constants.HF_HUB_OFFLINE else 'off'})")
     if isinstance(exc, EntryNotFoundError):

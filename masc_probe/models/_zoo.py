@@ -36,6 +36,7 @@ from masc_probe import _atomic
 from masc_probe._choices import HUB_PREFIX, TIMM_PREFIX
 from masc_probe.models._paper import PAPER_MODELS, PaperModel
 from masc_probe.models import _transformers
+from masc_probe.models._hub import check_repo_id, hub_errors
 from masc_probe.errors import HubError, InputError, UnknownNameError, UnsafeCheckpointError, closest
 
 logger = logging.getLogger(__name__)
@@ -405,51 +406,42 @@ def _hub_repo(spec: str, revision: str | None) -> tuple[str, str | None]:
 def _download_checkpoint(repo_id: str, revision: str | None, hub: _HubOptions) -> Path:
     """Download ``config.json`` and ``model.safetensors`` of a Hub model repo; return the local snapshot folder.
 
-    All Hub downloads of weights go through here. Pickled weights are refused, never downloaded.
+    All Hub downloads of weights go through here, and every Hub call in it through :func:`~._hub.hub_errors`.
+    Pickled weights are refused, never downloaded.
 
     Raises:
+        InputError: *repo_id* is not ``user/name``.
         UnsafeCheckpointError: The repo has no ``model.safetensors`` but has ``.bin``/``.pt``/``.pth`` files.
         HubError: The repo, revision or files cannot be had (including offline mode without a cached copy).
     """
     from huggingface_hub import hf_hub_download, list_repo_files
-    from huggingface_hub.errors import (
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    at = f"{repo_id}@{revision or 'main'}"
+    check_repo_id(repo_id)
+    token = hub.token if isinstance(hub.token, str) else None  # True/False ask huggingface_hub for the stored one
     options: dict[str, Any] = {"token": hub.token, "cache_dir": hub.cache_dir, "local_files_only": hub.local_files_only}
-    try:
-        weights = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, **options))
-    except RepositoryNotFoundError:
-        raise HubError(f"expected a model repo {repo_id!r} on the Hub, found none (or no access)") from None
-    except RevisionNotFoundError:
-        raise HubError(f"expected revision {revision!r} in {repo_id}, found none") from None
-    except RemoteEntryNotFoundError:
-        files = list_repo_files(repo_id, revision=revision, token=hub.token)
-        pickled = [f for f in files if f.endswith(_PICKLE_SUFFIXES)]
-        if pickled:
-            raise UnsafeCheckpointError(
-                f"{at} offers only pickled weights ({', '.join(pickled[:3])}); masc-probe loads "
-                f"{WEIGHTS_NAME} only, never pickles from a hub"
-            ) from None
-        raise HubError(f"expected {WEIGHTS_NAME} in {at}, got files {files[:5]}") from None
-    except LocalEntryNotFoundError:
-        raise HubError(f"cannot reach the Hub for {at} and no cached copy exists (offline?)") from None
-    except HfHubHTTPError as err:
-        raise HubError(f"download of {at} failed: {err}".splitlines()[0]) from None
+    with hub_errors(repo_id, revision=revision, token=token, what="download", filename=WEIGHTS_NAME):
+        try:
+            weights = Path(hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision, **options))
+        except EntryNotFoundError as err:
+            if isinstance(err, LocalEntryNotFoundError):  # not cached, and the Hub not asked: nothing to list
+                raise
+            pickled = [f for f in list_repo_files(repo_id, revision=revision, token=hub.token)
+                       if f.endswith(_PICKLE_SUFFIXES)]
+            if pickled:
+                raise UnsafeCheckpointError(
+                    f"{repo_id}@{revision or 'main'} offers only pickled weights ({', '.join(pickled[:3])}); "
+                    f"masc-probe loads {WEIGHTS_NAME} only, never pickles from a hub"
+                ) from None
+            raise
     # The cache keeps files under snapshots/<commit>/: asking for that commit puts the config beside the weights
     # even if the branch moved in between.
     commit = weights.parent.name if re.fullmatch(r"[0-9a-f]{40}", weights.parent.name) else revision
-    try:
+    with hub_errors(repo_id, revision=revision, token=token, what="download", filename=CONFIG_NAME):
         config = Path(hf_hub_download(repo_id, CONFIG_NAME, revision=commit, **options))
-    except (RemoteEntryNotFoundError, LocalEntryNotFoundError):
-        raise HubError(f"expected {CONFIG_NAME} beside {WEIGHTS_NAME} in {at}, found none") from None
     if config.parent != weights.parent:
-        raise HubError(f"expected {CONFIG_NAME} and {WEIGHTS_NAME} of {at} in one snapshot, got two folders")
+        raise HubError(f"expected {CONFIG_NAME} and {WEIGHTS_NAME} of {repo_id}@{revision or 'main'} in one "
+                       "snapshot, got two folders")
     return weights.parent
 
 
