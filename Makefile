@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 THREADS ?= 1
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 OMP_NUM_THREADS=$(THREADS)
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-slow test-all bench clean
 
 install: $(STAMP)
 
@@ -20,8 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	HF_HUB_DISABLE_TELEMETRY=1 OMP_NUM_THREADS=$(THREADS) $(VENV)/bin/masc-probe $(ARGS)
 
+# Two tiers (tests/conftest.py decides which test is slow, by rule): the fast one has no processes, no real data
+# and no long training; the slow one has the rest (subprocess CLI runs, torchrun, ../shared/data, the benchmarks).
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(TEST_ENV) $(PY) -m pytest -m slow --durations=15 $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)

@@ -6,6 +6,13 @@ The real datasets (MNIST's idx files, ...) live outside the repository, in one f
 ``MASC_PROBE_SHARED_DATA`` (default: ``shared/data`` beside the checkout, i.e. ``../shared/data``). Outside CI a test
 that needs a missing dataset is skipped, and the skip names the folder and the setting; under CI (``CI=true``, which
 ``.ci/run`` sets) a missing folder fails the test, so CI never skips them silently.
+
+Tests come in two tiers. ``make test`` runs the fast one (``-m "not slow"``): no processes started, no real data,
+no training beyond a few epochs on a few hundred samples, and one memorizer (:func:`memorizer`) trained once per
+session for every test that needs a network that memorized. ``make test-slow`` runs the rest. What is slow is decided
+here, by rule (:func:`pytest_collection_modifyitems`), not by memory: a test that asks for a fixture of
+``SLOW_FIXTURES`` (directly or through another fixture), or lives in a module of ``SLOW_MODULES``. A guard holds the
+fast tier to it: a fast test that starts a process or reads the real data fails, naming the fixture to ask for.
 """
 
 from __future__ import annotations
@@ -21,7 +28,13 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import importlib.util  # noqa: E402
+import multiprocessing.process  # noqa: E402
+import subprocess  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -36,6 +49,9 @@ def _in_ci() -> bool:
 
 def shared_dataset(name: str, marker: str) -> Path:
     """``SHARED_DATA / name``, checked to hold *marker*; skipped outside CI, failed under CI, when it does not."""
+    if _guard.fast:
+        pytest.fail(f"a fast-tier test reads the real data ({name}): ask for the shared_{name} fixture, which "
+                    "puts it in the slow tier", pytrace=False)
     folder = SHARED_DATA / name
     if not (folder / marker).is_file():
         reason = (f"real data {folder / marker} is absent: set {SHARED_DATA_SETTING} to the folder that holds "
@@ -46,10 +62,48 @@ def shared_dataset(name: str, marker: str) -> Path:
     return folder
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def shared_mnist() -> Path:
     """The full MNIST idx folder (``$MASC_PROBE_SHARED_DATA/mnist``)."""
     return shared_dataset("mnist", "train-images.idx3-ubyte.gz")
+
+
+@pytest.fixture(scope="module")
+def shared_cifar10() -> Path:
+    """CIFAR-10 as parquet (``$MASC_PROBE_SHARED_DATA/cifar10``)."""
+    return shared_dataset("cifar10", "train.parquet")
+
+
+@pytest.fixture(scope="session")
+def processes() -> ModuleType:
+    """The :mod:`subprocess` module, for a test that starts processes (a script, ``torchrun``, or the forked
+    workers of ``accelerate.debug_launcher``): asking for it puts the test in the slow tier."""
+    return subprocess
+
+
+@pytest.fixture(scope="session")
+def bench_script() -> Callable[[str], ModuleType]:
+    """Load ``benchmarks/<name>.py`` as a module (its ``main(argv)`` runs in this process): tests of the benchmark
+    scripts are slow-tier."""
+
+    def load(name: str) -> ModuleType:
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def memorizer() -> Any:
+    """The one memorizing network of the session: the paper's MLP trained on 300 digits at p = 0.8 until it fits
+    the corrupted labels (``_training_helpers.MemorizedRun``: run folder, training result, train and test sets)."""
+    from _training_helpers import memorized_run
+
+    return memorized_run()
 
 
 @pytest.fixture
@@ -62,3 +116,76 @@ def keep_logger_levels():
     yield
     for n, level in saved.items():
         logging.getLogger(n).setLevel(level)
+
+
+# ------------------------------------------------------------------------------------------------------ the tiers
+# What puts a test in the slow tier. A fixture counts wherever it is asked for: by the test, or by a fixture the
+# test uses (pytest's fixture closure).
+SLOW_FIXTURES = {
+    "processes": "starts processes",
+    "shared_mnist": "reads real data",
+    "shared_cifar10": "reads real data",
+    "bench_script": "tests a benchmark script",
+}
+# Whole modules, each for its one reason.
+SLOW_MODULES = {
+    "test_reproduce_paper.py": "tests benchmarks/reproduce_paper.py (and gpu_check.sh's dry run on real MNIST)",
+    "test_bench_device.py": "tests the benchmark scripts, each in its own process",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        reasons = [SLOW_FIXTURES[name] for name in getattr(item, "fixturenames", ()) if name in SLOW_FIXTURES]
+        if item.path.name in SLOW_MODULES:
+            reasons.append(SLOW_MODULES[item.path.name])
+        if reasons and item.get_closest_marker("slow") is None:
+            item.add_marker(pytest.mark.slow(reason="; ".join(dict.fromkeys(reasons))))
+
+
+class _Guard:
+    """Whether the test being set up, run or torn down belongs to the fast tier."""
+
+    fast = False
+
+
+_guard = _Guard()
+
+
+# What ctypes.util.find_library runs to find a shared library (torch, cuda-pathfinder and the runner's malloc_trim
+# look up libc and libdl once per process): a lookup, not a process a test chose to start.
+_LIBRARY_LOOKUPS = {"ldconfig", "gcc", "cc", "ld", "objdump"}
+
+
+def _refuse_in_fast_tier(what: str) -> None:
+    if _guard.fast:
+        pytest.fail(f"a fast-tier test {what}: ask for the `processes` fixture, which puts it in the slow tier "
+                    "(tests/conftest.py)", pytrace=False)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    popen_init = subprocess.Popen.__init__
+    start = multiprocessing.process.BaseProcess.start
+
+    def guarded_popen(self: Any, args: Any, *rest: Any, **kwargs: Any) -> None:
+        program = args if isinstance(args, (str, bytes, os.PathLike)) else (list(args) or [""])[0]
+        if Path(os.fsdecode(program).split()[0] if program else "").name not in _LIBRARY_LOOKUPS:
+            _refuse_in_fast_tier(f"started a process ({args!r:.80})")
+        popen_init(self, args, *rest, **kwargs)
+
+    def guarded_start(self: Any) -> None:
+        _refuse_in_fast_tier("started a multiprocessing worker")
+        start(self)
+
+    subprocess.Popen.__init__ = guarded_popen  # type: ignore[method-assign]
+    multiprocessing.process.BaseProcess.start = guarded_start  # type: ignore[method-assign]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Hold the fast tier to its rules for the whole of a test: set-up (module fixtures too), call, tear-down."""
+    _guard.fast = item.get_closest_marker("slow") is None
+    try:
+        return (yield)
+    finally:
+        _guard.fast = False

@@ -7,9 +7,9 @@ import gzip
 import io
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -210,11 +210,11 @@ def test_offline_push_is_one_line_and_leaves_the_run_alone(capsys: pytest.Captur
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
 
-def test_console_script_in_a_real_process(tmp_path: Path) -> None:
+def test_console_script_in_a_real_process(tmp_path: Path, processes: ModuleType) -> None:
     script = Path(sys.executable).with_name("masc-probe")
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run([str(script), "--dataset", "digitz", "--output-dir", str(tmp_path / "x")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = processes.run([str(script), "--dataset", "digitz", "--output-dir", str(tmp_path / "x")],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
     assert done.stderr.startswith("masc-probe: error: unknown dataset 'digitz'")

@@ -273,6 +273,7 @@ def test_streaming_and_in_memory_give_the_same_labels(stream_folder: tuple, mode
                    "source_fingerprint": rec["source_fingerprint"]}
 
 
+@pytest.mark.usefixtures("processes")  # DataLoader workers
 def test_stream_labels_ignore_batch_size_workers_order_and_epoch(stream_folder: tuple) -> None:
     folder, _, labels = stream_folder
     stream = load_data(folder, streaming=True, corrupt=0.8, seed=2)
@@ -287,6 +288,7 @@ def test_stream_labels_ignore_batch_size_workers_order_and_epoch(stream_folder: 
         np.testing.assert_array_equal(rows["label"], expected[rows["index"]])
 
 
+@pytest.mark.usefixtures("processes")  # DataLoader workers
 def test_streaming_a_local_in_memory_source_matches(tmp_path: Path, small: np.ndarray) -> None:
     _write_idx(tmp_path / "train-images-idx3-ubyte", np.tile(small, (5, 1, 1)))
     _write_idx(tmp_path / "train-labels-idx1-ubyte", np.tile(SMALL_LABELS, 5).astype(np.uint8))

@@ -1,4 +1,4 @@
-"""Smoke runs of examples/*.py and benchmarks/reproduce_paper.py with tiny settings, in this process.
+"""Smoke runs of examples/*.py (and, slow-tier, benchmarks/reproduce_paper.py) with tiny settings, in this process.
 
 Each script is loaded from its file and its ``main(argv)`` called, so torch and friends are imported once. The MNIST
 example reads a tiny synthetic idx folder written here, the push example pushes to tests/_hub_server.py's Hub.
@@ -11,7 +11,7 @@ import importlib.util
 import json
 import logging
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -152,8 +152,9 @@ def test_push_example_needs_a_repo_id_unless_dry_run(capsys: pytest.CaptureFixtu
     assert exc.value.code == 2 and "--repo-id is required" in capsys.readouterr().err
 
 
-def test_reproduce_paper_smoke_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    script = _script("benchmarks/reproduce_paper.py")
+def test_reproduce_paper_smoke_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                          bench_script: Callable[[str], ModuleType]) -> None:
+    script = bench_script("reproduce_paper")
     argv = ["--dataset", "mnist-5k", "--subset", "100", "--test-subset", "100", "--rates", "0.8", "--max-epochs",
             "1", "--preset", "fast", "--batch-size", "32", "--work-dir", str(tmp_path), "--quiet"]
     assert script.main(argv) == 0
@@ -176,8 +177,9 @@ def test_reproduce_paper_smoke_and_resume(tmp_path: Path, capsys: pytest.Capture
     assert [{k: r[k] for k in keep} for r in second["runs"]] == [{k: run[k] for k in keep}]
 
 
-def test_reproduce_paper_refuses_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
-    script = _script("benchmarks/reproduce_paper.py")
+def test_reproduce_paper_refuses_bad_values(capsys: pytest.CaptureFixture[str],
+                                            bench_script: Callable[[str], ModuleType]) -> None:
+    script = bench_script("reproduce_paper")
     for argv in (["--subset", "0"], ["--rates", "1.5"]):
         with pytest.raises(SystemExit) as exc:
             script.main(argv)

@@ -27,12 +27,12 @@ predictions agree), and even at an equal count the directions of eigenvalues nea
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import shared_dataset
 from masc_probe import load_model
 from masc_probe.layers import FeatureTap
 from masc_probe.probes import MinimumAngleSubspaceClassifier
@@ -53,7 +53,7 @@ def _images(table: object, rows: np.ndarray) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def features() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def features(shared_cifar10: Path) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """``{layer: (train rows, train labels, test rows)}``: 100 training images per class, then 500 others.
 
     The parquet file is read directly (only the images used are decoded): ``load_data`` would decode all 50,000
@@ -61,7 +61,7 @@ def features() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """
     import pyarrow.parquet as pq
 
-    table = pq.read_table(shared_dataset("cifar10", "train.parquet") / "train.parquet")
+    table = pq.read_table(shared_cifar10 / "train.parquet")
     y = table.column("label").to_numpy()
     train = np.sort(np.concatenate([np.flatnonzero(y == c)[:PER_CLASS] for c in range(10)]))
     test = np.setdiff1d(np.arange(len(y)), train)[:N_TEST]

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,18 +51,15 @@ def _accuracies(node: Any, path: str = "") -> Iterator[tuple[str, float]]:
 
 # ------------------------------------------------------------------------------------- the GPU check's dry run
 @pytest.fixture(scope="module")
-def dry_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from conftest import shared_dataset
-
-    mnist = shared_dataset("mnist", "train-images.idx3-ubyte.gz")  # a skip outside CI, a failure under CI=true
+def dry_run(tmp_path_factory: pytest.TempPathFactory, shared_mnist: Path, processes: ModuleType) -> Path:
     out = tmp_path_factory.mktemp("gpu-check")
-    env = {**os.environ, "PYTHON": sys.executable, "DATA_ROOT": str(mnist.parent), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_ROOT": str(shared_mnist.parent), "OMP_NUM_THREADS": "1"}
     # Minutes of slack over the script's own deadline and step budgets: the check is of what it writes, not of its
     # speed (on a loaded machine the dry run's 115 s deadline was missed).
     env["DEADLINE_S"] = "800"
     env["STEP_BUDGET_S"] = "600"
-    proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)], env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = processes.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)], env=env,
+                         capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 

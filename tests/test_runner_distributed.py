@@ -1,16 +1,16 @@
 """Two real CPU processes (gloo) give the same probes, predictions and report as one process.
 
-The CI test starts them with ``accelerate.debug_launcher`` (forked: no second import of torch); the slow one with
-``torchrun`` in a subprocess, as a user would.
+Two tests start them with ``accelerate.debug_launcher`` (forked: no second import of torch), one with ``torchrun``
+in a subprocess, as a user would; all are slow-tier (they ask for the ``processes`` fixture).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -21,7 +21,8 @@ from masc_probe.runner import ProbeRunner
 SCRIPT = Path(__file__).parent / "_runner_distributed_script.py"
 
 
-def test_two_processes_match_one_accelerate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_processes_match_one_accelerate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            processes: ModuleType) -> None:
     from accelerate import Accelerator, debug_launcher  # noqa: F401  (imported here, the forked children inherit it)
 
     import masc_probe.layers  # noqa: F401
@@ -32,14 +33,13 @@ def test_two_processes_match_one_accelerate(tmp_path: Path, monkeypatch: pytest.
     _check_against_one_process(tmp_path)
 
 
-@pytest.mark.slow
-def test_two_processes_match_one_torchrun(tmp_path: Path) -> None:
+def test_two_processes_match_one_torchrun(tmp_path: Path, processes: ModuleType) -> None:
     torchrun = Path(sys.executable).parent / "torchrun"
     if not torchrun.exists():
         pytest.skip("torchrun is not installed beside this Python")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
-    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=240)
+    proc = processes.run([str(torchrun), "--standalone", "--nproc_per_node", "2", str(SCRIPT), str(tmp_path)],
+                         env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_against_one_process(tmp_path)
 
@@ -80,8 +80,8 @@ def _decoded(folder: Path, name: str) -> list[list[int]]:
     return [[int(i) for i in (folder / f"{name}-{r}.log").read_text().split()] for r in (0, 1)]
 
 
-def test_each_process_reads_its_shard_and_repeats_count_once(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_process_reads_its_shard_and_repeats_count_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              processes: ModuleType) -> None:
     from accelerate import debug_launcher
     from _runner_distributed_script import BATCH, N_TEST, N_TRAIN, SHARD_KWARGS, shard_data, shard_worker
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -94,35 +93,30 @@ def masc_training_config(run_dir: Path) -> dict:
     return json.loads((run_dir / "resume" / "trainer.json").read_text())["config"]
 
 
-def _script(out: Path, max_epochs: int, n: int) -> list[str]:
-    return [sys.executable, str(HERE / "_train_script.py"), str(out), str(max_epochs), str(n), "fast", "32"]
+def _script(out: Path, max_epochs: int, n: int, *pause_at_step: int) -> list[str]:
+    return [sys.executable, str(HERE / "_train_script.py"), str(out), str(max_epochs), str(n), "fast", "32",
+            *map(str, pause_at_step)]
 
 
-def test_resume_after_kill_reproduces_an_uninterrupted_run(tmp_path: Path) -> None:
+def test_resume_after_kill_reproduces_an_uninterrupted_run(tmp_path: Path, processes: ModuleType) -> None:
     env = {**os.environ, "PYTHONPATH": str(HERE)}
-    reference = subprocess.Popen(_script(tmp_path / "ref", 8, 128), env=env, stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
-    killed = subprocess.Popen(_script(tmp_path / "run", 8, 128), env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
-    state = tmp_path / "run" / "resume" / "trainer.json"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and killed.poll() is None:
-        try:
-            if json.loads(state.read_text())["epoch"] >= 3:
-                break
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
-        time.sleep(0.02)
+    reference = processes.Popen(_script(tmp_path / "ref", 8, 128), env=env, stdout=processes.PIPE,
+                                stderr=processes.PIPE, text=True)  # fmt: skip
+    # 128 samples in batches of 32: 4 steps an epoch. The run waits after step 14, two batches into epoch 4, to be
+    # killed there: the point of the kill is the same on any machine, never a race against the polling.
+    killed = processes.Popen(_script(tmp_path / "run", 8, 128, 14), env=env, stdout=processes.PIPE,
+                             stderr=processes.PIPE, text=True)  # fmt: skip
+    assert killed.stdout.readline() == "paused at step 14\n", killed.communicate()[1][-2000:]
     killed.send_signal(signal.SIGKILL)
     killed.communicate()
-    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    # A kill between the two renames of a state rewrite leaves the newest state in resume.tmp/.
+    assert killed.returncode == -signal.SIGKILL
+    # A kill between the two renames of a state rewrite leaves the newest state in resume.tmp/
+    # (test_a_kill_inside_a_state_rewrite_keeps_the_newest_complete_state); here the state of epoch 3 is complete.
     states = [tmp_path / "run" / name / "trainer.json" for name in ("resume", "resume.tmp", "resume.old")]
-    done_before = max(json.loads(p.read_text())["epoch"] for p in states if p.exists())
-    assert 3 <= done_before < 8
-    rerun = subprocess.run(_script(tmp_path / "run", 8, 128), env=env, capture_output=True, text=True, timeout=180)
+    assert max(json.loads(p.read_text())["epoch"] for p in states if p.exists()) == 3
+    rerun = processes.run(_script(tmp_path / "run", 8, 128), env=env, capture_output=True, text=True, timeout=180)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert f"resuming {tmp_path / 'run'} after epoch {done_before}" in rerun.stderr
+    assert f"resuming {tmp_path / 'run'} after epoch 3" in rerun.stderr
     out, err = reference.communicate(timeout=180)
     assert reference.returncode == 0, err[-2000:]
     a, b = load_file(tmp_path / "ref" / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")

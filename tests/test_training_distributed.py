@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import torch
 from safetensors.torch import load_file
@@ -22,12 +22,12 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_two_processes_match_one_after_an_epoch(tmp_path: Path) -> None:
+def test_two_processes_match_one_after_an_epoch(tmp_path: Path, processes: ModuleType) -> None:
     # The paper's SGD preset: updates are linear in the gradients, so summation order changes them only at 1e-8.
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(HERE / "_train_script.py"), str(tmp_path / "two"), "1", "256", "paper", "64"]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = processes.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     masc = json.loads((tmp_path / "two" / "config.json").read_text())["masc_probe"]
     assert masc["training"]["num_processes"] == 2 and masc["training"]["batch_size"] == 64
