@@ -19,6 +19,7 @@ import io
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,7 +37,7 @@ LAYER_PLOT, DYNAMICS_PLOT = "accuracy_by_layer.png", "accuracy_over_epochs.png"
 ISSUES_DIR, ISSUES_JSON, GALLERY_PNG = "label-issues", "label_issues.json", "label_issues.png"
 _DIGITS = 3
 _LABELS = {"corrupted": "corrupted labels", "true": "true labels", "label": "given labels"}
-_CONTROL_NAMES = {"init": "initial weights", "input": "raw input"}
+_CONTROL_NAMES = {"init": "network at its initial weights", "input": "raw input"}
 # Run bookkeeping that does not change the weights (the model card leaves the same keys out of its table).
 _NOT_SETTINGS = {"checkpoint_dense_until", "checkpoint_every", "eval_batch_size", "keep_checkpoints", "num_classes",
                  "progress", "num_processes"}
@@ -55,25 +56,29 @@ p{margin:.5rem 0} .muted{color:var(--muted)} .lead{color:var(--muted);margin-top
 .card .k{color:var(--muted);font-size:.9rem}
 table{border-collapse:collapse;width:100%;font-size:.9rem;font-variant-numeric:tabular-nums}
 th,td{padding:.35rem .55rem;border-bottom:1px solid var(--line);text-align:left;vertical-align:top;
-overflow-wrap:anywhere}
-th{background:var(--soft);font-weight:600} .n{text-align:right;white-space:nowrap}
+overflow-wrap:break-word}
+table.kv td{overflow-wrap:anywhere}
+th{background:var(--soft);font-weight:600} .n{text-align:right} .nw{white-space:nowrap}
 tr.best td.acc{font-weight:700}
 .added{color:var(--good);font-weight:600} .removed{color:var(--bad);font-weight:600} .same{color:var(--muted)}
 .wrap{overflow-x:auto}
 figure{margin:1.2rem 0} img{display:block;max-width:100%;height:auto}
 figcaption{color:var(--muted);font-size:.9rem;margin-top:.3rem}
-code{font-size:.9em;overflow-wrap:anywhere}
+code{font-size:.9em}
 footer{margin-top:3rem;color:var(--muted);font-size:.85rem}
-@media (max-width:800px){
-main{padding:.75rem}
-table.stack thead{display:none}
-table.stack,table.stack tbody,table.stack tr,table.stack td{display:block;width:100%}
-table.stack tr{border:1px solid var(--line);border-radius:.5rem;margin:.6rem 0;padding:.3rem .7rem}
-table.stack td{display:flex;justify-content:space-between;gap:1rem;border:0;padding:.15rem 0;text-align:right;
-white-space:normal}
-table.stack td::before{content:attr(data-label);color:var(--muted);text-align:left}
-}
 """
+# A narrow screen shows each row of a table as a card, the column names beside the values; a table with many columns
+# (the controls' comparisons) already on a small laptop screen, where its columns would not fit.
+_STACKED = """{t} thead{{display:none}}
+{t},{t} tbody,{t} tr,{t} td{{display:block;width:100%}}
+{t} tr{{border:1px solid var(--line);border-radius:.5rem;margin:.6rem 0;padding:.3rem .7rem}}
+{t} td{{display:flex;justify-content:space-between;gap:1rem;border:0;padding:.15rem 0;text-align:right;
+white-space:normal}}
+{t} td::before{{content:attr(data-label);color:var(--muted);text-align:left}}
+"""
+_CSS += ("@media (max-width:800px){main{padding:.75rem}" + _STACKED.format(t="table.stack") + "}"
+         + "@media (max-width:1180px){" + _STACKED.format(t="table.stack.wide") + "}")
+_WIDE = 9  # columns beyond which a table is stacked below 1180 px
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
 
@@ -81,17 +86,22 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value: Any, digits: int = _DIGITS) -> str:
+def _num(value: Any, digits: int = _DIGITS, *, signed: bool = False) -> str:
     """A number as shown (rounded) inside a ``<data>`` element holding its exact JSON value; '–' for none."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         return "–"
-    return f'<data value="{_e(repr(value))}">{value:.{digits}f}</data>'
+    return f'<data value="{_e(repr(value))}">{value:{"+" if signed else ""}.{digits}f}</data>'
 
 
-def _interval(ci: Any) -> str:
+def _interval(ci: Any, *, signed: bool = False) -> str:
     if not isinstance(ci, Sequence) or len(ci) != 2:
         return "–"
-    return f"{_num(ci[0])}–{_num(ci[1])}"
+    return f'<span class="nw">{_num(ci[0], signed=signed)} to {_num(ci[1], signed=signed)}</span>'
+
+
+def _code(escaped: str) -> str:
+    """Markdown's `name` (the report's sentences are written for report.md and the card too) as <code>."""
+    return re.sub(r"`([^`<>]+)`", r"<code>\1</code>", escaped)
 
 
 def _cls(cls: str) -> str:
@@ -107,6 +117,7 @@ def _table(header: Sequence[tuple[str, str]], rows: Sequence[str], *, cls: str =
     """A table whose rows were built with :func:`_td`; *header* is (text, css class) per column."""
     head = "".join(f'<th scope="col"{_cls(c)}>{_e(t)}</th>' for t, c in header)
     cap = f"<caption class=\"muted\">{caption}</caption>" if caption else ""
+    cls += " wide" if len(header) > _WIDE else ""
     return (f'<div class="wrap"><table class="{cls}">{cap}<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}'
             "</tbody></table></div>")
 
@@ -150,8 +161,11 @@ def _best(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> dict[
     return out
 
 
-def _control_name(control: str) -> str:
-    return _CONTROL_NAMES.get(control, f"{control} control")
+def _control_name(control: str, info: Any = None) -> str:
+    """How the page names a control; the report's own ``source`` of it, where it has one (``run epoch 0``, …)."""
+    name = _CONTROL_NAMES.get(control, f"control model {control}")
+    source = info.get("source") if isinstance(info, Mapping) else None
+    return f"{name} ({source})" if source and control != "input" else name
 
 
 # --------------------------------------------------------------------------------------------------- the parts
@@ -220,7 +234,7 @@ def _setup(report: Mapping[str, Any], config: Mapping[str, Any] | None) -> str:
                      for k, v in control.items() if v is not None]
             rows.append((f"control: {_control_name(name)}", ", ".join(parts)))
     body = [_td("setting", _e(k)) + _td("value", v) for k, v in rows]
-    return _table([("setting", ""), ("value", "")], [f"<tr>{r}</tr>" for r in body])
+    return _table([("setting", ""), ("value", "")], [f"<tr>{r}</tr>" for r in body], cls="stack kv")
 
 
 def _layer_table(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
@@ -232,10 +246,8 @@ def _layer_table(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
     reducers = report.get("reducer") if isinstance(report.get("reducer"), Mapping) else {}
     header = [("layer", ""), ("probe", ""), ("fitted on", ""), ("test accuracy", "n"), ("95% interval", "n"),
               *((f"train accuracy vs {t}", "n") for t in train_sets)]
-    for control in controls:
-        name = _control_name(control)
-        header += [(f"at {name}", "n"), (f"trained − {name}", "n"), ("95% interval of the difference", "n"),
-                   ("verdict", "")]
+    for control in controls:  # short column names; the sentences above and the setup table say what each is
+        header += [(f"{control} accuracy", "n"), (f"trained − {control}", "n")]
     body = []
     for r in rows:
         key = (r["probe"], r["labels"])
@@ -249,22 +261,26 @@ def _layer_table(report: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         cells += [_td(f"train accuracy vs {t}", _num((r.get("train_accuracy") or {}).get(t)), "n")
                   for t in train_sets]
         for control in controls:
-            name = _control_name(control)
             c = comparisons.get((r["layer"], r["probe"], r["labels"], control), {})
             verdict = c.get("verdict")
             css = {"added": "added", "removed": "removed"}.get(str(verdict), "same")
-            cells += [_td(f"at {name}", _num(c.get("control_accuracy")), "n"),
-                      _td(f"trained − {name}", _num(c.get("difference")), "n"),
-                      _td("95% interval of the difference", _interval(c.get("ci")), "n"),
-                      _td("verdict", _e(verdict) if verdict else "–", css)]
+            diff = (f'<span class="nw">{_num(c.get("difference"), signed=True)}</span> '
+                    f'({_interval(c.get("ci"), signed=True)}) <span class="nw {css}">{_e(verdict or "–")}</span>')
+            cells += [_td(f"{control} accuracy", _num(c.get("control_accuracy")), "n"),
+                      _td(f"trained − {control}", diff if c else "–", "n")]
         attrs = f'data-layer="{_e(r["layer"])}" data-probe="{_e(r["probe"])}" data-labels="{_e(r["labels"])}"'
         body.append(f'<tr {attrs}{_cls("best" if top else "")}>{"".join(cells)}</tr>')
     return _table(header, body)
 
 
 def _verdicts(report: Mapping[str, Any]) -> str:
-    """One sentence per control, counted from the comparisons' verdicts (never fixed text)."""
+    """The report's own headline sentences (``ProbeReport.headline``, where it has them), then one count per control
+    of the comparisons' verdicts; both computed from the numbers, never fixed text."""
+    from masc_probe.report._report import ProbeReport
+
     out = []
+    if report.get("comparisons") and hasattr(ProbeReport, "headline"):
+        out += [f"<p>{_code(_e(line))}</p>" for line in ProbeReport.from_dict(report).headline()]
     by_control: dict[str, list[Mapping[str, Any]]] = {}
     for c in report.get("comparisons") or []:
         if isinstance(c, Mapping):
@@ -272,11 +288,13 @@ def _verdicts(report: Mapping[str, Any]) -> str:
     for control, comps in by_control.items():
         count = {v: sum(c.get("verdict") == v for c in comps) for v in ("added", "removed", "no difference")}
         methods = ", ".join(dict.fromkeys(str(c["method"]) for c in comps if c.get("method")))
-        out.append(f"<p>Against the {_e(_control_name(control))}: training <span class=\"added\">added</span> to "
-                   f"what the probe reads in {count['added']} of {len(comps)} layer × probe × label-set rows, "
-                   f"<span class=\"removed\">removed</span> from it in {count['removed']}, and made no difference "
-                   f"in {count['no difference']}"
-                   + (f" (the difference's 95% interval, {_e(methods)})" if methods else "") + ".</p>")
+        name = _control_name(control, (report.get("controls") or {}).get(control))
+        out.append(f'<p class="verdicts" data-control="{_e(control)}">Against the {_e(name)}, '
+                   f"layer by layer: the trained network reads <span class=\"added\">more</span> in "
+                   f"<strong>{count['added']}</strong> of {len(comps)} layer × probe × label-set rows, "
+                   f"<span class=\"removed\">less</span> in <strong>{count['removed']}</strong>, and no different "
+                   f"in <strong>{count['no difference']}</strong>"
+                   + (f" (95% interval of the paired difference: {_e(methods)})" if methods else "") + ".</p>")
     return "".join(out)
 
 
