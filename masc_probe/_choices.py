@@ -39,6 +39,9 @@ SECOND_MOMENT_PROBES = ("masc", "velpic")
 # Probes that take torch tensors; the others are scikit-learn's and take numpy arrays.
 TENSOR_PROBES = ("masc", "ncm", "velpic", "linear")
 DEFAULT_PROBES = ("masc", "ncm", "linear")
+# Controls a name alone asks for (ProbeRunner(controls=...), --controls): the network at its initial weights and the
+# raw input; any other control is a model passed by name. Both by default.
+CONTROLS = ("init", "input")
 
 # How a layer's activation becomes rows (masc_probe.layers._reduce): flatten (the paper's), the class token, the mean
 # token, global average pooling of conv maps, or a per-layer automatic choice.

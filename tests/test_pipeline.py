@@ -38,8 +38,9 @@ def data() -> dict[str, dict[str, np.ndarray]]:
 
 
 def _result(report: ProbeReport, layer: str, probe: str, labels: str, epoch: int | None = None) -> dict[str, Any]:
-    [row] = [r for r in report.results
-             if (r["layer"], r["probe"], r["labels"], r.get("epoch")) == (layer, probe, labels, epoch)]
+    [row] = [r for r in report.results  # the trained network's (a control model's carry "control")
+             if (r["layer"], r["probe"], r["labels"], r.get("epoch"), r.get("control")) == (layer, probe, labels, epoch,
+                                                                                           None)]
     return row
 
 

@@ -38,7 +38,7 @@ RUNTIME = {"device", "cache_dir", "progress"}
 @pytest.fixture(scope="module")
 def fitted() -> ProbeRunner:
     x, yc, y = data(120)
-    return ProbeRunner(mlp(), ["2", "4"], probes=PROBES, n_components=0.9, progress=False,
+    return ProbeRunner(mlp(), ["2", "4"], probes=PROBES, n_components=0.9, progress=False, controls=(),
                        probe_kwargs={"linear": {"epochs": 3}}).fit(tuples(x, yc, y, 40))
 
 
@@ -89,7 +89,7 @@ def test_saved_metadata_is_the_whole_config_classes_and_widths(fitted: ProbeRunn
 
 def test_reducer_is_saved_and_applied(tmp_path: Path) -> None:
     x, yc, y = data(90)
-    runner = ProbeRunner(cnn(), ["1", "4"], probes=("masc", "ncm"), reducer="gap", progress=False)
+    runner = ProbeRunner(cnn(), ["1", "4"], probes=("masc", "ncm"), reducer="gap", progress=False, controls=())
     runner.fit(tuples(x, yc, y, 30))
     saved = json.loads((runner.save_pretrained(tmp_path / "gap") / "runner.json").read_text())
     assert saved["widths"] == {"1": 4, "4": 6}  # channels after global average pooling, not 4*4*4 and 6*2*2
@@ -275,7 +275,7 @@ def test_run_pushed_with_probes_gives_the_report_back(hub: FakeHub, run_with_pro
     pulled = ProbeRunner.from_pretrained("hf-hub:me/run", model=model)
     again = pulled.evaluate(_run_test_data("hf-hub:me/run")).to_dict()
     assert again["model_test_accuracy"] == report["model_test_accuracy"]
-    expected = {(r["layer"], r["probe"], r["labels"]): r for r in report["results"]}
+    expected = {(r["layer"], r["probe"], r["labels"]): r for r in report["results"] if r.get("control") is None}
     got = {(r["layer"], r["probe"], r["labels"]): r for r in again["results"]}
     assert got.keys() == expected.keys() and len(got) == 12
     for key, r in expected.items():

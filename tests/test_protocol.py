@@ -22,7 +22,7 @@ from masc_probe.training import TrainConfig, preset_config, train
 
 # ------------------------------------------------------------------------------------------------ extraction
 def _rows(model: torch.nn.Module, x: torch.Tensor, protocol: str) -> dict[str, torch.Tensor]:
-    with ProbeRunner(model, probes=("ncm",), protocol=protocol) as runner:
+    with ProbeRunner(model, probes=("ncm",), protocol=protocol, controls=()) as runner:
         return runner.features(x)
 
 

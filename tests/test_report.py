@@ -76,7 +76,7 @@ def test_json_schema_exactly_as_design() -> None:
     for key in ("schema_version", "model", "dataset", "corruption", "provenance", "model_test_accuracy", "results",
                 "best"):
         assert key in d
-    assert d["schema_version"] == 1
+    assert d["schema_version"] == 2
     assert d["model"] == "mlp" and d["dataset"] == "digits"
     assert set(d["corruption"]) == {"mode", "rate", "seed", "realized_rate"}
     assert d["model_test_accuracy"] == pytest.approx(0.37)
@@ -84,11 +84,12 @@ def test_json_schema_exactly_as_design() -> None:
     assert {"layer", "probe", "labels", "test_accuracy", "test_ci", "train_accuracy"} <= set(r0)
     assert r0["n_components"] == [3, 4, 5]
     assert isinstance(r0["test_ci"], list) and len(r0["test_ci"]) == 2
-    # best keyed "probe/labels"; fc2 wins (fc3 dropped), computed here from the inputs
+    # best keyed "probe/labels": the best hidden layer (the raw input is a control); fc2 wins (fc3 dropped),
+    # computed here from the inputs
     assert set(d["best"]) == {"masc/corrupted", "masc/true", "ncm/corrupted", "ncm/true"}
     for key, entry in d["best"].items():
         probe, labels = key.split("/")
-        mine = [r for r in _results() if r["probe"] == probe and r["labels"] == labels]
+        mine = [r for r in _results() if r["probe"] == probe and r["labels"] == labels and r["layer"] != "input"]
         top = max(mine, key=lambda r: r["test_accuracy"])
         assert entry == {"layer": top["layer"], "test_accuracy": top["test_accuracy"]}
     assert d["best"]["masc/true"]["layer"] == "fc2"
@@ -176,9 +177,11 @@ def test_to_pandas_without_pandas_says_how_to_install_it(monkeypatch: pytest.Mon
 
 def test_from_dict_rejects_other_versions() -> None:
     d = _report().to_dict()
-    d["schema_version"] = 2
+    d["schema_version"] = 3
     with pytest.raises(InputError, match="schema_version"):
         ProbeReport.from_dict(d)
+    d["schema_version"] = 1  # written before the controls: read as it is
+    assert ProbeReport.from_dict(d).results == _report().results
     with pytest.raises(InputError, match="results"):
         ProbeReport.from_dict({"schema_version": 1})
 

@@ -66,13 +66,14 @@ def test_report_numbers_match_direct_computation(mlp_fit) -> None:
     xt, _, yt = data(60, seed=1)
     report = runner.evaluate([(xt[:25], yt[:25]), (xt[25:], yt[25:])], model_name="mlp", dataset="toy")
     d = json.loads(report.to_json())
-    assert d["schema_version"] == 1 and d["model"] == "mlp" and d["n_test"] == 60 and d["n_train"] == 150
+    assert d["schema_version"] == 2 and d["model"] == "mlp" and d["n_test"] == 60 and d["n_train"] == 150
     with torch.no_grad():
         model_acc = float((model(xt).argmax(1) == yt).float().mean())
     assert d["model_test_accuracy"] == pytest.approx(model_acc)
     feats = _stacked(model, runner.layers, x)
     test_feats = _stacked(model, runner.layers, xt)
-    for r in d["results"]:
+    trained = [r for r in d["results"] if r.get("control") is None]  # the init control's: tests/test_controls.py
+    for r in trained:
         if r["probe"] != "masc":
             continue
         target = {"corrupted": yc, "true": y}[r["labels"]]
@@ -86,7 +87,7 @@ def test_report_numbers_match_direct_computation(mlp_fit) -> None:
         lo, hi = r["test_ci"]
         assert lo < r["test_accuracy"] < hi or r["test_accuracy"] in (0.0, 1.0)
     assert set(d["best"]) == {f"{p}/{s}" for p in ("masc", "ncm", "linear") for s in ("corrupted", "true")}
-    assert [r["layer"] for r in d["results"]][::6] == runner.layers  # forward order, 3 probes × 2 label sets
+    assert [r["layer"] for r in trained][::6] == runner.layers  # forward order, 3 probes × 2 label sets
     assert ProbeReport.from_json_string(report.to_json()) == report
 
 
@@ -112,7 +113,8 @@ def test_batch_forms_give_the_same_fit() -> None:
     assert torch.equal(single.predict(x)[("2", "masc", "label")], preds["tuple3"][("2", "masc", "true")])
     xs = ProbeRunner(mlp(), ["2"], probes=("ncm",), progress=False).fit([{"x": x, "label": y}])
     assert xs.label_sets_ == ["label"]
-    only = ProbeRunner(mlp(), ["2"], probes=("ncm",), labels="corrupted", progress=False).fit(tuples(x, yc, y, 30))
+    only = ProbeRunner(mlp(), ["2"], probes=("ncm",), labels="corrupted", progress=False,
+                       controls=()).fit(tuples(x, yc, y, 30))
     assert list(only.estimators_) == [("2", "ncm", "corrupted")]
 
 
@@ -193,9 +195,10 @@ def test_untraceable_model_through_hooks() -> None:
 def test_tiny_memory_budget_spills_and_stays_exact(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     x, yc, y = data(150)
     xt, _, _ = data(60, seed=1)
-    roomy = ProbeRunner(mlp(), probes=("masc", "ncm"), progress=False).fit(tuples(x, yc, y, 32))
+    roomy = ProbeRunner(mlp(), probes=("masc", "ncm"), progress=False, controls=()).fit(tuples(x, yc, y, 32))
     assert roomy.plan_.deferred == [] and set(roomy.solvers_.values()) == {"scatter"}  # n_c = 50 > d: scatter
-    tiny = ProbeRunner(mlp(), probes=("masc", "ncm"), max_memory=2048, cache_dir=tmp_path, progress=False)
+    tiny = ProbeRunner(mlp(), probes=("masc", "ncm"), max_memory=2048, cache_dir=tmp_path, progress=False,
+                       controls=())
     with caplog.at_level(logging.INFO, logger="masc_probe"):
         tiny.fit(tuples(x, yc, y, 32))
     assert "spilling" in caplog.text  # the probes' own rows went to disk as well
@@ -214,7 +217,8 @@ def test_tiny_memory_budget_spills_and_stays_exact(tmp_path: Path, caplog: pytes
     tiny.close()
     assert list(tmp_path.iterdir()) == []
     # a budget that holds some layers' scatter matrices but not others: both kinds in one fit
-    mixed = ProbeRunner(mlp(), probes=("masc",), max_memory=100_000, progress=False).fit(tuples(x, yc, y, 32))
+    mixed = ProbeRunner(mlp(), probes=("masc",), max_memory=100_000, progress=False,
+                        controls=()).fit(tuples(x, yc, y, 32))
     assert mixed.plan_.stream and mixed.plan_.deferred
     c = mixed.predict(xt)
     assert all(torch.equal(c[k], a[k]) for k in c)
@@ -225,7 +229,7 @@ def test_save_load_predicts_identically(tmp_path: Path) -> None:
     xt, _, yt = data(60, seed=1)
     model = mlp()
     probes = ("masc", "ncm", "velpic", "linear", "knn", "lda", "qda")
-    runner = ProbeRunner(model, ["2", "4"], probes=probes, progress=False,
+    runner = ProbeRunner(model, ["2", "4"], probes=probes, progress=False, controls=(),
                          probe_kwargs={"linear": {"epochs": 3}, "qda": {"reg_param": 0.1}}).fit(tuples(x, yc, y, 40))
     runner.save(tmp_path / "saved")
     saved = sorted(p.relative_to(tmp_path / "saved").as_posix() for p in (tmp_path / "saved").rglob("*"))

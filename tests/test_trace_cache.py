@@ -37,20 +37,21 @@ def test_a_pipeline_run_traces_each_model_once(traces: collections.Counter, tmp_
     from masc_probe.pipeline import run_experiment
 
     run_experiment(**RUN_KWARGS, output_dir=tmp_path / "run")
-    # Two model objects: the untrained net whose layer names are checked before training, and the trained one
-    # loaded from the run folder; before the cache the trained one was traced four times.
-    assert sorted(traces.values()) == [1, 1]
+    # Three model objects: the untrained net whose layer names are checked before training, the trained one loaded
+    # from the run folder and the run's epoch-0 network (the init control); before the cache the trained one was
+    # traced four times.
+    assert sorted(traces.values()) == [1, 1, 1]
 
 
 def test_a_runner_traces_once_and_gives_what_fresh_traces_give(traces: collections.Counter) -> None:
     x, yc, y = data(60)
     model = mlp()
-    runner = ProbeRunner(model, probes=("ncm",), train_accuracy=False).fit(tuples(x, yc, y, 20))
+    runner = ProbeRunner(model, probes=("ncm",), train_accuracy=False, controls=()).fit(tuples(x, yc, y, 20))
     report = runner.evaluate(tuples(x, y, y, 20))
     runner.features(x)
     assert dict(traces) == {id(model): 1}
     trace_module._TRACES.clear()  # the same numbers from traces made afresh for every tap
-    again = ProbeRunner(model, probes=("ncm",), train_accuracy=False).fit(tuples(x, yc, y, 20))
+    again = ProbeRunner(model, probes=("ncm",), train_accuracy=False, controls=()).fit(tuples(x, yc, y, 20))
     assert again.evaluate(tuples(x, y, y, 20)) == report
 
 

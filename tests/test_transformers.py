@@ -152,7 +152,7 @@ def test_pushed_vit_is_pulled_and_probed_by_layer_name_through_the_cli(
 
     out = tmp_path / "probe"
     code = main(["probe", "hf-hub:me/tiny-vit", "--dataset", "digits", "--layers", "vit.layers.0,vit.layers.1",
-                 "--reducer", "cls", "--probes", "masc,ncm", "--output-dir", str(out), "--quiet"])
+                 "--reducer", "cls", "--probes", "masc,ncm", "--output-dir", str(out), "--quiet", "--controls", "none"])
     assert code == 0, capsys.readouterr().err
     report = ProbeReport.from_json(out / "report.json")
     assert {r["layer"] for r in report.results} == {"vit.layers.0", "vit.layers.1"}

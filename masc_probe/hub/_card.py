@@ -80,11 +80,21 @@ def _corruption(report: ProbeReport, mp: dict[str, Any]) -> dict[str, Any]:
     return dict(report.corruption or mp.get("corruption") or {})
 
 
-def eval_results(report: ProbeReport, mp: dict[str, Any]) -> list[EvalResult]:
-    """Model-index entries: the model's test accuracy and MASC's best-layer accuracy per label set.
+_METRIC_NAMES = {
+    "corrupted": "MASC best hidden layer, corrupted-label subspaces (the labels the model memorized)",
+    "true": "MASC probe of the representation, true-label subspaces (labels the model never saw; not a metric of "
+            "the model)",
+    "label": "MASC best hidden layer, training-label subspaces",
+}
 
-    All share one task and dataset (so the Hub groups them as one result), with ``dataset_args`` carrying the
-    corruption: rate, mode, seed (and the realized rate).
+
+def eval_results(report: ProbeReport, mp: dict[str, Any]) -> list[EvalResult]:
+    """Model-index entries: the model's test accuracy, MASC's best hidden layer per label set, and the same numbers
+    of the init control (the network at its initial weights) when the report probed it.
+
+    True-label MASC is named for what it is: a probe of the representation with labels the model never saw, not a
+    metric of the model. All share one task and dataset (so the Hub groups them as one result), with
+    ``dataset_args`` carrying the corruption: rate, mode, seed (and the realized rate).
     """
     dataset = report.dataset or mp.get("dataset") or "unknown"
     corruption = _corruption(report, mp)
@@ -98,12 +108,63 @@ def eval_results(report: ProbeReport, mp: dict[str, Any]) -> list[EvalResult]:
     if report.model_test_accuracy is not None:
         out.append(EvalResult(metric_type="accuracy", metric_name="Test accuracy (model output)",
                               metric_value=report.model_test_accuracy, **common))
-    for labels, text in _masc_series(report):
+    for labels, _text in _masc_series(report):
         best = report.best_layer("masc", labels)
-        out.append(EvalResult(metric_type="accuracy", metric_name=f"MASC best-layer test accuracy ({text})",
+        out.append(EvalResult(metric_type="accuracy", metric_name=_METRIC_NAMES[labels],
                               metric_value=best["test_accuracy"],
                               metric_args={"probe": "masc", "labels": labels, "layer": best["layer"]}, **common))
+    init = report.controls.get("init")
+    if init is not None:
+        if init.get("model_test_accuracy") is not None:
+            out.append(EvalResult(metric_type="accuracy", metric_name="Init control: test accuracy (model output at "
+                                  "its initial weights)", metric_value=init["model_test_accuracy"],
+                                  metric_args={"control": "init", "source": init.get("source")}, **common))
+        for labels, _text in _masc_series(report):
+            try:
+                best = report.best_layer("masc", labels, control="init")
+            except InputError:
+                continue
+            out.append(EvalResult(metric_type="accuracy", metric_name=f"Init control: {_METRIC_NAMES[labels]}",
+                                  metric_value=best["test_accuracy"],
+                                  metric_args={"probe": "masc", "labels": labels, "layer": best["layer"],
+                                               "control": "init"}, **common))
     return out
+
+
+def reproduce_command(report: ProbeReport, mp: dict[str, Any]) -> str:
+    """The command a reader runs to get this run again: every setting that changes the result (the preset, the
+    epoch cap, the protocol, the batch size, the corruption, probing options), and no push (a reader cannot push
+    to the original repo; the card says how to publish a copy)."""
+    from masc_probe._choices import CONTROLS, DEFAULT_PROBES
+
+    corruption = _corruption(report, mp)
+    training = {**dict(mp.get("training") or {}), **dict(report.extra.get("training") or {})}
+    model = report.model or mp.get("model") or "model"
+    dataset = report.dataset or mp.get("dataset") or "unknown"
+    parts = [f"masc-probe --model {model} --dataset {dataset}"]
+    rate = corruption.get("rate")
+    parts.append(f"--corrupt {rate:g}" if rate else "--corrupt 0")
+    if rate and corruption.get("mode", "random") != "random":
+        parts.append(f"--corrupt-mode {corruption['mode']}")
+    seed = corruption.get("seed", training.get("seed"))
+    if seed is not None:
+        parts.append(f"--seed {seed}")
+    for flag, key in (("--preset", "preset"), ("--max-epochs", "max_epochs"), ("--protocol", "protocol"),
+                      ("--batch-size", "batch_size")):
+        if training.get(key) is not None:
+            parts.append(f"{flag} {training[key]}")
+    if training.get("mixed_precision") not in (None, "no"):
+        parts.append(f"--mixed-precision {training['mixed_precision']}")
+    probes = list(report.extra.get("probes") or [])
+    if probes and probes != list(DEFAULT_PROBES):
+        parts.append("--probes " + ",".join(probes))
+    threshold = report.extra.get("masc_n_components")
+    if threshold is not None and threshold != 0.99:
+        parts.append(f"--n-components {threshold}")
+    controls = [c for c in CONTROLS if c in report.controls]
+    if controls != list(CONTROLS):
+        parts.append("--controls " + (",".join(controls) or "none"))
+    return " ".join(parts)
 
 
 def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[str, Any]], *,
@@ -136,13 +197,14 @@ def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[s
         datasets=[dataset] if "/" in str(dataset) and not Path(str(dataset)).exists() else None,
     )
 
-    headline = [{"name": r.metric_name + (f", layer `{r.metric_args['layer']}`" if r.metric_args else ""),
+    headline = [{"name": r.metric_name + (f", layer `{r.metric_args['layer']}`"
+                                          if r.metric_args and "layer" in r.metric_args else ""),
                  "value": f"{r.metric_value:.4f}"} for r in results]
-    gap = ""
-    true_best = next((r for r in results if r.metric_args and r.metric_args["labels"] == "true"), None)
-    if true_best is not None and report.model_test_accuracy is not None:
-        gap = (f"The network's own output reaches {report.model_test_accuracy:.1%} on the true test labels, while "
-               f"MASC decodes {true_best.metric_value:.1%} from layer `{true_best.metric_args['layer']}`.")
+    # What the numbers mean comes from the paired comparisons with the controls, never from a fixed sentence.
+    findings = report.headline()
+    if not findings:
+        findings = ["No control was probed with this report (`--controls none`): nothing here tells what training "
+                    "put into a layer apart from what the architecture and the pixels give without it."]
 
     rate = corruption.get("rate")
     summary = (f"`{model}` trained on `{dataset}`"
@@ -178,16 +240,7 @@ def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[s
     else:
         corruption_text = "None: the model was trained on the labels as given."
 
-    seed = corruption.get("seed", mp.get("seed"))
-    command = f"masc-probe --model {model} --dataset {dataset}"
-    if rate:
-        command += f" --corrupt {rate:g}"
-        if corruption.get("mode", "random") != "random":
-            command += f" --corrupt-mode {corruption['mode']}"
-    if seed is not None:
-        command += f" --seed {seed}"
-    if repo_id:
-        command += f" --push-to-hub {repo_id}"
+    command = reproduce_command(report, mp)
 
     # The runner may record its MASC threshold; 0.99 is the probe's (and the paper's) default.
     variance = report.extra.get("masc_n_components", 0.99)
@@ -200,7 +253,8 @@ def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[s
 
     card = ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), title=f"{model} memorizing {dataset} — MASC probe report",
-        summary=summary, headline=headline, gap=gap, repo_id=repo, is_timm=is_timm, training_rows=training_rows,
+        summary=summary, headline=headline, findings=findings, repo_id=repo, is_timm=is_timm,
+        training_rows=training_rows,
         metrics_line=metrics_line, corruption_text=corruption_text, layer_table=table,
         has_plot=has_plot, has_probes=any(name.startswith("masc/probes") for name in files),
         variance_text=variance_text, baselines=", ".join(baselines) or "none in this report",

@@ -32,7 +32,8 @@ def probe_files(run: Path, report: ProbeReport) -> dict[str, Path]:
                          "probes; probe it with `masc-probe probe RUN --save-probes` first")
     saved = read_settings(folder)
     fitted = {(e["layer"], e["probe"], e["labels"]) for e in saved["estimators"]}
-    reported = {(r["layer"], r["probe"], r["labels"]) for r in report.results}
+    trained = [r for r in report.results if r.get("control") is None]  # a control model's probes are not saved
+    reported = {(r["layer"], r["probe"], r["labels"]) for r in trained}
     stale = f"; the probes in {folder} were fitted for another report (probe the run again with --save-probes)"
     if fitted != reported:
         diff = sorted(fitted ^ reported)[:3]
@@ -43,7 +44,7 @@ def probe_files(run: Path, report: ProbeReport) -> dict[str, Path]:
         raise InputError(f"the fitted probes must come from the report's data {fingerprint!r}, got "
                          f"{saved.get('data_fingerprint')!r}{stale}")
     scores = {(t["layer"], t["probe"], t["labels"]): t["scores"] for t in saved["train_accuracy"]}
-    for r in report.results:
+    for r in trained:
         key = (r["layer"], r["probe"], r["labels"])
         if r.get("train_accuracy") is not None and scores.get(key) != r["train_accuracy"]:
             raise InputError(f"the fitted probe {key} must have the report's training accuracy "

@@ -42,6 +42,8 @@ class RunConfig:
     protocol: str = "clean"  # "authors": the MASC authors' order, stop rule and extraction (masc_probe._choices)
     keep_checkpoints: str = "dense"  # all, dense or final (TrainConfig.keep_checkpoints)
     record_margins: bool = False  # margins.safetensors: every training sample's margin per epoch (AUM)
+    eval_every: int | None = None  # test pass and full training accuracy every K epochs (None: TrainConfig's, 5)
+    compile: bool = False  # torch.compile the network (TrainConfig.compile)
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,13 @@ class ProbeConfig:
     protocol: str = "clean"  # how layers are read: eval mode, or (authors) train mode one sample at a time
     # How each layer's value becomes rows: None/flatten (the paper's), cls, mean, gap, auto, or {layer: name}
     reducer: str | Mapping[str, str] | None = None
+    # What the trained network is compared with: "init" (a run's own epoch-0 weights when it recorded them, else a
+    # re-initialized copy) and "input" (the raw input); () for none (ProbeRunner's controls=)
+    controls: Sequence[str] = ("init", "input")
 
     def runner_options(self, *, progress: bool) -> dict[str, Any]:
         """The ProbeRunner keyword arguments these settings stand for."""
         return {"layers": list(self.layers) if self.layers is not None else None, "probes": tuple(self.probes),
                 "labels": self.labels, "n_components": self.n_components, "max_memory": self.max_memory,
-                "progress": progress, "protocol": self.protocol, "reducer": self.reducer}
+                "progress": progress, "protocol": self.protocol, "reducer": self.reducer,
+                "controls": tuple(self.controls)}

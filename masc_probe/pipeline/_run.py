@@ -75,7 +75,8 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
                 mixed_precision: str = "no", device: str | None = None, image_column: str | None = None,
                 label_column: str | None = None, revision: str | None = None,
                 output_dir: str | os.PathLike[str] | None = None, progress: bool = True, protocol: str = "clean",
-                keep_checkpoints: str = "dense", record_margins: bool = False) -> RunResult:
+                keep_checkpoints: str = "dense", record_margins: bool = False, eval_every: int | None = None,
+                compile: bool = False) -> RunResult:
     """Train *model* on *dataset* with corrupted labels until it memorizes them; rerunning resumes.
 
     Args:
@@ -101,6 +102,9 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
             the final one (``probe --all-checkpoints`` reads them).
         record_margins: Keep every training sample's margin after each epoch in ``margins.safetensors`` (the
             record AUM ranks by; ``masc-probe label-issues`` reads it).
+        eval_every: Test accuracy and full training accuracy after every *eval_every*-th epoch and the last
+            (default 5; the stop rule checks every epoch either way).
+        compile: ``torch.compile`` the network (changes the numbers slightly; recorded).
 
     Returns:
         A :class:`RunResult` with ``training`` set.
@@ -129,7 +133,9 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
                    output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
                    push_to_hub: str | None = None, private: bool = False, protocol: str = "clean",
                    keep_checkpoints: str = "dense", record_margins: bool = False,
-                   save_probes: bool = False, reducer: str | Mapping[str, str] | None = None) -> RunResult:
+                   eval_every: int | None = None, compile: bool = False, save_probes: bool = False,
+                   reducer: str | Mapping[str, str] | None = None,
+                   controls: Sequence[str] | str | None = ("init", "input")) -> RunResult:
     """Train until memorized, probe every layer with every probe and label set, write the report and the card.
 
     The run folder receives the training files (:func:`masc_probe.training.train`), ``report.json``,
@@ -138,7 +144,8 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
 
     Args:
         model, dataset, corrupt, corrupt_mode, seed, preset, max_epochs, batch_size, mixed_precision, device,
-            image_column, label_column, revision, output_dir, progress, keep_checkpoints, record_margins: As in
+            image_column, label_column, revision, output_dir, progress, keep_checkpoints, record_margins,
+            eval_every, compile: As in
             :func:`train_model`.
         protocol: As in :func:`train_model`, and for probing: ``authors`` reads the layers in train mode, one
             sample at a time (:class:`masc_probe.ProbeRunner`). The report records it.
@@ -154,6 +161,9 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
             layer's choice.
         save_probes: Also keep the fitted probes in ``<run>/probes`` (``ProbeRunner.save_pretrained``; a push then
             publishes them under ``masc/probes/``).
+        controls: What the trained network is compared with at every layer (:class:`masc_probe.ProbeRunner`):
+            ``"init"``, the run's own epoch-0 weights (rebuilt from the seed and SHA-256 the run recorded, and
+            verified), and ``"input"``, the raw input; ``()`` or ``"none"`` for neither.
 
     Returns:
         A :class:`RunResult` with the report, training outcome, files and (when pushed) the commit URL.
@@ -166,7 +176,7 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
         check_repo_id(push_to_hub)
     plan = _TrainPlan.make(*_train_configs(locals()))
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
-                        max_memory=max_memory, protocol=protocol, reducer=reducer)
+                        max_memory=max_memory, protocol=protocol, reducer=reducer, controls=_control_names(controls))
     probing = _ProbePlan.make(plan.net, probe, device=device, progress=progress, data=plan.data)
     probing.save_probes_to = plan.run_dir if save_probes else None
     training = plan.train()
@@ -175,7 +185,8 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
     trained = load_model(plan.run_dir)  # exactly the checkpoint that is saved and would be published
     extra = {"training": {**plan.config, "epochs": training.epochs, "stopped": training.stopped}}
     # The spec as trained: a transformers architecture folder is named by its class, not its local path.
-    report = probing.run(trained, model_name=plan.train_config.model or model, dataset=dataset, extra=extra)
+    report = probing.run(trained, model_name=plan.train_config.model or model, dataset=dataset, extra=extra,
+                         controls=run_controls(probe.controls, plan.run_dir, trained, seed=plan.data.seed))
     files = write_outputs(report, plan.run_dir, card=True, repo_id=push_to_hub)
     pushed = None
     if push_to_hub is not None:
@@ -231,9 +242,11 @@ class _TrainPlan:
                                      "cpu": run.device == "cpu", "corruption": data.corruption_spec,
                                      "preprocessing": data.info["preprocessing"], "protocol": run.protocol,
                                      "keep_checkpoints": run.keep_checkpoints,
-                                     "record_margins": run.record_margins}
+                                     "record_margins": run.record_margins, "compile": run.compile}
         if run.max_epochs is not None:
             overrides["max_epochs"] = run.max_epochs
+        if run.eval_every is not None:
+            overrides["eval_every"] = run.eval_every
         if run.batch_size is not None:
             overrides["batch_size"] = run.batch_size
         # The stop target follows the dataset family; a local folder is known by its name (``…/mnist``: 99.9%).
@@ -275,18 +288,27 @@ class _ProbePlan:
         if probe.labels == "corrupted" and not data.corrupted:
             raise InputError("expected corrupted training labels for labels='corrupted', got clean data (corrupt=0)")
         options = probe.runner_options(progress=progress)
-        ProbeRunner(net, **options)  # validates layer and probe names now, not after training
+        # Validates layer, probe and control names now, not after training; the init control itself is built when
+        # probing (a run's own epoch 0, or a re-initialized copy), not here.
+        ProbeRunner(net, **{**options, "controls": tuple(c for c in options["controls"] if c != "init")})
         return cls(options=options, data=data, device=device)
 
     def run(self, net: Any, *, model_name: str, dataset: str, extra: Mapping[str, Any] | None = None,
-            epoch: int | None = None) -> ProbeReport:
-        """Fit every probe on the training split through *net*, score them on the test split."""
+            epoch: int | None = None, controls: Any = None) -> ProbeReport:
+        """Fit every probe on the training split through *net*, score them on the test split.
+
+        Args:
+            controls: ProbeRunner's ``controls=`` for this call (default: the plan's names), e.g. a run's own
+                epoch-0 network from :func:`run_controls`.
+        """
         from torch.utils.data import DataLoader
 
         from masc_probe.runner import ProbeRunner
 
         data = self.data
         options = dict(self.options)
+        if controls is not None:
+            options["controls"] = controls
         if not data.corrupted and options["labels"] == "both":
             options["labels"] = "true"  # clean data: the "corrupted" set would repeat the true one
         train = DataLoader(data.train, batch_size=self.batch_size, shuffle=False)
@@ -310,7 +332,8 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
                  revision: str | None = None, pretrained: bool = False,
                  output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
                  protocol: str = "clean", save_probes: bool = False,
-                 reducer: str | Mapping[str, str] | None = None) -> RunResult:
+                 reducer: str | Mapping[str, str] | None = None,
+                 controls: Sequence[str] | str | None = ("init", "input")) -> RunResult:
     """Probe a trained model (run folder, checkpoint folder, ``hf-hub:`` repo) or a model spec on a dataset.
 
     A run folder or ``hf-hub:`` repo supplies its dataset, corruption, seed and preprocessing from its
@@ -332,6 +355,10 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
         protocol: ``clean`` (layers read in eval mode) or ``authors`` (train mode, one sample at a time); not
             taken from the run, so that every report says which extraction it used.
         save_probes: Also keep the fitted probes in ``<output_dir>/probes`` (not with *all_checkpoints*).
+        controls: As in :func:`run_experiment`. A run folder's or ``hf-hub:`` memorizer's ``"init"`` is its own
+            epoch-0 network (from the seed and SHA-256 its config records, verified); any other model's is a
+            re-initialized copy built the library's way from the seed. With *all_checkpoints* the init control is
+            probed once, with the last checkpoint: the epoch-0 reference line of the dynamics.
 
     Returns:
         A :class:`RunResult` with the report and the files written.
@@ -351,7 +378,7 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
     checkpoints = src.checkpoints if all_checkpoints else [(None, src.model_path)]
     first = src.load(checkpoints[0][1], data=data, pretrained=pretrained, revision=revision)
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
-                        max_memory=max_memory, protocol=protocol, reducer=reducer)
+                        max_memory=max_memory, protocol=protocol, reducer=reducer, controls=_control_names(controls))
     plan = _ProbePlan.make(first, probe, device=device, progress=progress, data=data)
     if batch_size is not None:
         plan.batch_size = batch_size
@@ -362,12 +389,54 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
     for i, (epoch, path) in enumerate(checkpoints):
         net = first if i == 0 else src.load(path, data=data, pretrained=pretrained, revision=revision)
         logger.info("probing %s%s", path, "" if epoch is None else f" (epoch {epoch})")
+        # The init control once, beside the last checkpoint (the one its comparisons are about); the raw input
+        # (no model to run) with every one.
+        names = probe.controls if i == len(checkpoints) - 1 else tuple(c for c in probe.controls if c == "input")
+        kept = run_controls(names, None if src.kind == "spec" else path, net, seed=data.seed,
+                            revision=revision if src.kind == "hub" else None)
         reports.append((epoch or 0, plan.run(net, model_name=name, dataset=src.dataset, epoch=epoch,
-                                             extra={"source": str(source)})))
+                                             extra={"source": str(source)}, controls=kept)))
     report = ProbeReport.over_epochs(reports) if all_checkpoints else reports[0][1]
     card = not all_checkpoints and (out / "config.json").is_file()
     files = write_outputs(report, out, card=card, dynamics=all_checkpoints)
     return RunResult(output_dir=out, report=report, files=files)
+
+
+def _control_names(controls: Sequence[str] | str | None) -> tuple[str, ...]:
+    """The pipeline's control names (``init``, ``input``; ``none`` / None / () for neither), checked."""
+    from masc_probe.runner._controls import check_names
+
+    return check_names(controls)
+
+
+def run_controls(names: Sequence[str], source: str | os.PathLike[str] | None, net: Any, *, seed: int,
+                 revision: str | None = None) -> Any:
+    """ProbeRunner's ``controls=`` for a trained network from *source* (a run or checkpoint folder, an ``hf-hub:``
+    memorizer, or None for a model spec).
+
+    ``"init"`` becomes the run's own epoch-0 network when its config recorded one that rebuilds with the recorded
+    SHA-256 (``masc_probe.training._init``); when the record does not verify here, a re-initialized copy from the
+    run's seed whose ``note`` says why; with no record, the runner's own re-initialized copy (from *seed*).
+    """
+    names = tuple(names)
+    if "init" not in names or source is None:
+        return names
+    from masc_probe.runner._controls import ControlModel, reinitialized
+    from masc_probe.training._init import run_initial_model
+
+    try:
+        found = run_initial_model(source, revision=revision)
+    except InputError as exc:
+        logger.warning("%s", exc)
+        init = ControlModel(reinitialized(net, seed=seed), source="re-initialized copy", seed=seed,
+                            note=f"not the run's own epoch 0: {exc}")
+    else:
+        if found is None:
+            return names
+        model0, record = found
+        init = ControlModel(model0, source="run epoch 0", seed=int(record["seed"]),
+                            init_sha256=str(record["init_sha256"]))
+    return {name: init if name == "init" else None for name in names}
 
 
 def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,

@@ -15,7 +15,8 @@ ProbeReport = Any
 _SEED_KEYS = ("seed", "realized_rate")
 # Provenance that follows the data (the corrupted labels hash differently per seed) or the run itself.
 _PROVENANCE_SEED_KEYS = ("seed", "data_fingerprint", "timings")
-_EXTRA_SEED_KEYS = ("model_test_accuracy_by_epoch", "timings")
+# controls and comparisons hold each run's own control numbers (one paired comparison per run does not average).
+_EXTRA_SEED_KEYS = ("model_test_accuracy_by_epoch", "timings", "controls", "comparisons")
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -42,8 +43,9 @@ def aggregate_reports(cls: type[ProbeReport], reports: Sequence[ProbeReport]) ->
     _same("dataset", [r.dataset for r in reports])
     _same("n_test", [r.n_test for r in reports])
     _same("corruption", [{k: v for k, v in (r.corruption or {}).items() if k not in _SEED_KEYS} for r in reports])
-    keys = [[(x.get("epoch"), x["layer"], x["probe"], x["labels"]) for x in r.results] for r in reports]
-    _same("result entries (epoch, layer, probe, labels)", [sorted(map(str, k)) for k in keys])
+    keys = [[(x.get("epoch"), x["layer"], x["probe"], x["labels"], x.get("control")) for x in r.results]
+            for r in reports]
+    _same("result entries (epoch, layer, probe, labels, control)", [sorted(map(str, k)) for k in keys])
     _same("provenance", [{k: v for k, v in r.provenance.items() if k not in _PROVENANCE_SEED_KEYS} for r in reports])
     _same("extra keys", [{k: v for k, v in r.extra.items() if k not in _EXTRA_SEED_KEYS} for r in reports])
     seeds = [(r.corruption or {}).get("seed", r.provenance.get("seed")) for r in reports]
@@ -51,7 +53,8 @@ def aggregate_reports(cls: type[ProbeReport], reports: Sequence[ProbeReport]) ->
     if len(set(map(str, known))) < len(known):
         raise InputError(f"aggregate needs runs with distinct seeds, got seeds {seeds}")
 
-    indexed = [{(x.get("epoch"), x["layer"], x["probe"], x["labels"]): x for x in r.results} for r in reports]
+    indexed = [{(x.get("epoch"), x["layer"], x["probe"], x["labels"], x.get("control")): x for x in r.results}
+               for r in reports]
     results = []
     for key in keys[0]:
         group = [ix[key] for ix in indexed]
@@ -81,6 +84,11 @@ def aggregate_reports(cls: type[ProbeReport], reports: Sequence[ProbeReport]) ->
     model_acc = [r.model_test_accuracy for r in reports]
     extra = dict(reports[0].extra)
     extra["aggregate"] = {"n_runs": len(reports), "seeds": seeds}
+    # Paired comparisons belong to one run each; the mean of the control rows stands in the results.
+    extra.pop("comparisons", None)
+    if extra.get("controls"):
+        extra["controls"] = {name: {k: v for k, v in info.items() if k in ("source",)}
+                             for name, info in extra["controls"].items()}
     if all(a is not None for a in model_acc):
         extra["model_test_accuracy_std"] = _std(model_acc)
         extra["model_test_accuracy_min"] = min(model_acc)

@@ -3,7 +3,10 @@
 The JSON layout is a public format (docs/architecture.md, "Report format"): ``schema_version``, ``model``, ``dataset``,
 ``corruption``, ``provenance``, ``model_test_accuracy``, ``results`` and ``best`` keep their meaning; more keys may be
 added beside them (``n_test``, ``n_train``, per-result ``n_test``, ``train_ci``, an ``epoch`` per result for
-checkpoint dynamics, ``aggregate`` for reports averaged over seeds).
+checkpoint dynamics, ``aggregate`` for reports averaged over seeds). Version 2 added the controls: results of a control
+model carry ``control`` (the trained network's have none; the raw input stays the layer ``"input"``), the top-level
+``controls`` says what each control is, and ``comparisons`` pairs every trained result with each control on the same
+test images (``_compare``). Version-1 reports are read as they are.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import Any
 
 from masc_probe import _atomic
 from masc_probe.errors import InputError
-from masc_probe.report import _aggregate, _views
+from masc_probe.report import _aggregate, _compare, _views
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+_READABLE_VERSIONS = (1, 2)  # 1: before the controls (issue 18); read as written
+INPUT_LAYER = "input"  # the raw input: a control beside the layers, never a candidate for the best hidden layer
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
 _KNOWN_KEYS = ("schema_version", "model", "dataset", "corruption", "provenance", "model_test_accuracy", "results",
                "best", "n_test")
@@ -61,7 +66,7 @@ def wilson_interval(accuracy: float, n: int, *, z: float = _Z95) -> list[float]:
 
 
 def _key(result: Mapping[str, Any]) -> tuple[Any, ...]:
-    return (result.get("epoch"), result["layer"], result["probe"], result["labels"])
+    return (result.get("epoch"), result["layer"], result["probe"], result["labels"], result.get("control"))
 
 
 class ProbeReport:
@@ -72,7 +77,8 @@ class ProbeReport:
             (``"corrupted"``, ``"true"`` or ``"label"``: the label set the probe was fitted on), ``test_accuracy``
             (against the test set's true labels), and optionally ``train_accuracy`` ({label set: accuracy}),
             ``n_components`` (MASC: one count per class), ``epoch``, ``n_test``, ``n_train_scored`` (rows the
-            training accuracy was measured on) and ``test_ci``. A missing ``test_ci`` is computed as the Wilson 95%
+            training accuracy was measured on), ``test_ci`` and ``control`` (the name of the control model whose
+            result it is; absent or None for the trained network). A missing ``test_ci`` is computed as the Wilson 95%
             interval from ``test_accuracy`` and ``n_test``; ``train_ci`` likewise from ``n_train_scored`` (or
             ``n_train``).
         model: Model spec, e.g. ``"mlp"`` or ``"timm/resnet18"``.
@@ -82,10 +88,12 @@ class ProbeReport:
         model_test_accuracy: The model's own test accuracy (for an epoch axis: that of the last epoch).
         n_test: Number of test samples behind each accuracy.
         n_train: Number of training samples the probes were fitted on.
-        extra: More top-level keys to keep in the JSON (e.g. ``preprocessing``, ``reducer``).
+        extra: More top-level keys to keep in the JSON (e.g. ``preprocessing``, ``reducer``; ``controls`` and
+            ``comparisons``, which :attr:`controls` and :attr:`comparisons` read).
 
     Raises:
-        InputError: If a result lacks a required key or two results share layer, probe, label set and epoch.
+        InputError: If a result lacks a required key or two results share layer, probe, label set, epoch and
+            control.
 
     >>> r = ProbeReport([{"layer": "fc1", "probe": "masc", "labels": "true", "test_accuracy": 0.9}], n_test=100)
     >>> r.best_layer()["layer"]
@@ -112,8 +120,11 @@ class ProbeReport:
             if missing:
                 raise InputError(f"each result needs keys {list(_REQUIRED_RESULT_KEYS)}, got one without {missing}")
             res = dict(raw)
+            if res.get("control") is not None and not isinstance(res["control"], str):
+                raise InputError(f"a result's control must be a name or None, got {res['control']!r}")
             if _key(res) in seen:
-                raise InputError(f"results must be unique per (epoch, layer, probe, labels), got {_key(res)} twice")
+                raise InputError(f"results must be unique per (epoch, layer, probe, labels, control), got "
+                                 f"{_key(res)} twice")
             seen.add(_key(res))
             res["test_accuracy"] = float(res["test_accuracy"])
             res.setdefault("train_accuracy", {})
@@ -150,33 +161,76 @@ class ProbeReport:
             raise InputError(f"epoch must be one of {self.epochs}, got {epoch}")
         return [r for r in self.results if r.get("epoch") == epoch]
 
-    def best_layer(self, probe: str = "masc", labels: str = "true", *, epoch: int | None = None) -> dict[str, Any]:
-        """The result of the layer where *probe* fitted on *labels* reaches the highest test accuracy.
+    def best_layer(self, probe: str = "masc", labels: str = "true", *, epoch: int | None = None,
+                   include_input: bool = False, control: str | None = None) -> dict[str, Any]:
+        """The result of the hidden layer where *probe* fitted on *labels* reaches the highest test accuracy.
 
         Args:
             probe: Probe name, e.g. ``"masc"``.
             labels: Label set the probe was fitted on; ``"true"`` falls back to ``"label"`` when the training
                 batches carried a single label set.
             epoch: For a report with an epoch axis, the epoch to look at (default: the last one).
+            include_input: Let the raw input (layer ``"input"``, a control) compete too. Without it the input is
+                taken only when no hidden layer was probed.
+            control: The best layer of a control model (e.g. ``"init"``) instead of the trained network.
 
         Returns:
             The full result dict (a copy). Ties go to the earliest layer.
 
         Raises:
             InputError: If no result matches.
+
+        >>> r = ProbeReport([{"layer": "input", "probe": "masc", "labels": "true", "test_accuracy": 0.97},
+        ...                  {"layer": "fc1", "probe": "masc", "labels": "true", "test_accuracy": 0.9}])
+        >>> r.best_layer()["layer"], r.best_layer(include_input=True)["layer"]
+        ('fc1', 'input')
         """
-        rows = self._at_epoch(epoch)
+        rows = [r for r in self._at_epoch(epoch) if r.get("control") == control]
         match = [r for r in rows if r["probe"] == probe and r["labels"] == labels]
         if not match and labels == "true":
             match = [r for r in rows if r["probe"] == probe and r["labels"] == "label"]
         if not match:
             have = sorted({f"{p}/{lab}" for p, lab in self.series})
-            raise InputError(f"probe/labels must be one of {have}, got {probe}/{labels}")
+            who = "" if control is None else f" for control {control!r} (controls: {sorted(self.controls)})"
+            raise InputError(f"probe/labels must be one of {have}{who}, got {probe}/{labels}")
+        hidden = [r for r in match if r["layer"] != INPUT_LAYER]
+        if not include_input and hidden:
+            match = hidden
         best = max(match, key=lambda r: r["test_accuracy"])  # max keeps the first of equals
         return dict(best)
 
+    @property
+    def controls(self) -> dict[str, dict[str, Any]]:
+        """What each control is (``{"init": {"source", "seed", "init_sha256", "model_test_accuracy"}, "input":
+        {"source": "raw input"}, …}``); empty for a report without controls."""
+        return dict(self.extra.get("controls") or {})
+
+    @property
+    def comparisons(self) -> list[dict[str, Any]]:
+        """Each trained result paired with a control on the same test images: ``layer``, ``probe``, ``labels``,
+        ``control``, ``trained``, ``control_accuracy``, ``difference`` (trained − control), ``ci``, ``method``,
+        ``verdict`` (``added``, ``no difference`` or ``removed``); empty without controls."""
+        return [dict(c) for c in self.extra.get("comparisons") or []]
+
+    def comparison(self, layer: str, probe: str = "masc", labels: str = "true",
+                   control: str = "init") -> dict[str, Any] | None:
+        """The comparison of one trained result with one control, or None when the report has none."""
+        found = _compare.find(self.extra.get("comparisons") or [], layer, probe, labels, control)
+        return dict(found) if found is not None else None
+
+    def headline(self, *, include_input: bool = False) -> list[str]:
+        """The sentences report.md, the model card and the CLI lead with, computed from :attr:`comparisons`: for
+        MASC's series, its best hidden layer, what each control reads there, the paired difference with its interval
+        and what that says (training added / removed / no difference). Empty without controls.
+
+        Args:
+            include_input: Let the raw input compete for the best layer.
+        """
+        return _compare.headline(self, include_input=include_input)
+
     def best(self) -> dict[str, dict[str, Any]]:
-        """``{"probe/labels": {"layer", "test_accuracy"[, "epoch"]}}`` for every series (last epoch if any)."""
+        """``{"probe/labels": {"layer", "test_accuracy"[, "epoch"]}}`` for every series (last epoch if any): the
+        trained network's best hidden layer (:meth:`best_layer`'s default; the raw input is a control)."""
         out: dict[str, dict[str, Any]] = {}
         for probe, labels in self.series:
             try:
@@ -226,13 +280,13 @@ class ProbeReport:
         """Rebuild a report from :meth:`to_dict` output.
 
         Raises:
-            InputError: If the dict is not a version-1 report.
+            InputError: If the dict is not a report of a version this masc-probe reads (1 or 2).
         """
         if not isinstance(data, Mapping) or "results" not in data:
             raise InputError(f"a report dict needs a 'results' key, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise InputError(f"report schema_version must be {SCHEMA_VERSION}, got {version!r}")
+        if version not in _READABLE_VERSIONS:
+            raise InputError(f"report schema_version must be one of {list(_READABLE_VERSIONS)}, got {version!r}")
         extra = {k: v for k, v in data.items() if k not in (*_KNOWN_KEYS, "n_train")}
         if not isinstance(extra.get("n_components", []), list):  # an older report: the threshold, renamed
             extra.setdefault(_THRESHOLD_KEY, extra.pop("n_components"))
@@ -246,7 +300,7 @@ class ProbeReport:
         """Read a report from a JSON file (``report.json``).
 
         Raises:
-            InputError: If the file is missing or unreadable, not JSON, or not a version-1 report.
+            InputError: If the file is missing or unreadable, not JSON, or not a report of a version this masc-probe reads.
         """
         try:
             text = Path(path).read_text(encoding="utf-8")
@@ -261,7 +315,7 @@ class ProbeReport:
         """Read a report from JSON text (what :meth:`to_json` returns).
 
         Raises:
-            InputError: If *text* is not a string of JSON, or not a version-1 report.
+            InputError: If *text* is not a string of JSON, or not a report of a version this masc-probe reads.
         """
         if not isinstance(text, str):
             raise InputError(f"expected report JSON text as a str, got {type(text).__name__}")

@@ -37,11 +37,21 @@ class RunnerConfig:
     train_accuracy: bool | int = 5_000  # True, False or the most training rows scored
     seed: int = 0
     protocol: str = "clean"  # "authors": layers read in train mode, one sample at a time (masc_probe._choices)
+    # Control names in report order: model controls (their models live on the runner), then "input" (the raw input).
+    controls: tuple[str, ...] = ()
+
+    @property
+    def row_layers(self) -> tuple[str, ...]:
+        """Every row key of a pass: the trained layers, then each control model's (``_controls.control_key``)."""
+        from masc_probe.runner._controls import control_layers
+
+        return tuple(control_layers(self.layers or (), self.controls))
 
     @classmethod
     def make(cls, *, layers: Any, probes: Any, labels: str, n_components: Any, reducer: str | None,
              max_memory: Any, device: Any, cache_dir: Any, progress: bool, probe_kwargs: Any,
-             train_accuracy: bool | int, seed: int, protocol: str = "clean") -> RunnerConfig:
+             train_accuracy: bool | int, seed: int, protocol: str = "clean",
+             controls: tuple[str, ...] = ()) -> RunnerConfig:
         """Validate the constructor's arguments.
 
         Raises:
@@ -69,4 +79,4 @@ class RunnerConfig:
                    max_memory=check_max_memory(max_memory),
                    device=torch.device(device) if device is not None else None, cache_dir=cache_dir,
                    progress=bool(progress), probe_kwargs={k: dict(v) for k, v in (probe_kwargs or {}).items()},
-                   train_accuracy=train_accuracy, seed=int(seed), protocol=protocol)
+                   train_accuracy=train_accuracy, seed=int(seed), protocol=protocol, controls=tuple(controls))

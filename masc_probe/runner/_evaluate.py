@@ -1,4 +1,10 @@
-"""ProbeRunner.evaluate: one pass over the test batches, every probe and the model's own logits scored in it."""
+"""ProbeRunner.evaluate: one pass over the test batches, every probe and the model's own logits scored in it.
+
+Controls (``_controls``) are scored in the same pass on the same rows, so each trained result and its control at the
+same layer are paired image by image: the pass counts, per pair, the images only the trained side gets right and
+those only the control gets right (summed over processes like every other count), and the report turns them into
+the exact paired interval (``masc_probe.report._compare``).
+"""
 
 from __future__ import annotations
 
@@ -17,9 +23,10 @@ from masc_probe.models import model_spec
 from masc_probe.report import ProbeReport
 from masc_probe.runner import _distributed as dist
 from masc_probe.runner._cache import Reducer, RowCache, split_batch
-from masc_probe.runner._config import RunnerConfig
+from masc_probe.runner._config import Key, RunnerConfig
+from masc_probe.runner._controls import INPUT, ControlledForward, ControlModel, control_key, split_key
 from masc_probe.runner._fit import FitResult
-from masc_probe.runner._forward import Forward, batches, model_device, release_free_memory, sync
+from masc_probe.runner._forward import batches, model_device, release_free_memory, sync
 
 
 def predict_rows(probe: str, est: Any, rows: torch.Tensor) -> torch.Tensor:
@@ -30,8 +37,23 @@ def predict_rows(probe: str, est: Any, rows: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.asarray(pred), dtype=torch.int64)
 
 
+def pairs(keys: list[Key], controls: Iterable[str]) -> list[tuple[int, int, str]]:
+    """``(trained column, control column, control name)`` of every trained result that has a control result at
+    the same layer (the raw input: the layer ``"input"`` of the same probe and label set)."""
+    index = {key: i for i, key in enumerate(keys)}
+    out = []
+    for i, (layer, probe, labels) in enumerate(keys):
+        if split_key(layer)[0] is not None or layer == INPUT:
+            continue
+        for name in controls:
+            partner = (INPUT if name == INPUT else control_key(name, layer), probe, labels)
+            if partner in index:
+                out.append((i, index[partner], name))
+    return out
+
+
 def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, model: nn.Module, test: Iterable[Any],
-                  *, shard: bool) -> dict[str, Any]:
+                  *, shard: bool, controls: Mapping[str, nn.Module] | None = None) -> dict[str, Any]:
     """Counts of correct predictions per probe and for the model, summed over processes (one all-reduce).
 
     Probes held in memory score each batch as it passes. Probes the store keeps on disk are read once each after
@@ -48,13 +70,17 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
     cache = RowCache.temporary(config.cache_dir) if spilled else None
     cached_layers = sorted({k[0] for k in spilled})
     labels: list[torch.Tensor] = []
-    # Per row: one column per probe, then the model's hit and whether the model was scored on it.
+    controls = dict(controls or {})
+    names = list(controls)
+    extra_cols = 2 + 2 * len(names)
+    # Per row: one column per probe, then per control model its hit and whether it was scored, then the model's hit
+    # and whether the model was scored on it (the last two columns).
     hits: list[torch.Tensor] = []
     indices: list[Any] = []
     timings = fitted.timings
     try:
-        with Forward(model, list(config.layers or []), reducer, device, want_logits=True,
-                     train_mode=config.protocol == "authors") as forward:
+        with ControlledForward(model, controls, list(config.layers or []), reducer, device, want_logits=True,
+                               control_logits=True, train_mode=config.protocol == "authors") as forward:
             for b, (batch, index) in enumerate(batches(test, world=world, shard=shard, progress=config.progress,
                                                        desc="evaluate")):
                 if b % 16 == 15:
@@ -64,10 +90,15 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                 t = sync(device)
                 rows, logits = forward(x)
                 t2 = sync(device)
-                hit = torch.zeros(len(y), len(keys) + 2, dtype=torch.int8)
+                hit = torch.zeros(len(y), len(keys) + extra_cols, dtype=torch.int8)
                 for i, key in enumerate(keys):
                     if key in live:
                         hit[:, i] = predict_rows(key[1], live[key], rows[key[0]]) == y
+                for j, name in enumerate(names):
+                    scores = forward.control_logits.get(name)
+                    if scores is not None and scores.ndim == 2:
+                        hit[:, len(keys) + 2 * j] = scores.argmax(dim=1).cpu() == y
+                        hit[:, len(keys) + 2 * j + 1] = 1
                 if logits is not None and logits.ndim == 2:
                     hit[:, -2] = logits.argmax(dim=1).cpu() == y
                     hit[:, -1] = 1
@@ -80,7 +111,7 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                 t3 = sync(device)
                 timings["evaluate_forward"] = timings.get("evaluate_forward", 0.0) + t2 - t
                 timings["predict"] = timings.get("predict", 0.0) + t3 - t2
-        table = torch.cat(hits) if hits else torch.zeros(0, len(keys) + 2, dtype=torch.int8)
+        table = torch.cat(hits) if hits else torch.zeros(0, len(keys) + extra_cols, dtype=torch.int8)
         if cache is not None and labels:
             t = sync(device)
             cache.finish()
@@ -100,15 +131,29 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
         if cache is not None:
             cache.cleanup()
     keep = _first_rows(world, indices, len(table))
-    counts = table[torch.from_numpy(keep)].sum(dim=0, dtype=torch.int64)
-    local = torch.cat([counts, torch.tensor([int(keep.sum())], dtype=torch.int64)])
+    kept = table[torch.from_numpy(keep)]
+    counts = kept.sum(dim=0, dtype=torch.int64)
+    paired = pairs(keys, config.controls)
+    # Per pair: images only the trained side gets right (b), and only the control (c): all McNemar needs.
+    discordant = torch.tensor([int(((kept[:, i] == 1) & (kept[:, j] == 0)).sum()) for i, j, _ in paired]
+                              + [int(((kept[:, i] == 0) & (kept[:, j] == 1)).sum()) for i, j, _ in paired],
+                              dtype=torch.int64)
+    local = torch.cat([counts, discordant, torch.tensor([int(keep.sum())], dtype=torch.int64)])
     total = dist.all_reduce_sum(world, {"counts": local})["counts"]
     n = int(total[-1])
     if n == 0:
         raise InputError("evaluate needs at least one test batch, got none")
-    scored = int(total[-2])
+    width = len(keys) + extra_cols
+    scored = int(total[width - 1])
+    control_acc = {}
+    for j, name in enumerate(names):
+        got = int(total[len(keys) + 2 * j + 1])
+        control_acc[name] = int(total[len(keys) + 2 * j]) / got if got == n else None
+    b, c = total[width:width + len(paired)], total[width + len(paired):width + 2 * len(paired)]
     return {"n": n, "correct": {key: int(total[i]) for i, key in enumerate(keys)},
-            "model_accuracy": int(total[-3]) / scored if scored == n else None}
+            "model_accuracy": int(total[width - 2]) / scored if scored == n else None,
+            "control_accuracy": control_acc,
+            "pairs": [(keys[i], keys[j], name, int(b[k]), int(c[k])) for k, (i, j, name) in enumerate(paired)]}
 
 
 def _first_rows(world: dist.World, indices: list[Any], n_rows: int) -> np.ndarray:
@@ -138,14 +183,19 @@ def model_name_of(model: nn.Module | None) -> str | None:
 
 def build_report(config: RunnerConfig, reducer: Reducer, fitted: FitResult, counts: dict[str, Any], *,
                  epoch: int | None, model_name: str | None, dataset: str | None,
-                 corruption: Mapping[str, Any] | None, extra: Mapping[str, Any] | None) -> ProbeReport:
-    """The report of one evaluation."""
+                 corruption: Mapping[str, Any] | None, extra: Mapping[str, Any] | None,
+                 controls: Mapping[str, ControlModel] | None = None) -> ProbeReport:
+    """The report of one evaluation: a control model's results carry ``control``; the ``controls`` block and the
+    paired ``comparisons`` follow from the pass's counts."""
     n = counts["n"]
     results = []
     for key in fitted.store:
-        layer, probe, labels = key
+        name, layer = split_key(key[0])
+        probe, labels = key[1], key[2]
         res: dict[str, Any] = {"layer": layer, "probe": probe, "labels": labels,
                                "test_accuracy": counts["correct"][key] / n}
+        if name is not None:
+            res["control"] = name
         if key in fitted.train_accuracy:
             res["train_accuracy"] = dict(fitted.train_accuracy[key])
             res["n_train_scored"] = fitted.n_train_scored
@@ -167,5 +217,31 @@ def build_report(config: RunnerConfig, reducer: Reducer, fitted: FitResult, coun
             **dict(extra or {})}
     if fitted.failed:
         more["failed"] = fitted.failed
+    if config.controls:
+        more.update(_controls_block(config, counts, controls or {}, epoch=epoch))
     return ProbeReport(results, model=model_name, dataset=dataset, corruption=corruption, provenance=provenance,
                        model_test_accuracy=counts["model_accuracy"], n_test=n, n_train=fitted.n_train, extra=more)
+
+
+def _controls_block(config: RunnerConfig, counts: dict[str, Any], controls: Mapping[str, ControlModel], *,
+                    epoch: int | None) -> dict[str, Any]:
+    """The report's ``controls`` (what each control is) and ``comparisons`` (each pair with its exact interval)."""
+    from masc_probe.report._compare import paired_difference
+
+    n = counts["n"]
+    block: dict[str, Any] = {}
+    for name in config.controls:
+        if name == INPUT:
+            if INPUT in (config.layers or ()):
+                block[INPUT] = {"source": "raw input"}
+        elif name in controls:
+            block[name] = {**controls[name].record(), "model_test_accuracy": counts["control_accuracy"].get(name)}
+    comparisons = []
+    for trained, control, name, b, c in counts.get("pairs", []):
+        comp = {"layer": trained[0], "probe": trained[1], "labels": trained[2], "control": name,
+                "trained": counts["correct"][trained] / n, "control_accuracy": counts["correct"][control] / n,
+                **paired_difference(b, c, n), "n": n}
+        if epoch is not None:
+            comp["epoch"] = int(epoch)
+        comparisons.append(comp)
+    return {"controls": block, "comparisons": comparisons}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,8 @@ from masc_probe.probes import PROBES
 from masc_probe.runner import _distributed as dist
 from masc_probe.runner._cache import Reducer, RowCache, split_batch
 from masc_probe.runner._config import Key, RunnerConfig
-from masc_probe.runner._forward import Forward, batches, model_device, release_free_memory, sync
+from masc_probe.runner._controls import ControlledForward
+from masc_probe.runner._forward import batches, model_device, release_free_memory, sync
 from masc_probe.runner._plan import Plan, make_plan
 from masc_probe.runner._store import ProbeStore, read_probe, write_probe
 
@@ -136,7 +138,7 @@ def _setup(state: FitState, sets: dict[str, torch.Tensor], rows: dict[str, torch
         state.num_classes = int(logits.shape[1])
     state.dims = {name: int(r.shape[1]) for name, r in rows.items()}
     state.plan = make_plan(config, state.dims, state.num_classes, len(state.label_sets))
-    for layer in config.layers or []:
+    for layer in config.row_layers:
         for probe in config.probes:
             streaming = probe == "ncm" or (probe in SECOND_MOMENT and layer in state.plan.stream)
             if probe in STATISTIC_PROBES and streaming:
@@ -188,8 +190,9 @@ class _Blocks:
 
 
 def fit(config: RunnerConfig, reducer: Reducer, model: nn.Module, train: Any, *, num_classes: int | None,
-        shard: bool) -> FitResult:
-    """The whole fit: the pass over *train*, then everything after it (see the module docstring)."""
+        shard: bool, controls: Mapping[str, nn.Module] | None = None) -> FitResult:
+    """The whole fit: the pass over *train*, then everything after it (see the module docstring). The control
+    models (``_controls``) run in the same pass; their rows are more layers to it."""
     world = dist.world()
     t0 = time.perf_counter()
     cache_root = dist.shared_tempdir(world, config.cache_dir, "masc-probe-rows-")
@@ -199,7 +202,7 @@ def fit(config: RunnerConfig, reducer: Reducer, model: nn.Module, train: Any, *,
     store = ProbeStore(config.max_memory // 8, config.cache_dir, device)
     state = FitState(config=config, reducer=reducer, world=world, cache=cache, num_classes=num_classes, store=store)
     try:
-        fit_pass(state, model, train, shard=shard)
+        fit_pass(state, model, train, shard=shard, controls=controls or {})
         finish_fit(state)
     except BaseException:
         store.close()
@@ -214,7 +217,8 @@ def fit(config: RunnerConfig, reducer: Reducer, model: nn.Module, train: Any, *,
                      timings={**state.timings, "fit": time.perf_counter() - t0})
 
 
-def fit_pass(state: FitState, model: nn.Module, data: Any, *, shard: bool) -> None:
+def fit_pass(state: FitState, model: nn.Module, data: Any, *, shard: bool,
+             controls: Mapping[str, nn.Module] | None = None) -> None:
     """The one forward pass over the training batches.
 
     With several processes and batches whose sample indices are known, each process holds its last batch back
@@ -246,8 +250,9 @@ def fit_pass(state: FitState, model: nn.Module, data: Any, *, shard: bool) -> No
         state.n_local += len(next(iter(sets.values())))
         state.tick("cache_write", t)
 
-    with Forward(model, list(config.layers or []), state.reducer, state.device,
-                 want_logits=state.num_classes is None, train_mode=config.protocol == "authors") as forward:
+    with ControlledForward(model, controls or {}, list(config.layers or []), state.reducer, state.device,
+                           want_logits=state.num_classes is None, control_logits=False,
+                           train_mode=config.protocol == "authors") as forward:
         for batch, index in batches(data, world=state.world, shard=shard, progress=config.progress, desc="fit"):
             x, sets = split_batch(batch)
             t = sync(state.device)
@@ -349,7 +354,7 @@ def finish_fit(state: FitState) -> None:
     stream_keys = sorted(state.estimators)
     jobs = [(layer, probe, labels) for layer in state.plan.deferred for probe in config.probes
             if probe in SECOND_MOMENT for labels in state.label_sets]
-    jobs += [(layer, probe, labels) for layer in config.layers or [] for probe in config.probes
+    jobs += [(layer, probe, labels) for layer in config.row_layers for probe in config.probes
              if probe not in STATISTIC_PROBES for labels in state.label_sets]
     every = stream_keys + jobs
     shared = state.cache.root / "fitted"
@@ -394,7 +399,7 @@ def finish_fit(state: FitState) -> None:
             if key not in gone:
                 state.store.put(key, read_probe(shared / f"{i:05d}", state.device))
         dist.barrier(world)  # nobody removes the folder while another process still reads it
-    layers, probes = list(config.layers or []), list(config.probes)
+    layers, probes = list(config.row_layers), list(config.probes)
     state.store.reorder(sorted(state.store, key=lambda k: (layers.index(k[0]), probes.index(k[1]),
                                                            state.label_sets.index(k[2]))))
     state.fingerprint = _fingerprint(state)

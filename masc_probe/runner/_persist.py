@@ -8,6 +8,9 @@ their metadata, a model without the saved layers, and (on the first batch) a lay
 On the Hub the folder lies under ``masc/probes/`` (a run pushed with its probes, or :func:`push_runner`);
 :func:`download_runner` fetches only ``runner.json`` and the safetensors files it names, from one commit.
 
+Only the trained network's probes are saved (the raw input's among them): a control model's probes describe another
+network, and no control model travels with the saved runner, so its settings record at most the ``"input"`` control.
+
 A statistic probe is kept *frozen* (only what its predictions read: MASC's stacked basis, NCM's class means,
 VeLPIC's vectors); a loaded one predicts exactly as the saved one, but a frozen MASC cannot score another
 ``n_components`` (refit, or use the probe directly, for a threshold sweep). scikit-learn's LDA and QDA are saved as
@@ -33,6 +36,7 @@ from masc_probe.errors import InputError
 from masc_probe.probes import probe_from_state
 from masc_probe.runner._cache import Reducer
 from masc_probe.runner._config import RunnerConfig
+from masc_probe.runner._controls import INPUT, split_key
 from masc_probe.runner._fit import FitResult
 from masc_probe.runner._plan import Plan
 from masc_probe.runner._store import ProbeStore, probe_state, write_tensors
@@ -55,6 +59,8 @@ def config_record(config: RunnerConfig) -> dict[str, Any]:
         if f.name in _RUNTIME:
             continue
         value = _plain(getattr(config, f.name))
+        if f.name == "controls":  # no control model travels with saved probes (see the module docstring)
+            value = [c for c in value if c == INPUT]
         try:
             json.dumps(value)
         except (TypeError, ValueError):
@@ -79,7 +85,8 @@ def _plain(value: Any) -> Any:
 def save_runner(config: RunnerConfig, reducer: Reducer, fitted: FitResult, directory: Path) -> Path:
     """See :meth:`ProbeRunner.save`."""
     entries, widths = [], {}
-    for i, key in enumerate(fitted.store):
+    trained = [key for key in fitted.store if split_key(key[0])[0] is None]
+    for i, key in enumerate(trained):
         # One file per probe: saving never holds more than one probe's arrays (a spilled one is read back here).
         est = fitted.store[key]
         arrays, meta = probe_state(key[1], est)
@@ -101,7 +108,7 @@ def save_runner(config: RunnerConfig, reducer: Reducer, fitted: FitResult, direc
         "n_train": fitted.n_train, "n_train_scored": fitted.n_train_scored,
         "data_fingerprint": fitted.data_fingerprint, "data": fitted.data, "memory_plan": fitted.plan.to_dict(),
         "train_accuracy": [{"layer": k[0], "probe": k[1], "labels": k[2], "scores": v}
-                           for k, v in fitted.train_accuracy.items()],
+                           for k, v in fitted.train_accuracy.items() if split_key(k[0])[0] is None],
         "config": config_record(config), "classes": [_plain(c) for c in fitted.classes], "widths": widths,
         "estimators": entries,
     }
@@ -315,7 +322,8 @@ def push_fitted(config: RunnerConfig, reducer: Reducer, fitted: FitResult, repo_
     check_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="masc-probe-push-") as tmp:
         folder = save_runner(config, reducer, fitted, Path(tmp))
-        title = title or f"masc-probe: {len(fitted.store)} fitted probes, {len(config.layers or [])} layers"
+        saved = sum(split_key(key[0])[0] is None for key in fitted.store)
+        title = title or f"masc-probe: {saved} fitted probes, {len(config.layers or [])} layers"
         return push_runner(folder, repo_id, path_in_repo=path_in_repo, title=title, private=private,
                            revision=revision, token=token, create_pr=create_pr)
 

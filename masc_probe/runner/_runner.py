@@ -7,10 +7,16 @@ its flattened rows appended to a disk cache in a temporary folder, read back fro
 ``evaluate`` runs the model once over the test batches and scores every probe and the model's own logits in the
 same pass. Fitted probes past an eighth of the memory budget wait on disk (``_store``).
 
+Controls run in the same passes (``_controls``): by default the same network at its initial weights (``"init"``) and
+the raw input (``"input"``), so that the report pairs every trained result with what the architecture and the pixels
+give without training.
+
 >>> runner = ProbeRunner(model, probes=("masc", "ncm"))          # doctest: +SKIP
 >>> report = runner.fit(train_loader).evaluate(test_loader)      # doctest: +SKIP
 >>> report.best_layer("masc", "true")["layer"]                   # doctest: +SKIP
 'layer3'
+>>> report.comparison("layer3", "masc", "true", "init")["verdict"]   # doctest: +SKIP
+'added'
 >>> runner.save("probes/")                                       # doctest: +SKIP
 """
 
@@ -31,6 +37,7 @@ from masc_probe.report import ProbeReport
 from masc_probe.runner import _persist
 from masc_probe.runner._cache import Reducer
 from masc_probe.runner._config import Key, RunnerConfig
+from masc_probe.runner._controls import INPUT, ControlModel, resolve, split_key
 from masc_probe.runner._evaluate import build_report, evaluate_pass, model_name_of, predict_rows
 from masc_probe.runner._fit import FitResult, fit
 from masc_probe.runner._forward import Forward, model_device
@@ -75,6 +82,16 @@ class ProbeRunner:
             (:class:`~masc_probe.layers.FeatureTap`'s ``mode="train"``; it changes ResNet-18's rows, not those of
             a network without BatchNorm or dropout). The model's own accuracy is measured in eval mode either
             way. Reports record it as ``protocol``.
+        controls: What the trained network is compared with, probed in the same passes at the same layers with
+            the same probes, labels, reducers and ``n_components``: ``"init"`` (the same architecture at its
+            initial weights: a re-initialized copy built the library's own way from *seed*, see
+            :func:`masc_probe.runner._controls.reinitialized`; the pipeline passes a run's exact epoch-0 weights),
+            ``"input"`` (the raw input, probed as the layer ``"input"`` and added to *layers* when missing), or a
+            mapping name → model to pass any control model by name (``{"init": model0, "clean": clean_model,
+            "input": None}``; a :class:`~masc_probe.runner.ControlModel` also says where its weights came from).
+            ``None`` or ``()`` probes the trained network alone. Each control model costs one more forward per
+            batch and its probe fits. The report then holds the control rows (``control`` set), a ``controls``
+            block and paired ``comparisons`` (trained − control on the same test images, exact 95% interval).
 
     Raises:
         UnknownNameError: An unknown probe, label set or layer name (with the closest valid names).
@@ -86,11 +103,14 @@ class ProbeRunner:
                  n_components: float | int = 0.99, reducer: str | None = None, max_memory: int | None = None,
                  device: str | torch.device | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  progress: bool = True, probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-                 train_accuracy: bool | int = 5_000, seed: int = 0, protocol: str = "clean") -> None:
+                 train_accuracy: bool | int = 5_000, seed: int = 0, protocol: str = "clean",
+                 controls: Sequence[str] | Mapping[str, nn.Module | ControlModel | None] | str | None = (
+                     "init", "input")) -> None:
+        names, self.control_models = resolve(controls, model, seed=int(seed))
         self.config = RunnerConfig.make(
             layers=layers, probes=probes, labels=labels, n_components=n_components, reducer=reducer,
             max_memory=max_memory, device=device, cache_dir=cache_dir, progress=progress, probe_kwargs=probe_kwargs,
-            train_accuracy=train_accuracy, seed=seed, protocol=protocol)
+            train_accuracy=train_accuracy, seed=seed, protocol=protocol, controls=names)
         self.model = model
         self.reducer: Reducer | LayerReducer = (
             Reducer(reducer, seed=seed) if isinstance(reducer, str) and reducer.startswith("random:")
@@ -99,7 +119,21 @@ class ProbeRunner:
             if self.config.device is not None:
                 model.to(self.config.device)
             with FeatureTap(model, self.config.layers) as tap:  # validates names now, not after hours of data loading
-                self.config = dataclasses.replace(self.config, layers=tuple(tap.layers))
+                resolved = tuple(tap.layers)
+            if INPUT in names and INPUT not in resolved:
+                resolved = (INPUT, *resolved)  # the raw input is a control: probed beside the layers
+            hidden = [layer for layer in resolved if layer != INPUT]
+            if not hidden:  # only the raw input probed: a control model has no layer to read
+                self.control_models = {}
+                names = tuple(n for n in names if n == INPUT)
+            self.config = dataclasses.replace(self.config, layers=resolved, controls=names)
+            for name, control in self.control_models.items():
+                if self.config.device is not None:
+                    control.model.to(self.config.device)
+                try:
+                    FeatureTap(control.model, hidden).close()
+                except UnknownNameError as exc:
+                    raise UnknownNameError(f"control {name!r} must have the probed layers {hidden}; {exc}") from None
         self.estimators_: Mapping[Key, Any] = {}  # a ProbeStore once fitted
         self.failed_: list[dict[str, str]] = []
         self.timings_: dict[str, float] = {}
@@ -180,7 +214,7 @@ class ProbeRunner:
                                         or num_classes < 2):
             raise InputError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
         result = fit(self.config, self.reducer, model, train, num_classes=num_classes or _dataset_classes(train),
-                     shard=shard)
+                     shard=shard, controls=self._control_nets())
         result.data = _data_record(train)
         self._set_fitted(result)
         return self
@@ -221,7 +255,8 @@ class ProbeRunner:
         """
         fitted = self._need_fitted()
         rows = dict(x) if isinstance(x, Mapping) else self.features(x)
-        return {key: predict_rows(key[1], fitted.store[key], rows[key[0]]) for key in fitted.store}
+        return {key: predict_rows(key[1], fitted.store[key], rows[key[0]]) for key in fitted.store
+                if split_key(key[0])[0] is None}
 
     def evaluate(self, test: Iterable[Any], *, epoch: int | None = None, shard: bool = False,
                  model_name: str | None = None, dataset: str | None = None,
@@ -245,8 +280,9 @@ class ProbeRunner:
         """
         model = self._need_model()
         fitted = self._need_fitted()
-        counts = evaluate_pass(self.config, self.reducer, fitted, model, test, shard=shard)
-        return build_report(self.config, self.reducer, fitted, counts, epoch=epoch,
+        counts = evaluate_pass(self.config, self.reducer, fitted, model, test, shard=shard,
+                               controls=self._control_nets())
+        return build_report(self.config, self.reducer, fitted, counts, epoch=epoch, controls=self.control_models,
                             model_name=model_name or model_name_of(model),
                             dataset=dataset if dataset is not None else fitted.data.get("dataset"),
                             corruption=corruption if corruption is not None else fitted.data.get("corruption"),
@@ -289,6 +325,8 @@ class ProbeRunner:
         folder = Path(directory)
         saved = _persist.read_settings(folder)
         arguments = _persist.runner_arguments(saved)
+        # Saved probes are the trained network's (and the raw input's): no control model comes back with them.
+        arguments["controls"] = tuple(c for c in arguments.get("controls") or () if c == INPUT)
         if model is None:
             arguments["layers"] = None  # not checked against a model; filled in below
         try:
@@ -391,6 +429,9 @@ class ProbeRunner:
         self.close()
 
     # ------------------------------------------------------------------------------------------------ helpers
+    def _control_nets(self) -> dict[str, nn.Module]:
+        return {name: control.model for name, control in self.control_models.items()}
+
     def _need_model(self) -> nn.Module:
         if self.model is None:
             raise InputError("this runner has no model; pass model= to ProbeRunner or ProbeRunner.load")
