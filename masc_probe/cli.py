@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from masc_probe import __version__
 from masc_probe._choices import (
     CHECKPOINT_POLICIES,
+    CONTROLS,
     CORRUPTION_MODES,
     DEFAULT_PROBES,
     MIXED_PRECISION,
@@ -133,6 +134,13 @@ def _folds(text: str) -> int:
     return value
 
 
+def _controls(text: str) -> tuple[str, ...]:
+    names = () if text.strip() == "none" else _names(text)
+    if any(name not in CONTROLS for name in names):
+        raise argparse.ArgumentTypeError(f"expected controls among {','.join(CONTROLS)} or none, got {text!r}")
+    return names
+
+
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
     if not names:
@@ -174,6 +182,9 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
                    help="how a layer's value becomes rows: flatten (default, the paper's), cls or mean (token maps "
                         "(B,T,D)), gap (conv maps), auto (cls for transformer blocks, flatten elsewhere); one for "
                         "every layer but the input, or per layer as LAYER=NAME,…")
+    g.add_argument("--controls", type=_controls, default=CONTROLS, metavar="init,input|none",
+                   help="what each layer is compared with on the same test images: init (the same network at its "
+                        "initial weights; a run's own epoch 0) and input (the raw input); default both, none to skip")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -327,7 +338,7 @@ def _normalize_argv(argv: Sequence[str]) -> list[str]:
 # Each handler turns the parsed flags into the arguments of ONE library call, then prints what it returned.
 def _probing(ns: argparse.Namespace) -> dict[str, Any]:
     return {"layers": ns.layers, "probes": ns.probes, "labels": ns.labels, "n_components": ns.n_components,
-            "max_memory": ns.max_memory, "reducer": ns.reducer}
+            "max_memory": ns.max_memory, "reducer": ns.reducer, "controls": ns.controls}
 
 
 def _data(ns: argparse.Namespace) -> dict[str, Any]:
@@ -471,6 +482,8 @@ def _show_report(result: Any, *, quiet: bool) -> None:
         print(result.report.to_markdown())
         for name, path in result.files.items():
             print(f"  {name:<26} {path}")
+        for line in result.report.headline():  # the closing summary: the comparisons with the controls
+            print(line)
     _say(f"results in {result.output_dir}", quiet=quiet, path=result.output_dir)
 
 
