@@ -2,11 +2,13 @@
 pass over the data. ``_config`` holds the frozen ``RunnerConfig`` passed down to the parts: ``_plan`` (where each
 layer's statistics live), ``_forward`` (one forward pass: layer rows and logits), ``_cache`` (reducers and the
 on-disk row cache), ``_fit`` and ``_evaluate`` (the two passes), ``_store`` (fitted probes in memory or spilled),
-``_persist`` (saving and loading a fitted runner) and ``_distributed`` (the few collectives of a multi-process job).
+``_persist`` (saving and loading a fitted runner), ``_distributed`` (the few collectives of a multi-process job) and
+``_controls`` (the init and input controls, and control models passed by name, run in the same passes).
 """
 
 from __future__ import annotations
 
+from masc_probe.runner._controls import ControlModel
 from masc_probe.runner._runner import ProbeRunner
 
-__all__ = ["ProbeRunner"]
+__all__ = ["ControlModel", "ProbeRunner"]

@@ -1,0 +1,408 @@
+"""Controls (issue 18): the init control is a run's exact epoch 0, the paired interval is exact McNemar's, and what
+people read (report.md, the card, the CLI summary) says what the comparisons say, in both directions."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from _runner_helpers import data, mlp, tuples
+from masc_probe import ProbeReport, ProbeRunner, load_model
+from masc_probe.errors import InputError
+from masc_probe.report._compare import paired_difference
+from masc_probe.runner import ControlModel
+from masc_probe.runner._controls import reinitialized
+from masc_probe.training._init import run_initial_model, state_sha256
+
+RUN = {"model": "mlp", "dataset": "digits", "corrupt": 0.8, "seed": 0, "max_epochs": 2, "layers": ["fc2"],
+       "probes": ("masc", "ncm"), "progress": False, "keep_checkpoints": "dense"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops on a shared 2-core machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A small real run (the paper's MLP, digits, p = 0.8, two epochs) that kept its epoch-0 checkpoint."""
+    from masc_probe.pipeline import run_experiment
+
+    return run_experiment(**RUN, output_dir=tmp_path_factory.mktemp("controls") / "run")
+
+
+def _digits(split: str, **kwargs: Any) -> Any:
+    from torch.utils.data import DataLoader
+
+    from masc_probe.data import load_data
+
+    return DataLoader(load_data("digits", split=split, **kwargs), batch_size=256)
+
+
+def _rows(report: ProbeReport, control: str | None) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(r["layer"], r["probe"], r["labels"]): r for r in report.results if r.get("control") == control}
+
+
+# ------------------------------------------------------------------------------- the init control is epoch 0
+def test_a_run_folders_init_control_is_its_epoch_0_and_scores_as_an_untrained_copy_probed_directly(run: Any) -> None:
+    from accelerate.utils import set_seed
+
+    folder = run.output_dir
+    record = json.loads((folder / "config.json").read_text())["masc_probe"]["init"]
+    epoch0 = load_model(folder / "checkpoints" / "epoch-0000")
+    assert record["seed"] == 0 and state_sha256(epoch0) == record["init_sha256"]  # the weights epoch 0 kept
+    init = run.report.controls["init"]
+    assert init["source"] == "run epoch 0" and init["seed"] == 0 and init["init_sha256"] == record["init_sha256"]
+    assert run.report.controls["input"] == {"source": "raw input"}
+
+    # An untrained copy built by hand, probed on its own with the same probes and data: the same numbers.
+    set_seed(0)
+    hand = load_model("mlp", num_classes=10, in_chans=1, input_size=(1, 8, 8))
+    assert state_sha256(hand) == record["init_sha256"]
+    direct = ProbeRunner(hand, layers=["fc2"], probes=("masc", "ncm"), progress=False, controls=()).fit(
+        _digits("train", corrupt=0.8, seed=0)).evaluate(_digits("test"))
+    got, want = _rows(run.report, "init"), _rows(direct, None)
+    assert got.keys() == want.keys() and len(got) == 4
+    for key, r in want.items():
+        assert got[key]["test_accuracy"] == r["test_accuracy"], key
+        assert got[key]["train_accuracy"] == r["train_accuracy"], key
+        assert got[key].get("n_components") == r.get("n_components"), key
+    assert init["model_test_accuracy"] == direct.model_test_accuracy
+
+
+def test_the_initial_weights_are_rebuilt_from_the_seed_and_refused_when_the_record_does_not_verify(
+        run: Any, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(run.output_dir, copy, ignore=shutil.ignore_patterns("resume"))
+    shutil.rmtree(copy / "checkpoints" / "epoch-0000")  # the CLI's default keeps only the final checkpoint
+    model, record = run_initial_model(copy)
+    assert state_sha256(model) == record["init_sha256"] == run.report.controls["init"]["init_sha256"]
+
+    config = json.loads((copy / "config.json").read_text())
+    config["masc_probe"]["init"]["init_sha256"] = "0" * 64
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match="initial weights") as err:
+        run_initial_model(copy)
+    assert "\n" not in str(err.value) and "controls" in str(err.value)
+
+    from masc_probe.pipeline import probe_source
+
+    # The pipeline still compares, with a copy re-initialized from the seed, and the report says it is not epoch 0.
+    report = probe_source(copy, layers=["fc2"], probes=("masc",), output_dir=tmp_path / "out", progress=False).report
+    init = report.controls["init"]
+    assert init["source"] == "re-initialized copy" and "not the run's own epoch 0" in init["note"]
+    del config["masc_probe"]["init"]  # a run from before the record: the runner's re-initialized copy
+    (copy / "config.json").write_text(json.dumps(config))
+    assert run_initial_model(copy) is None
+
+
+def test_all_checkpoints_draws_the_init_control_as_the_epoch_0_reference(run: Any, tmp_path: Path) -> None:
+    from masc_probe.pipeline import probe_source
+
+    result = probe_source(run.output_dir, all_checkpoints=True, layers=["fc2"], probes=("masc",),
+                          output_dir=tmp_path / "dyn", progress=False)
+    report = result.report
+    assert report.epochs == [0, 2]
+    init = {(r["layer"], r["labels"]): r for r in report.results if r.get("control") == "init"}
+    assert {r["epoch"] for r in init.values()} == {2}  # probed once, beside the last checkpoint
+    at_zero = {(r["layer"], r["labels"]): r for r in report.results if r.get("epoch") == 0 and not r.get("control")}
+    for key, r in init.items():  # the init control is the epoch-0 network: the same numbers
+        assert at_zero[key]["test_accuracy"] == r["test_accuracy"], key
+    assert report.controls["init"]["source"] == "run epoch 0"
+    assert "init (control)" in report.to_markdown()
+    assert (tmp_path / "dyn" / "accuracy_over_epochs.png").stat().st_size > 0
+
+
+# ----------------------------------------------------------------------------- CLI: controls shown, or none
+def test_the_cli_shows_the_controls_and_controls_none_gives_the_report_without_them(
+        run: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from masc_probe.cli import main
+
+    with_controls, without = tmp_path / "with", tmp_path / "without"
+    common = ["probe", str(run.output_dir), "--layers", "fc2", "--probes", "masc"]
+    assert main([*common, "--output-dir", str(with_controls)]) == 0
+    out = capsys.readouterr().out
+    report = ProbeReport.from_json_file(with_controls / "report.json")
+    headline = report.headline()
+    assert len(headline) == 2 and all(line in out for line in headline)  # the closing summary
+    assert out.rstrip().splitlines()[-3:-1] == headline
+    assert {c["control"] for c in report.comparisons} == {"init", "input"}
+    assert main([*common, "--output-dir", str(without), "--controls", "none", "--quiet"]) == 0
+    plain = json.loads((without / "report.json").read_text())
+    assert "controls" not in plain and "comparisons" not in plain
+    assert all("control" not in r for r in plain["results"]) and {r["layer"] for r in plain["results"]} == {"fc2"}
+    # The trained network's numbers do not depend on the controls run beside it.
+    assert {(r["layer"], r["labels"]): r["test_accuracy"] for r in plain["results"]} == {
+        (r["layer"], r["labels"]): r["test_accuracy"] for r in report.results
+        if r.get("control") is None and r["layer"] != "input"}
+    assert "What the controls show" not in (without / "report.md").read_text()
+    assert main([*common, "--controls", "clean"]) == 2
+    assert "expected controls among init,input or none" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- the paired interval, independently
+def _binomial_tail_ge(k: int, m: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(m, p), summed exactly in rationals."""
+    q = Fraction(p)
+    return float(sum(math.comb(m, i) * q**i * (1 - q) ** (m - i) for i in range(k, m + 1)))
+
+
+def _clopper_pearson_by_hand(b: int, m: int) -> tuple[float, float]:
+    """The exact 95% interval of a binomial proportion by bisection on its tails (no scipy)."""
+
+    def solve(f: Any) -> float:
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if f(mid) else (lo, mid)
+        return (lo + hi) / 2
+
+    low = 0.0 if b == 0 else solve(lambda p: _binomial_tail_ge(b, m, p) < 0.025)
+    high = 1.0 if b == m else solve(lambda p: 1 - _binomial_tail_ge(b + 1, m, p) > 0.025)
+    return low, high
+
+
+@pytest.mark.parametrize(("b", "c", "n"), [(60, 20, 400), (3, 11, 120), (0, 7, 50), (5, 0, 50), (9, 9, 359),
+                                           (1, 0, 10), (40, 38, 1000)])
+def test_the_paired_interval_is_clopper_pearson_on_the_discordant_split(b: int, c: int, n: int) -> None:
+    comp = paired_difference(b, c, n)
+    m = b + c
+    p_low, p_high = _clopper_pearson_by_hand(b, m)
+    assert comp["difference"] == pytest.approx((b - c) / n, abs=1e-15)
+    assert comp["ci"] == pytest.approx([m * (2 * p_low - 1) / n, m * (2 * p_high - 1) / n], abs=1e-9)
+    assert comp["discordant"] == [b, c]
+
+
+def test_the_verdict_is_the_exact_mcnemar_test() -> None:
+    from scipy.stats import binomtest
+
+    for b in range(0, 30):
+        for c in range(0, 30):
+            if b + c == 0:
+                continue
+            comp = paired_difference(b, c, 200)
+            rejects = binomtest(b, b + c, 0.5).pvalue < 0.05
+            expected = "no difference" if not rejects else ("added" if b > c else "removed")
+            assert comp["verdict"] == expected, (b, c)
+    assert paired_difference(0, 0, 10) == {**paired_difference(0, 0, 10), "ci": [0.0, 0.0],
+                                           "verdict": "no difference"}
+
+
+def test_the_interval_holds_the_known_difference_of_constructed_paired_data() -> None:
+    rng = np.random.default_rng(0)
+    n = 500
+    # Constructed outcomes: the trained side right on 400 images, the control on 360; 60 images only the trained
+    # side gets right, 20 only the control: a known difference of exactly +0.08.
+    trained = np.zeros(n, bool)
+    control = np.zeros(n, bool)
+    trained[:340] = control[:340] = True
+    trained[340:400] = True
+    control[400:420] = True
+    order = rng.permutation(n)
+    trained, control = trained[order], control[order]
+    b, c = int((trained & ~control).sum()), int((~trained & control).sum())
+    comp = paired_difference(b, c, n)
+    assert comp["difference"] == pytest.approx(trained.mean() - control.mean(), abs=1e-15) == pytest.approx(0.08)
+    low, high = comp["ci"]
+    assert low < 0.08 < high and comp["verdict"] == "added"
+    # A paired bootstrap of the same images (resampling images, each with both outcomes) agrees within 0.01.
+    idx = rng.integers(0, n, size=(20_000, n))
+    boot = np.sort(trained[idx].mean(1) - control[idx].mean(1))
+    assert boot[int(0.025 * len(boot))] == pytest.approx(low, abs=0.01)
+    assert boot[int(0.975 * len(boot))] == pytest.approx(high, abs=0.01)
+    # Coverage over draws of paired outcomes whose true difference is known (+0.05): at least the nominal 95%.
+    covered = 0
+    for _ in range(400):
+        u = rng.random(n)
+        t, ctl = u < 0.75, (u < 0.65) | ((u >= 0.75) & (u < 0.80))  # P(t) = 0.75, P(control) = 0.70
+        comp = paired_difference(int((t & ~ctl).sum()), int((~t & ctl).sum()), n)
+        covered += comp["ci"][0] <= 0.05 <= comp["ci"][1]
+    assert covered / 400 >= 0.93
+
+
+def test_bad_counts_are_one_line() -> None:
+    with pytest.raises(InputError, match="b=5, c=6, n=10"):
+        paired_difference(5, 6, 10)
+
+
+# --------------------------------------------------------------- what people read follows the comparison
+def _broken(model: nn.Module) -> nn.Module:
+    """*model* with its first layer zeroed: layer "2" (its ReLU) reads nothing at all."""
+    import copy
+
+    broken = copy.deepcopy(model)
+    with torch.no_grad():
+        broken[1].weight.zero_()
+        broken[1].bias.zero_()
+    return broken
+
+
+def _compared(trained: nn.Module, init: nn.Module) -> ProbeReport:
+    x, yc, y = data(150)
+    xt, _, yt = data(90, seed=1)
+    runner = ProbeRunner(trained, ["2"], probes=("masc",), progress=False,
+                         controls={"init": init, "input": None}).fit(tuples(x, yc, y, 50))
+    return runner.evaluate([(xt, yt)], model_name="toy", dataset="blobs")
+
+
+def _what_people_read(report: ProbeReport, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
+    from masc_probe.cli import _show_report
+    from masc_probe.hub._card import build_card
+    from masc_probe.pipeline import RunResult
+
+    _show_report(RunResult(output_dir=tmp_path, report=report), quiet=False)
+    card = str(build_card(report, {}, [], repo_id=None, files={}, has_plot=False))
+    return {"report.md": report.to_markdown(), "card": card, "cli": capsys.readouterr().out}
+
+
+@pytest.mark.parametrize("direction", ["init beats trained", "training adds"])
+def test_report_card_and_cli_say_what_the_comparison_says(direction: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    good = mlp()
+    trained, init = (_broken(good), good) if direction == "init beats trained" else (good, _broken(good))
+    report = _compared(trained, init)
+    comp = report.comparison("2", "masc", "true", "init")
+    assert comp["verdict"] == ("removed" if direction == "init beats trained" else "added")
+    assert (comp["control_accuracy"] > comp["trained"]) == (direction == "init beats trained")
+    words = ("training removed what MASC reads at this layer" if direction == "init beats trained"
+             else "training added to what MASC reads at this layer")
+    opposite = "training added" if direction == "init beats trained" else "training removed"
+    numbers = [f"{comp['trained']:.3f}", f"{comp['control_accuracy']:.3f}"]
+    for name, text in _what_people_read(report, tmp_path, capsys).items():
+        assert words in text, name
+        assert opposite not in text, name
+        assert all(number in text for number in numbers), name
+
+    # The counts behind it are the test images' own: each side's predictions, compared image by image.
+    x, yc, y = data(150)
+    xt, _, yt = data(90, seed=1)
+    alone = {name: ProbeRunner(net, ["2"], probes=("masc",), progress=False, controls=()).fit(tuples(x, yc, y, 50))
+             for name, net in (("trained", trained), ("init", init))}
+    right = {name: (r.predict(xt)[("2", "masc", "true")] == yt).numpy() for name, r in alone.items()}
+    assert comp["discordant"] == [int((right["trained"] & ~right["init"]).sum()),
+                                  int((~right["trained"] & right["init"]).sum())]
+    assert comp["trained"] == right["trained"].mean() and comp["control_accuracy"] == right["init"].mean()
+
+
+def test_the_card_lists_the_init_control_and_names_true_label_masc_a_probe_not_a_metric(run: Any) -> None:
+    from masc_probe.hub import build_card
+
+    card = build_card(run.output_dir)
+    names = [r.metric_name for r in card.data.eval_results]
+    assert "Test accuracy (model output)" in names
+    assert any(n.startswith("Init control:") and "corrupted-label" in n for n in names)
+    true_masc = [n for n in names if "true-label" in n and not n.startswith("Init")]
+    assert true_masc and "not a metric of the model" in true_masc[0] and "never saw" in true_masc[0]
+    init = next(r for r in card.data.eval_results if r.metric_name.startswith("Init control: test accuracy"))
+    assert init.metric_value == run.report.controls["init"]["model_test_accuracy"]
+    text = str(card)
+    assert all(line in text for line in run.report.headline())
+    reproduce = text.split("## Reproduce", 1)[1].split("```", 2)[1]
+    assert "--push-to-hub" not in reproduce
+    for flag in ("--preset fast", "--max-epochs 2", "--protocol clean", "--batch-size 128", "--probes masc,ncm"):
+        assert flag in reproduce, flag
+
+
+# ----------------------------------------------------------------------------------- re-initialized copies
+def test_a_paper_model_is_reinitialized_as_load_model_builds_it_and_the_global_rng_is_left_alone() -> None:
+    from accelerate.utils import set_seed
+
+    set_seed(3)
+    want = load_model("mlp", num_classes=10, in_chans=1, input_size=(1, 8, 8))
+    trained = load_model("mlp", num_classes=10, in_chans=1, input_size=(1, 8, 8))
+    with torch.no_grad():
+        trained.fc1.linear.weight.add_(1.0)
+    torch.manual_seed(99)
+    expected_next = torch.rand(3)
+    torch.manual_seed(99)
+    fresh = reinitialized(trained, seed=3)
+    assert torch.equal(torch.rand(3), expected_next)
+    assert state_sha256(fresh) == state_sha256(want) != state_sha256(trained)
+
+
+def test_plain_torch_timm_and_transformers_models_reinitialize_their_own_way() -> None:
+    import timm
+    from transformers import ViTConfig, ViTForImageClassification
+
+    assert state_sha256(reinitialized(mlp(seed=5), seed=5)) == state_sha256(mlp(seed=5))  # reset_parameters()
+    assert state_sha256(reinitialized(mlp(seed=5), seed=6)) != state_sha256(mlp(seed=5))
+    net = timm.create_model("resnet18", num_classes=3, in_chans=1)
+    fresh = reinitialized(net, seed=0)
+    torch.manual_seed(0)
+    assert state_sha256(fresh) == state_sha256(timm.create_model("resnet18", num_classes=3, in_chans=1))
+    vit = timm.create_model("vit_tiny_patch16_224", num_classes=3, depth=2, img_size=32)  # other model args
+    again = reinitialized(vit, seed=0)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in vit.state_dict().items()}
+    assert not torch.equal(again.cls_token, vit.cls_token) or not torch.equal(again.pos_embed, vit.pos_embed)
+    config = ViTConfig(image_size=8, patch_size=4, num_channels=1, hidden_size=16, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=32, num_labels=3)
+    torch.manual_seed(1)
+    hf = ViTForImageClassification(config)
+    torch.manual_seed(4)
+    assert state_sha256(reinitialized(hf, seed=4)) == state_sha256(ViTForImageClassification(config))
+
+
+def test_a_module_that_cannot_be_reinitialized_is_one_line_naming_it() -> None:
+    class Scale(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gain = nn.Parameter(torch.ones(16))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1) * self.gain
+
+    model = nn.Sequential(Scale(), nn.Linear(16, 3))
+    with pytest.raises(InputError, match=r"cannot re-initialize 0 \(Scale\)") as err:
+        ProbeRunner(model, progress=False)
+    assert "\n" not in str(err.value) and "controls={'init': untrained_model" in str(err.value)
+    ProbeRunner(model, progress=False, controls={"init": nn.Sequential(Scale(), nn.Linear(16, 3)), "input": None})
+    with pytest.raises(InputError, match="needs its model"):
+        ProbeRunner(mlp(), controls=("init", "clean"))
+
+
+# --------------------------------------------------------------------------------- the report with controls
+def test_saved_probes_are_the_trained_networks_and_reports_aggregate(tmp_path: Path) -> None:
+    x, yc, y = data(120)
+    xt, _, yt = data(60, seed=1)
+    runner = ProbeRunner(mlp(), ["2"], probes=("masc", "ncm"), progress=False).fit(tuples(x, yc, y, 40))
+    assert runner.layers == ["input", "2"]  # the raw input is probed beside the layers, as a control
+    report = runner.evaluate([(xt, yt)])
+    runner.save(tmp_path / "saved")
+    saved = json.loads((tmp_path / "saved" / "runner.json").read_text())
+    assert {e["layer"] for e in saved["estimators"]} == {"input", "2"} and saved["config"]["controls"] == ["input"]
+    loaded = ProbeRunner.load(tmp_path / "saved", mlp()).evaluate([(xt, yt)])
+    assert _rows(loaded, None) == _rows(report, None) and not _rows(loaded, "init")
+    assert loaded.controls == {"input": {"source": "raw input"}}
+
+    other = ProbeRunner(mlp(seed=1), ["2"], probes=("masc", "ncm"), progress=False, seed=1).fit(tuples(x, yc, y, 40))
+    reports = [ProbeReport.from_dict({**r.to_dict(), "corruption": {"seed": s}})
+               for s, r in ((0, report), (1, other.evaluate([(xt, yt)])))]
+    mean = ProbeReport.aggregate(reports)
+    assert "comparisons" not in mean.to_dict() and mean.controls["init"] == {"source": "re-initialized copy"}
+    assert mean.best_layer("masc", "true", control="init")["n_runs"] == 2
+
+
+def test_best_layer_takes_hidden_layers_and_the_input_view_is_one_argument_away() -> None:
+    rows = [{"layer": "input", "probe": "masc", "labels": "true", "test_accuracy": 0.97},
+            {"layer": "fc1", "probe": "masc", "labels": "true", "test_accuracy": 0.79},
+            {"layer": "fc2", "probe": "masc", "labels": "true", "test_accuracy": 0.81},
+            {"layer": "fc1", "probe": "masc", "labels": "true", "test_accuracy": 0.86, "control": "init"}]
+    report = ProbeReport(rows, n_test=100)
+    assert report.best_layer()["layer"] == "fc2" and report.best()["masc/true"]["layer"] == "fc2"
+    assert report.best_layer(include_input=True)["layer"] == "input"
+    assert report.best_layer(control="init")["test_accuracy"] == 0.86
+    with pytest.raises(InputError, match="unique"):
+        ProbeReport([rows[3], rows[3]])
+    assert ControlModel(mlp()).record() == {"source": "user model", "seed": None, "init_sha256": None}
