@@ -8,7 +8,10 @@
 #      -> OUT_DIR/masc_check.json (per layer: prediction agreement, k_c of both, seconds of both)
 #   3. A ResNet-18 ProbeRunner pass: benchmarks/bench_probe.py --device cuda (images/s of the bare forward and the
 #      probe pass, the floor table, and the CPU's images/s on 1,000 images beside) -> OUT_DIR/bench_probe.json
-#   4. (GPU only) MASC fit+predict on the GPU with the CPU beside it: benchmarks/bench_masc.py --device cuda at half
+#   4. Training at the hardware's speed: benchmarks/bench_train.py --device cuda on ResNet-18, all of CIFAR-10, the
+#      paper's preset (SGD 1e-3, batch 32): seconds per epoch of train() beside a bare loop on the same data, model and
+#      initial weights, train()'s parts, and the estimated time to memorize -> OUT_DIR/bench_train.json
+#   5. (GPU only) MASC fit+predict on the GPU with the CPU beside it: benchmarks/bench_masc.py --device cuda at half
 #      its sizes -> OUT_DIR/bench_masc.json. The dry run leaves it out: its step list is fixed by the CI test, and
 #      tests/test_bench_device.py runs the same command on the CPU.
 # Every step runs under its own time limit within one overall deadline; OUT_DIR/gpu_check.json lists the steps with
@@ -40,19 +43,22 @@ if [ "$DRY" = 1 ]; then
   export OMP_NUM_THREADS=1
   SIZE=(--subset 300 --test-subset 200 --max-epochs 2)
   BENCH=(--n-train 200 --n-test 100 --batch-size 100 --quiet)
-  B_TRAIN=35 B_PROBE=50 B_MASC=25 B_RESNET=35 B_MASC_BENCH=0
+  B_TRAIN=35 B_PROBE=50 B_MASC=25 B_RESNET=35 B_TRAIN_BENCH=40 B_MASC_BENCH=0
+  TRAIN_BENCH=(--n-train 64 --n-test 64 --batch-size 32 --epochs 1 --repeats 1)
 else
   # getconf, not nproc: nproc follows OMP_NUM_THREADS
   DEVICE=cuda THREADS="$(getconf _NPROCESSORS_ONLN)" DEADLINE_S="${DEADLINE_S:-450}"
   SIZE=()
   BENCH=(--n-train 10000 --n-test 2000 --quiet --cpu-reference 1000)
-  B_TRAIN=180 B_PROBE=200 B_MASC=40 B_RESNET=60 B_MASC_BENCH=40
+  B_TRAIN=180 B_PROBE=200 B_MASC=40 B_RESNET=60 B_TRAIN_BENCH=150 B_MASC_BENCH=40
+  TRAIN_BENCH=(--epochs 2 --repeats 2)
 fi
 RP=("$PY" benchmarks/reproduce_paper.py --row mlp-mnist --rates 0.8 --seeds 0 --preset fast --device "$DEVICE"
     --threads "$THREADS" --data-root "$DATA_ROOT" --work-dir "$OUT_DIR/runs" --table "$OUT_DIR/paper_table.json"
     --quiet "${SIZE[@]}")
 if [ -n "${STEP_BUDGET_S:-}" ]; then  # one budget for every step (the tests' dry run: correctness, not speed)
   B_TRAIN=$STEP_BUDGET_S B_PROBE=$STEP_BUDGET_S B_MASC=$STEP_BUDGET_S B_RESNET=$STEP_BUDGET_S
+  B_TRAIN_BENCH=$STEP_BUDGET_S
   [ "$DRY" = 1 ] || B_MASC_BENCH=$STEP_BUDGET_S
 fi
 # The MASC benchmark (tests/test_bench_device.py runs it on the CPU at a smaller --scale).
@@ -96,6 +102,8 @@ step probe "$B_PROBE" "${RP[@]}" --stage probe --out "$OUT_DIR/results.json"
 step masc-check "$B_MASC" "${RP[@]}" --stage masc-check --out "$OUT_DIR/masc_check.json"
 step resnet18-probe "$B_RESNET" "$PY" benchmarks/bench_probe.py --device "$DEVICE" --threads "$THREADS" --no-linear \
   "${BENCH[@]}" --json "$OUT_DIR/bench_probe.json"
+step train-bench "$B_TRAIN_BENCH" "$PY" benchmarks/bench_train.py --workloads resnet18-cifar10 --device "$DEVICE" \
+  --threads "$THREADS" --data-root "$DATA_ROOT" "${TRAIN_BENCH[@]}" --json "$OUT_DIR/bench_train.json"
 [ "$DRY" = 1 ] || step masc-bench "$B_MASC_BENCH" "${MASC_BENCH[@]}"
 
 # Every step must succeed; a training step that ran out of time counts as done when the run was closed after it

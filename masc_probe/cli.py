@@ -205,7 +205,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="optimizer/lr/batch preset: paper (the authors'), fast (Adam 3e-4, batch 128, lr halved at "
                         "loss plateaus), auto = fast on built-in data under the clean protocol, paper otherwise")
     g.add_argument("--max-epochs", type=_positive_int, default=None, help="stop after this many epochs (500)")
-    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no")
+    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no",
+                   help="bf16 or fp16 autocast (faster on a GPU; changes the numbers, so recorded; default no)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (faster on a GPU after a compile; changes the numbers, recorded)")
+    g.add_argument("--eval-every", type=_positive_int, default=None, metavar="K",
+                   help="test accuracy, and training accuracy on both label sets, after every K-th epoch and the "
+                        "last (default 5); the stop rule checks every epoch either way")
     # The CLI keeps only the final checkpoint by default: `masc-probe` on digits stays under 60 MB, where the
     # dense schedule kept 20 copies of the 21 MB network. Training dynamics need dense or all at training time.
     g.add_argument("--keep-checkpoints", choices=CHECKPOINT_POLICIES, default="final",
@@ -351,7 +357,8 @@ def _training(ns: argparse.Namespace) -> dict[str, Any]:
             "preset": ns.preset, "max_epochs": ns.max_epochs, "batch_size": ns.batch_size,
             "mixed_precision": ns.mixed_precision, "device": ns.device, "revision": ns.revision,
             "output_dir": ns.output_dir, "progress": not ns.quiet, "protocol": ns.protocol,
-            "keep_checkpoints": ns.keep_checkpoints, "record_margins": ns.record_margins, **_data(ns)}
+            "keep_checkpoints": ns.keep_checkpoints, "record_margins": ns.record_margins,
+            "eval_every": ns.eval_every, "compile": ns.compile, **_data(ns)}
 
 
 def cmd_run(ns: argparse.Namespace) -> int:

@@ -67,7 +67,7 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory, shared_mnist: Path, proces
 def test_dry_run_steps_all_pass(dry_run: Path) -> None:
     summary = json.loads((dry_run / "gpu_check.json").read_text())
     assert summary["ok"] is True and summary["dry_run"] is True and summary["device"] == "cpu"
-    assert [s["name"] for s in summary["steps"]] == ["train", "probe", "masc-check", "resnet18-probe"]
+    assert [s["name"] for s in summary["steps"]] == ["train", "probe", "masc-check", "resnet18-probe", "train-bench"]
     assert all(s["rc"] == 0 and not s["timed_out"] for s in summary["steps"])
 
 

@@ -124,6 +124,8 @@ def train(
         raise InputError("expected re-iterable training data (a DataLoader or list), got a one-shot iterator")
     eval_bs = max(world, min(config.eval_batch_size, n_train or config.eval_batch_size) // world * world)
     eval_train = make_loader(train_data, batch_size=eval_bs, strict=False)[0]
+    # The stop rule's pass mostly ends after its first batch or few: smaller batches let it end sooner.
+    stop_train = make_loader(train_data, batch_size=max(world, eval_bs // 4 // world * world), strict=False)[0]
     eval_test = make_loader(test_data, batch_size=eval_bs, strict=False)[0] if test_data is not None else None
     first = split_batch(next(iter(loader)))
     shape = [int(s) for s in first.x.shape[1:]]
@@ -139,13 +141,14 @@ def train(
     if fmt is not None:
         model = model.to(memory_format=fmt)
     optimizer = make_optimizer(model.parameters(), config.optimizer, lr=config.lr, momentum=config.momentum)
-    loaders = [x for x in (loader, eval_train, eval_test) if isinstance(x, DataLoader)]
+    loaders = [x for x in (loader, eval_train, stop_train, eval_test) if isinstance(x, DataLoader)]
     if accelerator.device.type == "cuda":
         for x in loaders:  # batches pinned by the loader, copied without blocking (Accelerate's non_blocking)
             x.pin_memory = True
     model, optimizer, *prepared = accelerator.prepare(model, optimizer, *loaders)
     swap = dict(zip(map(id, loaders), prepared))
-    loader, eval_train, eval_test = (swap.get(id(x), x) for x in (loader, eval_train, eval_test))
+    loader, eval_train, stop_train, eval_test = (swap.get(id(x), x) for x in (loader, eval_train, stop_train,
+                                                                            eval_test))
     # The forward passes run through torch.compile with config.compile; the module itself is what is saved.
     forward = torch.compile(model) if config.compile else model
     gather = accelerator.gather_for_metrics if world > 1 else None  # one process: nothing to gather, every step
@@ -208,7 +211,7 @@ def train(
             tally = scan(forward, eval_train, margins=record, total=n_train, **passes)
         else:
             stop, other = config.accuracy_thresholds(history, loss)
-            tally = stop_pass(forward, eval_train, total=n_train, stop=stop, other=other, **passes)
+            tally = stop_pass(forward, stop_train, total=n_train, stop=stop, other=other, **passes)
         if record:
             margin_rows.append((epoch, *_margin_row(record)))
             if main:  # written before the resume state: a rerun cuts it back to the history it resumes
