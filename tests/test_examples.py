@@ -24,7 +24,7 @@ from masc_probe import corrupt_labels
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "hf_examples_token"
 PUSHED = {"README.md", "config.json", "model.safetensors", "metrics.jsonl", "masc/report.json", "masc/report.md",
-          "masc/accuracy_by_layer.png"}
+          "masc/accuracy_by_layer.png", "masc/report.html"}
 
 
 def _script(relative: str) -> ModuleType:

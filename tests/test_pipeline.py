@@ -48,9 +48,9 @@ def _result(report: ProbeReport, layer: str, probe: str, labels: str, epoch: int
 def test_run_writes_the_run_folder_and_report_files(run: Any) -> None:
     folder = run.output_dir
     for name in ("model.safetensors", "config.json", "metrics.jsonl", "report.json", "report.md",
-                 "accuracy_by_layer.png", "README.md"):
+                 "accuracy_by_layer.png", "report.html", "README.md"):
         assert (folder / name).is_file(), name
-    assert set(run.files) == {"report.json", "report.md", "accuracy_by_layer.png", "README.md"}
+    assert set(run.files) == {"report.json", "report.md", "accuracy_by_layer.png", "report.html", "README.md"}
     assert json.loads((folder / "report.json").read_text()) == run.report.to_dict()
     assert (folder / "report.md").read_text() == run.report.to_markdown()
     assert (folder / "accuracy_by_layer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
