@@ -5,8 +5,10 @@ the training labels, train the network until it memorizes them (the preset's sto
 probe it. The probe stage runs ONE ProbeRunner per network with the probes masc, ncm, lda, qda, knn and linear,
 fitted once on the corrupted and once on the true labels and scored on the clean test set; per probe and label set
 it keeps the best layer with and without the raw input in the layer set. Controls in every cell: the same probes on
-a randomly initialized network of the same architecture (exactly the trained run's initial weights) and on the raw
-input. Reports are cached in the run folder (``report.json``, ``report-init.json``), so a rerun does not re-probe.
+the package's init control (``masc_probe.pipeline._run.init_control``: the run's own epoch-0 weights, rebuilt from the
+seed and SHA-256 its config records and verified; for runs trained before that record, the copy the package
+re-initializes from the run's seed, which for the paper's models is the same set_seed + constructor, so the same
+weights) and on the raw input. Reports are cached in the run folder (``report.json``, ``report-init.json``), so a rerun does not re-probe.
 
 Rows (``--row``; data from ../shared/data/{mnist,fashion_mnist,cifar10}): mlp-mnist, cnn-mnist, cnn-fmnist,
 mlp-cifar10, cnn-cifar10, resnet18-cifar10. Other data: ``--model cnn --dataset path/or/spec``. Named sets:
@@ -376,16 +378,12 @@ def train_config(args: argparse.Namespace, job: Job, num_classes: int, preproces
 
 
 def initial_model(model: str, seed: int, num_classes: int, input_size: list[int]) -> Any:
-    """The network a run starts from: set_seed(seed) then load_model, as train() does right before it builds a
-    model from its spec. It is the random-init control (exactly the run's epoch-0 network) and what training is
-    handed, so both loader paths start from the same weights.
-    """
-    from accelerate.utils import set_seed
+    """The network a run starts from, what training is handed (so both loader paths start from the same weights):
+    the package's ``masc_probe.training._init.initial_model`` (set_seed(seed), then load_model, as the pipeline and
+    train() build a model from its spec; what a run's recorded init rebuilds)."""
+    from masc_probe.training._init import initial_model as package_initial_model
 
-    from masc_probe import load_model
-
-    set_seed(seed)
-    return load_model(model, num_classes=num_classes, input_size=input_size if len(input_size) == 3 else None)
+    return package_initial_model(model, seed=seed, num_classes=num_classes, input_size=input_size)
 
 
 def finished(path: Path) -> bool:
@@ -418,7 +416,8 @@ def probe(net: Any, layers: list[str], train: Any, test: Any, *, args: argparse.
 
     runner = ProbeRunner(net, layers=layers, probes=tuple(args.probes), labels="both", n_components=args.n_components,
                          device=args.device, progress=not args.quiet, train_accuracy=False, seed=job.seed,
-                         probe_kwargs=probe_kwargs(args), **PROTOCOLS[args.protocol]["runner"])  # fmt: skip
+                         probe_kwargs=probe_kwargs(args), **PROTOCOLS[args.protocol]["runner"],
+                         controls=())  # fmt: skip  (the controls are probed on their own, into report-init.json)
     runner.fit(train, num_classes=num_classes)
     report = runner.evaluate(test, model_name=job.model, dataset=job.dataset, corruption=extra.pop("corruption"),
                              extra={**extra, "failed": runner.failed_})
@@ -550,7 +549,9 @@ def run_one(args: argparse.Namespace, job: Job, test_batches: Any, n_test: int,
         if control is None:
             # Published without the control first: a time limit that stops the control leaves the trained numbers.
             publish({**result, "seconds_total": round(time.perf_counter() - t0, 1)})
-            fresh = initial_model(job.model, job.seed, num_classes, input_size)
+            from masc_probe.pipeline._run import init_control
+
+            fresh = init_control(path, net, seed=job.seed).model  # the package's init control of this run
             control = probe(fresh, hidden, source, test_batches, args=args, job=job, num_classes=num_classes,
                             extra={"corruption": corruption if job.rate else None, "protocol": args.protocol,
                                    "probing": init_probing})
@@ -578,7 +579,7 @@ def masc_check(args: argparse.Namespace, job: Job, test_data: Any) -> dict[str, 
                             seed=corruption_seed(args, job), mode=corruption_mode(args))
     net = load_model(path)
     layers = [layer for layer in probe_layers(net) if layer != "input"]
-    runner = ProbeRunner(net, layers=layers, probes=("masc",), device=args.device, progress=False)
+    runner = ProbeRunner(net, layers=layers, probes=("masc",), device=args.device, progress=False, controls=())
 
     def rows(data: Any) -> tuple[dict[str, torch.Tensor], np.ndarray, np.ndarray]:
         feats: dict[str, list[torch.Tensor]] = {layer: [] for layer in layers}

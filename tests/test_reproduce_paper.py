@@ -200,6 +200,13 @@ def test_random_init_control_is_the_runs_epoch_zero(tmp_path: Path, model: str) 
     assert all(torch.equal(epoch0[k], control[k]) for k in epoch0)
     other = rp.initial_model(model, 4, 10, [1, 28, 28]).state_dict()
     assert not all(torch.equal(epoch0[k], other[k]) for k in epoch0)
+    # What the script probes as the control is the package's init control: the run's recorded epoch 0, verified.
+    from masc_probe import load_model
+    from masc_probe.pipeline._run import init_control
+
+    init = init_control(tmp_path / "spec", load_model(tmp_path / "spec"), seed=3)
+    assert init.source == "run epoch 0" and init.seed == 3
+    assert all(torch.equal(epoch0[k], init.model.state_dict()[k]) for k in epoch0)
 
     train(rp.initial_model(model, 3, 10, [1, 28, 28]), _batches(), config=config("module"))
     final_spec = load_file(tmp_path / "spec" / "model.safetensors")

@@ -409,18 +409,15 @@ def _control_names(controls: Sequence[str] | str | None) -> tuple[str, ...]:
     return check_names(controls)
 
 
-def run_controls(names: Sequence[str], source: str | os.PathLike[str] | None, net: Any, *, seed: int,
-                 revision: str | None = None) -> Any:
-    """ProbeRunner's ``controls=`` for a trained network from *source* (a run or checkpoint folder, an ``hf-hub:``
-    memorizer, or None for a model spec).
+def init_control(source: str | os.PathLike[str], net: Any, *, seed: int, revision: str | None = None) -> Any:
+    """The init control of a trained network *net* from *source* (a run or checkpoint folder, an ``hf-hub:``
+    memorizer): a :class:`~masc_probe.runner.ControlModel`.
 
-    ``"init"`` becomes the run's own epoch-0 network when its config recorded one that rebuilds with the recorded
-    SHA-256 (``masc_probe.training._init``); when the record does not verify here, a re-initialized copy from the
-    run's seed whose ``note`` says why; with no record, the runner's own re-initialized copy (from *seed*).
+    It is the run's own epoch-0 network when its config recorded one that rebuilds with the recorded SHA-256
+    (``masc_probe.training._init``); when the record does not verify here, a re-initialized copy from *seed* whose
+    ``note`` says why; with no record (a run from before it), a re-initialized copy from *seed* — for the paper's
+    models, built from the run's seed, the same weights as its epoch 0, though not verified.
     """
-    names = tuple(names)
-    if "init" not in names or source is None:
-        return names
     from masc_probe.runner._controls import ControlModel, reinitialized
     from masc_probe.training._init import run_initial_model
 
@@ -428,14 +425,22 @@ def run_controls(names: Sequence[str], source: str | os.PathLike[str] | None, ne
         found = run_initial_model(source, revision=revision)
     except InputError as exc:
         logger.warning("%s", exc)
-        init = ControlModel(reinitialized(net, seed=seed), source="re-initialized copy", seed=seed,
+        return ControlModel(reinitialized(net, seed=seed), source="re-initialized copy", seed=seed,
                             note=f"not the run's own epoch 0: {exc}")
-    else:
-        if found is None:
-            return names
-        model0, record = found
-        init = ControlModel(model0, source="run epoch 0", seed=int(record["seed"]),
-                            init_sha256=str(record["init_sha256"]))
+    if found is None:
+        return ControlModel(reinitialized(net, seed=seed), source="re-initialized copy", seed=seed)
+    model0, record = found
+    return ControlModel(model0, source="run epoch 0", seed=int(record["seed"]), init_sha256=str(record["init_sha256"]))
+
+
+def run_controls(names: Sequence[str], source: str | os.PathLike[str] | None, net: Any, *, seed: int,
+                 revision: str | None = None) -> Any:
+    """ProbeRunner's ``controls=`` for a trained network from *source* (None for a model spec, whose ``"init"`` the
+    runner re-initializes itself): ``"init"`` becomes :func:`init_control`."""
+    names = tuple(names)
+    if "init" not in names or source is None:
+        return names
+    init = init_control(source, net, seed=seed, revision=revision)
     return {name: init if name == "init" else None for name in names}
 
 
