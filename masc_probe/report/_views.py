@@ -206,7 +206,9 @@ def plot_layers(report: ProbeReport, path: Path | None, *, epoch: int | None = N
     if not layers:
         raise InputError("plot needs at least one result, got an empty report")
     own = ax is None
-    fig, ax = _figure(max(6.0, 0.55 * len(layers) + 3.0), ax)
+    # With controls the legend has more entries than fit over the curves: it goes to the right of a wider figure.
+    outside = own and bool(report.controls)
+    fig, ax = _figure(max(6.0, 0.55 * len(layers) + 3.0) + (2.6 if outside else 0.0), ax)
     xs = list(range(len(layers)))
     cell = {(r["layer"], r["probe"], r["labels"]): r for r in rows}
     colors = _probe_colors(report)
@@ -264,7 +266,10 @@ def plot_layers(report: ProbeReport, path: Path | None, *, epoch: int | None = N
     if report.corruption and report.corruption.get("rate") is not None:
         title += f" · corruption {report.corruption['rate']}"
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="best")
+    if outside:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        ax.legend(fontsize=8, loc="best")
     return _finish(fig, path, own=own)
 
 
