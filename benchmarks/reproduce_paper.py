@@ -431,7 +431,7 @@ def cached_report(path: Path, probing: dict[str, Any]) -> Any:
 
     if not path.is_file():
         return None
-    report = ProbeReport.from_json(path)
+    report = ProbeReport.from_json_file(path)
     return report if report.extra.get("probing") == probing else None
 
 

@@ -181,7 +181,7 @@ def probe_row(args: argparse.Namespace, row: str, train_data: Any, test_data: An
         for reducer in REDUCERS:
             cache = path / f"report-{network}-{reducer}.json"
             if cache.is_file():
-                report = ProbeReport.from_json(cache)
+                report = ProbeReport.from_json_file(cache)
             else:
                 t0 = time.perf_counter()
                 names = (["input"] if network == "trained" and reducer == "flatten" else []) + layers

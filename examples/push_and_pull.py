@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in sorted(p for p in out.rglob("*") if p.is_file()):
             print(f"  {path.relative_to(out)}  ({path.stat().st_size:,} bytes)")
         # "Pull" from the written folder: the same calls a user makes on a pushed repo, minus the download.
-        report = ProbeReport.from_json(out / "masc" / "report.json")
+        report = ProbeReport.from_json_file(out / "masc" / "report.json")
         pulled = load_model(out)
     else:
         print(f"pushing {run_dir} to {repo_id} on {constants.ENDPOINT}")

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from masc_probe.data import load_data
     from masc_probe.layers import list_layers
     from masc_probe.models import load_model
+    from masc_probe.pipeline import find_label_issues
     from masc_probe.probes import PROBES, LinearProbe, MinimumAngleSubspaceClassifier, NearestClassMean, VeLPIC
     from masc_probe.report import ProbeReport
     from masc_probe.runner import ProbeRunner

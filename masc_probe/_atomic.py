@@ -6,11 +6,13 @@ crosses file systems), flushed to disk, given the mode an ordinary ``open(path, 
 less the umask; never the ``0600`` of ``mkstemp`` or of writers that use it) and renamed over the target with
 ``os.replace``. Several files, or a whole folder, are drawn in a staging folder first and published from there.
 
->>> write_text(Path(tmp) / "report.md", "# report")           # doctest: +SKIP
->>> with staging(run_dir) as tmp:                             # doctest: +SKIP
-...     draw_everything(tmp)
-...     for name in names:
-...         publish(tmp / name, run_dir / name)
+Example::
+
+    write_text(Path(tmp) / "report.md", "# report")
+    with staging(run_dir) as tmp:
+        draw_everything(tmp)
+        for name in names:
+            publish(tmp / name, run_dir / name)
 """
 
 from __future__ import annotations

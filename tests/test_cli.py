@@ -52,7 +52,7 @@ def run_dir(first_run: tuple[Path, int, str, str]) -> Path:
 def test_run_prints_the_layer_table_and_where_the_files_are(first_run: tuple[Path, int, str, str]) -> None:
     folder, code, out, err = first_run
     assert code == 0 and err == ""
-    report = ProbeReport.from_json(folder / "report.json")
+    report = ProbeReport.from_json_file(folder / "report.json")
     assert f"Model's own test accuracy: {report.model_test_accuracy:.3f}" in out
     best = report.best_layer("masc", "true")
     assert f"| `{best['layer']}` |" in out and f"**{best['test_accuracy']:.3f}** ★" in out
@@ -80,7 +80,7 @@ def test_train_then_probe_then_dry_run_push(capsys: pytest.CaptureFixture[str], 
 
     code, out, _ = _main(capsys, "probe", folder, "--layers", "fc1", "--probes", "ncm", "--labels", "true")
     assert code == 0
-    report = ProbeReport.from_json(folder / "report.json")  # its own data: the report lands in the run folder
+    report = ProbeReport.from_json_file(folder / "report.json")  # its own data: the report lands in the run folder
     assert report.series == [("ncm", "true")] and report.corruption["seed"] == 3
     realized = split_arrays("train", corrupt=0.8, seed=3)
     assert report.corruption["realized_rate"] == pytest.approx((realized["label"] != realized["true_label"]).mean())
@@ -98,10 +98,10 @@ def test_train_then_probe_then_dry_run_push(capsys: pytest.CaptureFixture[str], 
 def test_probe_all_checkpoints(capsys: pytest.CaptureFixture[str], run_dir: Path) -> None:
     code, out, _ = _main(capsys, "probe", run_dir, "--all-checkpoints", "--layers", "input", "--probes", "ncm")
     assert code == 0
-    report = ProbeReport.from_json(run_dir / "dynamics" / "report.json")
+    report = ProbeReport.from_json_file(run_dir / "dynamics" / "report.json")
     assert report.epochs == sorted(int(p.name[6:]) for p in (run_dir / "checkpoints").iterdir()) == [0, 1]
     assert (run_dir / "dynamics" / "accuracy_over_epochs.png").is_file()
-    assert ProbeReport.from_json(run_dir / "report.json").epochs == []  # the run's own report is left alone
+    assert ProbeReport.from_json_file(run_dir / "report.json").epochs == []  # the run's own report is left alone
 
 
 def test_layers_lists_every_layer_and_marks_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
@@ -154,8 +154,8 @@ def test_run_push_to_hub_then_probe_the_published_model(capsys: pytest.CaptureFi
         code, out, _ = _main(capsys, "probe", "hf-hub:me/mlp", "--layers", "input", "--probes", "ncm",
                              "--output-dir", tmp_path / "pulled")
         assert code == 0
-    pulled = ProbeReport.from_json(tmp_path / "pulled" / "report.json")
-    original = ProbeReport.from_json(folder / "report.json")
+    pulled = ProbeReport.from_json_file(tmp_path / "pulled" / "report.json")
+    original = ProbeReport.from_json_file(folder / "report.json")
     assert pulled.dataset == "digits" and pulled.corruption == original.corruption  # taken from the hub config
     assert pulled.model_test_accuracy == original.model_test_accuracy
     assert pulled.results[0]["test_accuracy"] == original.results[0]["test_accuracy"]
@@ -237,7 +237,7 @@ def test_relabel_writes_the_suggested_labels(capsys: pytest.CaptureFixture[str],
 def test_embedded_default_shows_latent_generalization(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = _main(capsys, "--output-dir", tmp_path / "demo")
     assert code == 0
-    report = ProbeReport.from_json(tmp_path / "demo" / "report.json")
+    report = ProbeReport.from_json_file(tmp_path / "demo" / "report.json")
     assert report.best_layer("masc", "true")["test_accuracy"] > report.model_test_accuracy + 0.3
 
 
@@ -265,7 +265,7 @@ def test_cnn_on_a_local_mnist_idx_folder(capsys: pytest.CaptureFixture[str], tmp
     code, out, err = _main(capsys, "--model", "cnn", "--dataset", folder, "--corrupt", "0.8", "--max-epochs", "1",
                            "--layers", "flatten,fc3", "--probes", "ncm", "--output-dir", tmp_path / "cnn")
     assert code == 0, err
-    report = ProbeReport.from_json(tmp_path / "cnn" / "report.json")
+    report = ProbeReport.from_json_file(tmp_path / "cnn" / "report.json")
     assert report.n_test == 100 and report.corruption["rate"] == 0.8 and report.layers == ["flatten", "fc3"]
     saved = json.loads((tmp_path / "cnn" / "config.json").read_text())["masc_probe"]
     assert saved["input_size"] == [1, 28, 28] and saved["training"]["lr"] == 2e-4  # the paper's CNN preset

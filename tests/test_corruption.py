@@ -9,7 +9,7 @@ import pytest
 import torch
 from scipy import stats
 
-from masc_probe.corruption import CIFAR10_ASYMMETRIC, MODES, corrupt_labels, corruption_summary
+from masc_probe.data.corruption import CIFAR10_ASYMMETRIC, MODES, corrupt_labels, corruption_summary
 from masc_probe.errors import InputError, UnknownNameError
 
 K, N, P = 10, 50_000, 0.8

@@ -22,7 +22,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from masc_probe.data import _sources as _data_sources
-from masc_probe.corruption import corrupt_labels
+from masc_probe.data.corruption import corrupt_labels
 from masc_probe.data import describe_data, load_data
 from masc_probe.errors import DataUnavailableError, InputError, UnknownNameError
 

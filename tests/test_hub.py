@@ -132,7 +132,7 @@ def test_push_then_pull_gives_the_same_model_and_report(hub: FakeHub, cnn_run: P
     x = _inputs()
     with torch.no_grad():
         assert torch.equal(pulled(x), original(x))
-    assert mhub.load_report("me/cnn-digits") == ProbeReport.from_json(cnn_run / "report.json")
+    assert mhub.load_report("me/cnn-digits") == ProbeReport.from_json_file(cnn_run / "report.json")
     # The weights came back the LFS way: a 302 off the Hub, then storage, which never saw the token.
     weights_sha = _sha256(cnn_run / "model.safetensors")
     assert {h.status for h in hub.hits("resolve") if h.path.endswith("/model.safetensors")} == {302}
@@ -155,7 +155,7 @@ def test_second_push_is_one_more_commit_and_drops_stale_report_files(hub: FakeHu
     files = hub.files("me/r")
     assert "masc/old_plot.png" not in files
     assert files["model.safetensors"] == (other / "model.safetensors").read_bytes()
-    assert mhub.load_report("me/r") == ProbeReport.from_json(other / "report.json")
+    assert mhub.load_report("me/r") == ProbeReport.from_json_file(other / "report.json")
 
 
 def test_failed_commit_leaves_the_run_untouched_and_a_retry_succeeds(hub: FakeHub, cnn_run: Path) -> None:
@@ -203,7 +203,7 @@ def test_branch_and_pull_request_leave_main_alone(hub: FakeHub, cnn_run: Path, t
     other = _make_run(tmp_path / "run2", "cnn", seed=2)
     mhub.push_run(other, "me/b", revision="p0.8-seed2")
     assert hub.files("me/b") == main_before
-    assert mhub.load_report("me/b", revision="p0.8-seed2") == ProbeReport.from_json(other / "report.json")
+    assert mhub.load_report("me/b", revision="p0.8-seed2") == ProbeReport.from_json_file(other / "report.json")
     pr = mhub.push_run(other, "me/b", create_pr=True)
     assert pr.endswith("/me/b/discussions/1")
     assert hub.files("me/b", "refs/pr/1")["model.safetensors"] == (other / "model.safetensors").read_bytes()
@@ -361,7 +361,7 @@ def test_card_carries_model_index_that_huggingface_hub_parses(hub: FakeHub, cnn_
                     "masc-probe --model cnn --dataset digits --corrupt 0.8 --seed 3",
                     'load_model("hf-hub:me/card")'):
         assert section in text, section
-    assert ProbeReport.from_json(cnn_run / "report.json").to_markdown().split("\n", 1)[1].strip() in text
+    assert ProbeReport.from_json_file(cnn_run / "report.json").to_markdown().split("\n", 1)[1].strip() in text
     assert str(mhub.build_card(cnn_run, repo_id="me/card")) == str(card)
 
 
@@ -442,7 +442,7 @@ def test_offline_prefilled_cache_loads_the_pushed_model(cnn_run: Path, tmp_path:
     x = _inputs()
     with torch.no_grad():
         assert torch.equal(model(x), load_model(cnn_run)(x))
-    assert report == ProbeReport.from_json(cnn_run / "report.json")
+    assert report == ProbeReport.from_json_file(cnn_run / "report.json")
     with patched_hub(None, str(tmp_path / "empty-cache"), offline=True), pytest.raises(HubError) as err:
         load_model("hf-hub:me/offline")
     assert "\n" not in str(err.value)

@@ -159,7 +159,7 @@ def test_probe_run_folder_uses_its_own_data_and_writes_into_it(run: Any, tmp_pat
     shutil.copytree(run.output_dir, copy, ignore=shutil.ignore_patterns("resume", "checkpoints"))
     result = probe_source(copy, layers=["input"], probes=("ncm",), progress=False)
     assert result.output_dir == copy
-    assert ProbeReport.from_json(copy / "report.json") == result.report
+    assert ProbeReport.from_json_file(copy / "report.json") == result.report
     assert result.report.corruption == run.report.corruption
     assert _result(result.report, "input", "ncm", "true")["test_accuracy"] == \
         _result(run.report, "input", "ncm", "true")["test_accuracy"]

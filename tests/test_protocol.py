@@ -212,7 +212,7 @@ def test_runs_saved_before_the_new_fields_resume(tmp_path: Path) -> None:
 
 def test_relabel_run_fits_on_the_whole_training_set_under_the_authors_protocol(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
-    import masc_probe.relabel as relabel_module
+    import masc_probe.pipeline.relabel as relabel_module
     from masc_probe.pipeline import relabel_run, train_model
 
     folder = tmp_path / "run"

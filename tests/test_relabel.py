@@ -1,4 +1,4 @@
-"""Tests of masc_probe.relabel and masc_probe.editing: on a real memorized run (300 digits, p=0.8), and on data
+"""Tests of masc_probe.pipeline.relabel and .editing: on a real memorized run (300 digits, p=0.8), and on data
 whose classes lie in separate subspaces, where the suggestions must repair every corrupted label."""
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ import pytest
 import torch
 from torch import nn
 
-from _training_helpers import memorized_run
-from masc_probe.editing import edit_with_velpic, final_linear
+from _training_helpers import MemorizedRun
 from masc_probe.errors import InputError, UnknownNameError
 from masc_probe.models import load_model
 from masc_probe.probes import MinimumAngleSubspaceClassifier
-from masc_probe.relabel import probe_checkpoints, relabel
+from masc_probe.pipeline.editing import edit_with_velpic, final_linear
+from masc_probe.pipeline.relabel import probe_checkpoints, relabel
 
 
 def _head_inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -44,10 +44,10 @@ def _velpic_reference(features: np.ndarray, labels: np.ndarray, k: int) -> np.nd
     return np.stack(vectors)
 
 
-def test_velpic_editing_makes_the_model_predict_as_velpic() -> None:
+def test_velpic_editing_makes_the_model_predict_as_velpic(memorizer: MemorizedRun) -> None:
     from masc_probe.probes import VeLPIC
 
-    run = memorized_run()
+    run = memorizer
     model = load_model(run.run_dir)
     train_x, test_x = run.train.x, run.test.x
     given = run.train.label.numpy()
@@ -70,9 +70,9 @@ def test_velpic_editing_makes_the_model_predict_as_velpic() -> None:
     assert (pred[clear] == scores.argmax(1)[clear]).all()
 
 
-def test_velpic_editing_errors() -> None:
+def test_velpic_editing_errors(memorizer: MemorizedRun) -> None:
     model = load_model("mlp", num_classes=10, in_chans=1, input_size=8)
-    run = memorized_run()
+    run = memorizer
     with pytest.raises(UnknownNameError, match="head"):
         edit_with_velpic(model, run.train, layer="haed")
     with pytest.raises(InputError, match="nn.Linear"):
@@ -82,8 +82,9 @@ def test_velpic_editing_errors() -> None:
         edit_with_velpic(model, few)
 
 
-def test_velpic_editing_of_a_model_without_parameters_runs_on_its_buffers_device() -> None:
-    run = memorized_run()
+def test_velpic_editing_of_a_model_without_parameters_runs_on_its_buffers_device(
+        memorizer: MemorizedRun) -> None:
+    run = memorizer
     model = load_model(run.run_dir)
     for module in list(model.modules()):  # every weight a buffer: a frozen export, say; parameters() is empty
         for name, param in list(module.named_parameters(recurse=False)):
@@ -98,8 +99,8 @@ def test_velpic_editing_of_a_model_without_parameters_runs_on_its_buffers_device
     torch.testing.assert_close(model.head.weight, torch.as_tensor(expected))
 
 
-def test_relabel_shares_match_the_known_corruption(tmp_path: Path) -> None:
-    run = memorized_run()
+def test_relabel_shares_match_the_known_corruption(tmp_path: Path, memorizer: MemorizedRun) -> None:
+    run = memorizer
     result = relabel(run.run_dir, run.train, run.test, seed=0, output_dir=tmp_path, progress=False)
     rows = list(csv.DictReader((tmp_path / "relabel.csv").open()))
     assert list(rows[0]) == ["index", "given_label", "suggested_label", "margin"]
@@ -137,8 +138,8 @@ def test_relabel_shares_match_the_known_corruption(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "config.json").read_text())["masc_probe"]["relabel"]["layer"] == result.layer
 
 
-def test_probe_checkpoints_gives_an_epoch_axis(tmp_path: Path) -> None:
-    run = memorized_run()
+def test_probe_checkpoints_gives_an_epoch_axis(tmp_path: Path, memorizer: MemorizedRun) -> None:
+    run = memorizer
     last = run.result.epochs
     loader = torch.utils.data.DataLoader
     train, test = loader(run.train, batch_size=150), loader(run.test, batch_size=150)

@@ -6,7 +6,6 @@ import json
 import math
 import struct
 import sys
-import warnings
 import zlib
 from pathlib import Path
 
@@ -131,18 +130,6 @@ def test_from_json_file_and_string_never_guess(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{oops")
     with pytest.raises(InputError, match="parse error"):
         ProbeReport.from_json_file(tmp_path / "bad.json")
-
-
-def test_from_json_still_reads_both_but_warns_when_it_guesses(tmp_path: Path) -> None:
-    rep = _report()
-    path = tmp_path / "report.json"
-    text = rep.to_json(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert ProbeReport.from_json(path) == rep  # a Path is unambiguous: no warning
-    for source in (text, str(path)):
-        with pytest.warns(DeprecationWarning, match="from_json_string"):
-            assert ProbeReport.from_json(source) == rep
 
 
 def test_an_older_reports_top_level_threshold_is_read_under_its_new_name() -> None:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from _training_helpers import RATE, memorized_run, tuple_data
+from _training_helpers import RATE, MemorizedRun, tuple_data
 from masc_probe.errors import InputError, UnknownNameError
 from masc_probe.models import load_model
 from masc_probe.training import TrainConfig, paper_normalization, preset_config, train
@@ -30,8 +30,8 @@ def _accuracies(model: torch.nn.Module, data: object) -> tuple[float, float]:
     return float((pred == data.label).double().mean()), float((pred == data.true_label).double().mean())
 
 
-def test_fast_preset_memorizes_corrupted_digits() -> None:
-    run = memorized_run()
+def test_fast_preset_memorizes_corrupted_digits(memorizer: MemorizedRun) -> None:
+    run = memorizer
     history = run.result.history
     assert run.result.stopped == "target"
     assert history[-1]["train_accuracy_corrupted"] >= 1.0
@@ -56,8 +56,8 @@ def test_helper_digits_are_sklearns() -> None:
     assert np.array_equal(mine[0], x) and np.array_equal(mine[1], y)
 
 
-def test_run_folder_holds_metrics_checkpoints_and_provenance() -> None:
-    run = memorized_run()
+def test_run_folder_holds_metrics_checkpoints_and_provenance(memorizer: MemorizedRun) -> None:
+    run = memorizer
     rows = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows == run.result.history
     assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))

@@ -154,7 +154,7 @@ def test_pushed_vit_is_pulled_and_probed_by_layer_name_through_the_cli(
     code = main(["probe", "hf-hub:me/tiny-vit", "--dataset", "digits", "--layers", "vit.layers.0,vit.layers.1",
                  "--reducer", "cls", "--probes", "masc,ncm", "--output-dir", str(out), "--quiet", "--controls", "none"])
     assert code == 0, capsys.readouterr().err
-    report = ProbeReport.from_json(out / "report.json")
+    report = ProbeReport.from_json_file(out / "report.json")
     assert {r["layer"] for r in report.results} == {"vit.layers.0", "vit.layers.1"}
     assert report.to_dict()["reducer"] == {"vit.layers.0": "cls", "vit.layers.1": "cls"}
     # The model's own accuracy, by hand: the same test split through the model, argmax of its logits.
@@ -230,7 +230,7 @@ def test_cli_run_names_the_architecture_not_its_folder(tmp_path: Path, capsys: p
     code = main(["--model", str(tmp_path / "arch"), "--dataset", "digits", "--max-epochs", "1", "--probes", "ncm",
                  "--reducer", "auto", "--output-dir", str(tmp_path / "run"), "--quiet"])
     assert code == 0, capsys.readouterr().err
-    report = ProbeReport.from_json(tmp_path / "run" / "report.json")
+    report = ProbeReport.from_json_file(tmp_path / "run" / "report.json")
     assert report.model == "transformers/ViTForImageClassification"
     assert report.to_dict()["reducer"] == {"input": "flatten", "vit.layers.0": "cls", "vit.layers.1": "cls"}
     assert read_config(tmp_path / "run")["model"] == "transformers/ViTForImageClassification"

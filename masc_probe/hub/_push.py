@@ -10,8 +10,10 @@ Loading a published model is :func:`masc_probe.models.load_model` with an ``"hf-
 The token comes from the usual ``huggingface_hub`` sources (``token=``, ``HF_TOKEN``, ``hf auth login``); this
 module never logs or prints it, and scrubs it from any message it raises.
 
->>> url = push_run("runs/mlp-digits", "me/mlp-digits-p0.8")            # doctest: +SKIP
->>> load_report("me/mlp-digits-p0.8").best_layer("masc", "true")        # doctest: +SKIP
+Example::
+
+    url = push_run("runs/mlp-digits", "me/mlp-digits-p0.8")
+    load_report("me/mlp-digits-p0.8").best_layer("masc", "true")
 """
 
 from __future__ import annotations

@@ -6,9 +6,11 @@ error of the Hub becomes a one-line HubError that names the repo, the revision a
 how (HTTP status and the Hub's own message), and never carries a token (:func:`scrub`). Errors that are not the
 Hub's (a bug, a KeyboardInterrupt, this package's own InputError) pass through unchanged.
 
->>> with hub_errors("me/run", revision=None, token=None, what="download", filename="masc/report.json"):
-...     path = hf_hub_download("me/run", "masc/report.json")                       # doctest: +SKIP
->>> commit_files("me/run", {"masc/x.json": b"{}"}, replace_under="masc/", title="x")   # doctest: +SKIP
+Example::
+
+    with hub_errors("me/run", revision=None, token=None, what="download", filename="masc/report.json"):
+        path = hf_hub_download("me/run", "masc/report.json")
+    commit_files("me/run", {"masc/x.json": b"{}"}, replace_under="masc/", title="x")
 """
 
 from __future__ import annotations

@@ -4,9 +4,11 @@ Each function here is what one ``masc-probe`` subcommand calls; the CLI only tur
 Everything a user can get wrong (names, ranges, data that cannot be read, layer names) is checked before the first
 file is written, so a failed call leaves no half-made run folder behind. Report files are written atomically.
 
->>> result = run_experiment(model="mlp", dataset="digits", corrupt=0.8)        # doctest: +SKIP
->>> result.report.best_layer("masc", "true")["test_accuracy"]                    # doctest: +SKIP
-0.98...
+Example::
+
+    result = run_experiment(model="mlp", dataset="digits", corrupt=0.8)
+    result.report.best_layer("masc", "true")["test_accuracy"]
+    # 0.98...
 """
 
 from __future__ import annotations
@@ -474,7 +476,7 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
     Raises:
         InputError: A missing run folder, or a bad value. DataUnavailableError: the data cannot be read here.
     """
-    from masc_probe.relabel import relabel
+    from masc_probe.pipeline.relabel import relabel
 
     if protocol not in PROTOCOLS:
         raise UnknownNameError(f"unknown protocol {protocol!r}; " + closest(str(protocol), PROTOCOLS))

@@ -33,10 +33,12 @@ When the data carries true labels, each method (the chosen detector; MASC alone 
 when training margins are given; and every layer x probe) is scored against the corruption mask: AUROC, average
 precision, precision / recall / F1 of its flagged set, and lift at the top 1% and 5%.
 
->>> issues = find_label_issues("runs/mlp-digits-p0.6", load_data("digits", corrupt=0.6),  # doctest: +SKIP
-...                            select=load_data("digits", split="test"))
->>> issues.layer, issues.probe, issues.n_flagged, issues.metrics["chosen"]["auroc"]         # doctest: +SKIP
->>> issues.write("runs/mlp-digits-p0.6/label_issues")                                     # doctest: +SKIP
+Example::
+
+    issues = find_label_issues("runs/mlp-digits-p0.6", load_data("digits", corrupt=0.6),
+                               select=load_data("digits", split="test"))
+    issues.layer, issues.probe, issues.n_flagged, issues.metrics["chosen"]["auroc"]
+    issues.write("runs/mlp-digits-p0.6/label_issues")
 """
 
 from __future__ import annotations

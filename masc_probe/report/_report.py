@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -320,21 +319,6 @@ class ProbeReport:
         if not isinstance(text, str):
             raise InputError(f"expected report JSON text as a str, got {type(text).__name__}")
         return cls._parse(text, where="the string")
-
-    @classmethod
-    def from_json(cls, source: str | os.PathLike[str]) -> ProbeReport:
-        """Deprecated: use :meth:`from_json_file` or :meth:`from_json_string`, which do not guess.
-
-        A path object (``os.PathLike``) is read as a file. A ``str`` is taken for JSON text when it starts with
-        ``{`` and for a file path otherwise, with a ``DeprecationWarning``: a file whose name starts with ``{`` or
-        a typo in the text would be taken for the other.
-        """
-        if isinstance(source, os.PathLike):
-            return cls.from_json_file(source)
-        warnings.warn("ProbeReport.from_json(str) guesses whether the string is JSON or a path; use "
-                      "from_json_string(text) or from_json_file(path)", DeprecationWarning, stacklevel=2)
-        text = str(source)
-        return cls.from_json_string(text) if text.lstrip().startswith("{") else cls.from_json_file(text)
 
     @classmethod
     def _parse(cls, text: str, *, where: str) -> ProbeReport:

@@ -28,7 +28,7 @@ class RunnerConfig:
     probes: tuple[str, ...]  # registry names, in the order results are reported
     labels: str = "both"
     n_components: float | int = 0.99  # plain Python number (numpy scalars are converted)
-    reducer: str | None = None
+    reducer: str | Mapping[str, str] | None = None  # one for every layer, or layer -> reducer
     max_memory: int = field(default_factory=lambda: check_max_memory(None))  # the whole runner's budget in bytes
     device: torch.device | None = None  # None: the model's device
     cache_dir: str | os.PathLike[str] | None = None
@@ -48,8 +48,9 @@ class RunnerConfig:
         return tuple(control_layers(self.layers or (), self.controls))
 
     @classmethod
-    def make(cls, *, layers: Any, probes: Any, labels: str, n_components: Any, reducer: str | None,
-             max_memory: Any, device: Any, cache_dir: Any, progress: bool, probe_kwargs: Any,
+    def make(cls, *, layers: Any, probes: Any, labels: str, n_components: Any,
+             reducer: str | Mapping[str, str] | None, max_memory: Any, device: Any, cache_dir: Any,
+             progress: bool, probe_kwargs: Any,
              train_accuracy: bool | int, seed: int, protocol: str = "clean",
              controls: tuple[str, ...] = ()) -> RunnerConfig:
         """Validate the constructor's arguments.

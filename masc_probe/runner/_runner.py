@@ -11,13 +11,15 @@ Controls run in the same passes (``_controls``): by default the same network at 
 the raw input (``"input"``), so that the report pairs every trained result with what the architecture and the pixels
 give without training.
 
->>> runner = ProbeRunner(model, probes=("masc", "ncm"))          # doctest: +SKIP
->>> report = runner.fit(train_loader).evaluate(test_loader)      # doctest: +SKIP
->>> report.best_layer("masc", "true")["layer"]                   # doctest: +SKIP
-'layer3'
->>> report.comparison("layer3", "masc", "true", "init")["verdict"]   # doctest: +SKIP
-'added'
->>> runner.save("probes/")                                       # doctest: +SKIP
+Example::
+
+    runner = ProbeRunner(model, probes=("masc", "ncm"))
+    report = runner.fit(train_loader).evaluate(test_loader)
+    report.best_layer("masc", "true")["layer"]
+    # 'layer3'
+    report.comparison("layer3", "masc", "true", "init")["verdict"]
+    # 'added'
+    runner.save("probes/")
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class ProbeRunner:
 
     def __init__(self, model: nn.Module | None, layers: Sequence[str] | None = None,
                  probes: Sequence[str] = ("masc", "ncm", "linear"), *, labels: str = "both",
-                 n_components: float | int = 0.99, reducer: str | None = None, max_memory: int | None = None,
+                 n_components: float | int = 0.99, reducer: str | Mapping[str, str] | None = None,
+                 max_memory: int | str | None = None,
                  device: str | torch.device | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  progress: bool = True, probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
                  train_accuracy: bool | int = 5_000, seed: int = 0, protocol: str = "clean",
@@ -348,7 +351,9 @@ class ProbeRunner:
         """Write the fitted probes as :meth:`save` does (``runner.json`` + safetensors, never pickle), in the layout
         :meth:`from_pretrained` and :meth:`push_to_hub` read.
 
-        >>> runner.save_pretrained("probes/")                                   # doctest: +SKIP
+        Example::
+
+            runner.save_pretrained("probes/")
         """
         return self.save(save_directory)
 
@@ -380,8 +385,10 @@ class ProbeRunner:
                 layers (or, on its first batch, with other widths).
             HubError: The repo, revision or a file cannot be had (one line).
 
-        >>> net = load_model("hf-hub:me/mlp-digits")                              # doctest: +SKIP
-        >>> runner = ProbeRunner.from_pretrained("me/mlp-digits", model=net)      # doctest: +SKIP
+        Example::
+
+            net = load_model("hf-hub:me/mlp-digits")
+            runner = ProbeRunner.from_pretrained("me/mlp-digits", model=net)
         """
         folder = _persist.find_runner(repo_or_dir, subfolder=subfolder, revision=revision, token=token,
                                       cache_dir=cache_dir)

@@ -97,7 +97,9 @@ def train(
         InputError: Bad sizes (batch larger than the data, batch not divisible by the process count), a run folder
             that holds a different run, or data without labels.
 
-    >>> result = train("mlp", loader, config=preset_config("mlp", "digits", preset="fast"))  # doctest: +SKIP
+    Example::
+
+        result = train("mlp", loader, config=preset_config("mlp", "digits", preset="fast"))
     """
     from accelerate.utils import set_seed
 
