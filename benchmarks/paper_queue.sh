@@ -5,8 +5,10 @@
 # benchmarks/RESULTS.md), which can run beside the queue.
 #   nohup bash benchmarks/paper_queue.sh > runs/paper/queue.log 2>&1 &            # MLP-MNIST: n-sweep, 60k
 #   nohup bash benchmarks/paper_queue.sh rows > runs/paper/queue-rows.log 2>&1 &  # Fashion-MNIST, CIFAR-10 rows
-#   nohup bash benchmarks/paper_queue.sh seed1 > runs/paper/queue-seed1.log 2>&1 & # MLP-MNIST 60k: seed 1, p=0, 0.4
-#   nohup bash benchmarks/paper_queue.sh seed2 > runs/paper/queue-seed2.log 2>&1 & # MLP-MNIST 60k: seed 2, p=0.2, 0.6
+#   nohup bash benchmarks/paper_queue.sh seeds > runs/paper/queue-seeds.log 2>&1 &     # MLP-MNIST 60k p=0.8: seeds 1, 2
+#   nohup bash benchmarks/paper_queue.sh rates > runs/paper/queue-rates.log 2>&1 &     # MLP-MNIST 60k: p=0, .2, .4, .6
+#   nohup bash benchmarks/paper_queue.sh authors > runs/paper/queue-authors.log 2>&1 & # the authors' recipe at 60k
+# runs/ is ignored by git and does not outlive a session's machine: a fresh clone starts these runs from epoch 0.
 # The code runs from a snapshot of masc_probe/ and the script taken at the first start (runs/paper/.code), so that
 # edits to the work tree cannot change a run halfway; delete that folder to run later code. CODE_REF names the
 # commit to snapshot (default HEAD); runs/paper/.code/COMMIT records it. This file itself is copied before it runs:
@@ -30,12 +32,13 @@ cd "$MASC_QUEUE_ROOT"
 export PYTHONPATH="$PWD/$WORK/.code" OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TQDM_DISABLE=1
 PY=".venv/bin/python $WORK/.code/benchmarks/reproduce_paper.py --threads 1 --preset fast --stage train --work-dir $WORK --data-root $MASC_QUEUE_ROOT/../shared/data"
 case "${1:-}" in
-  # Issue "Does memorization keep, add or remove what MASC reads?": the 60,000-image headline's seeds, one lane
-  # each (about 90 epochs of 45-120 s on one thread), then the other corruption rates (p = 0 is the clean reference).
-  seed1) $PY --row mlp-mnist --rates 0.8 --seeds 1; $PY --row mlp-mnist --rates 0 0.4 --seeds 0
-         echo "seed1 lane done $(date)"; exit 0 ;;
-  seed2) $PY --row mlp-mnist --rates 0.8 --seeds 2; $PY --row mlp-mnist --rates 0.2 0.6 --seeds 0
-         echo "seed2 lane done $(date)"; exit 0 ;;
+  # Issue "Does memorization keep, add or remove what MASC reads?": the 60,000-image headline's seeds (about 90
+  # epochs of 45-150 s on one thread each), the other corruption rates (p = 0 is the clean reference) and the
+  # authors' recipe (their SGD, batch 128, their labels; up to 500 epochs, dense checkpoints from epoch 0).
+  seeds) $PY --row mlp-mnist --rates 0.8 --seeds 1 2; echo "seeds lane done $(date)"; exit 0 ;;
+  rates) $PY --row mlp-mnist --rates 0 0.2 0.4 0.6 --seeds 0; echo "rates lane done $(date)"; exit 0 ;;
+  authors) $PY --row mlp-mnist --rates 0.8 --seeds 0 --protocol authors --preset paper --checkpoints dense
+           echo "authors lane done $(date)"; exit 0 ;;
 esac
 if [ "${1:-}" = rows ]; then
   # Subsets: a CNN epoch on 60,000 images takes minutes on one thread here.
