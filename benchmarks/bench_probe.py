@@ -19,7 +19,10 @@ random inputs of the sizes this run's fitted probes have:
   accuracy) on each layer's stacked columns (timed on ``--floor-rows`` rows and scaled);
 
 then ``fit`` + ``evaluate``, the pass over their sum (the rest is what the runner adds: statistics, the row cache,
-grouping, bookkeeping), images/s, and peak RSS (``--max-memory`` sets the budget). ``--device cuda`` runs the model
+grouping, bookkeeping), images/s, and peak RSS (``--max-memory`` sets the budget). That pass probes the trained
+network alone (``controls=()``). The same pass with controls follows, side by side (``--controls``, default
+``init+input``: the same architecture re-initialized, probed at the same layers in the same passes, plus the raw
+input as one more layer), timed whole and by part. ``--device cuda`` runs the model
 and the probes on the GPU; ``--cpu-reference N`` adds, in the same run, the CPU's images/s on N training images.
 
     python benchmarks/bench_probe.py                          # the full workload: 50,000 train, 10,000 test
@@ -207,17 +210,48 @@ def floor_alone(shapes: list[dict], n_scored: int, floor_rows: int, device: torc
             "without_complements": {"basis": basis_direct, "prediction": pred_direct}}
 
 
-def probe_pass(model: torch.nn.Module, train: RandomImages, test: RandomImages, args, device: torch.device):
+def probe_pass(model: torch.nn.Module, train: RandomImages, test: RandomImages, args, device: torch.device,
+               controls: tuple[str, ...] = ()):
     """fit + evaluate of masc + ncm; returns (runner, report, seconds fit, seconds fit + evaluate)."""
     from masc_probe.runner import ProbeRunner
 
     runner = ProbeRunner(model, LAYERS, probes=("masc", "ncm"), labels=args.labels, device=device,
-                         max_memory=args.max_memory, progress=not args.quiet)
+                         max_memory=args.max_memory, progress=not args.quiet, controls=controls)
     t = time.perf_counter()
     runner.fit(train)
     t_fit = _sync(device) - t
     report = runner.evaluate(test)
     return runner, report, t_fit, _sync(device) - t
+
+
+def _parts(timings: dict[str, float]) -> dict[str, float]:
+    return {"forward": timings.get("forward", 0.0) + timings.get("evaluate_forward", 0.0),
+            "statistics": timings.get("statistics", 0.0) + timings.get("cache_write", 0.0)
+            + timings.get("deferred_statistics", 0.0),
+            "solve": timings.get("solve", 0.0) + timings.get("deferred_solve", 0.0),
+            "prediction": timings.get("predict", 0.0) + timings.get("train_accuracy", 0.0)}
+
+
+def with_controls(model: torch.nn.Module, train: RandomImages, test: RandomImages, args, device: torch.device,
+                  first: dict) -> dict:
+    """The probe pass with each set of controls of ``--controls``, between two passes without (*first*, the main
+    pass, and one more after them): each ratio is over the mean of the two, so that a drift of the machine's load
+    during the run shows as their difference instead of hiding in the ratio."""
+    out: dict[str, dict] = {"none": first}
+    for variant in [*args.controls, "none (again)"]:
+        names = () if variant == "none (again)" else tuple(part for part in variant.split("+") if part)
+        runner, _, t_fit, t_fit_eval = probe_pass(model, train, test, args, device, controls=names)
+        out[variant] = {"fit": t_fit, "fit_evaluate": t_fit_eval, "parts": _parts(runner.timings_),
+                        "layers": runner.layers, "fitted_probes": len(runner.estimators_),
+                        "peak_rss_gb": peak_rss_gb()}
+        runner.close()
+    base = {k: (out["none"]["parts"][k] + out["none (again)"]["parts"][k]) / 2 for k in out["none"]["parts"]}
+    base_total = (out["none"]["fit_evaluate"] + out["none (again)"]["fit_evaluate"]) / 2
+    for variant in args.controls:
+        row = out[variant]
+        row["over_without"] = row["fit_evaluate"] / base_total
+        row["parts_over_without"] = {k: v / base[k] if base[k] else None for k, v in row["parts"].items()}
+    return out
 
 
 def cpu_reference(args) -> dict:
@@ -255,6 +289,9 @@ def main() -> None:
     p.add_argument("--linear", action=argparse.BooleanOptionalAction, default=True,
                    help="also time the linear probe (a separate run)")
     p.add_argument("--linear-epochs", type=int, default=20)
+    p.add_argument("--controls", type=lambda t: [v for v in t.split(",") if v and v != "none"],
+                   default=["init+input"], metavar="V,…",
+                   help="control sets timed beside the pass without: init+input (default), init, input; none to skip")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
@@ -281,6 +318,7 @@ def main() -> None:
     t_bare = bare_forward(model, train, test, device=device)
     in_run = timed_in_run()
     runner, report, t_fit, t_fit_eval = probe_pass(model, train, test, args, device)
+    fitted = len(runner.estimators_)
     rss_probe = peak_rss_gb()
     tm = runner.timings_
 
@@ -342,10 +380,14 @@ def main() -> None:
         "best": report.to_dict()["best"],
     }
     runner.close()
+    if args.controls:
+        first = {"fit": t_fit, "fit_evaluate": t_fit_eval, "parts": _parts(tm), "layers": list(LAYERS),
+                 "fitted_probes": fitted}
+        result["controls"] = with_controls(model, train, test, args, device, first)
     if args.cpu_reference and device.type != "cpu":
         result["cpu_reference"] = cpu_reference(args)
     if args.linear:
-        lin = ProbeRunner(model, LAYERS, probes=("linear",), labels=args.labels, device=device,
+        lin = ProbeRunner(model, LAYERS, probes=("linear",), labels=args.labels, device=device, controls=(),
                           max_memory=args.max_memory, progress=not args.quiet, train_accuracy=False,
                           probe_kwargs={"linear": {"epochs": args.linear_epochs}})
         t = time.perf_counter()

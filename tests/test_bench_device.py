@@ -47,6 +47,19 @@ def test_bench_probe_floor_table(tmp_path: Path) -> None:
     for fitted in result["masc"]:
         assert fitted["columns"] == sum(fitted["d"] - k if c else k
                                         for k, c in zip(fitted["k"], fitted["complement"], strict=True))
+    # The pass with the controls beside the pass without (issue 18): the init copy adds its 8 layers' probes, the
+    # raw input one layer; the ratio is over the mean of the two passes without.
+    controls = result["controls"]
+    assert list(controls) == ["none", "init+input", "none (again)"]
+    assert controls["none"]["fit_evaluate"] == result["seconds"]["fit_evaluate"]
+    both, alone = controls["init+input"], controls["none"]
+    layers = list(result["workload"]["layers"])
+    assert both["layers"] == ["input", *layers] and alone["layers"] == layers
+    per_layer = 2 * len(result["workload"]["label_sets"])  # masc and ncm, per label set
+    assert alone["fitted_probes"] == per_layer * len(layers) == controls["none (again)"]["fitted_probes"]
+    assert both["fitted_probes"] == per_layer * (2 * len(layers) + 1)
+    mean = (alone["fit_evaluate"] + controls["none (again)"]["fit_evaluate"]) / 2
+    assert both["over_without"] == pytest.approx(both["fit_evaluate"] / mean)
 
 
 def test_bench_masc_as_gpu_check_calls_it(tmp_path: Path) -> None:
