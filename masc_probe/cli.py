@@ -15,11 +15,12 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from masc_probe import __version__
+from masc_probe._params import check_folds, check_max_memory, check_n_components, check_probes, parse_number
 from masc_probe._choices import (
     CHECKPOINT_POLICIES,
     CONTROLS,
@@ -69,20 +70,22 @@ def _reducer(text: str) -> str | dict[str, str]:
     return pairs[0][2] if not pairs[0][1] else {layer: name for layer, _, name in pairs}
 
 
-def _n_components(text: str) -> float | int:
-    """A float in (0, 1) is a variance fraction; an int >= 1 is a count (scikit-learn PCA's convention)."""
-    try:
-        value: float | int = int(text)
-    except ValueError:
+def _checked(check: Callable[[Any], Any], parse: Callable[[str], Any] = str) -> Callable[[str], Any]:
+    """A flag's value through the library's own validator (masc_probe._params), its error as argparse's one line."""
+
+    def convert(text: str) -> Any:
         try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a variance fraction in (0, 1) or a count >= 1, got {text!r}"
-            ) from None
-    if (isinstance(value, int) and value < 1) or (isinstance(value, float) and not 0.0 < value < 1.0):
-        raise argparse.ArgumentTypeError(f"expected a variance fraction in (0, 1) or a count >= 1, got {text!r}")
-    return value
+            return check(parse(text))
+        except ValueError as exc:  # InputError is a ValueError
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = check.__name__.removeprefix("check_")  # argparse names the type in some messages
+    return convert
+
+
+_n_components = _checked(check_n_components, parse_number)
+_memory = _checked(check_max_memory)
+_folds = _checked(check_folds, parse_number)
 
 
 def _positive_int(text: str) -> int:
@@ -105,35 +108,6 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-_UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
-          "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}  # fmt: skip
-
-
-def _memory(text: str) -> int:
-    """Bytes from ``4GB``, ``512MiB``, ``1e9`` (binary units: the budget is compared with allocations)."""
-    stripped = text.strip().lower()
-    number = stripped.rstrip("kmgtib")
-    unit = stripped[len(number) :]
-    try:
-        value = float(number) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"expected a memory size such as 4GB or 512MB, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a memory size > 0, got {text!r}")
-    return int(value)
-
-
-def _folds(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}") from None
-    if value < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (each sample is scored by probes fitted on the "
-                                         f"other folds), got {text!r}")
-    return value
-
-
 def _controls(text: str) -> tuple[str, ...]:
     names = () if text.strip() == "none" else _names(text)
     if any(name not in CONTROLS for name in names):
@@ -146,6 +120,9 @@ def _names(text: str) -> tuple[str, ...]:
     if not names:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list of names, got {text!r}")
     return names
+
+
+_probes = _checked(check_probes, _names)
 
 
 # ---------------------------------------------------------------------------------------------------- the parser
@@ -170,7 +147,7 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("probing")
     g.add_argument("--layers", type=_names, default=None, metavar="A,B,…",
                    help="layers to probe (names from `masc-probe layers`; default: the model's probe points)")
-    g.add_argument("--probes", type=_names, default=DEFAULT_PROBES, metavar="P,…",
+    g.add_argument("--probes", type=_probes, default=DEFAULT_PROBES, metavar="P,…",
                    help=f"probes: {', '.join(PROBE_NAMES)} (default {','.join(DEFAULT_PROBES)})")
     g.add_argument("--labels", choices=PIPELINE_LABELS, default="both",
                    help="label sets to fit subspaces on (default both)")
@@ -294,7 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="candidate layers (default: the model's probe points)")
     # QDA is left out by default: one d x d eigendecomposition per class and fold made it the bulk of the time on
     # the MLP's 2048-wide layers (over 10 minutes on digits on one thread, against about one for the other three).
-    issues.add_argument("--probes", type=_names, default=("masc", "ncm", "lda"), metavar="P,…",
+    issues.add_argument("--probes", type=_probes, default=("masc", "ncm", "lda"), metavar="P,…",
                         help="candidate probes (default masc,ncm,lda; qda is slow on wide layers); the best layer x "
                              "probe on the test split is chosen")
     issues.add_argument("--folds", type=_folds, default=2, help="folds K: each sample is scored by probes fitted on "

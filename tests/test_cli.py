@@ -172,8 +172,8 @@ def _one_line_error(code: int, out: str, err: str) -> str:
 @pytest.mark.parametrize(("argv", "needle"), [
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--corrupt", "1.5"], "expected a rate in [0, 1], got '1.5'"),
-    (["--n-components", "0"], "expected a variance fraction in (0, 1) or a count >= 1"),
-    (["--max-memory", "lots"], "expected a memory size"),
+    (["--n-components", "0"], "n_components must be a float in (0, 1) or an int >= 1; got int 0"),
+    (["--max-memory", "lots"], "max_memory must be a positive number of bytes or a size such as 4GB"),
     (["--labels", "noisy"], "invalid choice: 'noisy'"),
     (["--model", "mlpp"], "did you mean: mlp?"),
     (["--model", "timm/resnet1888"], "did you mean: resnet18"),
@@ -194,6 +194,27 @@ def test_bad_flags_and_values_give_one_line_and_exit_2(capsys: pytest.CaptureFix
     err = _one_line_error(*_main(capsys, *argv, *(["--output-dir", folder] if argv[0] != "layers" else [])))
     assert needle in err
     assert not folder.exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(("argv", "check", "value"), [
+    (["probe", "x", "--max-memory", "inf"], "check_max_memory", "inf"),  # was a raw OverflowError
+    (["probe", "x", "--max-memory", "nan"], "check_max_memory", "nan"),
+    (["probe", "x", "--max-memory", "4XB"], "check_max_memory", "4XB"),
+    (["probe", "x", "--n-components", "1.5"], "check_n_components", 1.5),
+    (["probe", "x", "--probes", "masc,nope"], "check_probes", ("masc", "nope")),
+    (["label-issues", "x", "--folds", "1"], "check_folds", 1),
+    (["label-issues", "x", "--folds", "2.5"], "check_folds", 2.5),
+])
+def test_flags_are_checked_by_the_librarys_own_validator(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                         check: str, value: Any) -> None:
+    """One validator per parameter: the flag's one-line error is the library's InputError for the same value."""
+    from masc_probe import _params
+    from masc_probe.errors import InputError
+
+    with pytest.raises(InputError) as library:
+        getattr(_params, check)(value)
+    err = _one_line_error(*_main(capsys, *argv))
+    assert err.rstrip("\n").endswith(str(library.value)), (err, str(library.value))
 
 
 @pytest.mark.parametrize("command", [["probe"], ["relabel"], ["push", "--repo", "me/x"]])

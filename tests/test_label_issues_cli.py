@@ -96,7 +96,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str], match: 
 
 
 def test_bad_input_is_one_line(capsys, run_dir: Path, tmp_path: Path) -> None:
-    _one_line_error(capsys, ["label-issues", str(run_dir), "--folds", "1"], "expected an integer >= 2")
+    _one_line_error(capsys, ["label-issues", str(run_dir), "--folds", "1"], "folds must be an int >= 2")
     _one_line_error(capsys, ["label-issues", str(run_dir), "--folds", "400", *FAST],
                     "expected at least folds=400 samples of every class")
     _one_line_error(capsys, ["label-issues", str(tmp_path), *FAST], "config.json")

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from masc_probe import _atomic
+from masc_probe._params import check_folds
 from masc_probe.errors import InputError
 from masc_probe.pipeline._gallery import GALLERY_NAME, gallery_summary, write_gallery
 from masc_probe.pipeline._inputs import check_device, default_run_dir, load_run_data, resolve_source
@@ -65,9 +66,7 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
             model, ``method="aum"`` without margins for this data.
         UnknownNameError, DataUnavailableError, HubError: As loading the model or the data raises them.
     """
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
-        raise InputError(f"expected folds >= 2 (each sample is scored by probes fitted on the other folds), got "
-                         f"{folds!r}")
+    check_folds(folds)
     if method not in ("probe", "aum"):
         raise InputError(f"expected method 'probe' or 'aum', got {method!r}")
     if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 0:

@@ -50,7 +50,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from masc_probe import _atomic
-from masc_probe._choices import PROBE_NAMES
+from masc_probe._params import check_folds, check_probes
 from masc_probe.data._batches import make_loader, split_batch
 from masc_probe.errors import InputError, UnknownNameError, closest
 from masc_probe.probes import check_max_memory, check_n_components, make_probe
@@ -509,17 +509,8 @@ def _jsonable(value: Any) -> Any:
 
 # ----------------------------------------------------------------------------------------------- inputs
 def _check_args(probes: Any, folds: Any, seed: Any, threshold: Any, batch_size: Any) -> tuple[str, ...]:
-    if isinstance(probes, str) or not isinstance(probes, Iterable):
-        raise InputError(f"probes must be a list of probe names, got {probes!r}")
-    probes = tuple(dict.fromkeys(probes))
-    if not probes:
-        raise InputError("probes is empty; name at least one of " + ", ".join(PROBE_NAMES))
-    for name in probes:
-        if name not in PROBE_NAMES:
-            raise UnknownNameError(f"unknown probe {name!r}; {closest(str(name), list(PROBE_NAMES))}")
-    if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
-        raise InputError(f"folds must be an int >= 2 (each sample is scored by probes fitted on the other folds), "
-                         f"got {folds!r}")
+    probes = check_probes(probes)
+    check_folds(folds)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise InputError(f"seed must be an int >= 0, got {seed!r}")
     if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))

@@ -9,7 +9,7 @@ parameters other parts share. Every probe saves itself without pickle (``to_stat
 
 from __future__ import annotations
 
-from masc_probe.probes._params import DEFAULT_MAX_MEMORY, check_max_memory, check_n_components
+from masc_probe._params import DEFAULT_MAX_MEMORY, check_max_memory, check_n_components
 from masc_probe.probes._registry import PROBES, make_probe, probe_from_state
 from masc_probe.probes.baselines import LinearProbe, NearestClassMean, VeLPIC
 from masc_probe.probes.masc import MinimumAngleSubspaceClassifier

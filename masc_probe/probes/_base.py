@@ -9,6 +9,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
+from masc_probe._params import check_max_memory
 from masc_probe.errors import InputError, UnknownNameError, closest
 from masc_probe.probes._inputs import (
     _check_min_classes,
@@ -19,7 +20,6 @@ from masc_probe.probes._inputs import (
     _output,
     _resolve_device,
 )
-from masc_probe.probes._params import check_max_memory
 from masc_probe.probes._stats import ClassStats
 from masc_probe.probes._threads import limited_threads, threads_for
 

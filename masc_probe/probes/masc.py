@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from masc_probe._params import check_n_components
 from masc_probe.errors import InputError
 from masc_probe.probes._base import StatisticProbe, row_blocks
 from masc_probe.probes._eigen import Eigen, decompose
 from masc_probe.probes._inputs import _output
 from masc_probe.probes._linalg import gram, matmul
-from masc_probe.probes._params import check_n_components
 
 __all__ = ["MinimumAngleSubspaceClassifier"]
 

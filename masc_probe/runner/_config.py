@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from masc_probe._choices import PROTOCOLS, RUNNER_LABELS
+from masc_probe._params import check_max_memory, check_n_components, check_probes
 from masc_probe.errors import InputError, UnknownNameError, closest
-from masc_probe.probes import PROBES, check_max_memory, check_n_components
 
 Key = tuple[str, str, str]  # (layer, probe, label set)
 
@@ -59,13 +59,7 @@ class RunnerConfig:
             UnknownNameError: An unknown probe or label set.
             InputError: Any other invalid value.
         """
-        if isinstance(probes, str):
-            probes = (probes,)
-        if not probes:
-            raise InputError("probes is empty; name at least one of " + ", ".join(PROBES))
-        for name in probes:
-            if name not in PROBES:
-                raise UnknownNameError(f"unknown probe {name!r}; {closest(str(name), list(PROBES))}")
+        probes = check_probes(probes)
         if protocol not in PROTOCOLS:
             raise UnknownNameError(f"unknown protocol {protocol!r}; {closest(str(protocol), PROTOCOLS)}")
         if labels not in RUNNER_LABELS:

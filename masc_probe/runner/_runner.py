@@ -65,9 +65,10 @@ class ProbeRunner:
             pooling of conv maps), ``"auto"`` (cls for transformer blocks, flatten elsewhere; see
             :mod:`masc_probe.layers._reduce`), a mapping layer → one of those, or ``"random:D"`` (seeded Gaussian
             projection to D features). Reports record the per-layer choice under ``reducer``.
-        max_memory: Bytes for probe statistics held in memory (default 4 GiB). Layers whose per-class scatter
-            matrices do not fit are solved after the pass from the disk cache, one at a time; within that, each
-            class takes the scatter or the Gram form (rows spilled to disk); results are exact either way.
+        max_memory: Bytes for probe statistics held in memory (default 4 GiB), or a size such as ``"4GB"``.
+            Layers whose per-class scatter matrices do not fit are solved after the pass from the disk cache, one
+            at a time; within that, each class takes the scatter or the Gram form (rows spilled to disk); results
+            are exact either way.
         device: Where the model and the probes run; None: the model's device. The model is moved there.
         cache_dir: Parent folder of the temporary row cache (default: the system temp folder; every process of a
             multi-process job must see it).
