@@ -239,7 +239,8 @@ class ProbeRunner:
 
     # ------------------------------------------------------------------------------------------------ scoring
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The rows each probe sees for a batch: (B, D) float32 per layer, on the runner's device."""
+        """The rows the trained network's probes see for a batch: (B, D) float32 per layer, on the runner's device.
+        (``estimators_`` also holds the control models' probes, under layer keys ``"<control>::<layer>"``.)"""
         model = self._need_model()
         if self._forward is None:  # built once: building a tap traces the model
             device = self.config.device or model_device(model)
@@ -255,7 +256,8 @@ class ProbeRunner:
             x: A batch of model inputs (B, ...) — or, for a runner without a model, ``{layer: rows (B, D)}``.
 
         Returns:
-            ``{(layer, probe, label set): labels (B,)}``.
+            ``{(layer, probe, label set): labels (B,)}`` of the trained network's probes (a control's score in
+            :meth:`evaluate`).
         """
         fitted = self._need_fitted()
         rows = dict(x) if isinstance(x, Mapping) else self.features(x)
