@@ -70,9 +70,10 @@ class CountingDataset(torch.utils.data.Dataset):
         return self.x[i], self.yc[i], self.y[i], i
 
 
-def shard_data(kind: str, log_dir: Path | None, rank: int) -> tuple:
-    """(train, test) of one scenario: "plain" DataLoaders, or "stream" HF iterable datasets in DataLoaders."""
-    log = (lambda name: None if log_dir is None else log_dir / f"{kind}-{name}-{rank}.log")
+def shard_data(kind: str, log_dir: Path | None, rank: int, prefix: str | None = None) -> tuple:
+    """(train, test) of one scenario: "plain" DataLoaders, or "stream" HF iterable datasets in DataLoaders; each
+    decode is logged to LOG_DIR/PREFIX-{train,test}-RANK.log (PREFIX: the kind, unless given)."""
+    log = (lambda name: None if log_dir is None else log_dir / f"{prefix or kind}-{name}-{rank}.log")
     if kind == "plain":
         return (torch.utils.data.DataLoader(CountingDataset(N_TRAIN, 0, log("train")), batch_size=BATCH),
                 torch.utils.data.DataLoader(CountingDataset(N_TEST, 1, log("test")), batch_size=BATCH))
@@ -127,6 +128,44 @@ def shard_worker(out: str) -> None:
     reports["stream"] = shard_report(train, test, shard=True)
     if rank == 0:
         (out / "shard_reports.json").write_text(json.dumps(reports))
+    dist.barrier()
+
+
+def whole_worker(out: str) -> None:
+    """Entry point for ``accelerate.debug_launcher``: every process passes the same whole plain loaders with the
+    default shard=False (as a script run under torchrun would); then rank 1 passes a shorter copy of rank 0's."""
+    import logging
+
+    from masc_probe.errors import InputError
+
+    torch.set_num_threads(1)
+    out = Path(out)
+    rank = dist.get_rank()
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("masc_probe.runner")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        train, test = shard_data("plain", out, rank, prefix="whole")
+        report = shard_report(train, test, shard=False)
+        whole = CountingDataset(N_TRAIN, 0, out / f"overlap-{rank}.log")
+        part = torch.utils.data.Subset(whole, range(N_TRAIN - BATCH * rank))  # rank 1: all but the last batch
+        train = torch.utils.data.DataLoader(part, batch_size=BATCH)
+        try:
+            ProbeRunner(mlp(), **SHARD_KWARGS).fit(train)
+            error = None
+        except InputError as exc:
+            error = str(exc)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    said: list = [None, None]
+    dist.all_gather_object(said, {"messages": messages, "error": error})
+    if rank == 0:
+        (out / "whole.json").write_text(json.dumps({"report": report, "ranks": said}))
     dist.barrier()
 
 

@@ -1,7 +1,8 @@
 """Two real CPU processes (gloo) give the same probes, predictions and report as one process.
 
-Two tests start them with ``accelerate.debug_launcher`` (forked: no second import of torch), one with ``torchrun``
-in a subprocess, as a user would; all are slow-tier (they ask for the ``processes`` fixture).
+Some tests start them with ``accelerate.debug_launcher`` (forked: no second import of torch), others with
+``torchrun`` in a subprocess, as a user would (the runner, and the pipeline's probe path); all are slow-tier (they
+ask for the ``processes`` fixture).
 """
 
 from __future__ import annotations
@@ -118,3 +119,70 @@ def test_each_process_reads_its_shard_and_repeats_count_once(tmp_path: Path, mon
     assert reports["plain"] == single
     assert reports["prepared"] == single
     assert reports["stream"] == single_stream.to_dict()
+
+
+def test_the_same_whole_loader_in_every_process_is_sharded_before_the_first_batch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, processes: ModuleType) -> None:
+    """Under torchrun a script builds the same plain loaders in every process and calls fit/evaluate with the
+    default shard=False: the processes see that from one batch, shard it and say so once, and the report is one
+    process's; loaders that only overlap fail at once, not after reading everything (issue 20)."""
+    from accelerate import debug_launcher
+    from _runner_distributed_script import BATCH, N_TEST, N_TRAIN, SHARD_KWARGS, shard_data, whole_worker
+
+    import masc_probe.layers  # noqa: F401
+    import masc_probe.probes  # noqa: F401
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    debug_launcher(whole_worker, args=(str(tmp_path),), num_processes=2)
+    result = json.loads((tmp_path / "whole.json").read_text())
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train, test = shard_data("plain", None, 0)
+        single = ProbeRunner(__import__("_runner_helpers").mlp(), **SHARD_KWARGS).fit(train).evaluate(test)
+    finally:
+        torch.set_num_threads(before)
+    assert result["report"] == single.to_dict()
+    # Each process decoded the first batch to compare it, then only its own half.
+    for name, n in (("train", N_TRAIN), ("test", N_TEST)):
+        rank0, rank1 = _decoded(tmp_path, f"whole-{name}")
+        assert sorted(rank0[BATCH:] + rank1[BATCH:]) == list(range(n)), name
+        assert rank0[:BATCH] == rank1[:BATCH] == list(range(BATCH)), name
+    for said in result["ranks"]:
+        assert sum("every process was given the same whole data" in m for m in said["messages"]) == 2  # fit, eval
+        assert "processes [0, 1] were given data that starts with the same batch" in said["error"]
+        assert f"lengths [{-(-N_TRAIN // BATCH)}, {-(-(N_TRAIN - BATCH) // BATCH)}]" in said["error"]
+    # The overlapping loaders were refused after one batch each, before any other was read.
+    assert [len(r) for r in _decoded(tmp_path, "overlap")] == [BATCH, BATCH]
+
+
+def test_the_pipelines_probe_path_in_two_processes_matches_one(tmp_path: Path, processes: ModuleType) -> None:
+    """``masc-probe probe``'s library call (probe_source) under torchrun: one run folder with the report of one
+    process. The numbers agree exactly; only the solver may differ (one process may take MASC's Gram form, which
+    does not add up across processes; two take the scatter form; both are exact)."""
+    from _pipeline_distributed_script import PROBE_KWARGS
+
+    from masc_probe.pipeline import probe_source
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent)}
+    proc = processes.run([str(torchrun), "--standalone", "--nproc_per_node", "2",
+                          str(Path(__file__).parent / "_pipeline_distributed_script.py"), str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        probe_source("mlp", output_dir=tmp_path / "one", **PROBE_KWARGS)
+    finally:
+        torch.set_num_threads(before)
+
+    def numbers(folder: Path) -> dict:
+        report = json.loads((folder / "report.json").read_text())
+        report["provenance"].pop("solver")
+        for row in report["results"]:
+            row.pop("solver", None)
+        return report
+
+    assert numbers(tmp_path / "two") == numbers(tmp_path / "one")
+    assert {p.name for p in (tmp_path / "two").iterdir()} == {p.name for p in (tmp_path / "one").iterdir()}

@@ -9,6 +9,12 @@ shards when it has at least one per process); :class:`~masc_probe.data.TensorBat
 (a list of batches, another iterable) is read whole by every process, which keeps every world-size-th batch.
 A loader prepared by Accelerate is already this process's shard and is read as it is.
 
+With ``shard=False`` each process is meant to pass its own part. Before anything is read past the first batch, the
+processes compare their data (its length and a digest of its first batch, one gather): when every process holds the
+same whole data (a plain loader built alike in each, under ``torchrun`` or ``accelerate launch``), it is sharded as
+with ``shard=True``, and one log line says so; when some processes' data overlap otherwise (the same first batch,
+different lengths), the job fails at once with the hint, instead of after reading everything.
+
 Every row keeps its sample index (the batch's ``index`` column, or, where the runner made the shards, its position
 in the data), so that the reduction can count each sample once: Accelerate's ``even_batches`` completes the last
 batches with samples from the start of the data, and those repeats are dropped (:func:`first_occurrences`).
@@ -20,6 +26,8 @@ initialized) every function is a cheap no-op.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -227,6 +235,8 @@ def local_batches(data: Iterable[Any], w: World, *, shard: bool) -> tuple[Indexe
     if shard and is_prepared(data):
         logger.info("the loader was prepared by Accelerate: it is this process's shard already, read as it is")
         shard = False
+    elif not shard and not is_prepared(data):
+        data, shard = _same_everywhere(data, w)
     if not shard:
         return _carried(data), _length(data)
     made = _shard(data, w)
@@ -236,6 +246,50 @@ def local_batches(data: Iterable[Any], w: World, *, shard: bool) -> tuple[Indexe
     logger.info("%s cannot be split without reading it: every process reads it whole and keeps every %d-th batch",
                 type(data).__name__, w.size)
     return _every_nth(data, w), None if total is None else len(range(w.rank, total, w.size))
+
+
+def _same_everywhere(data: Iterable[Any], w: World) -> tuple[Iterable[Any], bool]:
+    """Whether every process was given the same whole data, decided from each one's length and first batch.
+
+    Returns:
+        ``(data, shard)``: the data to read (a one-shot iterator comes back with its first batch put in front) and
+        True when every process holds the same data, which is then sharded as with ``shard=True``.
+
+    Raises:
+        InputError: Some processes hold data that starts with the same batch but is not the same (its length
+            differs, or only some of them share it): their parts overlap.
+    """
+    from masc_probe.errors import InputError
+
+    n = _length(data)
+    batches = iter(data)
+    first = next(batches, None)
+    if batches is data:  # a one-shot iterator: what was read for the look must still be read
+        data = itertools.chain(() if first is None else (first,), batches)
+    seen = all_gather_objects(w, (n, None if first is None else _batch_digest(first)))
+    firsts = [digest for _, digest in seen]
+    if firsts[0] is not None and len(set(seen)) == 1:
+        logger.info("every process was given the same whole data (%s batches): each reads only its part, as with "
+                    "shard=True", seen[0][0] if seen[0][0] is not None else "an unknown number of")
+        return data, True
+    shared = [r for r, digest in enumerate(firsts) if digest is not None and firsts.count(digest) > 1]
+    if shared:
+        raise InputError(f"processes {shared} were given data that starts with the same batch but is not the same "
+                         f"whole data (lengths {[n for n, _ in seen]}): their parts overlap; pass each process a "
+                         "disjoint part of the data, or every process the same whole data (shard=True)")
+    return data, False
+
+
+def _batch_digest(batch: Any) -> str:
+    """A digest of a batch's inputs, labels and indices (where it carries them)."""
+    from masc_probe.data._batches import split_batch
+
+    h = hashlib.blake2b(digest_size=16)
+    for part in split_batch(batch):
+        if isinstance(part, torch.Tensor):
+            part = part.detach().to("cpu").contiguous().numpy()
+        h.update(np.ascontiguousarray(part).tobytes() if isinstance(part, np.ndarray) else repr(part).encode())
+    return h.hexdigest()
 
 
 def _length(data: Any) -> int | None:
