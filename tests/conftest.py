@@ -98,6 +98,12 @@ def bench_script() -> Callable[[str], ModuleType]:
 
 
 @pytest.fixture(scope="session")
+def long_training() -> None:
+    """Asked for by a fixture or test that trains beyond a few epochs on a few hundred samples (a memorizer of its
+    own, a full demo run): it puts the test in the slow tier. The fast tier's one memorizer is :func:`memorizer`."""
+
+
+@pytest.fixture(scope="session")
 def memorizer() -> Any:
     """The one memorizing network of the session: the paper's MLP trained on 300 digits at p = 0.8 until it fits
     the corrupted labels (``_training_helpers.MemorizedRun``: run folder, training result, train and test sets)."""
@@ -126,6 +132,7 @@ SLOW_FIXTURES = {
     "shared_mnist": "reads real data",
     "shared_cifar10": "reads real data",
     "bench_script": "tests a benchmark script",
+    "long_training": "trains beyond a few epochs on a few hundred samples",
 }
 # Whole modules, each for its one reason.
 SLOW_MODULES = {

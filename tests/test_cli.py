@@ -254,12 +254,22 @@ def test_relabel_writes_the_suggested_labels(capsys: pytest.CaptureFixture[str],
     assert result["labels"] == "corrupted" and not result["oracle"] and result["layer"] in ("input", "fc1")
 
 
-@pytest.mark.slow
+@pytest.mark.usefixtures("long_training")  # the demo: memorizes all 1,438 digits
 def test_embedded_default_shows_latent_generalization(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, _ = _main(capsys, "--output-dir", tmp_path / "demo")
     assert code == 0
     report = ProbeReport.from_json_file(tmp_path / "demo" / "report.json")
-    assert report.best_layer("masc", "true")["test_accuracy"] > report.model_test_accuracy + 0.3
+    metrics = (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(metrics[-1])["train_accuracy_corrupted"] >= 0.999  # memorized the corrupted labels
+    # What the raw input does not give: subspaces fitted on the *corrupted* labels at a hidden layer decode the true
+    # labels well above the model's own accuracy and above the same probe on the input (README: 0.540 at fc1,
+    # against 0.292 and 0.306; 0.15 is six standard errors at n_test = 359).
+    acc = {(r["layer"], r["probe"], r["labels"]): r["test_accuracy"] for r in report.results}
+    hidden = max(v for (layer, probe, labels), v in acc.items()
+                 if layer != "input" and (probe, labels) == ("masc", "corrupted"))
+    assert hidden > report.model_test_accuracy + 0.15
+    assert hidden > acc[("input", "masc", "corrupted")] + 0.15
+    assert report.best_layer("masc", "true")["test_accuracy"] > report.model_test_accuracy + 0.3  # hidden layers
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
