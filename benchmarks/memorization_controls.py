@@ -3,7 +3,9 @@
 Issue "Does memorization keep, add or remove what MASC reads?", item 1. Every experiment reads the layers of one
 network (at its initial weights, or a memorizer that ``reproduce_paper.py`` trained) over all 60,000 MNIST training
 images and the 10,000 test images, fits MASC, nearest class mean and QDA per layer and label set, and scores the
-clean test set. One MASC fit (one eigendecomposition per class) serves every threshold of ``THRESHOLDS``.
+clean test set. One MASC fit (one eigendecomposition per class) serves every threshold of ``THRESHOLDS``. QDA (a
+d × d covariance per class: about 6 minutes per 2,048-wide layer on one thread here) only where the issue asks for
+it: the seed-0 init network and the CNN.
 
 Experiments (``--only`` picks some by name prefix; each one's JSON is cached in ``--work-dir`` and skipped on a rerun,
 so the script resumes where it stopped):
@@ -84,17 +86,17 @@ def experiments(data_root: Path) -> dict[str, dict[str, Any]]:
     mnist, fmnist = str(data_root / "mnist"), str(data_root / "fashion_mnist")
     ex: dict[str, dict[str, Any]] = {}
     for s in range(5):
-        ex[f"init-s{s}"] = {"net": lambda s=s: mlp(s), "data": mnist, "rate": 0.8, "seed": s}
+        ex[f"init-s{s}"] = {"net": lambda s=s: mlp(s), "data": mnist, "rate": 0.8, "seed": s,
+                            "qda": s == 0}  # QDA: ~25 min a network here; seed 0 only this time
     for p in (0.0, 0.2, 0.4, 0.6):
         ex[f"init-s0-p{p:g}"] = {"net": lambda: mlp(0), "data": mnist, "rate": p, "seed": 0}
     for w in (0.25, 0.5, 2.0):
-        ex[f"width-{w:g}-s0"] = {"net": lambda w=w: mlp(0, width=w), "data": mnist, "rate": 0.8, "seed": 0,
-                                 "qda": w <= 1.0}  # QDA at 4,096 wide: d×d covariances per class, hours here
+        ex[f"width-{w:g}-s0"] = {"net": lambda w=w: mlp(0, width=w), "data": mnist, "rate": 0.8, "seed": 0}
     ex["linear-s0"] = {"net": lambda: mlp(0, relu=False), "data": mnist, "rate": 0.8, "seed": 0}
     for n in (1500, 6000, 15000, 60000):
         ex[f"rawn-{n}"] = {"net": lambda: mlp(0), "data": mnist, "rate": 0.8, "seed": 0, "layers": ["input"],
                            "subset": None if n == 60000 else n, "counts": True}
-    ex["cnn-fmnist-init-s0"] = {"net": lambda: cnn(0), "data": fmnist, "rate": 0.8, "seed": 0}
+    ex["cnn-fmnist-init-s0"] = {"net": lambda: cnn(0), "data": fmnist, "rate": 0.8, "seed": 0, "qda": True}
     for s in (0, 1, 2):
         if (build := trained(s)) is not None:
             ex[f"trained-s{s}"] = {"net": build, "data": mnist, "rate": 0.8, "seed": s}
@@ -181,7 +183,7 @@ def run_experiment(name: str, spec: dict[str, Any], test_cache: dict[str, Any]) 
         for layer in layers:
             log.info("%s: %s labels, layer %s (%d wide)", name, label_set, layer, x[layer].shape[1])
             result["scores"][f"{layer}/{label_set}"] = score_layer(
-                x[layer], labels, x_test[layer], y_test, qda=spec.get("qda", True), counts=spec.get("counts", False))
+                x[layer], labels, x_test[layer], y_test, qda=spec.get("qda", False), counts=spec.get("counts", False))
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result
 
