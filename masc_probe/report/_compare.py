@@ -4,8 +4,8 @@ A comparison pairs one probe on the trained network with the same probe on a con
 weights, the raw input, a model the user passed) at the same layer, scored on the same test images. With ``b`` the
 images only the trained side gets right and ``c`` those only the control gets right (out of ``n``), the difference
 is ``(b − c) / n``. Its 95% interval is exact McNemar's: given the ``m = b + c`` discordant images, ``b`` is
-Binomial(m, π), the difference is ``m (2π − 1) / n``, and the Clopper–Pearson interval of π maps onto an interval of
-the difference. It excludes 0 exactly when the two-sided exact McNemar test rejects at the 5% level, which is what
+Binomial(m, π), the difference is ``m (2π − 1) / n``, and the Clopper–Pearson interval of π maps onto an interval
+of the difference. It excludes 0 exactly when the two-sided exact McNemar test rejects at the 5% level, which is what
 the one word says: *added* (the whole interval above 0), *removed* (below 0), *no difference*.
 
 Every sentence below is built from these numbers, never written as fixed text: where the control reads more, the
@@ -150,7 +150,7 @@ def sentence(report: Any, probe: str, labels: str, *, include_input: bool = Fals
         if comp is None:
             continue
         if control == "input":
-            parts.append(f"the raw input reads {_num(comp['control_accuracy'])} ({layer} − input "
+            parts.append(f"the raw input reads {_num(comp['control_accuracy'])} (`{layer}` − input: "
                          f"{interval_text(comp)}): {_INPUT_TEXT[comp['verdict']]}")
             continue
         words = (_VERDICT_TEXT if control == "init" else _OTHER_TEXT)[comp["verdict"]].format(probe=name)

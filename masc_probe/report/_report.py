@@ -299,7 +299,8 @@ class ProbeReport:
         """Read a report from a JSON file (``report.json``).
 
         Raises:
-            InputError: If the file is missing or unreadable, not JSON, or not a report of a version this masc-probe reads.
+            InputError: If the file is missing or unreadable, not JSON, or not a report of a version this
+                masc-probe reads.
         """
         try:
             text = Path(path).read_text(encoding="utf-8")

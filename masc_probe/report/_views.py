@@ -151,8 +151,9 @@ def to_markdown(report: ProbeReport, *, digits: int = 3) -> str:
         everything = {(r.get("epoch"), r["layer"], r["probe"], r["labels"]): r for r in _trained(report.results)}
         at_init = _init_values(report, {s: best[s] for s in series})
         if any(v is not None for v in at_init.values()):
-            lines.append(f"| init (control) | {_fmt((report.controls.get('init') or {}).get('model_test_accuracy'), digits)}"
-                         " | " + " | ".join(_fmt(at_init[s], digits) for s in series) + " |")
+            model_at_init = (report.controls.get("init") or {}).get("model_test_accuracy")
+            lines.append(f"| init (control) | {_fmt(model_at_init, digits)} | "
+                         + " | ".join(_fmt(at_init[s], digits) for s in series) + " |")
         for ep in report.epochs:
             vals = [everything.get((ep, best[s], *s)) for s in series]
             lines.append(f"| {ep} | {_fmt(by_epoch.get(str(ep)), digits)} | "

@@ -20,7 +20,7 @@ probes and the store treat them as more layers, and every test image is scored b
 from __future__ import annotations
 
 import copy
-import logging
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -31,8 +31,6 @@ from torch import nn
 
 from masc_probe._choices import CONTROLS
 from masc_probe.errors import InputError
-
-logger = logging.getLogger("masc_probe.runner")
 
 INIT, INPUT = CONTROLS
 DEFAULT_CONTROLS = CONTROLS
@@ -156,8 +154,7 @@ def resolve(controls: Any, model: nn.Module | None, *, seed: int) -> tuple[tuple
         if value.source not in SOURCES:
             raise InputError(f"a ControlModel's source must be one of {list(SOURCES)}, got {value.source!r}")
         if value.init_sha256 is None:
-            value = ControlModel(value.model, source=value.source, seed=value.seed,
-                                 init_sha256=state_sha256(value.model), note=value.note)
+            value = dataclasses.replace(value, init_sha256=state_sha256(value.model))
         models[name] = value
     return tuple(names), models
 

@@ -13,7 +13,6 @@ one. A seed and a digest are 80 bytes; an ``init.safetensors`` would double the 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -22,8 +21,6 @@ import torch
 from torch import nn
 
 from masc_probe.errors import InputError
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["initial_model", "init_record", "run_initial_model", "state_sha256"]
 
