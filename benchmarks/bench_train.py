@@ -127,8 +127,8 @@ def fresh(work: dict[str, Any]) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------------ the bare loop
-def bare_loop(work: dict[str, Any], epochs: int) -> tuple[list[float], dict[str, torch.Tensor]]:
-    """Seconds of each epoch of the bare loop, and its final weights. The arithmetic is train()'s (per-sample losses
+def bare_loop(work: dict[str, Any], epochs: int) -> tuple[list[float], list[float], dict[str, torch.Tensor]]:
+    """Seconds of each epoch of the bare loop (wall clock, and this process's CPU time), and its final weights. The arithmetic is train()'s (per-sample losses
     averaged, the optimizer made by make_optimizer, the memory format and autocast train() chooses), nothing else."""
     from masc_probe.data._batches import epoch_order
     from masc_probe.training import make_optimizer
@@ -142,9 +142,9 @@ def bare_loop(work: dict[str, Any], epochs: int) -> tuple[list[float], dict[str,
     optimizer = make_optimizer(net.parameters(), config.optimizer, lr=config.lr, momentum=config.momentum)
     autocast = _autocast(config, device)
     x_all, y_all, n, bs = data.x, data.y, data.num_samples, config.batch_size
-    seconds = []
+    seconds, cpu = [], []
     for epoch in range(1, epochs + 1):
-        t = _sync(device)
+        t, c = _sync(device), time.process_time()
         net.train()
         order = epoch_order(n, config.seed, epoch).to(device)
         for start in range(0, n, bs):
@@ -159,7 +159,8 @@ def bare_loop(work: dict[str, Any], epochs: int) -> tuple[list[float], dict[str,
             loss.backward()
             optimizer.step()
         seconds.append(_sync(device) - t)
-    return seconds, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+        cpu.append(time.process_time() - c)
+    return seconds, cpu, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
 
 def _memory_format(net: torch.nn.Module, device: torch.device) -> torch.memory_format | None:
@@ -188,7 +189,7 @@ def instrumented(work: dict[str, Any], epochs: int) -> Iterator[dict[str, Any]]:
     from masc_probe.training import _loop
 
     device, train_x, test_x = work["device"], work["train"].x, work["test"].x
-    rec: dict[str, Any] = {"parts": {}, "calls": {}, "epoch_ends": [], "first_step": None}
+    rec: dict[str, Any] = {"parts": {}, "calls": {}, "epoch_ends": [], "cpu_ends": [], "first_step": None}
     saved: dict[str, Any] = {}
 
     def add(part: str, seconds: float) -> None:
@@ -201,7 +202,7 @@ def instrumented(work: dict[str, Any], epochs: int) -> Iterator[dict[str, Any]]:
         def wrapper(*a: Any, **kw: Any) -> Any:
             t = _sync(device)
             if name == "_epoch" and rec["first_step"] is None:
-                rec["first_step"] = t
+                rec["first_step"], rec["first_cpu"] = t, time.process_time()
             try:
                 return fn(*a, **kw)
             finally:
@@ -209,6 +210,7 @@ def instrumented(work: dict[str, Any], epochs: int) -> Iterator[dict[str, Any]]:
                 add(part(*a, **kw), end - t)
                 if name == "write_metrics" and rec["first_step"] is not None:
                     rec["epoch_ends"].append(end)
+                    rec["cpu_ends"].append(time.process_time())
                     if len(rec["epoch_ends"]) == epochs:
                         raise _Stop
 
@@ -256,9 +258,10 @@ class _TimedLogger:
         return call
 
 
-def timed_train(work: dict[str, Any], epochs: int, folder: Path) -> tuple[list[float], dict[str, Any],
+def timed_train(work: dict[str, Any], epochs: int, folder: Path) -> tuple[list[float], list[float], dict[str, Any],
                                                                            dict[str, torch.Tensor]]:
-    """Seconds of each of train()'s first *epochs* epochs, its parts, and its weights after them."""
+    """Seconds of each of train()'s first *epochs* epochs (wall clock, and CPU time), its parts, and its weights
+    after them."""
     from masc_probe.training import train
 
     net = fresh(work)
@@ -271,6 +274,8 @@ def timed_train(work: dict[str, Any], epochs: int, folder: Path) -> tuple[list[f
             pass
     ends = [rec["first_step"], *rec["epoch_ends"]]
     seconds = [b - a for a, b in zip(ends, ends[1:])]
+    cpu_ends = [rec["first_cpu"], *rec["cpu_ends"]]
+    cpu = [b - a for a, b in zip(cpu_ends, cpu_ends[1:])]
     if len(seconds) != epochs:
         raise SystemExit(f"bench_train: train() ran {len(seconds)} epochs, expected {epochs} (it memorized?)")
     parts = {k: v for k, v in rec["parts"].items() if k != "setup"}
@@ -278,7 +283,7 @@ def timed_train(work: dict[str, Any], epochs: int, folder: Path) -> tuple[list[f
     # setup: the Accelerator, prepare, the realized-rate pass and checkpoint 0 — once per run, not per epoch
     info = {"parts": parts, "calls": {k: v for k, v in rec["calls"].items() if k != "setup"},
             "setup": rec["first_step"] - t0}
-    return seconds, info, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    return seconds, cpu, info, {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
 
 
 def alone(work: dict[str, Any], net: torch.nn.Module) -> dict[str, float]:
@@ -316,16 +321,19 @@ def run_workload(workload: str, args: argparse.Namespace, scratch: Path) -> dict
         weights = {}
         for which in order:
             if which == "bare":
-                pair["bare"], weights["bare"] = bare_loop(work, args.epochs)
+                pair["bare"], pair["bare_cpu"], weights["bare"] = bare_loop(work, args.epochs)
             else:
-                pair["train"], pair["train_info"], weights["train"] = timed_train(work, args.epochs,
-                                                                                  scratch / f"{workload}-{r}")
+                pair["train"], pair["train_cpu"], pair["train_info"], weights["train"] = timed_train(
+                    work, args.epochs, scratch / f"{workload}-{r}")
         pair["same_weights"] = all(torch.equal(weights["bare"][k], weights["train"][k]) for k in weights["bare"])
         pair["max_abs_weight_difference"] = max(float((weights["bare"][k].double() - weights["train"][k].double())
                                                       .abs().max()) for k in weights["bare"] if weights["bare"][k].numel())
         pair["ratio"] = statistics.mean(pair["train"]) / statistics.mean(pair["bare"])
-        log(f"  repeat {r} ({' then '.join(order)}): bare {_fmt_list(pair['bare'])} s/epoch, train() "
-            f"{_fmt_list(pair['train'])} s/epoch, ratio {pair['ratio']:.3f}, same weights {pair['same_weights']}")
+        pair["ratio_cpu"] = statistics.mean(pair["train_cpu"]) / statistics.mean(pair["bare_cpu"])
+        log(f"  repeat {r} ({' then '.join(order)}): bare {_fmt_list(pair['bare'])} s/epoch "
+            f"(CPU {_fmt_list(pair['bare_cpu'])}), train() {_fmt_list(pair['train'])} s/epoch "
+            f"(CPU {_fmt_list(pair['train_cpu'])}), ratio {pair['ratio']:.3f} (CPU time {pair['ratio_cpu']:.3f}), "
+            f"same weights {pair['same_weights']}")
         pairs.append(pair)
     net = fresh(work)
     net.load_state_dict(weights["train"])
@@ -350,6 +358,9 @@ def run_workload(workload: str, args: argparse.Namespace, scratch: Path) -> dict
         "device": str(work["device"]), "epochs": args.epochs, "repeats": pairs,
         "seconds_per_epoch": {"bare": bare, "train": trained},
         "ratio_median": statistics.median(p["ratio"] for p in pairs),
+        "ratio_cpu_median": statistics.median(p["ratio_cpu"] for p in pairs),
+        "cpu_seconds_per_epoch": {"bare": statistics.median(statistics.mean(p["bare_cpu"]) for p in pairs),
+                                  "train": statistics.median(statistics.mean(p["train_cpu"]) for p in pairs)},
         "ratio_of_medians": trained / bare,
         "same_weights": all(p["same_weights"] for p in pairs),
         "train_parts_per_epoch": parts,
@@ -367,8 +378,8 @@ def run_workload(workload: str, args: argparse.Namespace, scratch: Path) -> dict
 def show(result: dict[str, Any]) -> None:
     s = result["seconds_per_epoch"]
     log(f"{result['workload']} on {result['device']}: bare {s['bare']:.2f} s/epoch, train() {s['train']:.2f} s/epoch "
-        f"(median of {len(result['repeats'])}): ratio {result['ratio_median']:.3f} (median of the pairs' ratios), "
-        f"same weights: {result['same_weights']}")
+        f"(median of {len(result['repeats'])}): ratio {result['ratio_median']:.3f} (median of the pairs' ratios; "
+        f"of their CPU times {result['ratio_cpu_median']:.3f}), same weights: {result['same_weights']}")
     parts = result["train_parts_per_epoch"]
     log("  train() per epoch: " + ", ".join(f"{k} {v:.3f} s" for k, v in sorted(parts.items(), key=lambda x: -x[1])))
     a = result["alone"]

@@ -188,7 +188,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the network (faster on a GPU after a compile; changes the numbers, recorded)")
     g.add_argument("--eval-every", type=_positive_int, default=None, metavar="K",
                    help="test accuracy, and training accuracy on both label sets, after every K-th epoch and the "
-                        "last (default 5); the stop rule checks every epoch either way")
+                        "last (default 10); the stop rule checks every epoch either way")
     # The CLI keeps only the final checkpoint by default: `masc-probe` on digits stays under 60 MB, where the
     # dense schedule kept 20 copies of the 21 MB network. Training dynamics need dense or all at training time.
     g.add_argument("--keep-checkpoints", choices=CHECKPOINT_POLICIES, default="final",

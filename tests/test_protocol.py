@@ -140,7 +140,7 @@ def test_the_stop_rule_reads_the_protocols_accuracy(protocol: str, tmp_path: Pat
     def run(name: str, target: float) -> Any:
         config = preset_config("mlp", "digits", preset="fast", num_classes=10, batch_size=32, progress=False,
                                output_dir=str(tmp_path / name), protocol=protocol, max_epochs=10,
-                               target_accuracy=target, keep_checkpoints="final")  # fmt: skip
+                               target_accuracy=target, keep_checkpoints="final", eval_every=1)  # fmt: skip
         return train("mlp", data, config=config)
 
     history = run("free", 1.0).history

@@ -241,3 +241,92 @@ def load_state(run_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(run_dir / "model.safetensors")
+
+
+def test_a_run_closed_after_an_epoch_without_evaluation_gets_its_last_row_completed(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """A killed run rerun with a lower max_epochs (gpu_check's close step) ends at an epoch whose pass ended early:
+    its row is completed from the resume state's weights, and equals the saved model's accuracies counted here."""
+    from masc_probe.training import _loop
+
+    x, yc, y, xt, yt = digits(96)
+    data = TensorBatches(torch.tensor(x), torch.tensor(yc), torch.tensor(y), batch_size=32)
+    test = TensorBatches(torch.tensor(xt), torch.tensor(yt), batch_size=64)
+    config = preset_config("mlp", "digits", preset="fast", num_classes=10, max_epochs=6, eval_every=100,
+                           output_dir=str(tmp_path / "run"), batch_size=32, keep_checkpoints="final")
+    write, calls = _loop.write_metrics, []
+
+    def killed_after_two(run_dir: Path, history: list) -> None:
+        write(run_dir, history)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(_loop, "write_metrics", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train(_dropout_net(), data, config=config, test_data=test)
+    monkeypatch.setattr(_loop, "write_metrics", write)
+    result = train(_dropout_net(), data, config=config.replace(max_epochs=2), test_data=test)
+    assert result.stopped == "max_epochs" and [r["epoch"] for r in result.history] == [1, 2]
+    assert result.history[0]["train_accuracy_corrupted"] is None  # epoch 1 stays as it ran
+    last = result.history[-1]
+    net = load_model(tmp_path / "run").eval()
+    with torch.no_grad():
+        given = float((net(data.x).argmax(1) == data.y).double().mean())
+        true = float((net(data.x).argmax(1) == data.y_true).double().mean())
+        on_test = float((net(test.x).argmax(1) == test.y).double().mean())
+    assert (last["train_accuracy_corrupted"], last["train_accuracy_true"], last["test_accuracy"]) == (given, true,
+                                                                                                     on_test)
+    rows = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 2 and '"train_accuracy_corrupted": null' not in rows[-1]
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_network_and_records_it(tmp_path: Path) -> None:
+    """--compile: torch.compile'd forward passes (inductor compiles C++ here: slow), the module itself saved under
+    its own names; a few float32 roundings apart from the eager run, and recorded as a setting of the run."""
+    import json
+
+    x, yc, y, _, _ = digits(96)
+    data = TensorBatches(torch.tensor(x), torch.tensor(yc), torch.tensor(y), batch_size=32)
+    nets = {}
+    for compiled in (False, True):
+        config = preset_config("mlp", "digits", preset="fast", num_classes=10, max_epochs=2, compile=compiled,
+                               output_dir=str(tmp_path / str(compiled)), batch_size=32, keep_checkpoints="final")
+        torch.manual_seed(0)
+        train(load_model("mlp", num_classes=10, input_size=[1, 8, 8]), data, config=config)
+        nets[compiled] = load_state(tmp_path / str(compiled))
+        saved = json.loads((tmp_path / str(compiled) / "config.json").read_text())["masc_probe"]["training"]
+        assert saved["compile"] is compiled
+    assert nets[True].keys() == nets[False].keys()
+    assert all(torch.allclose(nets[True][k], nets[False][k], atol=1e-5) for k in nets[True])
+
+
+def test_two_processes_end_the_stop_pass_together_and_log_what_one_process_logs(tmp_path: Path,
+                                                                                processes) -> None:
+    """torchrun, two CPU processes: epochs 1 and 2 end their stop pass after a batch (on the gathered counts, so
+    both processes leave at the same batch and no collective waits); the rows and weights are one process's."""
+    import json
+    import os
+    import sys
+
+    from safetensors.torch import load_file
+
+    from _training_helpers import tuple_data
+
+    here = Path(__file__).resolve().parent
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(here / "_train_script.py"), str(tmp_path / "two"), "3", "256", "paper", "64"]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(here), "OMP_NUM_THREADS": "1"}
+    done = processes.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = preset_config("mlp", "digits", num_classes=10, max_epochs=3, batch_size=64, cpu=True, progress=False)
+    one = train("mlp", tuple_data(256), config=config.replace(output_dir=str(tmp_path / "one")))
+    rows = [[json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+            for path in (tmp_path / "two", one.run_dir)]
+    assert [r["train_accuracy_corrupted"] is None for r in rows[0]] == [True, True, False]
+    for two, single in zip(*rows, strict=True):
+        assert two["train_accuracy_corrupted"] == single["train_accuracy_corrupted"]
+        assert abs(two["loss"] - single["loss"]) < 1e-6
+    two_w, one_w = load_file(tmp_path / "two" / "model.safetensors"), load_file(one.run_dir / "model.safetensors")
+    assert max(float((two_w[k] - one_w[k]).abs().max()) for k in one_w) < 1e-6

@@ -42,7 +42,7 @@ class RunConfig:
     protocol: str = "clean"  # "authors": the MASC authors' order, stop rule and extraction (masc_probe._choices)
     keep_checkpoints: str = "dense"  # all, dense or final (TrainConfig.keep_checkpoints)
     record_margins: bool = False  # margins.safetensors: every training sample's margin per epoch (AUM)
-    eval_every: int | None = None  # test pass and full training accuracy every K epochs (None: TrainConfig's, 5)
+    eval_every: int | None = None  # test pass and full training accuracy every K epochs (None: TrainConfig's, 10)
     compile: bool = False  # torch.compile the network (TrainConfig.compile)
 
 

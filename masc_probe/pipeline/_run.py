@@ -105,7 +105,7 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
         record_margins: Keep every training sample's margin after each epoch in ``margins.safetensors`` (the
             record AUM ranks by; ``masc-probe label-issues`` reads it).
         eval_every: Test accuracy and full training accuracy after every *eval_every*-th epoch and the last
-            (default 5; the stop rule checks every epoch either way).
+            (default 10; the stop rule checks every epoch either way).
         compile: ``torch.compile`` the network (changes the numbers slightly; recorded).
 
     Returns:

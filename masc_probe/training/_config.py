@@ -58,7 +58,7 @@ class TrainConfig:
     # lr_decay_after the accuracy lies on): same stop epoch, same weights, a fraction of the compute. Those rows
     # record None for the accuracies they did not complete. No effect on the weights (a skipped pass leaves the
     # random stream where the pass would have), so it may change when a run resumes.
-    eval_every: int = 5
+    eval_every: int = 10
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"  # changes the numbers: recorded, off by default
     compile: bool = False  # torch.compile the forward passes; changes the numbers: recorded, off by default
     cpu: bool = False  # train on the CPU even when an accelerator is present

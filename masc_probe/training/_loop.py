@@ -12,11 +12,20 @@ a run cut off at ``max_epochs`` keeps its whole state, so that a rerun with more
 ``config.protocol`` decides the order and the stop rule: ``"clean"`` draws a seeded order every epoch and stops on
 an eval-mode pass over the training data after the epoch; ``"authors"`` (the MASC authors' code) keeps the data's
 own order and stops on the running accuracy — each batch's train-mode predictions, made before its step, summed
-over the epoch. Every metrics row records both (``train_accuracy_corrupted``, ``train_accuracy_running``).
+over the epoch. Every metrics row records the running accuracy; the eval pass's accuracies (given and true labels)
+and the test accuracy are recorded after every ``config.eval_every``-th epoch and the last. Between those, the pass
+over the training data is the stop rule's own (``_passes.stop_pass``): it counts only until it is certain that the
+target is out of reach (and which side of ``lr_decay_after`` the accuracy lies on, where the plateau schedule asks),
+so the run stops at the same epoch with the same weights as with a complete pass every epoch, and its row records
+None for what it did not count (tests/test_train_speed_rule.py; benchmarks/RESULTS.md, issue 22).
 
-``config.record_margins`` also keeps, from the same eval pass over the training data, every sample's margin (given-
-label logit minus the largest other) after each epoch in ``margins.safetensors``: the training record AUM needs
-(:func:`masc_probe.find_label_issues`, ``masc-probe label-issues --method aum``).
+``config.record_margins`` also keeps, from a complete eval pass over the training data after every epoch, every
+sample's margin (given-label logit minus the largest other) in ``margins.safetensors``: the training record AUM
+needs (:func:`masc_probe.find_label_issues`, ``masc-probe label-issues --method aum``).
+
+On a CUDA device, tensor data that fits in a quarter of its memory is moved there once, larger tensor data is
+pinned, DataLoader batches are pinned and copied without blocking, and convolutional networks run channels_last.
+``config.mixed_precision`` and ``config.compile`` are recorded options, off by default: they change the numbers.
 """
 
 from __future__ import annotations
