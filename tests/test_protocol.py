@@ -133,6 +133,7 @@ def test_authors_training_takes_the_data_in_its_own_order_every_epoch(tmp_path: 
 
 
 @pytest.mark.parametrize("protocol", ["authors", "clean"])
+@pytest.mark.usefixtures("long_training")  # four runs of up to 10 epochs each
 def test_the_stop_rule_reads_the_protocols_accuracy(protocol: str, tmp_path: Path) -> None:
     x, y, y_true, _, _ = digits(n_train=200)
     data = DictDigits(x, y, y_true)

@@ -115,7 +115,7 @@ def test_relabel_shares_match_the_known_corruption(tmp_path: Path, memorizer: Me
     corrupted = given != true
     assert result.repaired == pytest.approx((suggested[corrupted] == true[corrupted]).mean(), abs=1e-12)
     # And it is a repair: random suggestions get ~1/10 of the 217 corrupted labels right (sd 0.02), suggestions
-    # fitted in-sample hand the given label back (0 repaired). This run repairs 0.217.
+    # fitted in-sample hand the given label back (0 repaired). This run repairs 0.212.
     assert result.repaired > 0.15
     assert result.broken == pytest.approx((suggested[~corrupted] != true[~corrupted]).mean(), abs=1e-12)
     assert result.n_changed == int((suggested != given).sum())
