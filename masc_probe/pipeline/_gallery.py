@@ -7,8 +7,10 @@ Images are drawn as the data stores them, not as the normalized tensors the mode
 own intensity scale (16 for scikit-learn's digits, 255 for bytes); for other map-style data the sample's image
 tensor, stretched to its own range (the only scale it carries).
 
->>> fig = issues.plot_gallery(load_data("digits", corrupt=0.6), k=32)   # doctest: +SKIP
->>> fig.savefig("label_issues.png")                                     # doctest: +SKIP
+Example::
+
+    fig = issues.plot_gallery(load_data("digits", corrupt=0.6), k=32)
+    fig.savefig("label_issues.png")
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ its exact JSON value, so no number is ever retyped. It is one file: inline CSS, 
 and a Content-Security-Policy that forbids scripts and every fetch, so it reads the same from a disk, a mail or the
 Hub. Narrow screens get each table row as a card (``td::before`` shows the column name), so nothing is cut off.
 
->>> html = report_html(json.load(open("runs/mlp-digits/report.json")))   # doctest: +SKIP
->>> write_run_html("runs/mlp-digits")                                     # doctest: +SKIP
+Example::
+
+    html = report_html(json.load(open("runs/mlp-digits/report.json")))
+    write_run_html("runs/mlp-digits")
 """
 
 from __future__ import annotations
