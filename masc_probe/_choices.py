@@ -39,6 +39,10 @@ SECOND_MOMENT_PROBES = ("masc", "velpic")
 # Probes that take torch tensors; the others are scikit-learn's and take numpy arrays.
 TENSOR_PROBES = ("masc", "ncm", "velpic", "linear")
 DEFAULT_PROBES = ("masc", "ncm", "linear")
+# Candidate probes of label-issue detection (find_label_issues, masc-probe label-issues). QDA is left out: one d x d
+# eigendecomposition per class and fold made it the bulk of the time on the MLP's 2048-wide layers (over 10 minutes on
+# digits on one thread, against about one for the other three).
+ISSUE_PROBES = ("masc", "ncm", "lda")
 # Controls a name alone asks for (ProbeRunner(controls=...), --controls): the network at its initial weights and the
 # raw input; any other control is a model passed by name. Both by default.
 CONTROLS = ("init", "input")

@@ -26,6 +26,7 @@ from masc_probe._choices import (
     CONTROLS,
     CORRUPTION_MODES,
     DEFAULT_PROBES,
+    ISSUE_PROBES,
     MIXED_PRECISION,
     PIPELINE_LABELS,
     PIPELINE_PRESETS,
@@ -132,7 +133,7 @@ def _add_data(p: argparse.ArgumentParser, *, corrupt_default: float | None) -> N
                    help="built-in (digits, mnist-5k), Hub name (mnist, fashion_mnist, cifar10, cifar100, "
                         "tiny-imagenet, or any user/name), or a local folder/file (default: digits; for a run "
                         "folder, the dataset it was trained on)")
-    g.add_argument("--corrupt", type=_fraction, default=corrupt_default, metavar="P",
+    g.add_argument("--corrupt", type=_fraction, default=None, metavar="P",
                    help="label corruption rate of the training split" +
                         (f" (default {corrupt_default})" if corrupt_default is not None else ""))
     g.add_argument("--corrupt-mode", default=None, choices=CORRUPTION_MODES,
@@ -147,11 +148,11 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("probing")
     g.add_argument("--layers", type=_names, default=None, metavar="A,B,…",
                    help="layers to probe (names from `masc-probe layers`; default: the model's probe points)")
-    g.add_argument("--probes", type=_probes, default=DEFAULT_PROBES, metavar="P,…",
+    g.add_argument("--probes", type=_probes, default=None, metavar="P,…",
                    help=f"probes: {', '.join(PROBE_NAMES)} (default {','.join(DEFAULT_PROBES)})")
-    g.add_argument("--labels", choices=PIPELINE_LABELS, default="both",
+    g.add_argument("--labels", choices=PIPELINE_LABELS, default=None,
                    help="label sets to fit subspaces on (default both)")
-    g.add_argument("--n-components", type=_n_components, default=0.99, metavar="T|K",
+    g.add_argument("--n-components", type=_n_components, default=None, metavar="T|K",
                    help="MASC subspace size: variance fraction in (0,1) or a count (default 0.99)")
     g.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE",
                    help="memory budget of the probes, e.g. 4GB (decides the exact solver per layer)")
@@ -159,7 +160,7 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
                    help="how a layer's value becomes rows: flatten (default, the paper's), cls or mean (token maps "
                         "(B,T,D)), gap (conv maps), auto (cls for transformer blocks, flatten elsewhere); one for "
                         "every layer but the input, or per layer as LAYER=NAME,…")
-    g.add_argument("--controls", type=_controls, default=CONTROLS, metavar="init,input|none",
+    g.add_argument("--controls", type=_controls, default=None, metavar="init,input|none",
                    help="what each layer is compared with on the same test images: init (the same network at its "
                         "initial weights; a run's own epoch 0) and input (the raw input); default both, none to skip")
 
@@ -172,27 +173,25 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_protocol(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--protocol", choices=PROTOCOLS, default="clean",
+    p.add_argument("--protocol", choices=PROTOCOLS, default=None,
                    help=f"clean (default) or authors: the MASC authors' {what}; recorded in the report")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
-    g.add_argument("--preset", choices=PIPELINE_PRESETS, default="auto",
+    g.add_argument("--preset", choices=PIPELINE_PRESETS, default=None,
                    help="optimizer/lr/batch preset: paper (the authors'), fast (Adam 3e-4, batch 128, lr halved at "
                         "loss plateaus), auto = fast on built-in data under the clean protocol, paper otherwise")
     g.add_argument("--max-epochs", type=_positive_int, default=None, help="stop after this many epochs (500)")
-    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, default="no",
+    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, default=None,
                    help="bf16 or fp16 autocast (faster on a GPU; changes the numbers, so recorded; default no)")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the network (faster on a GPU after a compile; changes the numbers, recorded)")
     g.add_argument("--eval-every", type=_positive_int, default=None, metavar="K",
                    help="test accuracy, and training accuracy on both label sets, after every K-th epoch and the "
                         "last (default 10); the stop rule checks every epoch either way")
-    # The CLI keeps only the final checkpoint by default: `masc-probe` on digits stays under 60 MB, where the
-    # dense schedule kept 20 copies of the 21 MB network. Training dynamics need dense or all at training time.
-    g.add_argument("--keep-checkpoints", choices=CHECKPOINT_POLICIES, default="final",
-                   help="checkpoints/epoch-NNNN to keep: final (default: the last epoch only), dense (epochs 0, 2, "
+    g.add_argument("--keep-checkpoints", choices=CHECKPOINT_POLICIES, default=None,
+                   help="checkpoints/epoch-NNNN to keep (default final: the last epoch only), dense (epochs 0, 2, "
                         "…, 20, then every 5th) or all; `probe --all-checkpoints` reads them")
     g.add_argument("--record-margins", action="store_true",
                    help="keep every training sample's margin after each epoch (margins.safetensors): the record "
@@ -207,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     run = sub.add_parser("run", help="train until memorized, probe every layer, write the report (default)")
-    run.add_argument("--model", default="mlp", help="mlp, cnn, alexnet, resnet18-cifar, timm/<name> (default mlp)")
+    run.add_argument("--model", default=None, help="mlp, cnn, alexnet, resnet18-cifar, timm/<name> (default mlp)")
     _add_data(run, corrupt_default=0.8)
     _add_train(run)
     _add_probe(run)
@@ -218,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="keep the fitted probes in RUN/probes (safetensors + JSON); a push then publishes them")
 
     train = sub.add_parser("train", help="train a model until it memorizes corrupted labels")
-    train.add_argument("--model", default="mlp", help="model spec (default mlp)")
+    train.add_argument("--model", default=None, help="model spec (default mlp)")
     _add_data(train, corrupt_default=0.8)
     _add_train(train)
     _add_common(train)
@@ -252,10 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(relabel)
     relabel.add_argument("--oracle", action="store_true",
                          help="also report the bound with true-label subspaces (leaks the answer; labelled so)")
-    relabel.add_argument("--max-epochs", type=_positive_int, default=30, help="fine-tuning epochs (30)")
+    relabel.add_argument("--max-epochs", type=_positive_int, default=None, help="fine-tuning epochs (default 30)")
     relabel.add_argument("--layers", type=_names, default=None, metavar="A,B,…",
                          help="candidate layers for the best MASC layer (default: the model's probe points)")
-    relabel.add_argument("--detector", choices=("masc", "issues"), default="masc",
+    relabel.add_argument("--detector", choices=("masc", "issues"), default=None,
                          help="masc: the paper's best MASC layer (default); issues: label-issues' chosen layer x "
                               "probe (masc, ncm, lda)")
     relabel.add_argument("--ceiling", action="store_true",
@@ -269,25 +268,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(issues, corrupt_default=None)
     issues.add_argument("--layers", type=_names, default=None, metavar="A,B,…",
                         help="candidate layers (default: the model's probe points)")
-    # QDA is left out by default: one d x d eigendecomposition per class and fold made it the bulk of the time on
-    # the MLP's 2048-wide layers (over 10 minutes on digits on one thread, against about one for the other three).
-    issues.add_argument("--probes", type=_probes, default=("masc", "ncm", "lda"), metavar="P,…",
-                        help="candidate probes (default masc,ncm,lda; qda is slow on wide layers); the best layer x "
+    issues.add_argument("--probes", type=_probes, default=None, metavar="P,…",
+                        help=f"candidate probes (default {','.join(ISSUE_PROBES)}; qda is slow on wide layers); the "
+                             "best layer x "
                              "probe on the test split is chosen")
-    issues.add_argument("--folds", type=_folds, default=2, help="folds K: each sample is scored by probes fitted on "
+    issues.add_argument("--folds", type=_folds, default=None, help="folds K: each sample is scored by probes fitted on "
                                                                "the other K-1 (default 2)")
     issues.add_argument("--threshold", type=float, default=None,
                         help="flag the scores below this (default: as many as the estimated noise rate)")
-    issues.add_argument("--method", choices=("probe", "aum"), default="probe",
+    issues.add_argument("--method", choices=("probe", "aum"), default=None,
                         help="rank by the chosen probe (default) or by AUM (a run trained with --record-margins)")
-    issues.add_argument("--n-components", type=_n_components, default=0.99, metavar="T|K", help="MASC threshold")
+    issues.add_argument("--n-components", type=_n_components, default=None, metavar="T|K",
+                        help="MASC threshold (default 0.99)")
     issues.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE", help="memory budget, e.g. 4GB")
     issues.add_argument("--out", "--output-dir", dest="output_dir", default=None, metavar="DIR",
                         help="where label_issues.csv and .json go (default RUN/label-issues)")
     issues.add_argument("--device", default=None, help="cpu, cuda, cuda:1, …")
     issues.add_argument("--revision", default=None, help="Hub revision of an hf-hub: model")
     issues.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
-    issues.add_argument("--gallery", type=_non_negative_int, default=32, metavar="K",
+    issues.add_argument("--gallery", type=_non_negative_int, default=None, metavar="K",
                         help="draw the K most suspect samples as label_issues.png (default 32; 0 for none)")
 
     push = sub.add_parser("push", help="publish a run folder with its report and card in one commit")
@@ -318,7 +317,14 @@ def _normalize_argv(argv: Sequence[str]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------- the commands
-# Each handler turns the parsed flags into the arguments of ONE library call, then prints what it returned.
+# Each handler turns the parsed flags into the arguments of ONE library call, then prints what it returned. A flag
+# left out is None and is not passed (_given): the library's default applies, so the CLI has no defaults of its own
+# (tests/test_cli_defaults.py).
+def _given(**kwargs: Any) -> dict[str, Any]:
+    """The keyword arguments a user gave a value (None: a flag left out, whose default is the library's)."""
+    return {key: value for key, value in kwargs.items() if value is not None}
+
+
 def _probing(ns: argparse.Namespace) -> dict[str, Any]:
     return {"layers": ns.layers, "probes": ns.probes, "labels": ns.labels, "n_components": ns.n_components,
             "max_memory": ns.max_memory, "reducer": ns.reducer, "controls": ns.controls}
@@ -329,8 +335,8 @@ def _data(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def _training(ns: argparse.Namespace) -> dict[str, Any]:
-    return {"model": ns.model, "dataset": ns.dataset or "digits", "corrupt": ns.corrupt,
-            "corrupt_mode": ns.corrupt_mode or "random", "seed": 0 if ns.seed is None else ns.seed,
+    return {"model": ns.model, "dataset": ns.dataset, "corrupt": ns.corrupt,
+            "corrupt_mode": ns.corrupt_mode, "seed": ns.seed,
             "preset": ns.preset, "max_epochs": ns.max_epochs, "batch_size": ns.batch_size,
             "mixed_precision": ns.mixed_precision, "device": ns.device, "revision": ns.revision,
             "output_dir": ns.output_dir, "progress": not ns.quiet, "protocol": ns.protocol,
@@ -342,7 +348,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     """``masc-probe [run]``: train → probe → report (→ push)."""
     from masc_probe.pipeline import run_experiment
 
-    result = run_experiment(**_training(ns), **_probing(ns), push_to_hub=ns.push_to_hub, save_probes=ns.save_probes)
+    result = run_experiment(**_given(**_training(ns), **_probing(ns), push_to_hub=ns.push_to_hub,
+                                     save_probes=ns.save_probes))
     _show_report(result, quiet=ns.quiet)
     if result.pushed:
         _say(f"pushed to {result.pushed}", quiet=False)
@@ -353,7 +360,7 @@ def cmd_train(ns: argparse.Namespace) -> int:
     """``masc-probe train``: train until memorized (rerun to resume)."""
     from masc_probe.pipeline import train_model
 
-    result = train_model(**_training(ns))
+    result = train_model(**_given(**_training(ns)))
     history = result.training.history
     if history and not ns.quiet:
         last = history[-1]
@@ -367,11 +374,11 @@ def cmd_probe(ns: argparse.Namespace) -> int:
     """``masc-probe probe SOURCE``: probe a run folder, hf-hub: model or model spec."""
     from masc_probe.pipeline import probe_source
 
-    result = probe_source(ns.source, dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode,
-                          seed=ns.seed, all_checkpoints=ns.all_checkpoints, batch_size=ns.batch_size,
-                          device=ns.device, revision=ns.revision, pretrained=ns.pretrained, output_dir=ns.output_dir,
-                          progress=not ns.quiet, protocol=ns.protocol, save_probes=ns.save_probes, **_probing(ns),
-                          **_data(ns))
+    result = probe_source(ns.source, **_given(
+        dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode, seed=ns.seed,
+        all_checkpoints=ns.all_checkpoints, batch_size=ns.batch_size, device=ns.device, revision=ns.revision,
+        pretrained=ns.pretrained, output_dir=ns.output_dir, progress=not ns.quiet, protocol=ns.protocol,
+        save_probes=ns.save_probes, **_probing(ns), **_data(ns)))
     _show_report(result, quiet=ns.quiet)
     return 0
 
@@ -395,11 +402,11 @@ def cmd_relabel(ns: argparse.Namespace) -> int:
     """``masc-probe relabel RUN_DIR``: the paper's relabeling experiment (plus the oracle bound with --oracle)."""
     from masc_probe.pipeline import relabel_run
 
-    results = relabel_run(ns.run_dir, dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode,
-                          seed=ns.seed, oracle=ns.oracle, layers=ns.layers, max_epochs=ns.max_epochs,
-                          batch_size=ns.batch_size, device=ns.device, output_dir=ns.output_dir,
-                          progress=not ns.quiet, protocol=ns.protocol, detector=ns.detector, ceiling=ns.ceiling,
-                          **_data(ns))
+    results = relabel_run(ns.run_dir, **_given(
+        dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode, seed=ns.seed, oracle=ns.oracle,
+        layers=ns.layers, max_epochs=ns.max_epochs, batch_size=ns.batch_size, device=ns.device,
+        output_dir=ns.output_dir, progress=not ns.quiet, protocol=ns.protocol, detector=ns.detector,
+        ceiling=ns.ceiling, **_data(ns)))
     for r in results:
         if not ns.quiet:
             kind = ("ORACLE BOUND (true-label subspaces, leaks the answer)" if r.oracle
@@ -417,12 +424,12 @@ def cmd_label_issues(ns: argparse.Namespace) -> int:
     """``masc-probe label-issues RUN|MODEL``: the suspect labels, most suspect first, and how they were found."""
     from masc_probe.pipeline import label_issues_run
 
-    issues, out = label_issues_run(
-        ns.source, dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode, seed=ns.seed,
+    issues, out = label_issues_run(ns.source, **_given(
+        dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode, seed=ns.seed,
         layers=ns.layers, probes=ns.probes, folds=ns.folds, threshold=ns.threshold, method=ns.method,
         n_components=ns.n_components, max_memory=ns.max_memory, device=ns.device, batch_size=ns.batch_size,
         image_column=ns.image_column, label_column=ns.label_column, revision=ns.revision, output_dir=ns.output_dir,
-        progress=not ns.quiet, gallery=ns.gallery)  # fmt: skip
+        progress=not ns.quiet, gallery=ns.gallery))  # fmt: skip
     if not ns.quiet:
         s = issues.summary()
         up = s["runner_up"]
@@ -435,7 +442,7 @@ def cmd_label_issues(ns: argparse.Namespace) -> int:
             print(f"  against the true labels, {name}: AUROC {_num(m['auroc'])}, AP {_num(m['average_precision'])}, "
                   f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f}, lift top 1% "
                   f"{_num(m['lift_top_1pct'])}, top 5% {_num(m['lift_top_5pct'])}")
-    _say(f"wrote {out / 'label_issues.csv'}, label_issues.json" + (", label_issues.png" if ns.gallery else ""),
+    _say(f"wrote {out / 'label_issues.csv'}, label_issues.json" + (", label_issues.png" if ns.gallery != 0 else ""),
          quiet=ns.quiet, path=out)
     return 0
 

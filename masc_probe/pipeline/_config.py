@@ -1,27 +1,34 @@
 """The pipeline's settings as frozen dataclasses: what data, how to train, what to probe.
 
 The public functions (``run_experiment``, ``train_model``, ``probe_source``) keep their keyword arguments; each
-builds these once and hands them on, so no list of a dozen keywords is forwarded twice.
+builds these once and hands them on, so no list of a dozen keywords is forwarded twice. They hold no defaults of
+their own: a value comes from the function's signature, and what belongs to training or probing is composed from
+:class:`~masc_probe.training.TrainConfig` (``RunConfig.train``) or handed to :class:`~masc_probe.ProbeRunner`
+(``ProbeConfig``), whose defaults are the ones that count. The CLI passes only the flags a user gave, so its
+defaults are these too (tests/test_cli_defaults.py).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from masc_probe._choices import DEFAULT_PROBES
+# The pipeline keeps only the final checkpoint unless asked (TrainConfig's own default, "dense", serves train()
+# callers who study dynamics): `masc-probe` on digits stays under 60 MB, where the dense schedule kept 20 copies of
+# the 21 MB network. Training dynamics (probe --all-checkpoints) need "dense" or "all" at training time.
+KEEP_CHECKPOINTS = "final"
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """The training data of a run (its test split is loaded beside it, never corrupted)."""
 
-    dataset: str | os.PathLike[str] = "digits"  # a dataset spec (masc_probe.load_data)
-    corrupt: float = 0.8  # label corruption rate of the training split
-    corrupt_mode: str = "random"
-    seed: int = 0  # corruption, and the run's initialization and data order
+    dataset: str | os.PathLike[str]  # a dataset spec (masc_probe.load_data)
+    corrupt: float  # label corruption rate of the training split
+    corrupt_mode: str
+    seed: int  # corruption, and the run's initialization and data order
     image_column: str | None = None  # Hub / parquet data whose columns the guess misses
     label_column: str | None = None
     revision: str | None = None  # Hub revision of the dataset
@@ -29,38 +36,35 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class RunConfig:
-    """How a run trains and where its folder goes (None: the preset's value, or the default folder)."""
+    """What a run trains and where its folder goes; how it trains is ``train``, composed with the preset."""
 
-    model: str = "mlp"  # an architecture spec: a paper model or timm/<name>
-    preset: str = "auto"  # paper, fast, or auto (fast on the built-in datasets, paper otherwise)
-    max_epochs: int | None = None
-    batch_size: int | None = None  # the global batch
-    mixed_precision: str = "no"
+    model: str  # an architecture spec: a paper model or timm/<name>
+    preset: str  # paper, fast, or auto (fast on the built-in datasets, paper otherwise)
     device: str | None = None  # "cpu" forces the CPU
-    output_dir: str | os.PathLike[str] | None = None
-    progress: bool = True
-    protocol: str = "clean"  # "authors": the MASC authors' order, stop rule and extraction (masc_probe._choices)
-    keep_checkpoints: str = "dense"  # all, dense or final (TrainConfig.keep_checkpoints)
-    record_margins: bool = False  # margins.safetensors: every training sample's margin per epoch (AUM)
-    eval_every: int | None = None  # test pass and full training accuracy every K epochs (None: TrainConfig's, 10)
-    compile: bool = False  # torch.compile the network (TrainConfig.compile)
+    output_dir: str | os.PathLike[str] | None = None  # None: the default folder
+    # TrainConfig fields the call sets (seed, protocol, keep_checkpoints, ...; TrainConfig validates them). A field
+    # left out, or None here, is the preset's (optimizer, lr, batch size, stop target) or TrainConfig's default.
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "train", {k: v for k, v in self.train.items() if v is not None})
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """What a run probes (see :class:`masc_probe.ProbeRunner` for each meaning)."""
+    """What a run probes: :class:`masc_probe.ProbeRunner`'s keywords (see it for each meaning and default)."""
 
-    layers: Sequence[str] | None = None  # None: the model's probe points
-    probes: Sequence[str] = DEFAULT_PROBES
-    labels: str = "both"
-    n_components: float | int = 0.99
-    max_memory: int | None = None
-    protocol: str = "clean"  # how layers are read: eval mode, or (authors) train mode one sample at a time
+    layers: Sequence[str] | None  # None: the model's probe points
+    probes: Sequence[str]
+    labels: str
+    n_components: float | int
+    max_memory: int | None
+    protocol: str  # how layers are read: eval mode, or (authors) train mode one sample at a time
     # How each layer's value becomes rows: None/flatten (the paper's), cls, mean, gap, auto, or {layer: name}
-    reducer: str | Mapping[str, str] | None = None
+    reducer: str | Mapping[str, str] | None
     # What the trained network is compared with: "init" (a run's own epoch-0 weights when it recorded them, else a
     # re-initialized copy) and "input" (the raw input); () for none (ProbeRunner's controls=)
-    controls: Sequence[str] = ("init", "input")
+    controls: Sequence[str]
 
     def runner_options(self, *, progress: bool) -> dict[str, Any]:
         """The ProbeRunner keyword arguments these settings stand for."""

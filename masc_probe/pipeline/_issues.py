@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from masc_probe import _atomic
+from masc_probe._choices import ISSUE_PROBES
 from masc_probe._params import check_folds
 from masc_probe.errors import InputError
 from masc_probe.pipeline._gallery import GALLERY_NAME, gallery_summary, write_gallery
@@ -34,7 +35,7 @@ OUTPUT_FOLDER = "label-issues"
 
 def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,
                      corrupt_mode: str | None = None, seed: int | None = None, layers: Sequence[str] | None = None,
-                     probes: Sequence[str] = ("masc", "ncm", "lda", "qda"), folds: int = 2,
+                     probes: Sequence[str] = ISSUE_PROBES, folds: int = 2,
                      threshold: float | None = None, method: str = "probe", n_components: float | int = 0.99,
                      max_memory: int | None = None, device: str | None = None, batch_size: int | None = None,
                      image_column: str | None = None, label_column: str | None = None, revision: str | None = None,

@@ -13,7 +13,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from masc_probe.pipeline._config import DataConfig, ProbeConfig, RunConfig
+from masc_probe.pipeline._config import KEEP_CHECKPOINTS, DataConfig, ProbeConfig, RunConfig
 from masc_probe.pipeline._inputs import (
     RunData,
     check_device,
@@ -74,10 +73,10 @@ class RunResult:
 # ---------------------------------------------------------------------------------------------------- train / run
 def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float = 0.8, corrupt_mode: str = "random",
                 seed: int = 0, preset: str = "auto", max_epochs: int | None = None, batch_size: int | None = None,
-                mixed_precision: str = "no", device: str | None = None, image_column: str | None = None,
+                mixed_precision: str | None = None, device: str | None = None, image_column: str | None = None,
                 label_column: str | None = None, revision: str | None = None,
                 output_dir: str | os.PathLike[str] | None = None, progress: bool = True, protocol: str = "clean",
-                keep_checkpoints: str = "dense", record_margins: bool = False, eval_every: int | None = None,
+                keep_checkpoints: str = KEEP_CHECKPOINTS, record_margins: bool = False, eval_every: int | None = None,
                 compile: bool = False) -> RunResult:
     """Train *model* on *dataset* with corrupted labels until it memorizes them; rerunning resumes.
 
@@ -91,7 +90,7 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
         preset: ``paper``, ``fast``, or ``auto`` (fast on the built-in datasets, paper otherwise).
         max_epochs: Stop after this many epochs (default: the preset's, 500).
         batch_size: Global batch size (default: the preset's).
-        mixed_precision: ``no``, ``fp16`` or ``bf16``.
+        mixed_precision: ``no``, ``fp16`` or ``bf16`` (default: TrainConfig's, ``no``).
         device: ``cpu`` forces the CPU; default: an accelerator when present.
         image_column: Image column of Hub / parquet data.
         label_column: Label column of Hub / parquet data.
@@ -100,8 +99,8 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
         progress: Show progress bars.
         protocol: ``clean`` or ``authors`` (the MASC authors' fixed order and running-accuracy stop rule; with
             ``preset="auto"`` it takes the paper preset). See :class:`masc_probe.training.TrainConfig`.
-        keep_checkpoints: ``all``, ``dense`` or ``final``: which ``checkpoints/epoch-NNNN`` the run keeps besides
-            the final one (``probe --all-checkpoints`` reads them).
+        keep_checkpoints: ``all``, ``dense`` or ``final`` (default; TrainConfig's own is ``dense``): which
+            ``checkpoints/epoch-NNNN`` the run keeps besides the final one (``probe --all-checkpoints`` reads them).
         record_margins: Keep every training sample's margin after each epoch in ``margins.safetensors`` (the
             record AUM ranks by; ``masc-probe label-issues`` reads it).
         eval_every: Test accuracy and full training accuracy after every *eval_every*-th epoch and the last
@@ -115,26 +114,26 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
         InputError: A bad value. UnknownNameError: an unknown model, dataset, mode or preset.
         DataUnavailableError: The data cannot be read here (e.g. a Hub dataset offline).
     """
-    plan = _TrainPlan.make(*_train_configs(locals()))
+    run = RunConfig(model=model, preset=preset, device=device, output_dir=output_dir, train=dict(
+        seed=seed, max_epochs=max_epochs, batch_size=batch_size, mixed_precision=mixed_precision, progress=progress,
+        protocol=protocol, keep_checkpoints=keep_checkpoints, record_margins=record_margins, eval_every=eval_every,
+        compile=compile))
+    data = DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
+                      image_column=image_column, label_column=label_column, revision=revision)
+    plan = _TrainPlan.make(run, data)
     return RunResult(output_dir=plan.run_dir, training=plan.train())
-
-
-def _train_configs(args: dict[str, Any]) -> tuple[RunConfig, DataConfig]:
-    """The run and data settings of :func:`train_model` / :func:`run_experiment`, from their keyword arguments."""
-    run = RunConfig(**{f.name: args[f.name] for f in dataclasses.fields(RunConfig)})
-    data = DataConfig(**{f.name: args[f.name] for f in dataclasses.fields(DataConfig)})
-    return run, data
 
 
 def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: float = 0.8,
                    corrupt_mode: str = "random", seed: int = 0, preset: str = "auto", max_epochs: int | None = None,
-                   batch_size: int | None = None, mixed_precision: str = "no", layers: Sequence[str] | None = None,
+                   batch_size: int | None = None, mixed_precision: str | None = None,
+                   layers: Sequence[str] | None = None,
                    probes: Sequence[str] = DEFAULT_PROBES, labels: str = "both", n_components: float | int = 0.99,
                    max_memory: int | None = None, device: str | None = None, image_column: str | None = None,
                    label_column: str | None = None, revision: str | None = None,
                    output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
                    push_to_hub: str | None = None, private: bool = False, protocol: str = "clean",
-                   keep_checkpoints: str = "dense", record_margins: bool = False,
+                   keep_checkpoints: str = KEEP_CHECKPOINTS, record_margins: bool = False,
                    eval_every: int | None = None, compile: bool = False, save_probes: bool = False,
                    reducer: str | Mapping[str, str] | None = None,
                    controls: Sequence[str] | str | None = ("init", "input")) -> RunResult:
@@ -176,7 +175,12 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
     """
     if push_to_hub is not None:
         check_repo_id(push_to_hub)
-    plan = _TrainPlan.make(*_train_configs(locals()))
+    run = RunConfig(model=model, preset=preset, device=device, output_dir=output_dir, train=dict(
+        seed=seed, max_epochs=max_epochs, batch_size=batch_size, mixed_precision=mixed_precision, progress=progress,
+        protocol=protocol, keep_checkpoints=keep_checkpoints, record_margins=record_margins, eval_every=eval_every,
+        compile=compile))
+    plan = _TrainPlan.make(run, DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
+                                           image_column=image_column, label_column=label_column, revision=revision))
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
                         max_memory=max_memory, protocol=protocol, reducer=reducer, controls=_control_names(controls))
     probing = _ProbePlan.make(plan.net, probe, device=device, progress=progress, data=plan.data)
@@ -235,22 +239,13 @@ class _TrainPlan:
         net = load_model(model, num_classes=data.num_classes, in_chans=data.shape[0], input_size=data.shape)
         if architecture:  # reports, cards and the default folder name the architecture, not a local path
             model = model_spec(net)
-        builtin = data.info["source"] == "builtin" and run.protocol != "authors"  # authors: their preset
+        builtin = data.info["source"] == "builtin" and run.train.get("protocol") != "authors"  # authors: their preset
         chosen = preset if preset != "auto" else ("fast" if builtin else "paper")
         run_dir = Path(run.output_dir) if run.output_dir is not None else default_run_dir(
             model, os.fspath(dataset), source.corrupt, source.corrupt_mode, seed)
-        overrides: dict[str, Any] = {"seed": seed, "num_classes": data.num_classes, "output_dir": str(run_dir),
-                                     "progress": run.progress, "mixed_precision": run.mixed_precision,
-                                     "cpu": run.device == "cpu", "corruption": data.corruption_spec,
-                                     "preprocessing": data.info["preprocessing"], "protocol": run.protocol,
-                                     "keep_checkpoints": run.keep_checkpoints,
-                                     "record_margins": run.record_margins, "compile": run.compile}
-        if run.max_epochs is not None:
-            overrides["max_epochs"] = run.max_epochs
-        if run.eval_every is not None:
-            overrides["eval_every"] = run.eval_every
-        if run.batch_size is not None:
-            overrides["batch_size"] = run.batch_size
+        overrides: dict[str, Any] = {**run.train, "seed": seed, "num_classes": data.num_classes,
+                                     "output_dir": str(run_dir), "cpu": run.device == "cpu",
+                                     "corruption": data.corruption_spec, "preprocessing": data.info["preprocessing"]}
         # The stop target follows the dataset family; a local folder is known by its name (``…/mnist``: 99.9%).
         family = data.info.get("name") or Path(os.fspath(dataset).rstrip("/\\")).name
         config = preset_config(model, family, preset=chosen, **overrides).replace(dataset=os.fspath(dataset))

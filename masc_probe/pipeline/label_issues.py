@@ -60,6 +60,7 @@ import torch
 from torch import nn
 
 from masc_probe import _atomic
+from masc_probe._choices import ISSUE_PROBES
 from masc_probe._params import check_folds, check_probes
 from masc_probe.data._batches import make_loader, split_batch
 from masc_probe.errors import InputError, UnknownNameError, closest
@@ -200,7 +201,7 @@ def find_label_issues(
     data: Any,
     *,
     layers: Sequence[str] | None = None,
-    probes: Sequence[str] = ("masc", "ncm", "lda", "qda"),
+    probes: Sequence[str] = ISSUE_PROBES,
     folds: int = 2,
     seed: int = 0,
     threshold: float | None = None,
@@ -223,7 +224,8 @@ def find_label_issues(
         data: Training data with given labels (and ``true_label`` when known): a map-style dataset, a DataLoader
             or an iterable of batches in the contract's forms. Read once, in its own order.
         layers: Layer names (:func:`masc_probe.list_layers`); None: :func:`masc_probe.layers.default_layers`.
-        probes: Candidate probes (registry names); the default four are the paper's statistic and Gaussian probes.
+        probes: Candidate probes (registry names); default masc, ncm and lda (qda is slow on wide
+            layers: ``masc_probe._choices.ISSUE_PROBES``).
         folds: K >= 2; every class needs at least K samples.
         seed: Seed of the stratified folds (scikit-learn's ``StratifiedKFold(shuffle=True)`` over data order).
         threshold: Flag the samples scoring below it; None flags as many as the estimated noise rate says.
