@@ -159,8 +159,10 @@ def train_row(args: argparse.Namespace, row: str, train_data: Any) -> dict[str, 
 def probe_net(net: Any, layers: list[str], reducer: str, train: Any, test: Any, *, name: str) -> Any:
     from masc_probe import ProbeRunner
 
+    # controls=(): this script draws its own controls (the random-init network it built, the raw input as a layer),
+    # so the runner's default ones would only double the cost of each pass.
     with ProbeRunner(net, layers=layers, probes=PROBES, labels="both", reducer=reducer, progress=False,
-                     train_accuracy=False, seed=SEED) as runner:
+                     train_accuracy=False, seed=SEED, controls=()) as runner:
         runner.fit(train)
         return runner.evaluate(test, model_name=name)
 

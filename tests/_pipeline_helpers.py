@@ -11,7 +11,8 @@ from torch import nn
 
 # A small real run: the paper's MLP on scikit-learn's digits, 80% random corruption, two epochs of the fast preset.
 RUN_KWARGS: dict[str, Any] = {"model": "mlp", "dataset": "digits", "corrupt": 0.8, "seed": 0, "max_epochs": 2,
-                              "layers": ["input", "fc2"], "probes": ("masc", "ncm"), "progress": False}
+                              "layers": ["input", "fc2"], "probes": ("masc", "ncm"), "progress": False,
+                              "keep_checkpoints": "dense"}  # the dynamics tests probe epochs 0 and 2
 
 
 def make_run(folder: Path) -> Any:

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from masc_probe import _atomic
-from masc_probe._choices import OPTIMIZERS
+from masc_probe._choices import ISSUE_PROBES, OPTIMIZERS
 from masc_probe.data._batches import EpochSampler, make_loader, split_batch
 from masc_probe.errors import InputError
 from masc_probe.models import load_model, read_config, save_model
@@ -92,7 +92,7 @@ def relabel(
     device: str | torch.device | None = None,
     progress: bool = True,
     detector: str = "masc",
-    probes: tuple[str, ...] = ("masc", "ncm", "lda"),
+    probes: tuple[str, ...] = ISSUE_PROBES,
     ceiling: bool = False,
 ) -> RelabelResult:
     """Relabel the training set with MASC and fine-tune on the suggestions (module docstring: the five steps).
@@ -106,7 +106,7 @@ def relabel(
         oracle: Use true-label subspaces (an upper bound that leaks the answer, never a result).
         output_dir: Where ``relabel.csv``, ``relabel.json`` and the fine-tuned model go; default
             ``<run>/relabel`` (``relabel-oracle`` for the oracle), or ``./relabel`` for a model.
-        layers: Candidate layers (default: the runner's default layers).
+        layers: Candidate layers (default: the runner's default layers); the raw input competes when it is one.
         n_components: MASC's threshold.
         optimizer, lr, batch_size: Fine-tuning settings; default those the run was trained with (its config.json),
             else Adam, 1e-3, 128.
@@ -170,11 +170,14 @@ def relabel(
             model, train_set, select, layers=layers, probes=probes, folds=cross_fit, seed=seed,
             n_components=n_components, device=device, progress=progress, batch_size=eval_bs)  # fmt: skip
     else:
+        # No controls: nothing here shows them. Every candidate layer competes, the raw input too when it is one
+        # (the paper models' probe points start with it): this chooses where to relabel from, not what training
+        # added, so the input is no control here.
         runner = ProbeRunner(model, layers=layers, probes=("masc",), labels=labels, n_components=n_components,
-                             device=device, progress=progress, train_accuracy=False)  # fmt: skip
+                             device=device, progress=progress, train_accuracy=False, controls=())  # fmt: skip
         runner.fit(_loader(train_set, eval_bs))
         report = runner.evaluate(_loader(select, eval_bs))
-        best = report.best_layer("masc", labels)
+        best = report.best_layer("masc", labels, include_input=True)
         layer, selection = best["layer"], best["test_accuracy"]
         in_sample = runner.estimators_[(layer, "masc", labels)] if cross_fit == 1 else None
         given, true, index, suggested, margin = _suggest(
@@ -235,6 +238,8 @@ def probe_checkpoints(run_dir: str | os.PathLike[str], train: Any, test: Any, *,
         test: Test batches, likewise.
         epochs: Only these epochs (default: every kept one).
         **runner_kwargs: Passed to :class:`~masc_probe.runner.ProbeRunner` (layers, probes, n_components, …).
+            ``controls`` defaults to none here: the epoch-0 checkpoint is the init reference of the dynamics, and
+            the runner's default would re-initialize a copy beside every checkpoint.
 
     Returns:
         ``ProbeReport.over_epochs`` of the per-checkpoint reports; ``report.plot_dynamics(path)`` draws it.
@@ -253,7 +258,7 @@ def probe_checkpoints(run_dir: str | os.PathLike[str], train: Any, test: Any, *,
     reports = []
     for epoch in chosen:
         masc = read_config(kept[epoch])
-        runner = ProbeRunner(load_model(kept[epoch]), **runner_kwargs).fit(train)
+        runner = ProbeRunner(load_model(kept[epoch]), **{"controls": (), **runner_kwargs}).fit(train)
         reports.append((epoch, runner.evaluate(test, epoch=epoch, model_name=masc.get("model"),
                                                dataset=masc.get("dataset"), corruption=masc.get("corruption"))))
     return ProbeReport.over_epochs(reports)
