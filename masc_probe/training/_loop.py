@@ -364,7 +364,7 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[
     *forward* is the model's forward (its torch.compile'd form); the loss and the accuracy stay on the device until
     the epoch ends (no host sync per step)."""
     model.train()
-    forward = forward or model
+    forward = model if forward is None else forward  # (a compiled module has no truth value)
     total = torch.zeros((), dtype=torch.float64, device=device)
     right = torch.zeros((), dtype=torch.int64, device=device)
     count = 0
