@@ -104,7 +104,8 @@ def test_no_sample_is_scored_by_a_probe_fitted_on_it(monkeypatch, noisy, folds) 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(65, 32), nn.ReLU(), nn.Linear(32, 10))
     log = _instrument(monkeypatch)
-    out = find_label_issues(model, _batches(X, given, true), layers=["input", "1"], folds=folds, progress=False)
+    out = find_label_issues(model, _batches(X, given, true), layers=["input", "1"], folds=folds, progress=False,
+                            probes=("masc", "ncm", "lda", "qda"))  # qda too, though not among the defaults
     n_candidates = 2 * 4
     # Not vacuous: every candidate fitted `folds` probes and scored every sample once.
     assert len(log.fitted) == n_candidates * folds
