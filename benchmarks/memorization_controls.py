@@ -17,7 +17,8 @@ so the script resumes where it stopped):
 - ``width-{0.25,0.5,2}-s0``: random MLPs at ¼, ½ and 2× the paper's widths (128, 512, 2048, 2048); 1× is init-s0.
 - ``linear-s0``: the seed-0 init network with its ReLUs removed: random linear projections of the same widths.
 - ``trained-s{seed}``: the memorizer of ``runs/paper/mlp-mnist-fast-nall-p0.8-s{seed}`` (when it has finished), so the
-  threshold sweep compares it with its own init (``init-s{seed}``).
+  threshold sweep compares it with its own init (``init-s{seed}``); ``trained-p{p}-s{seed}`` the same for the other
+  rates' runs (p = 0: the network trained on clean labels, the upper reference).
 - ``rawn-{1500,6000,15000,60000}``: the raw input alone at the n-sweep's sizes (stratified subsets, seed 0, as
   ``reproduce_paper.py --subset``), with k_c per class and MASC at fixed counts: does a growing k_c explain why
   raw-input MASC falls as n grows?
@@ -74,10 +75,15 @@ def cnn(seed: int) -> Any:
     return rp.initial_model("cnn", seed, 10, [1, 28, 28]).eval()
 
 
-def trained(seed: int) -> Callable[[], Any] | None:
+def run_folder(seed: int, rate: float) -> Path:
+    """The folder `paper_queue.sh` trains MLP-MNIST on all 60,000 images in (fast preset, clean protocol)."""
+    return Path("runs/paper") / f"mlp-mnist-fast-nall-p{rate:g}-s{seed}"
+
+
+def trained(seed: int, rate: float = 0.8) -> Callable[[], Any] | None:
     from masc_probe import load_model
 
-    path = Path("runs/paper") / f"mlp-mnist-fast-nall-p0.8-s{seed}"
+    path = run_folder(seed, rate)
     return (lambda: load_model(path).eval()) if rp.finished(path) else None
 
 
@@ -97,10 +103,11 @@ def experiments(data_root: Path) -> dict[str, dict[str, Any]]:
         ex[f"rawn-{n}"] = {"net": lambda: mlp(0), "data": mnist, "rate": 0.8, "seed": 0, "layers": ["input"],
                            "subset": None if n == 60000 else n, "counts": True}
     ex["cnn-fmnist-init-s0"] = {"net": lambda: cnn(0), "data": fmnist, "rate": 0.8, "seed": 0, "qda": True}
-    for s in (0, 1, 2):
-        if (build := trained(s)) is not None:
-            ex[f"trained-s{s}"] = {"net": build, "data": mnist, "rate": 0.8, "seed": s,
-                                   "run": Path("runs/paper") / f"mlp-mnist-fast-nall-p0.8-s{s}"}
+    for rate in (0.8, 0.0, 0.2, 0.4, 0.6):
+        for s in (0, 1, 2):
+            if (build := trained(s, rate)) is not None:
+                name = f"trained-s{s}" if rate == 0.8 else f"trained-p{rate:g}-s{s}"
+                ex[name] = {"net": build, "data": mnist, "rate": rate, "seed": s, "run": run_folder(s, rate)}
     return ex
 
 
@@ -290,14 +297,21 @@ def build_section(results: dict[str, Any], table: dict[str, Any]) -> str:
     rates = sorted((e["rate"], e) for k, e in results.items() if k.startswith("init-s0"))
     if len(rates) > 1:
         out += ["**The seed-0 init network under other corruption rates** (best hidden layer; the true-label "
-                "subspaces do not depend on p):", "", "| p | realized | MASC corrupted | layer | NCM corrupted |",
-                "|---:|---:|---:|---|---:|"]
+                "subspaces do not depend on p; p = 0 reads the clean labels), beside the network trained at that p "
+                "(seed 0, fast preset, when its run has finished and been probed here; p = 0.8: the paper table's "
+                "memorizer):", "",
+                "| p | realized | init: MASC | layer | init: NCM | trained: model | trained: MASC | layer |",
+                "|---:|---:|---:|---|---:|---:|---:|---|"]
+        head0 = next((r for r in rows if r[0].startswith("0 ")), None)
         for p, e in rates:
-            b, n = _best(e, "masc", "corrupted"), _best(e, "ncm", "corrupted")
-            if p == 0:
-                b, n = _best(e, "masc", "true"), _best(e, "ncm", "true")
+            labels = "true" if p == 0 else "corrupted"
+            b, n = _best(e, "masc", labels), _best(e, "ncm", labels)
+            t = results.get(f"trained-p{p:g}-s0")
+            tb = _best(t, "masc", labels) if t else None
+            model, tm, tl = (t["model_test_accuracy"], tb[0] if tb else None, tb[1] if tb else "—") if t else \
+                ((head0[2], head0[3], head0[4]) if p == 0.8 and head0 else (None, None, "—"))
             out.append(f"| {p:g} | {e['realized_rate']:.3f} | {_f(b[0] if b else None)} | {b[1] if b else '—'} | "
-                       f"{_f(n[0] if n else None)} |")
+                       f"{_f(n[0] if n else None)} | {_f(model)} | {_f(tm)} | {tl} |")
         out.append("")
     sweep = {k: v for k, v in results.items() if k in ("init-s0", "init-s1", "init-s2") or k.startswith("trained-s")}
     if sweep:
