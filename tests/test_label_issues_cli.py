@@ -19,7 +19,7 @@ FAST = ["--probes", "masc,ncm", "--quiet"]  # QDA/LDA on 2048-wide layers would 
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def run_dir(tmp_path_factory: pytest.TempPathFactory, long_training: None) -> Path:
     """A short `masc-probe train` run on digits at p = 0.6 with margins (3 epochs: the detector reads the layers
     of whatever network it is given; memorizing is not needed for the test and would take a minute more)."""
     out = tmp_path_factory.mktemp("li") / "run"
