@@ -50,6 +50,7 @@ THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.99, 0.999)
 FIXED_COUNTS = (5, 10, 20, 50, 100, 200)
 LABEL_SETS = ("corrupted", "true")
 RESULTS = HERE / "results" / "memorization.json"
+PROGRESS = HERE / "results" / "runs_progress.json"
 log = logging.getLogger("memorization_controls")
 
 
@@ -381,6 +382,21 @@ def write_markdown(md_path: Path) -> None:
     md_path.write_text(text)
 
 
+def run_progress(work: Path) -> dict[str, Any]:
+    """Where each training run under *work* stands: its last metrics row, and whether it finished."""
+    out: dict[str, Any] = {}
+    for metrics in sorted(work.glob("*/metrics.jsonl")):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        if rows:
+            last = rows[-1]
+            out[metrics.parent.name] = {
+                "finished": rp.finished(metrics.parent), "epoch": last["epoch"],
+                "train_accuracy_corrupted": last.get("train_accuracy_corrupted"),
+                "train_accuracy_true": last.get("train_accuracy_true"), "lr": last.get("lr"),
+                "recorded": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return out
+
+
 def write_json(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -396,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--collect", action="store_true", help=f"merge the work dir's JSONs into {RESULTS}; run nothing")
     p.add_argument("--list", action="store_true", help="print the experiment names and exit")
     p.add_argument("--markdown", action="store_true", help="rebuild the RESULTS.md section from the results JSON")
+    p.add_argument("--progress", action="store_true",
+                   help=f"record the last epoch of every run under runs/paper in {PROGRESS.name}; run nothing")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
@@ -407,6 +425,10 @@ def main(argv: list[str] | None = None) -> int:
         merged.update({f.stem: json.loads(f.read_text()) for f in sorted(work.glob("*.json"))})
         write_json(RESULTS, dict(sorted(merged.items())))
         print(f"{RESULTS}: {len(merged)} experiments")
+        return 0
+    if args.progress:
+        write_json(PROGRESS, run_progress(Path("runs/paper")))
+        print(f"{PROGRESS}")
         return 0
     if args.markdown:
         write_markdown(rp.RESULTS_MD)
