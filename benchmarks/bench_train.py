@@ -85,7 +85,7 @@ def load(workload: str, args: argparse.Namespace) -> dict[str, Any]:
 
     rp = _reproduce_paper()
     model, folder, n_train, preset = WORKLOADS[workload]
-    dataset = str(Path(args.data_root) / folder)
+    dataset = str(Path(args.data_root) / (args.data or folder))
     n_train = args.n_train or n_train
     t0 = time.perf_counter()
     train_data = rp.load_split(dataset, split="train", n=n_train, subset_seed=0, rate=RATE, seed=SEED)
@@ -288,7 +288,7 @@ def timed_train(work: dict[str, Any], epochs: int, folder: Path) -> tuple[list[f
 
 def alone(work: dict[str, Any], net: torch.nn.Module) -> dict[str, float]:
     """Seconds of one full evaluation pass over the training data and one over the test data (batch
-    eval_batch_size), each alone, with the trained network."""
+    eval_batch_size), each alone, with the trained network; ``*_cpu``: this process's CPU seconds of each."""
     from masc_probe.training import evaluate
 
     device, bs = work["device"], work["config"].eval_batch_size
@@ -296,9 +296,10 @@ def alone(work: dict[str, Any], net: torch.nn.Module) -> dict[str, float]:
     out = {}
     for name, data in (("train_pass", work["train"]), ("test_pass", work["test"])):
         batches = data.with_batches(bs)
-        t = _sync(device)
+        t, c = _sync(device), time.process_time()
         evaluate(net, batches, device=device)
         out[name] = _sync(device) - t
+        out[f"{name}_cpu"] = time.process_time() - c
     return out
 
 
@@ -347,8 +348,12 @@ def run_workload(workload: str, args: argparse.Namespace, scratch: Path) -> dict
     k = default_eval_every()
     # What an evaluation epoch adds to a steady epoch (the full pass over the training data and the test pass), per
     # epoch of a run: every epoch before issue 22, every k-th with --eval-every k.
-    scheduled = {str(e): (trained + (passes["train_pass"] + passes["test_pass"]) / e) / bare
-                 for e in sorted({1, 5, 10, *([k] if k else [])})}
+    every = sorted({1, 5, 10, *([k] if k else [])})
+    scheduled = {str(e): (trained + (passes["train_pass"] + passes["test_pass"]) / e) / bare for e in every}
+    bare_cpu = statistics.median(statistics.mean(p["bare_cpu"]) for p in pairs)
+    trained_cpu = statistics.median(statistics.mean(p["train_cpu"]) for p in pairs)
+    scheduled_cpu = {str(e): (trained_cpu + (passes["train_pass_cpu"] + passes["test_pass_cpu"]) / e) / bare_cpu
+                     for e in every}
     result = {
         "workload": workload, "model": work["model"], "dataset": work["dataset"], "n_train": work["n_train"],
         "n_test": work["n_test"], "config": {key: v for key, v in work["config"].to_dict().items()
@@ -359,13 +364,13 @@ def run_workload(workload: str, args: argparse.Namespace, scratch: Path) -> dict
         "seconds_per_epoch": {"bare": bare, "train": trained},
         "ratio_median": statistics.median(p["ratio"] for p in pairs),
         "ratio_cpu_median": statistics.median(p["ratio_cpu"] for p in pairs),
-        "cpu_seconds_per_epoch": {"bare": statistics.median(statistics.mean(p["bare_cpu"]) for p in pairs),
-                                  "train": statistics.median(statistics.mean(p["train_cpu"]) for p in pairs)},
+        "cpu_seconds_per_epoch": {"bare": bare_cpu, "train": trained_cpu},
         "ratio_of_medians": trained / bare,
         "same_weights": all(p["same_weights"] for p in pairs),
         "train_parts_per_epoch": parts,
         "alone": passes,
         "ratio_with_evaluation_every": scheduled,
+        "ratio_cpu_with_evaluation_every": scheduled_cpu,
         "eval_every_default": k,
         "seconds_data": work["seconds_data"],
     }
@@ -385,11 +390,14 @@ def show(result: dict[str, Any]) -> None:
     a = result["alone"]
     log(f"  alone: a full pass over the training data {a['train_pass']:.2f} s, the test pass {a['test_pass']:.2f} s; "
         "with both every k epochs the ratio would be "
-        + ", ".join(f"k={k}: {v:.3f}" for k, v in result["ratio_with_evaluation_every"].items()))
+        + ", ".join(f"k={k}: {v:.3f}" for k, v in result["ratio_with_evaluation_every"].items())
+        + " (CPU time: " + ", ".join(f"k={k}: {v:.3f}" for k, v in result["ratio_cpu_with_evaluation_every"].items())
+        + ")")
     if "memorize_estimate" in result:
         m = result["memorize_estimate"]
-        log(f"  ResNet-18 CIFAR-10 (paper preset): {s['train']:.1f} s per epoch with train(); memorizing in "
-            f"{m['epochs']} epochs takes about {m['hours']:.2f} h ({m['hours_at_500']:.2f} h at the 500-epoch cap)")
+        log(f"  {result['model']} on {Path(result['dataset']).name} (paper preset): {s['train']:.1f} s per epoch with "
+            f"train(); memorizing in {m['epochs']} epochs takes about {m['hours']:.2f} h ({m['hours_at_500']:.2f} h "
+            "at the 500-epoch cap)")
 
 
 def _fmt_list(values: list[float]) -> str:
@@ -423,6 +431,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="epochs the estimate of the time to memorize assumes (default 231: CNN-CIFAR10 n=5,000's "
                         "recorded run, a stand-in until a ResNet-18 run is recorded)")
     p.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--data", default=None, metavar="FOLDER",
+                   help="another data folder under --data-root for the workload's network (gpu_check's dry run: "
+                        "mnist, sparing it the decoding of CIFAR-10's 60,000 JPEG images)")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     for name in ("epochs", "repeats", "n_train", "n_test", "threads", "batch_size", "memorize_epochs"):

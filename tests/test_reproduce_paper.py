@@ -71,6 +71,22 @@ def test_dry_run_steps_all_pass(dry_run: Path) -> None:
     assert all(s["rc"] == 0 and not s["timed_out"] for s in summary["steps"])
 
 
+def test_dry_run_times_training_against_a_bare_loop(dry_run: Path) -> None:
+    """Step train-bench (bench_train.py's GPU section, on the CPU, MNIST for CIFAR-10): both loops took the same
+    steps, train()'s parts fit in its epoch, and the estimate of the time to memorize is the seconds per epoch times the epochs it assumes."""
+    (result,) = json.loads((dry_run / "bench_train.json").read_text())["results"]
+    assert (result["workload"], result["n_train"], result["device"]) == ("resnet18-cifar10", 64, "cpu")
+    assert result["same_weights"] is True and result["config"]["optimizer"] == "sgd"
+    seconds = result["seconds_per_epoch"]
+    assert seconds["bare"] > 0 and seconds["train"] > 0
+    (pair,) = result["repeats"]
+    parts = pair["train_info"]["parts"]  # one epoch, not an evaluation epoch: the stop rule's own pass
+    assert parts["steps"] > 0 and parts["stop_pass"] > 0 and "train_pass" not in parts
+    assert parts["rest"] >= -1e-9  # disjoint parts of the epoch: none counted twice
+    estimate = result["memorize_estimate"]
+    assert estimate["hours"] == pytest.approx(seconds["train"] * estimate["epochs"] / 3600)
+
+
 def test_dry_run_table_is_well_formed_and_sane(dry_run: Path) -> None:
     table = json.loads((dry_run / "paper_table.json").read_text())
     (key,) = table["cells"]
