@@ -297,7 +297,9 @@ def test_cnn_on_a_local_mnist_idx_folder(capsys: pytest.CaptureFixture[str], tmp
                            "--layers", "flatten,fc3", "--probes", "ncm", "--output-dir", tmp_path / "cnn")
     assert code == 0, err
     report = ProbeReport.from_json_file(tmp_path / "cnn" / "report.json")
-    assert report.n_test == 100 and report.corruption["rate"] == 0.8 and report.layers == ["flatten", "fc3"]
+    # the two requested layers, and the raw input beside them as the default input control
+    assert report.n_test == 100 and report.corruption["rate"] == 0.8 and report.layers == ["input", "flatten", "fc3"]
+    assert set(report.to_dict()["controls"]) == {"init", "input"}
     saved = json.loads((tmp_path / "cnn" / "config.json").read_text())["masc_probe"]
     assert saved["input_size"] == [1, 28, 28] and saved["training"]["lr"] == 2e-4  # the paper's CNN preset
     assert saved["training"]["target_accuracy"] == 0.999  # a folder named mnist stops at the paper's MNIST target
