@@ -234,7 +234,9 @@ class FakeHub:
             handler = type(f"{origin.title()}Handler", (_Handler,), {"hub": self, "origin": origin})
             server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
             server.daemon_threads = True
-            threading.Thread(target=server.serve_forever, name=f"fake-{origin}", daemon=True).start()
+            # A short poll: shutdown() waits for the loop to look, 0.5 s by default, twice per test otherwise.
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, name=f"fake-{origin}",
+                             daemon=True).start()
             self._servers.append(server)
         self.url, self.storage_url = (f"http://127.0.0.1:{s.server_address[1]}" for s in self._servers)
         return self
