@@ -330,3 +330,29 @@ def test_two_processes_end_the_stop_pass_together_and_log_what_one_process_logs(
         assert abs(two["loss"] - single["loss"]) < 1e-6
     two_w, one_w = load_file(tmp_path / "two" / "model.safetensors"), load_file(one.run_dir / "model.safetensors")
     assert max(float((two_w[k] - one_w[k]).abs().max()) for k in one_w) < 1e-6
+
+
+def test_a_channels_last_network_saves_resumes_and_reloads(tmp_path: Path, monkeypatch) -> None:
+    """What a CUDA device gets for a convolutional network (channels_last), forced here on the CPU: the run's files
+    are written from those strides and read back, a rerun resumes from them, and the weights stay within float32
+    rounding of a run in the default layout."""
+    from masc_probe.training import _loop
+
+    x, yc, y, _, _ = digits(64)
+    data = TensorBatches(torch.tensor(x), torch.tensor(yc), torch.tensor(y), batch_size=32)
+
+    def run(name: str, epochs: int) -> dict[str, torch.Tensor]:
+        config = preset_config("cnn", "digits", preset="fast", num_classes=10, max_epochs=epochs, batch_size=32,
+                               output_dir=str(tmp_path / name), keep_checkpoints="final")
+        torch.manual_seed(0)
+        train(load_model("cnn", num_classes=10, input_size=[1, 8, 8]), data, config=config)
+        return load_state(tmp_path / name)
+
+    plain = run("plain", 2)
+    monkeypatch.setattr(_loop, "_memory_format", lambda model, device: torch.channels_last)
+    run("last", 1)
+    resumed = run("last", 2)  # continues from epoch 1's resume state
+    assert resumed.keys() == plain.keys()
+    assert all(torch.allclose(resumed[k], plain[k], atol=1e-5) for k in plain)
+    reloaded = load_model(tmp_path / "last").state_dict()
+    assert all(torch.equal(reloaded[k], resumed[k]) for k in resumed)
