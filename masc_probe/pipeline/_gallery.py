@@ -28,7 +28,9 @@ from masc_probe.errors import InputError
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from masc_probe.pipeline.label_issues import LabelIssues
+# A LabelIssues (pipeline.label_issues), which imports this module lazily: named, not imported, so that the two
+# modules do not import each other even for type checking.
+LabelIssues = Any
 
 __all__ = ["gallery_positions", "gallery_summary", "plot_gallery", "write_gallery"]
 
