@@ -190,33 +190,12 @@ def cv_probabilities(X: np.ndarray, given: np.ndarray, fold: np.ndarray, hidden:
 
 
 # ------------------------------------------------------------------------------------------------- methods
-def probe_probabilities(S: np.ndarray, probe: str, given: np.ndarray) -> tuple[np.ndarray, float | None]:
-    """Probabilities from a probe's class scores: LDA/QDA/linear decision values are log-posteriors up to a per-row
-    constant (softmax is exact); kNN's are vote shares; MASC/NCM cosines get softmax(S / T), T fitted by the
-    out-of-fold log-loss against the given labels."""
-    from scipy.optimize import minimize_scalar
-    from scipy.special import log_softmax
-
-    S = S.astype(np.float64)
-    if probe == "knn":
-        return np.clip(S, 1e-12, None) / np.clip(S, 1e-12, None).sum(1, keepdims=True), None
-    if probe in ("lda", "qda", "linear"):
-        return np.exp(log_softmax(S, axis=1)), None
-    rows = np.arange(len(given))
-
-    def loss(log_t: float) -> float:
-        return float(-log_softmax(S / math.exp(log_t), axis=1)[rows, given].mean())
-
-    t = math.exp(minimize_scalar(loss, bounds=(-9.0, 3.0), method="bounded").x)
-    return np.exp(log_softmax(S / t, axis=1)), t
-
-
 def cleanlab_method(given: np.ndarray, probs: np.ndarray,
                     wrong: np.ndarray) -> tuple[dict[str, Any], np.ndarray]:  # fmt: skip
     from cleanlab.filter import find_label_issues as cl_find
     from cleanlab.rank import get_label_quality_scores
 
-    from masc_probe.pipeline.label_issues import detection_metrics
+    from masc_probe.quality import detection_metrics
 
     mask = cl_find(given, probs, n_jobs=1)
     quality = get_label_quality_scores(given, probs)
@@ -238,7 +217,7 @@ def knn_vote(rows: np.ndarray, given: np.ndarray, fold: np.ndarray,
     """Out-of-fold k-NN label agreement: share of the k nearest other-fold neighbours that carry the given label."""
     from sklearn.neighbors import NearestNeighbors
 
-    from masc_probe.pipeline.label_issues import detection_metrics
+    from masc_probe.quality import detection_metrics
 
     agree = np.zeros(len(given))
     vote = np.zeros(len(given), dtype=np.int64)
@@ -262,7 +241,9 @@ def pr_curve(wrong: np.ndarray, score: np.ndarray) -> list[float]:
 
 def ours(model: nn.Module | None, X: np.ndarray, given: np.ndarray, true: np.ndarray, select: tuple[np.ndarray, ...],
          *, folds: int, seed: int, layers: list[str] | None, probes: tuple[str, ...],
-         margins: np.ndarray | None = None) -> dict[str, Any]:  # fmt: skip
+         margins: np.ndarray | None = None, mode: str = "random") -> dict[str, Any]:  # fmt: skip
+    from sklearn.metrics import roc_auc_score
+
     from masc_probe import find_label_issues
     from masc_probe.data._batches import TensorBatches
 
@@ -271,29 +252,35 @@ def ours(model: nn.Module | None, X: np.ndarray, given: np.ndarray, true: np.nda
     held = TensorBatches(torch.from_numpy(select[0]), torch.from_numpy(select[1]), batch_size=512)
     t0 = time.perf_counter()
     res = find_label_issues(model, data, layers=layers, probes=probes, folds=folds, seed=seed, progress=False,
-                            select=held, margins=margins, keep_scores=True)
+                            select=held, margins=margins, keep_scores=True, corruption_mode=mode)
     oof = max(res.candidates, key=lambda c: c["heldout_accuracy"] or -1.0)  # the choice without select data
     seconds = time.perf_counter() - t0
-    probs, temperature = probe_probabilities(res.class_scores, res.probe, given)
+    from masc_probe import quality as lq
+
+    probs, temperature = res.pred_probs, res.temperature  # the package's calibrated probabilities of its choice
     rows = layer_rows(model, X, res.layer)
     t1 = time.perf_counter()
     knn, agree = knn_vote(rows, given, res.fold, wrong)
-    from masc_probe.pipeline.label_issues import margin_scores
-
     masc = res.metrics.get("masc")
     cl_probe, quality = cleanlab_method(given, probs, wrong)
     curves = {"ours": pr_curve(wrong, res.score), "cleanlab_our_probe": pr_curve(wrong, quality),
               "knn_vote": pr_curve(wrong, agree)}
     if masc is not None:
-        curves["masc_alone"] = pr_curve(wrong, margin_scores(res.all_class_scores[(masc["layer"], "masc")], given,
-                                                             res.classes)[0])
+        masc_probs = lq.calibrated_probabilities(res.all_class_scores[(masc["layer"], "masc")], given,
+                                                      kind="similarity")[0]
+        curves["masc_alone"] = pr_curve(wrong, lq.label_quality_scores(masc_probs, given, res.ranking))
     if res.aum is not None:
         curves["aum"] = pr_curve(wrong, res.aum)
     return {
         "detector": {"layer": res.layer, "probe": res.probe, "criterion": res.criterion,
                      "select_accuracy": res.select_accuracy, "heldout_accuracy": res.heldout_accuracy,
                      "runner_up": res.runner_up, "noise_rate": res.noise_rate,
-                     "corruption_rate": res.corruption_rate, "n_flagged": res.n_flagged},
+                     "corruption_rate": res.corruption_rate, "n_flagged": res.n_flagged, "ranking": res.ranking,
+                     "ranking_auroc_heldout": res.ranking_auroc, "disagreement_rate": res.disagreement_rate,
+                     "temperature": res.temperature,
+                     # every ranking of the chosen probe's probabilities against the truth: was the choice right?
+                     "ranking_auroc_true": {m: float(roc_auc_score(wrong, -lq.label_quality_scores(
+                         probs, given, m))) for m in lq.RANKINGS}},
         "methods": {"ours": res.metrics["chosen"], "masc_alone": res.metrics.get("masc"),
                     "ours_out_of_fold_choice": {"layer": oof["layer"], "probe": oof["probe"], **oof["metrics"]},
                     "cleanlab_our_probe": {**cl_probe, "temperature": temperature},
@@ -312,7 +299,7 @@ def run_cell(dataset: str, X: np.ndarray, y: np.ndarray, test: tuple[np.ndarray,
              folds: int, *, mode: str = "random",
              probes: tuple[str, ...] = ("masc", "ncm", "lda", "qda")) -> dict[str, Any]:  # fmt: skip
     from masc_probe.data.corruption import corrupt_labels
-    from masc_probe.pipeline.label_issues import stratified_folds
+    from masc_probe.pipeline._oof import stratified_folds
 
     classes = int(y.max()) + 1
     given = corrupt_labels(y, p, num_classes=classes, mode=mode, seed=seed,
@@ -324,7 +311,7 @@ def run_cell(dataset: str, X: np.ndarray, y: np.ndarray, test: tuple[np.ndarray,
                             "seed": seed, "folds": folds, "mode": mode, "probes": list(probes),
                             "realized_noise_rate": float(wrong.mean()), "features": {}}
     t = time.perf_counter()
-    raw = ours(None, X, given, y, test, folds=folds, seed=seed, layers=None, probes=probes)
+    raw = ours(None, X, given, y, test, folds=folds, seed=seed, layers=None, probes=probes, mode=mode)
     cell["features"]["raw"] = raw
     torch.manual_seed(seed)
     net = mlp(X.shape[1], hidden, classes)
@@ -336,7 +323,7 @@ def run_cell(dataset: str, X: np.ndarray, y: np.ndarray, test: tuple[np.ndarray,
     info["test_accuracy"] = accuracy(net, torch.from_numpy(test[0]), torch.from_numpy(test[1]))
     layers = ["input", *(f"relu{i}" for i in range(1, len(hidden) + 1))]
     mem = ours(net, X, given, y, test, folds=folds, seed=seed, layers=layers, probes=probes,
-               margins=np.stack(margins))
+               margins=np.stack(margins), mode=mode)
     mem["model"] = info
     cell["features"]["mlp"] = mem
     for part in (raw, mem):
@@ -353,6 +340,7 @@ def run_cell(dataset: str, X: np.ndarray, y: np.ndarray, test: tuple[np.ndarray,
     cell["aum"] = mem["methods"].get("aum")  # from the memorizing MLP's per-epoch margins (same run as "mlp")
     cell["seconds"] = round(time.perf_counter() - t, 1)
     cell["pr_version"] = 2  # cells without it hold curves from a version that returned 1.0 at every recall
+    cell["detector_version"] = 3  # 3: calibrated probabilities, a ranking chosen on held-out data, confident joint
     return cell
 
 

@@ -43,6 +43,13 @@ DEFAULT_PROBES = ("masc", "ncm", "linear")
 # eigendecomposition per class and fold made it the bulk of the time on the MLP's 2048-wide layers (over 10 minutes on
 # digits on one thread, against about one for the other three).
 ISSUE_PROBES = ("masc", "ncm", "lda")
+# Label-quality rankings (masc_probe.quality), confident learning's filters, and what find_label_issues flags by:
+# "rank" flags the estimated noise share's worth of the lowest-ranked samples.
+ISSUE_RANKINGS = ("self_confidence", "normalized_margin", "logit_margin")
+CL_FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_joint", "predicted_neq_given")
+ISSUE_FLAGS = ("rank", *CL_FILTERS)
+# Corruption modes that redraw a label uniformly over all K classes (right once in K): share = p (K - 1) / K.
+UNIFORM_MODES = ("random", "authors")
 # Controls a name alone asks for (ProbeRunner(controls=...), --controls): the network at its initial weights and the
 # raw input; any other control is a model passed by name. Both by default.
 CONTROLS = ("init", "input")

@@ -26,7 +26,9 @@ from masc_probe._choices import (
     CONTROLS,
     CORRUPTION_MODES,
     DEFAULT_PROBES,
+    ISSUE_FLAGS,
     ISSUE_PROBES,
+    ISSUE_RANKINGS,
     MIXED_PRECISION,
     PIPELINE_LABELS,
     PIPELINE_PRESETS,
@@ -278,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="flag the scores below this (default: as many as the estimated noise rate)")
     issues.add_argument("--method", choices=("probe", "aum"), default=None,
                         help="rank by the chosen probe (default) or by AUM (a run trained with --record-margins)")
+    issues.add_argument("--ranking", choices=("auto", *ISSUE_RANKINGS), default=None,
+                        help="how the chosen probe's probabilities rank the samples (default auto: chosen on the "
+                             "test split, where a share of the labels is re-drawn at random)")
+    issues.add_argument("--flag", choices=ISSUE_FLAGS, default=None,
+                        help="which samples are flagged (default rank, the estimated share of wrong labels' worth of "
+                             "the lowest-ranked; or a confident-learning filter)")
+    issues.add_argument("--reducer", choices=REDUCERS, default=None,
+                        help="how a layer's value becomes rows: flatten (default), cls, mean, gap or auto")
     issues.add_argument("--n-components", type=_n_components, default=None, metavar="T|K",
                         help="MASC threshold (default 0.99)")
     issues.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE", help="memory budget, e.g. 4GB")
@@ -429,15 +439,17 @@ def cmd_label_issues(ns: argparse.Namespace) -> int:
         layers=ns.layers, probes=ns.probes, folds=ns.folds, threshold=ns.threshold, method=ns.method,
         n_components=ns.n_components, max_memory=ns.max_memory, device=ns.device, batch_size=ns.batch_size,
         image_column=ns.image_column, label_column=ns.label_column, revision=ns.revision, output_dir=ns.output_dir,
-        progress=not ns.quiet, gallery=ns.gallery))  # fmt: skip
+        progress=not ns.quiet, gallery=ns.gallery, ranking=ns.ranking, flag=ns.flag,
+        reducer=ns.reducer))  # fmt: skip
     if not ns.quiet:
         s = issues.summary()
         up = s["runner_up"]
         print(f"chosen: {s['probe']} at {s['layer']} ({s['criterion']} accuracy "
               f"{_num(s['select_accuracy'] if s['criterion'] == 'select' else s['heldout_accuracy'])})"
               + (f"; runner-up {up['probe']} at {up['layer']}" if up else ""))
-        print(f"estimated noise rate {s['noise_rate']:.4f}; {s['n_flagged']} of {s['n_samples']} flagged "
-              f"(ranked by {s['method']})")
+        print(f"estimated share of wrong labels {s['noise_rate']:.4f} (confident joint); {s['n_flagged']} of "
+              f"{s['n_samples']} flagged ({s['flag']}; ranked by "
+              + (f"{s['ranking']})" if s["method"] == "probe" else "AUM)"))
         for name, m in (s["metrics"] or {}).items():
             print(f"  against the true labels, {name}: AUROC {_num(m['auroc'])}, AP {_num(m['average_precision'])}, "
                   f"precision {m['precision']:.4f}, recall {m['recall']:.4f}, F1 {m['f1']:.4f}, lift top 1% "

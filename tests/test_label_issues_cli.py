@@ -53,12 +53,16 @@ def test_digits_p06_on_a_run_folder_finds_the_wrong_labels(found) -> None:
     score = np.array([float(r["score"]) for r in rows])
     assert roc_auc_score(wrong, -score) == pytest.approx(summary["metrics"]["chosen"]["auroc"], abs=1e-6)
     assert wrong.mean() == pytest.approx(summary["realized_noise_rate"])
-    # Most suspect first, ranks 1..n, flagged = the n_flagged best-ranked; the noise estimate is the disagreement rate.
+    # Most suspect first, ranks 1..n, flagged = the n_flagged best-ranked, as many as the estimated share of wrong
+    # labels says; the disagreement rate is reported beside it; the corruption rate follows from the random mode.
     assert [int(r["rank"]) for r in rows] == list(range(1, len(rows) + 1))
     flagged = np.array([r["flagged"] == "1" for r in rows])
     assert flagged.sum() == summary["n_flagged"] and flagged[: summary["n_flagged"]].all()
     disagree = np.mean([r["given_label"] != r["suggested_label"] for r in rows])
-    assert disagree == pytest.approx(summary["noise_rate"])
+    assert disagree == pytest.approx(summary["disagreement_rate"])
+    assert summary["n_flagged"] == round(summary["noise_rate"] * len(rows))
+    assert summary["corruption_mode"] == "random"
+    assert summary["corruption_rate"] == pytest.approx(min(1.0, summary["noise_rate"] * 10 / 9))
     for key in ("average_precision", "precision", "recall", "f1", "lift_top_1pct", "lift_top_5pct"):
         assert summary["metrics"]["chosen"][key] is not None
 

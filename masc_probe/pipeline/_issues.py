@@ -40,14 +40,16 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
                      max_memory: int | None = None, device: str | None = None, batch_size: int | None = None,
                      image_column: str | None = None, label_column: str | None = None, revision: str | None = None,
                      output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                     gallery: int = 32) -> tuple[LabelIssues, Path]:  # fmt: skip
+                     gallery: int = 32, ranking: str = "auto", flag: str = "rank",
+                     reducer: str | None = None) -> tuple[LabelIssues, Path]:  # fmt: skip
     """Find the training samples whose given labels are likely wrong, from the layers of *source*.
 
     Args:
         source: A run folder (``masc-probe train`` / ``run``), ``hf-hub:<user>/<repo>``, or a model spec.
         dataset, corrupt, corrupt_mode, seed, image_column, label_column: The data (default: the run's own; a
             model spec needs *dataset*).
-        layers, probes, folds, threshold, n_components, max_memory, device: As in :func:`find_label_issues`.
+        layers, probes, folds, threshold, n_components, max_memory, device, ranking, flag, reducer: As in
+            :func:`find_label_issues`.
         method: ``probe`` (default) or ``aum``: rank by the run's training margins (a run trained with
             ``record_margins``). AUM is scored beside the probe whenever the margins exist and fit the data.
         batch_size: Batch of the forward pass (default 256).
@@ -87,7 +89,8 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
     issues = find_label_issues(model, data.train, layers=layers, probes=probes, folds=folds, seed=src.seed,
                                threshold=threshold, max_memory=max_memory, device=device, progress=progress,
                                margins=margins, select=data.test, n_components=n_components,
-                               batch_size=batch_size or 256, method=method)  # fmt: skip
+                               batch_size=batch_size or 256, method=method, ranking=ranking, flag=flag,
+                               reducer=reducer, corruption_mode=src.mode if src.corrupt else None)  # fmt: skip
     out = Path(output_dir) if output_dir is not None else _default_output(src)
     summary = {"source": str(source), "dataset": src.dataset, "corruption": data.corruption,
                **issues.summary()}
