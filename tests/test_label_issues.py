@@ -396,3 +396,32 @@ def test_unknown_probe_and_bad_margins_are_one_line(noisy) -> None:
     with pytest.raises(UnknownNameError) as err:
         find_label_issues(None, _batches(X, given), probes=("ncm",), method="aum_", progress=False)
     assert "aum" in _one_line(err)
+
+
+# ------------------------------------------------------------------------------------------------ reducers
+def test_the_cls_reducer_reads_a_vit_blocks_class_token() -> None:
+    """reducer="cls" on a ViT block: the rows are the block's first token, as FeatureTap returns it; the scores
+    equal those found on those rows given as inputs (and differ from the flattened block's)."""
+    import timm
+
+    from masc_probe.layers import FeatureTap
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2,
+                            num_classes=10).eval()
+    X = torch.randn(120, 3, 32, 32)
+    y = torch.arange(120) % 4
+    X[y == 1] += 0.5  # classes the probes can tell apart
+    X[y == 2, 0] -= 0.5
+    with FeatureTap(vit, ["blocks.1"]) as tap, torch.no_grad():
+        value = tap(X)["blocks.1"]
+    assert value.shape == (120, 17, 192)  # 16 patches and the class token
+    kwargs = dict(probes=("ncm", "lda"), progress=False, keep_scores=True)
+    got = find_label_issues(vit, _batches(X, y), layers=["blocks.1"], reducer="cls", **kwargs)
+    ref = find_label_issues(None, _batches(value[:, 0], y), **kwargs)
+    for probe in ("ncm", "lda"):
+        np.testing.assert_allclose(got.all_class_scores[("blocks.1", probe)], ref.all_class_scores[("input", probe)],
+                                   rtol=1e-4, atol=1e-4)
+    flat = find_label_issues(vit, _batches(X, y), layers=["blocks.1"], probes=("ncm",), progress=False,
+                             keep_scores=True)
+    assert not np.allclose(flat.all_class_scores[("blocks.1", "ncm")], got.all_class_scores[("blocks.1", "ncm")])
