@@ -62,6 +62,7 @@ def collect(model: nn.Module | None, data: Any, layers: Sequence[str] | None, re
     """Read *data* once: every layer's rows (the runner's forward and reducers) into a row cache under *root*."""
     from masc_probe.layers import default_layers
     from masc_probe.runner._cache import RowCache
+    from masc_probe.runner._cache import _labels as labels_of  # the runner's label check: integers, one per sample
     from masc_probe.runner._distributed import World
     from masc_probe.runner._forward import Forward, batches, model_device
 
@@ -83,15 +84,15 @@ def collect(model: nn.Module | None, data: Any, layers: Sequence[str] | None, re
             part = read_batch(batch)
             x = part.x if isinstance(part.x, torch.Tensor) else torch.as_tensor(np.asarray(part.x))
             b = len(x)
-            sets = {"given": _labels(part.y, b, "labels"),
-                    "index": _labels(part.index, b, "indices") if part.index is not None else np.arange(n, n + b)}
+            sets = {"given": labels_of(part.y, b),
+                    "index": labels_of(part.index, b) if part.index is not None else torch.arange(n, n + b)}
             if part.y_true is not None:
-                sets["true"] = _labels(part.y_true, b, "true labels")
+                sets["true"] = labels_of(part.y_true, b)
                 n_true += b
             rows = forward(x)[0] if forward is not None else {"input": reducer("input", x)}
             for name in names:
                 cache.append(name, rows[name])
-            cache.append_labels({k: torch.from_numpy(v) for k, v in sets.items()})
+            cache.append_labels(sets)
             n += b
         cache.finish()
         ok = True
@@ -107,13 +108,6 @@ def collect(model: nn.Module | None, data: Any, layers: Sequence[str] | None, re
         cache.cleanup()
         raise InputError("expected true labels in every batch or in none; some batches carry them, some do not")
     return Rows(cache, names, cache.labels("given"), cache.labels("true") if n_true else None, cache.labels("index"))
-
-
-def _labels(y: Any, n: int, what: str) -> np.ndarray:
-    t = torch.as_tensor(y).detach().cpu().reshape(-1)
-    if t.is_floating_point() and not bool((t == t.round()).all()) or t.is_complex() or len(t) != n:
-        raise InputError(f"expected {n} integer {what} per batch, got {tuple(t.shape)} {t.dtype}")
-    return t.long().numpy()
 
 
 def stratified_folds(given: np.ndarray, folds: int, seed: int) -> np.ndarray:
