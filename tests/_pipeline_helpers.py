@@ -15,11 +15,21 @@ RUN_KWARGS: dict[str, Any] = {"model": "mlp", "dataset": "digits", "corrupt": 0.
                               "keep_checkpoints": "dense"}  # the dynamics tests probe epochs 0 and 2
 
 
-def make_run(folder: Path) -> Any:
-    """Run the pipeline into *folder*; returns its RunResult."""
-    from masc_probe.pipeline import run_experiment
+# The session's one finished pipeline run (conftest.py's ``digits_run``): RUN_KWARGS, plus the linear probe and the
+# fitted probes kept in <run>/probes, so that the pipeline, controls and probes-as-artifacts tests read one run.
+SHARED_RUN_KWARGS: dict[str, Any] = {**RUN_KWARGS, "probes": ("masc", "ncm", "linear"), "save_probes": True}
 
-    return run_experiment(**RUN_KWARGS, output_dir=folder)
+
+# The CLI's run of the session (conftest.py's ``digits_cli_run``): ``masc-probe`` with these flags, one epoch of the
+# same training as RUN_KWARGS (the same model, data, corruption, seed and checkpoint policy), so that the pipeline's
+# resume test continues it to RUN_KWARGS' two epochs.
+CLI_RUN_ARGV = ["--max-epochs", "1", "--layers", "input,fc1", "--probes", "masc,ncm", "--keep-checkpoints", "dense"]
+
+
+def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
+    """``{relative path: (size, mtime_ns)}`` of every file under *folder*: what a test that only reads it leaves."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def split_arrays(split: str, *, corrupt: float = 0.0, seed: int = 0) -> dict[str, np.ndarray]:

@@ -8,11 +8,13 @@ that needs a missing dataset is skipped, and the skip names the folder and the s
 ``.ci/run`` sets) a missing folder fails the test, so CI never skips them silently.
 
 Tests come in two tiers. ``make test`` runs the fast one (``-m "not slow"``): no processes started, no real data,
-no training beyond a few epochs on a few hundred samples, and one memorizer (:func:`memorizer`) trained once per
-session for every test that needs a network that memorized. ``make test-slow`` runs the rest. What is slow is decided
-here, by rule (:func:`pytest_collection_modifyitems`), not by memory: a test that asks for a fixture of
-``SLOW_FIXTURES`` (directly or through another fixture), or lives in a module of ``SLOW_MODULES``. A guard holds the
-fast tier to it: a fast test that starts a process or reads the real data fails, naming the fixture to ask for.
+no training beyond a few epochs on a few hundred samples, one memorizer (:func:`memorizer`) trained once per
+session for every test that needs a network that memorized, and two finished runs on the built-in digits, the
+library's (:func:`digits_run`) and the CLI's (:func:`digits_cli_run`), made once per session for every test that
+reads or copies a run folder. ``make test-slow`` runs the rest. What is slow is decided here, by rule
+(:func:`pytest_collection_modifyitems`), not by memory: a test that asks for a fixture of ``SLOW_FIXTURES``
+(directly or through another fixture), or lives in a module of ``SLOW_MODULES``. A guard holds the fast tier to it:
+a fast test that starts a process or reads the real data fails, naming the fixture to ask for.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import contextlib  # noqa: E402
 import importlib.util  # noqa: E402
 import multiprocessing.process  # noqa: E402
 import subprocess  # noqa: E402
@@ -112,6 +115,64 @@ def memorizer() -> Any:
     from _training_helpers import memorized_run
 
     return memorized_run()
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The one finished pipeline run of the session (a ``RunResult``): the paper's MLP on the built-in digits at
+    p = 0.8, two epochs, layers input and fc2, probes masc, ncm and linear, the fitted probes kept in ``probes/``
+    (``_pipeline_helpers.SHARED_RUN_KWARGS``). Tests read it; a test that writes into a run folder copies it first
+    (``shutil.copytree``). Writing into it fails the session's last test that used it, naming the files."""
+    from _pipeline_helpers import SHARED_RUN_KWARGS
+
+    from masc_probe.pipeline import run_experiment
+
+    with _one_torch_thread():
+        result = run_experiment(**SHARED_RUN_KWARGS, output_dir=tmp_path_factory.mktemp("digits-run") / "run")
+    yield from _read_only(result, result.output_dir, "digits_run")
+
+
+@pytest.fixture(scope="session")
+def digits_cli_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, int, str, str]]:
+    """``masc-probe --max-epochs 1 --layers input,fc1 --probes masc,ncm --keep-checkpoints dense`` run once a session
+    in this process (``_pipeline_helpers.CLI_RUN_ARGV``): ``(run folder, exit code, stdout, stderr)``. One epoch of
+    :func:`digits_run`'s training, which a resumed copy continues to its two. Copy it before writing into it."""
+    import contextlib
+    import io
+
+    from _pipeline_helpers import CLI_RUN_ARGV
+
+    from masc_probe.cli import main
+
+    folder = tmp_path_factory.mktemp("digits-cli-run") / "run"
+    out, err = io.StringIO(), io.StringIO()
+    with _one_torch_thread(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*CLI_RUN_ARGV, "--output-dir", str(folder)])
+    yield from _read_only((folder, code, out.getvalue(), err.getvalue()), folder, "digits_cli_run")
+
+
+@contextlib.contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """One torch thread while a shared run trains: on a 2-core machine shared with other jobs, 2 threads crawl."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _read_only(value: Any, folder: Path, name: str) -> Iterator[Any]:
+    """Yield *value*; afterwards fail if any file under *folder* was added, removed or rewritten."""
+    from _pipeline_helpers import folder_state
+
+    before = folder_state(folder)
+    yield value
+    after = folder_state(folder)
+    changed = sorted(f for f in before.keys() | after.keys() if before.get(f) != after.get(f))
+    assert not changed, f"a test wrote into the shared {name} folder (copy it first): {changed[:5]}"
 
 
 @pytest.fixture

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -23,7 +22,6 @@ from masc_probe.layers import default_layers, list_layers
 from masc_probe.models import load_model
 from masc_probe.report import ProbeReport
 
-TINY = ["--max-epochs", "1", "--layers", "input,fc1", "--probes", "masc,ncm", "--keep-checkpoints", "dense"]
 
 
 def _main(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str]:
@@ -32,20 +30,20 @@ def _main(capsys: pytest.CaptureFixture[str], *argv: Any) -> tuple[int, str, str
     return code, out, err
 
 
-@pytest.fixture(scope="module")
-def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str, str]:
-    """``masc-probe --max-epochs 1 …`` once for the module: its folder, exit code, stdout and stderr."""
-    folder = tmp_path_factory.mktemp("cli") / "run"
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([*TINY, "--output-dir", str(folder)])
-    return folder, code, out.getvalue(), err.getvalue()
+@pytest.fixture
+def first_run(digits_cli_run: tuple[Path, int, str, str]) -> tuple[Path, int, str, str]:
+    """``masc-probe --max-epochs 1 …`` (``CLI_RUN_ARGV``), run once a session (conftest.py): its folder, exit code,
+    stdout and stderr. The folder is shared: read it, or copy it (:func:`run_dir`)."""
+    return digits_cli_run
 
 
 @pytest.fixture
-def run_dir(first_run: tuple[Path, int, str, str]) -> Path:
+def run_dir(first_run: tuple[Path, int, str, str], tmp_path: Path) -> Path:
+    """A copy of the CLI's run folder (without the resume state, which nothing here reads) to write into."""
     assert first_run[1] == 0, first_run[3]
-    return first_run[0]
+    copy = tmp_path / "run"
+    shutil.copytree(first_run[0], copy, ignore=shutil.ignore_patterns("resume"))
+    return copy
 
 
 # ----------------------------------------------------------------------------------------------- subcommands
@@ -69,14 +67,14 @@ def test_quiet_prints_only_the_output_folder(capsys: pytest.CaptureFixture[str],
 
 def test_train_then_probe_then_dry_run_push(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     folder = tmp_path / "trained"
-    code, out, _ = _main(capsys, "train", "--max-epochs", "2", "--seed", "3", "--output-dir", folder)
+    code, out, _ = _main(capsys, "train", "--max-epochs", "1", "--seed", "3", "--output-dir", folder)
     assert code == 0 and f"run folder: {folder}" in out
     assert (folder / "model.safetensors").is_file() and not (folder / "report.json").exists()
     saved = json.loads((folder / "config.json").read_text())["masc_probe"]
     assert saved["corruption"]["seed"] == 3 and saved["dataset"] == "digits"
-    # The CLI's default checkpoint policy keeps the final epoch only (not epoch 0, not epoch 1).
+    # The CLI's default checkpoint policy keeps the final epoch only: not epoch 0, which "dense" and "all" keep too.
     assert saved["training"]["keep_checkpoints"] == "final" and saved["training"]["protocol"] == "clean"
-    assert os.listdir(folder / "checkpoints") == ["epoch-0002"]
+    assert os.listdir(folder / "checkpoints") == ["epoch-0001"]
 
     code, out, _ = _main(capsys, "probe", folder, "--layers", "fc1", "--probes", "ncm", "--labels", "true")
     assert code == 0
@@ -138,14 +136,20 @@ def test_layers_shows_module_names_unless_asked_for_all(capsys: pytest.CaptureFi
 
 
 def test_run_push_to_hub_then_probe_the_published_model(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        first_run: tuple[Path, int, str, str]) -> None:
     token = "hf_testCLItoken0123456789abcdef"
     monkeypatch.setenv("HF_TOKEN", token)
+    # The same command again on a copy of the CLI's finished one-epoch run: rerunning resumes, so nothing is trained
+    # (no epoch line); it probes, writes the report and pushes, as a first run would.
+    folder = tmp_path / "pushed"
+    shutil.copytree(first_run[0], folder)
     with FakeHub(token=token) as hub, patched_hub(hub.url, str(tmp_path / "cache")):
-        folder = tmp_path / "pushed"
         code, out, err = _main(capsys, "--max-epochs", "1", "--layers", "input", "--probes", "ncm",
                                "--output-dir", folder, "--push-to-hub", "me/mlp")
         assert code == 0 and "pushed to " in out and token not in out + err
+        assert f"resuming {folder} after epoch 1" in out and "epoch 1:" not in out
+        assert ProbeReport.from_json_file(folder / "report.json").layers == ["input"]  # this command's report
         files = hub.files("me/mlp")
         assert files["masc/report.json"] == (folder / "report.json").read_bytes()
         assert files["model.safetensors"] == (folder / "model.safetensors").read_bytes()

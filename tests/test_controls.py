@@ -23,10 +23,6 @@ from masc_probe.runner import ControlModel
 from masc_probe.runner._controls import reinitialized
 from masc_probe.training._init import run_initial_model, state_sha256
 
-RUN = {"model": "mlp", "dataset": "digits", "corrupt": 0.8, "seed": 0, "max_epochs": 2, "layers": ["fc2"],
-       "probes": ("masc", "ncm"), "progress": False, "keep_checkpoints": "dense"}
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     before = torch.get_num_threads()
@@ -35,12 +31,11 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A small real run (the paper's MLP, digits, p = 0.8, two epochs) that kept its epoch-0 checkpoint."""
-    from masc_probe.pipeline import run_experiment
-
-    return run_experiment(**RUN, output_dir=tmp_path_factory.mktemp("controls") / "run")
+@pytest.fixture
+def run(digits_run: Any) -> Any:
+    """The session's small real run (conftest.py: the paper's MLP, digits, p = 0.8, two epochs, layers input and fc2,
+    probes masc, ncm and linear) that kept its epoch-0 checkpoint; copied before anything writes into it."""
+    return digits_run
 
 
 def _digits(split: str, **kwargs: Any) -> Any:
@@ -71,10 +66,11 @@ def test_a_run_folders_init_control_is_its_epoch_0_and_scores_as_an_untrained_co
     set_seed(0)
     hand = load_model("mlp", num_classes=10, in_chans=1, input_size=(1, 8, 8))
     assert state_sha256(hand) == record["init_sha256"]
-    direct = ProbeRunner(hand, layers=["fc2"], probes=("masc", "ncm"), progress=False, controls=()).fit(
+    # The init control probes every layer but the raw input (the same for every model): fc2 only.
+    direct = ProbeRunner(hand, layers=["fc2"], probes=("masc", "ncm", "linear"), progress=False, controls=()).fit(
         _digits("train", corrupt=0.8, seed=0)).evaluate(_digits("test"))
     got, want = _rows(run.report, "init"), _rows(direct, None)
-    assert got.keys() == want.keys() and len(got) == 4
+    assert got.keys() == want.keys() and len(got) == 6
     for key, r in want.items():
         assert got[key]["test_accuracy"] == r["test_accuracy"], key
         assert got[key]["train_accuracy"] == r["train_accuracy"], key
@@ -311,8 +307,16 @@ def test_the_card_lists_the_init_control_and_names_true_label_masc_a_probe_not_a
     assert all(line in text for line in run.report.headline())
     reproduce = text.split("## Reproduce", 1)[1].split("```", 2)[1]
     assert "--push-to-hub" not in reproduce
-    for flag in ("--preset fast", "--max-epochs 2", "--protocol clean", "--batch-size 128", "--probes masc,ncm"):
+    for flag in ("--preset fast", "--max-epochs 2", "--protocol clean", "--batch-size 128"):
         assert flag in reproduce, flag
+    # The run probed with the default probes (masc, ncm, linear), which the command leaves out; other probes it names.
+    from masc_probe.hub._card import reproduce_command
+
+    assert "--probes" not in reproduce
+    mp = json.loads((run.output_dir / "config.json").read_text())["masc_probe"]
+    assert run.report.extra["probes"] == ["masc", "ncm", "linear"]
+    report = ProbeReport.from_dict({**run.report.to_dict(), "probes": ["masc", "ncm"]})
+    assert reproduce_command(report, mp) == reproduce.strip().splitlines()[-1] + " --probes masc,ncm"
 
 
 # ----------------------------------------------------------------------------------- re-initialized copies

@@ -14,7 +14,6 @@ from safetensors.torch import load_file
 from _pipeline_helpers import (
     RUN_KWARGS,
     activations,
-    make_run,
     masc_reference,
     model_accuracy,
     ncm_reference,
@@ -27,9 +26,10 @@ from masc_probe.pipeline import default_run_dir, layer_table, probe_source, run_
 from masc_probe.report import ProbeReport
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return make_run(tmp_path_factory.mktemp("pipeline") / "mlp-digits")
+@pytest.fixture
+def run(digits_run: Any) -> Any:
+    """The session's shared run (conftest.py): read it, or copy it before writing into it."""
+    return digits_run
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,8 @@ def test_run_writes_the_run_folder_and_report_files(run: Any) -> None:
                  "accuracy_by_layer.png", "report.html", "README.md"):
         assert (folder / name).is_file(), name
     assert set(run.files) == {"report.json", "report.md", "accuracy_by_layer.png", "report.html", "README.md"}
+    saved_probes = json.loads((folder / "probes" / "runner.json").read_text())  # save_probes=True: one per row
+    assert len(saved_probes["estimators"]) == len([r for r in run.report.results if r.get("control") is None])
     assert json.loads((folder / "report.json").read_text()) == run.report.to_dict()
     assert (folder / "report.md").read_text() == run.report.to_markdown()
     assert (folder / "accuracy_by_layer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -113,13 +115,15 @@ def test_corruption_and_provenance_describe_the_data(run: Any, data: dict) -> No
     assert saved["training"]["optimizer"] == "adam"  # auto preset on built-in data = fast
 
 
-def test_rerun_resumes_and_ends_with_the_uninterrupted_weights(run: Any, tmp_path: Path) -> None:
+def test_rerun_resumes_and_ends_with_the_uninterrupted_weights(run: Any, digits_cli_run: tuple, tmp_path: Path) -> None:
+    # A run stopped after epoch 1: a copy of the CLI's run of the session, one epoch of the same training.
     folder = tmp_path / "resumed"
-    light = {**RUN_KWARGS, "layers": ["input"], "probes": ("ncm",), "output_dir": folder}
-    run_experiment(**{**light, "max_epochs": 1})
+    shutil.copytree(digits_cli_run[0], folder)
     first = (folder / "metrics.jsonl").read_text().splitlines()
     assert len(first) == 1
-    run_experiment(**light)  # same command with the fixture's 2 epochs: continues at epoch 2
+    after_one = load_file(folder / "model.safetensors")
+    light = {**RUN_KWARGS, "layers": ["input"], "probes": ("ncm",), "output_dir": folder}
+    run_experiment(**light)  # the library's command with the fixture's 2 epochs: continues at epoch 2
     rows = (folder / "metrics.jsonl").read_text().splitlines()
     assert rows[0] == first[0] and len(rows) == 2
     theirs_rows = (run.output_dir / "metrics.jsonl").read_text().splitlines()
@@ -132,6 +136,7 @@ def test_rerun_resumes_and_ends_with_the_uninterrupted_weights(run: Any, tmp_pat
     assert {k for k in a if b[k] is None} <= {"train_accuracy_corrupted", "train_accuracy_true", "test_accuracy"}
     mine, theirs = load_file(folder / "model.safetensors"), load_file(run.output_dir / "model.safetensors")
     assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in mine)
+    assert not all((after_one[k] == theirs[k]).all() for k in mine)  # the second epoch did change the weights
 
 
 @pytest.mark.parametrize("bad", [

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from _hub_server import FakeHub
-from _pipeline_helpers import RUN_KWARGS
+from _pipeline_helpers import SHARED_RUN_KWARGS
 from _runner_helpers import N_CLASSES, cnn, data, mlp, tuples
 from masc_probe import ProbeRunner
 from masc_probe import hub as mhub
@@ -233,14 +233,12 @@ def test_hub_failures_are_one_line(hub: FakeHub, fitted: ProbeRunner, tmp_path: 
 
 
 # ------------------------------------------------------------------------------------------------ a run with probes
-@pytest.fixture(scope="module")
-def run_with_probes(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from masc_probe.pipeline import run_experiment
-
-    folder = tmp_path_factory.mktemp("pipeline") / "mlp-digits"
-    kwargs = {**RUN_KWARGS, "probes": ("masc", "ncm", "linear")}
-    run_experiment(**kwargs, output_dir=folder, save_probes=True)
-    return folder
+@pytest.fixture
+def run_with_probes(digits_run: Any) -> Path:
+    """The session's shared run (conftest.py), run with ``save_probes=True`` and probes masc, ncm and linear on the
+    layers input and fc2; read here, copied before anything writes into it."""
+    assert SHARED_RUN_KWARGS["save_probes"] and SHARED_RUN_KWARGS["probes"] == ("masc", "ncm", "linear")
+    return digits_run.output_dir
 
 
 def _run_test_data(source: str) -> Any:
@@ -295,14 +293,14 @@ def test_run_pushed_with_probes_gives_the_report_back(hub: FakeHub, run_with_pro
 def test_push_with_probes_refuses_a_run_without_matching_probes(hub: FakeHub, run_with_probes: Path,
                                                                 tmp_path: Path) -> None:
     bare = tmp_path / "bare"
-    shutil.copytree(run_with_probes, bare)
+    shutil.copytree(run_with_probes, bare, ignore=shutil.ignore_patterns("resume"))  # 62 MB a push never reads
     shutil.rmtree(bare / "probes")
     with pytest.raises(InputError, match="--save-probes") as err:
         mhub.push_run(bare, "me/r", with_probes=True)
     assert "\n" not in str(err.value)
 
     stale = tmp_path / "stale"
-    shutil.copytree(run_with_probes, stale)
+    shutil.copytree(run_with_probes, stale, ignore=shutil.ignore_patterns("resume"))
     report = json.loads((stale / "report.json").read_text())
     report["results"][0]["train_accuracy"] = {k: v / 2 for k, v in report["results"][0]["train_accuracy"].items()}
     (stale / "report.json").write_text(json.dumps(report))

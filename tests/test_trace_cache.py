@@ -36,7 +36,7 @@ def traces(monkeypatch: pytest.MonkeyPatch) -> collections.Counter:
 def test_a_pipeline_run_traces_each_model_once(traces: collections.Counter, tmp_path: Path) -> None:
     from masc_probe.pipeline import run_experiment
 
-    run_experiment(**RUN_KWARGS, output_dir=tmp_path / "run")
+    run_experiment(**{**RUN_KWARGS, "max_epochs": 1}, output_dir=tmp_path / "run")  # how long it trains: no matter
     # Three model objects: the untrained net whose layer names are checked before training, the trained one loaded
     # from the run folder and the run's epoch-0 network (the init control); before the cache the trained one was
     # traced four times.
