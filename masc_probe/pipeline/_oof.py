@@ -128,15 +128,18 @@ def fold_split(fold: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def out_of_fold_scores(name: str, X: np.ndarray, given: np.ndarray, fold: np.ndarray, classes: np.ndarray,
                        kwargs: Mapping[str, Any],
-                       select: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:  # fmt: skip
-    """(n, K) class scores, each row from the probe *name* fitted on the folds other than its own; and the mean of
-    the K fold probes' (m, K) scores of the *select* rows (None without them).
+                       select: tuple[np.ndarray, np.ndarray] | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray | None, float | None]:  # fmt: skip
+    """(n, K) class scores, each row from the probe *name* fitted on the folds other than its own; the mean of the
+    K fold probes' (m, K) scores of the *select* rows (rows, labels); and the mean of the K fold probes' accuracies
+    there (both None without select data).
 
     Statistic probes stream the training rows block by block (``partial_fit``), the others fit the matrix.
     """
     S = np.empty((len(given), len(classes)), dtype=np.float32)
     K = int(fold.max()) + 1
-    T = None if select is None else np.zeros((len(select), len(classes)), dtype=np.float64)
+    T = None if select is None else np.zeros((len(select[1]), len(classes)), dtype=np.float64)
+    correct = 0
     for k in range(K):
         train, held = fold_split(fold, k)
         probe = make_probe(name, **kwargs)
@@ -156,15 +159,17 @@ def out_of_fold_scores(name: str, X: np.ndarray, given: np.ndarray, fold: np.nda
             for start in range(0, len(where), _BLOCK):
                 pick = where[start:start + _BLOCK]
                 S[pick] = class_scores(probe, name, np.asarray(X[pick]))
-            if T is not None:
+            if select is not None and T is not None:
                 for start in range(0, len(T), _BLOCK):
-                    T[start:start + _BLOCK] += class_scores(probe, name, np.asarray(select[start:start + _BLOCK])) / K
+                    block = class_scores(probe, name, np.asarray(select[0][start:start + _BLOCK]))
+                    T[start:start + _BLOCK] += block / K
+                    correct += int(np.sum(classes[block.argmax(axis=1)] == select[1][start:start + _BLOCK]))
         finally:
             if hasattr(probe, "close"):
                 probe.close()
     if not np.isfinite(S).all() or (T is not None and not np.isfinite(T).all()):
         raise ValueError("non-finite class scores")
-    return S, T
+    return S, T, None if select is None else correct / (len(select[1]) * K)
 
 
 def class_scores(probe: Any, name: str, X: np.ndarray) -> np.ndarray:
@@ -203,16 +208,14 @@ def score_candidates(rows: Rows, held: Rows | None, probes: Sequence[str], fold:
         for name in probes:
             entry: dict[str, Any] = {"layer": layer, "probe": name, "heldout_accuracy": None, "select_accuracy": None}
             try:
-                S, T = out_of_fold_scores(name, X, rows.given, fold, classes, kwargs[name],
-                                               None if held is None else held[layer])
+                S, T, entry["select_accuracy"] = out_of_fold_scores(
+                    name, X, rows.given, fold, classes, kwargs[name], None if held is None else (held[layer], held.given))
             except (ValueError, np.linalg.LinAlgError, torch.linalg.LinAlgError) as err:
                 # A probe that cannot fit here (QDA on a rank-deficient class, …) drops out of the choice.
                 entry["error"] = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 logger.warning("label issues: %s at %s failed: %s", name, layer, entry["error"])
             else:
                 entry["heldout_accuracy"] = float(np.mean(classes[S.argmax(axis=1)] == rows.given))
-                if T is not None and held is not None:
-                    entry["select_accuracy"] = float(np.mean(classes[T.argmax(axis=1)] == held.given))
                 scored[(layer, name)] = (S, T)
             candidates.append(entry)
     return scored, candidates
