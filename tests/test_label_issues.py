@@ -263,6 +263,18 @@ def test_select_data_the_model_never_saw_chooses_the_layer(memorized) -> None:
     assert ncm["select_accuracy"] == pytest.approx(np.mean(accuracies), abs=1 / len(yte))
 
 
+def test_the_corruption_rate_is_reported_only_for_modes_that_redraw_uniformly(noisy) -> None:
+    X, given, true = noisy
+    kwargs = dict(probes=("ncm",), progress=False)
+    uniform = find_label_issues(None, _batches(X, given, true), corruption_mode="random", **kwargs)
+    assert uniform.corruption_rate == pytest.approx(uniform.noise_rate * 10 / 9)
+    assert abs(uniform.corruption_rate - 0.6) < 0.1  # the labels were corrupted at p = 0.6, random mode
+    pairs = corrupt_labels(true, 0.4, num_classes=10, mode="asymmetric", seed=0, mapping="cifar10")
+    other = find_label_issues(None, _batches(X, pairs, true), corruption_mode="asymmetric", **kwargs)
+    assert other.corruption_rate is None and other.summary()["corruption_rate"] is None
+    assert other.summary()["corruption_mode"] == "asymmetric" and other.noise_rate > 0
+
+
 def test_threshold_flags_the_scores_below_it(noisy) -> None:
     X, given, true = noisy
     out = find_label_issues(None, _batches(X, given, true), probes=("ncm",), threshold=-0.01, progress=False)
