@@ -142,9 +142,11 @@ def test_a_skipped_pass_leaves_the_random_stream_where_a_pass_would(own_generato
 
 # ---------------------------------------------------------------------------------------------- whole runs
 def _dropout_net() -> nn.Module:
-    """The paper's MLP with dropout after its first layer (no parameter added: it saves and loads as "mlp")."""
+    """The paper's CNN with dropout after its first dense layer (no parameter added: it saves and loads as "cnn").
+    The CNN, not the MLP: 216k parameters against 5.3M, and a few epochs on 96 digits spend most of their time writing
+    the weights (the resume state every epoch)."""
     torch.manual_seed(0)
-    net = load_model("mlp", num_classes=10, input_size=[1, 8, 8])
+    net = load_model("cnn", num_classes=10, input_size=[1, 8, 8])
     net.fc1.act = nn.Sequential(nn.ReLU(), nn.Dropout(0.5))
     return net
 
@@ -158,7 +160,7 @@ def test_the_evaluation_schedule_changes_no_weight_even_of_a_network_that_draws(
     test_set = TensorDataset(torch.tensor(xt[:64]), torch.tensor(yt[:64]))
 
     def weights(every: int, name: str) -> dict[str, torch.Tensor]:
-        config = preset_config("mlp", "digits", preset="fast", num_classes=10, max_epochs=4, eval_every=every,
+        config = preset_config("cnn", "digits", preset="fast", num_classes=10, max_epochs=4, eval_every=every,
                                output_dir=str(tmp_path / name), batch_size=32, keep_checkpoints="final")
         net = _dropout_net()
         result = train(net, train_set, config=config, test_data=test_set)
@@ -252,7 +254,7 @@ def test_a_run_closed_after_an_epoch_without_evaluation_gets_its_last_row_comple
     x, yc, y, xt, yt = digits(96)
     data = TensorBatches(torch.tensor(x), torch.tensor(yc), torch.tensor(y), batch_size=32)
     test = TensorBatches(torch.tensor(xt), torch.tensor(yt), batch_size=64)
-    config = preset_config("mlp", "digits", preset="fast", num_classes=10, max_epochs=6, eval_every=100,
+    config = preset_config("cnn", "digits", preset="fast", num_classes=10, max_epochs=6, eval_every=100,
                            output_dir=str(tmp_path / "run"), batch_size=32, keep_checkpoints="final")
     write, calls = _loop.write_metrics, []
 
