@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="MASC threshold (default 0.99)")
     issues.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE", help="memory budget, e.g. 4GB")
     issues.add_argument("--out", "--output-dir", dest="output_dir", default=None, metavar="DIR",
-                        help="where label_issues.csv and .json go (default RUN/label-issues)")
+                        help="where label_issues.csv, .json and .png go (default RUN/label-issues)")
     issues.add_argument("--device", default=None, help="cpu, cuda, cuda:1, …")
     issues.add_argument("--revision", default=None, help="Hub revision of an hf-hub: model")
     issues.add_argument("--quiet", action="store_true", help="no progress bars, no summary")

@@ -49,23 +49,6 @@ def check_device(device: str | None) -> None:
         raise InputError(f"expected a CUDA index below {torch.cuda.device_count()}, got {device!r}")
 
 
-def check_repo_id(repo_id: str) -> None:
-    """Refuse a malformed ``user/name`` before hours of training rather than at the push.
-
-    Raises:
-        InputError: The repo id is malformed.
-    """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError:
-        raise InputError(f"expected a Hub repo id like 'user/name', got {repo_id!r}") from None
-    if repo_id.count("/") != 1:
-        raise InputError(f"expected a Hub repo id like 'user/name', got {repo_id!r}")
-
-
 # --------------------------------------------------------------------------------------------------------- data
 @dataclass
 class RunData:

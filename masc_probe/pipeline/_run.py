@@ -24,11 +24,11 @@ from masc_probe.pipeline._config import KEEP_CHECKPOINTS, DataConfig, ProbeConfi
 from masc_probe.pipeline._inputs import (
     RunData,
     check_device,
-    check_repo_id,
     default_run_dir,
     load_run_data,
     resolve_source,
 )
+from masc_probe.models._hub import check_repo_id  # the one check of a repo id, for every Hub call
 from masc_probe.pipeline._outputs import save_probes as _save_probes
 from masc_probe.pipeline._outputs import write_outputs
 from masc_probe._choices import (
