@@ -117,6 +117,7 @@ def test_corruption_and_provenance_describe_the_data(run: Any, data: dict) -> No
 
 def test_rerun_resumes_and_ends_with_the_uninterrupted_weights(run: Any, digits_cli_run: tuple, tmp_path: Path) -> None:
     # A run stopped after epoch 1: a copy of the CLI's run of the session, one epoch of the same training.
+    assert digits_cli_run[1] == 0, digits_cli_run[3]
     folder = tmp_path / "resumed"
     shutil.copytree(digits_cli_run[0], folder)
     first = (folder / "metrics.jsonl").read_text().splitlines()
