@@ -186,7 +186,7 @@ def _one_line_error(code: int, out: str, err: str) -> str:
     (["--layers", "fc9"], "unknown layer 'fc9'"),
     (["--probes", "masc,nope"], "unknown probe 'nope'"),
     (["--batch-size", "5000"], "at most the 1438 training samples"),
-    (["--push-to-hub", "not a repo"], "expected a Hub repo id"),
+    (["--push-to-hub", "not a repo"], "repo_id must look like 'user/name', got 'not a repo'"),
     (["probe", "mlp"], "expected a dataset"),
     (["layers"], "the following arguments are required: --model"),
     (["--protocol", "author"], "invalid choice: 'author'"),
