@@ -266,3 +266,16 @@ def test_tensor_batches_train_exactly_like_the_dataset(tmp_path: Path) -> None:
     assert torch.cat([b["index"] for b in tb]).tolist() == list(sampler)
     with pytest.raises(InputError, match="expected 200 labels"):
         TensorBatches(torch.zeros(200, 1, 8, 8), torch.zeros(199, dtype=torch.int64))
+
+
+def test_a_config_naming_another_paper_architecture_is_refused_before_training(tmp_path) -> None:
+    """config.json records config.model: a CNN trained under config.model='mlp' made a folder that did not reload."""
+    from masc_probe.data._batches import TensorBatches
+
+    X = torch.rand(32, 1, 28, 28)
+    data = TensorBatches(X, torch.arange(32) % 10, batch_size=16)
+    config = preset_config("mlp", "mnist", preset="fast", num_classes=10, output_dir=str(tmp_path / "run"),
+                           max_epochs=1, batch_size=16, progress=False, cpu=True)
+    with pytest.raises(InputError, match="config.model is 'mlp' but the model given is 'cnn'"):
+        train(load_model("cnn", num_classes=10, in_chans=1, input_size=28), data, config=config)
+    assert not (tmp_path / "run" / "model.safetensors").exists()

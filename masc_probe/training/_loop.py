@@ -140,6 +140,7 @@ def train(
     eval_test = make_loader(test_data, batch_size=eval_bs, strict=False)[0] if test_data is not None else None
     first = split_batch(next(iter(loader)))
     shape = [int(s) for s in first.x.shape[1:]]
+    given_spec = isinstance(model, str)
     if isinstance(model, str):
         num_classes = config.num_classes or _classes_from_data(train_data)
         # Seeded again here: iterating a DataLoader draws from the global generator, so the initial weights would
@@ -147,6 +148,8 @@ def train(
         set_seed(config.seed)
         model = load_model(model, num_classes=num_classes, input_size=shape if len(shape) == 3 else None)
     spec = config.model or model_spec(model)
+    if config.model and not given_spec:
+        _check_spec(model, config.model)
     init = init_record(model, config.seed)  # what rebuilds the epoch-0 weights (training._init), before any step
     fmt = _memory_format(model, accelerator.device)
     if fmt is not None:
@@ -462,3 +465,17 @@ def _classes_from_data(data: Any) -> int:
         return int(label.num_classes)
     raise InputError("expected config.num_classes (or a dataset with a ClassLabel 'label') to build the model")
 
+
+def _check_spec(model: nn.Module, spec: str) -> None:
+    """Refuse a config whose ``model`` names another architecture than the module given: config.json would record
+    it, and the run folder would not reload (its weights do not fit that architecture)."""
+    from masc_probe.models import PAPER_MODELS
+
+    try:
+        actual = model_spec(model)
+    except InputError:
+        return  # a module no spec rebuilds: the config's name is all the folder can record
+    # Paper models only: a timm spec may carry a pretrained tag ("timm/resnet18.a1_in1k") its module does not.
+    if actual in PAPER_MODELS and actual != spec:
+        raise InputError(f"config.model is {spec!r} but the model given is {actual!r}; pass "
+                         f"config.model={actual!r} (or None to take it from the model)")
