@@ -433,7 +433,7 @@ def markdown(results: dict[str, Any]) -> str:
     meta = results.get("meta", {})
     out = [BEGIN, "## Label-issue detection side by side (label_issues.py, issues 10 and 20)", "",
            "```", *meta.get("commands", []), "python benchmarks/label_issues.py --markdown", "```", "",
-           f"Machine: {meta.get('machine', '?')}, shared with other jobs (load 5-11); one torch/BLAS thread; "
+           f"Machine: {meta.get('machine', '?')}, shared with other jobs ({_loads(cells)}); one torch/BLAS thread; "
            f"cleanlab {meta.get('cleanlab', '?')}, scikit-learn {meta.get('sklearn', '?')}. Corruption at rate p "
            "(realized share of wrong labels in brackets; random mode re-draws a label uniformly, asymmetric maps "
            "CIFAR-10's usual class pairs), K = 2 stratified folds shared by every method of a row. Each entry is "
@@ -513,6 +513,12 @@ def markdown(results: dict[str, Any]) -> str:
             "(memorized) and on the clean test split.",
             END]
     return "\n".join(out) + "\n"
+
+
+def _loads(cells: list[dict[str, Any]]) -> str:
+    """The 1-minute load averages recorded as the cells ended."""
+    loads = [c["load_average"][0] for c in cells if c.get("load_average")]
+    return f"load {min(loads):.1f}-{max(loads):.1f} as the cells ended" if loads else "load not recorded"
 
 
 def _summary(cells: list[dict[str, Any]]) -> list[str]:
@@ -628,10 +634,19 @@ def _against_previous(cells: list[dict[str, Any]]) -> list[str]:
         return []
     d_auroc = [a["auroc"] - b["auroc"] for a, b in pairs]
     d_f1 = [a["f1"] - b["f1"] for a, b in pairs]
+    by_feat = []
+    for feat in ("raw", "mlp"):
+        f1 = [c["features"][feat]["methods"]["ours"]["f1"] - before[_key(c)]["features"][feat]["methods"]["ours"]["f1"]
+              for c in cells if _key(c) in before]
+        est = [c["features"][feat]["detector"]["noise_rate"] - c["realized_noise_rate"] for c in cells]
+        by_feat.append(f"{feat} rows F1 {np.mean(f1):+.4f} (the estimate below the realized share in "
+                       f"{sum(e < 0 for e in est)}/{len(est)} rows, by {np.mean(est):+.3f} on average)")
     return [f"**Against the issue-10 detector** (`results/label_issues_v2.json`: disagreement-rate estimate, raw "
             f"score margin; the same {len(pairs)} rows): AUROC {np.mean(d_auroc):+.4f} on average (median "
             f"{np.median(d_auroc):+.4f}, range {min(d_auroc):+.3f} to {max(d_auroc):+.3f}), F1 {np.mean(d_f1):+.4f} "
-            f"(median {np.median(d_f1):+.4f}, range {min(d_f1):+.3f} to {max(d_f1):+.3f}).", ""]
+            f"(median {np.median(d_f1):+.4f}, range {min(d_f1):+.3f} to {max(d_f1):+.3f}); by features: "
+            + "; ".join(by_feat) + ". Where the estimate is below the realized share the flagged set is too small "
+            "(recall falls); where above, too large (precision falls).", ""]
 
 
 def _wins(cells: list[dict[str, Any]]) -> list[str]:
