@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.installed
 # One BLAS/OpenMP thread: on 2-core machines a second thread made training and eigh 4-50x slower whenever
 # another process was busy (benchmarks/RESULTS.md). Override with `make demo THREADS=2`.
 THREADS ?= 1
+# The fast tier runs in this many pytest processes (pytest-xdist), one BLAS thread each: 2 fits the 2-core machines
+# (about 90 s there, against 150 s in one process). The slow tier stays in one process: its tests start processes
+# and time them.
+TEST_JOBS ?= 2
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 OMP_NUM_THREADS=$(THREADS)
 
 .PHONY: install demo test test-slow test-all bench clean
@@ -23,7 +27,7 @@ demo: $(STAMP)
 # Two tiers (tests/conftest.py decides which test is slow, by rule): the fast one has no processes, no real data
 # and no long training; the slow one has the rest (subprocess CLI runs, torchrun, ../shared/data, the benchmarks).
 test: $(STAMP)
-	$(TEST_ENV) $(PY) -m pytest -m "not slow" --durations=15 $(PYTEST_ARGS)
+	$(TEST_ENV) $(PY) -m pytest -m "not slow" -n $(TEST_JOBS) --durations=15 $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(TEST_ENV) $(PY) -m pytest -m slow --durations=15 $(PYTEST_ARGS)
