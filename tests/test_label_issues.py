@@ -275,6 +275,23 @@ def test_the_corruption_rate_is_reported_only_for_modes_that_redraw_uniformly(no
     assert other.summary()["corruption_mode"] == "asymmetric" and other.noise_rate > 0
 
 
+def test_select_by_detection_takes_the_candidate_that_best_finds_redrawn_held_out_labels(noisy) -> None:
+    X, given, true = noisy
+    train, test = slice(0, 1400), slice(1400, None)
+    data, select = _batches(X[train], given[train], true[train]), _batches(X[test], true[test])
+    out = find_label_issues(None, data, select=select, select_by="detection", progress=False)
+    fitted = [c for c in out.candidates if c["heldout_accuracy"] is not None]
+    best = max(fitted, key=lambda c: c["detection_auroc"])
+    assert (out.layer, out.probe) == (best["layer"], best["probe"]) and out.select_by == "detection"
+    assert out.ranking == best["detection_ranking"] and out.ranking_auroc[out.ranking] == best["detection_auroc"]
+    assert all(0.5 < c["detection_auroc"] <= 1 for c in fitted)  # clean held-out digits: every probe finds some
+    by_accuracy = find_label_issues(None, data, select=select, progress=False)
+    assert "detection_auroc" not in by_accuracy.candidates[0] and by_accuracy.select_by == "accuracy"
+    with pytest.raises(UnknownNameError) as err:
+        find_label_issues(None, data, select_by="detektion", progress=False)
+    assert "detection" in _one_line(err)
+
+
 def test_threshold_flags_the_scores_below_it(noisy) -> None:
     X, given, true = noisy
     out = find_label_issues(None, _batches(X, given, true), probes=("ncm",), threshold=-0.01, progress=False)

@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -108,6 +108,39 @@ def collect(model: nn.Module | None, data: Any, layers: Sequence[str] | None, re
         cache.cleanup()
         raise InputError("expected true labels in every batch or in none; some batches carry them, some do not")
     return Rows(cache, names, cache.labels("given"), cache.labels("true") if n_true else None, cache.labels("index"))
+
+
+class RankChoice(NamedTuple):
+    """A candidate's calibrated out-of-fold probabilities and what follows from them."""
+
+    probs: np.ndarray
+    temperature: float | None
+    noise: float  # the confident joint's share of wrong labels
+    ranking: str
+    auroc: dict[str, float] | None  # each ranking's AUROC on the held-out re-labeling (None: ranking given)
+
+
+def rank_choice(S: np.ndarray, S_sel: np.ndarray | None, y: np.ndarray, held_given: np.ndarray | None,
+                classes: np.ndarray, probe: str, ranking: str, seed: int) -> RankChoice:
+    """Calibrate a candidate's scores *S* (labels *y*: class positions), estimate the noise share, and choose its
+    ranking (``"auto"``) on the select rows *S_sel* (labels *held_given*), or on the out-of-fold rows without them.
+    A given *ranking* is still scored there when select rows exist."""
+    from masc_probe import quality
+
+    kind = SCORE_KIND.get(probe, "similarity")
+    probs, temperature = quality.calibrated_probabilities(S, y, kind=kind)
+    noise = quality.noise_share(probs, y)
+    methods = quality.RANKINGS if ranking == "auto" else (ranking,)
+    if S_sel is not None and held_given is not None:
+        known = np.isin(held_given, classes)
+        ref = quality.calibrated_probabilities(S_sel[known], None, kind=kind, temperature=temperature)[0]
+        ref_y = np.searchsorted(classes, held_given[known])
+    elif ranking == "auto":
+        ref, ref_y = probs, y
+    else:
+        return RankChoice(probs, temperature, noise, ranking, None)
+    chosen, auroc = quality.choose_ranking(ref, ref_y, rate=noise, methods=methods, seed=seed)
+    return RankChoice(probs, temperature, noise, chosen, auroc)
 
 
 def stratified_folds(given: np.ndarray, folds: int, seed: int) -> np.ndarray:

@@ -109,6 +109,7 @@ class LabelIssues:
     disagreement_rate: float | None = None
     flag: str = "rank"
     corruption_mode: str | None = None
+    select_by: str = "accuracy"
 
     @property
     def n_flagged(self) -> int:
@@ -157,7 +158,7 @@ def find_label_issues(
     margins: Any = None, select: Any = None, n_components: float | int = 0.99,
     probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 256, keep_scores: bool = False,
     method: str = "probe", reducer: str | Mapping[str, str] | None = None, ranking: str = "auto",
-    flag: str = "rank", corruption_mode: str | None = None,
+    flag: str = "rank", corruption_mode: str | None = None, select_by: str = "accuracy",
 ) -> LabelIssues:
     """Rank the training samples by how likely their given label is wrong (module docstring: the method).
 
@@ -189,6 +190,9 @@ def find_label_issues(
             (:data:`masc_probe.quality.FILTERS`).
         corruption_mode: How the labels were corrupted, when known: the corruption rate is reported only for the
             modes that redraw uniformly (``random``, ``authors``).
+        select_by: ``"accuracy"`` chooses the layer x probe by accuracy on the select data (out of fold without
+            it); ``"detection"`` by how well its best ranking finds labels re-drawn at random there
+            (``quality.choose_ranking``'s AUROC, recorded per candidate as ``detection_auroc``).
 
     Raises:
         InputError: Data without labels, folds < 2 or more folds than samples of a class, a run folder without a
@@ -197,7 +201,8 @@ def find_label_issues(
     """
     probes = _oof.check_args(probes, folds, seed, threshold, batch_size)
     for value, allowed, what in ((method, ("probe", "aum"), "method"), (ranking, ("auto", *quality.RANKINGS),
-                                 "ranking"), (flag, FLAGS, "flag")):
+                                 "ranking"), (flag, FLAGS, "flag"), (select_by, ("accuracy", "detection"),
+                                                                     "select_by")):
         if value not in allowed:
             raise UnknownNameError(f"unknown {what} {value!r}; " + closest(str(value), list(allowed)))
     if method == "aum" and margins is None:
@@ -237,20 +242,21 @@ def find_label_issues(
     fitted = sorted((c for c in candidates if c["heldout_accuracy"] is not None), key=lambda c: -c[key])
     if not fitted:
         raise InputError(f"no probe could be fitted on any layer; first failure: {candidates[0].get('error')}")
+    y = np.searchsorted(classes, given)
+
+    def choice(c: dict[str, Any]) -> _oof.RankChoice:
+        return _oof.rank_choice(*scored[(c["layer"], c["probe"])], y, None if held is None else held.given,
+                                classes, c["probe"], ranking, seed)
+
+    if select_by == "detection":  # every candidate by how well its best ranking finds re-drawn held-out labels
+        for c in fitted:
+            got = choice(c)
+            c["detection_ranking"], c["detection_auroc"] = got.ranking, got.auroc[got.ranking]
+        fitted.sort(key=lambda c: -c["detection_auroc"])
+        key = "detection_auroc"
     best = fitted[0]
-    S, S_sel = scored[(best["layer"], best["probe"])]
-    y, kind = np.searchsorted(classes, given), _oof.SCORE_KIND.get(best["probe"], "similarity")
-    probs, temperature = quality.calibrated_probabilities(S, y, kind=kind)
-    noise = quality.noise_share(probs, y)
-    auroc = None
-    if ranking == "auto":  # on the select rows (scored by the fold probes, never by the network's training)
-        if held is not None and S_sel is not None:
-            known = np.isin(held.given, classes)
-            ref = quality.calibrated_probabilities(S_sel[known], None, kind=kind, temperature=temperature)[0]
-            ranking, auroc = quality.choose_ranking(ref, np.searchsorted(classes, held.given[known]), rate=noise,
-                                                    seed=seed)
-        else:
-            ranking, auroc = quality.choose_ranking(probs, y, rate=noise, seed=seed)
+    S = scored[(best["layer"], best["probe"])][0]
+    probs, temperature, noise, ranking, auroc = choice(best)
     score = quality.label_quality_scores(probs, y, ranking)
     suggested = classes[probs.argmax(axis=1)]
     flagged = _flags(score, threshold, flag, noise, probs, y)
@@ -278,7 +284,7 @@ def find_label_issues(
         all_class_scores={k: v[0] for k, v in scored.items()} if keep_scores else None, method=method,
         ranking=ranking, ranking_auroc=auroc, temperature=temperature,
         disagreement_rate=float(np.mean(suggested != given)), flag="threshold" if threshold is not None else flag,
-        corruption_mode=corruption_mode)  # fmt: skip
+        corruption_mode=corruption_mode, select_by=select_by)  # fmt: skip
 
 
 def _flags(score: np.ndarray, threshold: float | None, flag: str, noise: float, probs: np.ndarray,
