@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     issues.add_argument("--folds", type=_folds, default=None, help="folds K: each sample is scored by probes fitted on "
                                                                "the other K-1 (default 2)")
     issues.add_argument("--threshold", type=float, default=None,
-                        help="flag the scores below this (default: as many as the estimated noise rate)")
+                        help="flag the samples whose ranking score is below this (instead of --flag)")
     issues.add_argument("--method", choices=("probe", "aum"), default=None,
                         help="rank by the chosen probe (default) or by AUM (a run trained with --record-margins)")
     issues.add_argument("--ranking", choices=("auto", *ISSUE_RANKINGS), default=None,
