@@ -436,7 +436,9 @@ def markdown(results: dict[str, Any]) -> str:
     cells = sorted(results["cells"], key=lambda c: (c["dataset"], c.get("mode", "random"), c["seed"], c["p"]))
     meta = results.get("meta", {})
     out = [BEGIN, "## Label-issue detection side by side (label_issues.py, issues 10 and 20)", "",
-           "```", *meta.get("commands", []), "python benchmarks/label_issues.py --markdown", "```", "",
+           "```", *meta.get("commands", []),
+           *(json.loads(DETECTION.read_text()).get("meta", {}).get("commands", []) if DETECTION.is_file() else []),
+           "python benchmarks/label_issues.py --markdown", "```", "",
            f"Machine: {meta.get('machine', '?')}, shared with other jobs ({_loads(cells)}); one torch/BLAS thread; "
            f"cleanlab {meta.get('cleanlab', '?')}, scikit-learn {meta.get('sklearn', '?')}. Corruption at rate p "
            "(realized share of wrong labels in brackets; random mode re-draws a label uniformly, asymmetric maps "
