@@ -24,6 +24,7 @@ from torch import nn
 
 from masc_probe.data._batches import make_loader
 from masc_probe.data._batches import split_batch as read_batch
+from masc_probe import quality
 from masc_probe._params import check_folds, check_probes
 from masc_probe.errors import InputError
 from masc_probe.probes import make_probe
@@ -125,8 +126,6 @@ def rank_choice(S: np.ndarray, S_sel: np.ndarray | None, y: np.ndarray, held_giv
     """Calibrate a candidate's scores *S* (labels *y*: class positions), estimate the noise share, and choose its
     ranking (``"auto"``) on the select rows *S_sel* (labels *held_given*), or on the out-of-fold rows without them.
     A given *ranking* is still scored there when select rows exist."""
-    from masc_probe import quality
-
     kind = SCORE_KIND.get(probe, "similarity")
     probs, temperature = quality.calibrated_probabilities(S, y, kind=kind)
     noise = quality.noise_share(probs, y)
@@ -312,3 +311,33 @@ def aum(margins: Any, index: np.ndarray) -> np.ndarray:
     if not np.isfinite(out).all():
         raise InputError("margins must be finite numbers; got NaN or inf")
     return out
+
+
+def flags(score: np.ndarray, threshold: float | None, flag: str, noise: float, probs: np.ndarray,
+           y: np.ndarray) -> np.ndarray:
+    if threshold is not None:
+        return score < threshold
+    if flag == "rank":
+        return quality.ranks(score) <= round(noise * len(score))
+    return quality.find_issues(probs, y, filter_by=flag)
+
+
+def score_methods(wrong: np.ndarray, candidates: list[dict[str, Any]], fitted: list[dict[str, Any]],
+                   scored: Mapping[tuple[str, str], tuple[np.ndarray, Any]], y: np.ndarray, classes: np.ndarray,
+                   ranking: str, score: np.ndarray, flagged: np.ndarray,
+                   aum: np.ndarray | None) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Against the known corruption: every candidate (into its entry; its own calibrated probabilities under the
+    chosen ranking, flagging its disagreements), the chosen detector, MASC alone, AUM."""
+    for c in candidates:
+        if c["heldout_accuracy"] is not None:
+            p = quality.calibrated_probabilities(scored[(c["layer"], c["probe"])][0], y,
+                                                 kind=SCORE_KIND.get(c["probe"], "similarity"))[0]
+            s = quality.label_quality_scores(p, y, ranking)
+            c["metrics"] = quality.detection_metrics(wrong, s, quality.ranks(s) <= int(np.sum(p.argmax(1) != y)))
+    metrics = {"chosen": quality.detection_metrics(wrong, score, flagged)}
+    masc = next((c for c in fitted if c["probe"] == "masc"), None)  # MASC alone: its best layer by the criterion
+    if masc is not None:
+        metrics["masc"] = {"layer": masc["layer"], **masc["metrics"]}
+    if aum is not None:  # AUM has no noise estimate of its own: it flags as many as the chosen probe
+        metrics["aum"] = quality.detection_metrics(wrong, aum, quality.ranks(aum) <= int(flagged.sum()))
+    return metrics

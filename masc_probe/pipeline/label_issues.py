@@ -259,12 +259,12 @@ def find_label_issues(
     probs, temperature, noise, ranking, auroc = choice(best)
     score = quality.label_quality_scores(probs, y, ranking)
     suggested = classes[probs.argmax(axis=1)]
-    flagged = _flags(score, threshold, flag, noise, probs, y)
+    flagged = _oof.flags(score, threshold, flag, noise, probs, y)
     logger.info("label issues: chose %s at %s (%s %.4f), ranking %s, noise share %.3f, %d flagged", best["probe"],
                 best["layer"], key, best[key], ranking, noise, int(flagged.sum()))
     metrics = None
     if true is not None:
-        metrics = _score_methods(given != true, candidates, fitted, scored, y, classes, ranking, score, flagged, aum)
+        metrics = _oof.score_methods(given != true, candidates, fitted, scored, y, classes, ranking, score, flagged, aum)
     if method == "aum":
         assert aum is not None  # checked at the door
         score = aum
@@ -285,33 +285,3 @@ def find_label_issues(
         ranking=ranking, ranking_auroc=auroc, temperature=temperature,
         disagreement_rate=float(np.mean(suggested != given)), flag="threshold" if threshold is not None else flag,
         corruption_mode=corruption_mode, select_by=select_by)  # fmt: skip
-
-
-def _flags(score: np.ndarray, threshold: float | None, flag: str, noise: float, probs: np.ndarray,
-           y: np.ndarray) -> np.ndarray:
-    if threshold is not None:
-        return score < threshold
-    if flag == "rank":
-        return quality.ranks(score) <= round(noise * len(score))
-    return quality.find_issues(probs, y, filter_by=flag)
-
-
-def _score_methods(wrong: np.ndarray, candidates: list[dict[str, Any]], fitted: list[dict[str, Any]],
-                   scored: Mapping[tuple[str, str], tuple[np.ndarray, Any]], y: np.ndarray, classes: np.ndarray,
-                   ranking: str, score: np.ndarray, flagged: np.ndarray,
-                   aum: np.ndarray | None) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """Against the known corruption: every candidate (into its entry; its own calibrated probabilities under the
-    chosen ranking, flagging its disagreements), the chosen detector, MASC alone, AUM."""
-    for c in candidates:
-        if c["heldout_accuracy"] is not None:
-            p = quality.calibrated_probabilities(scored[(c["layer"], c["probe"])][0], y,
-                                                 kind=_oof.SCORE_KIND.get(c["probe"], "similarity"))[0]
-            s = quality.label_quality_scores(p, y, ranking)
-            c["metrics"] = quality.detection_metrics(wrong, s, quality.ranks(s) <= int(np.sum(p.argmax(1) != y)))
-    metrics = {"chosen": quality.detection_metrics(wrong, score, flagged)}
-    masc = next((c for c in fitted if c["probe"] == "masc"), None)  # MASC alone: its best layer by the criterion
-    if masc is not None:
-        metrics["masc"] = {"layer": masc["layer"], **masc["metrics"]}
-    if aum is not None:  # AUM has no noise estimate of its own: it flags as many as the chosen probe
-        metrics["aum"] = quality.detection_metrics(wrong, aum, quality.ranks(aum) <= int(flagged.sum()))
-    return metrics
