@@ -382,7 +382,7 @@ def test_data_without_labels_is_one_line(digits) -> None:
     assert "'label'" in _one_line(err) and "got ['image']" in _one_line(err)
     with pytest.raises(InputError) as err:
         find_label_issues(None, [(X,)], progress=False)
-    assert "(x, y" in _one_line(err)
+    assert "(x, y" in _one_line(err) and "got a tuple of 1" in _one_line(err)
 
 
 @pytest.mark.parametrize("folds", [1, 0, True, 2.0])

@@ -40,7 +40,8 @@ def split_batch(batch: Any) -> Batch:
     if isinstance(batch, (tuple, list)) and 2 <= len(batch) <= 4:
         parts = list(batch) + [None] * (4 - len(batch))
         return Batch(parts[0], parts[1], parts[2], parts[3])
-    raise InputError(f"expected a batch dict or an (x, y[, y_true[, index]]) tuple, got {type(batch).__name__}")
+    got = f"a {type(batch).__name__} of {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
+    raise InputError(f"expected a batch dict or an (x, y[, y_true[, index]]) tuple, got {got}")
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
