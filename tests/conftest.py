@@ -223,8 +223,9 @@ _guard = _Guard()
 
 
 # What ctypes.util.find_library runs to find a shared library (torch, cuda-pathfinder and the runner's malloc_trim
-# look up libc and libdl once per process): a lookup, not a process a test chose to start.
-_LIBRARY_LOOKUPS = {"ldconfig", "gcc", "cc", "ld", "objdump"}
+# look up libc and libdl once per process), and what matplotlib runs to list the system's fonts when it builds its
+# font cache (once per user, so on a fresh machine only): lookups, not processes a test chose to start.
+_LIBRARY_LOOKUPS = {"ldconfig", "gcc", "cc", "ld", "objdump", "fc-list"}
 
 
 def _refuse_in_fast_tier(what: str) -> None:
