@@ -151,6 +151,20 @@ def digits_cli_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[P
     yield from _read_only((folder, code, out.getvalue(), err.getvalue()), folder, "digits_cli_run")
 
 
+@pytest.fixture(scope="session")
+def digits_p06_cli_run(tmp_path_factory: pytest.TempPathFactory, long_training: None) -> Path:
+    """A short ``masc-probe train`` run folder on the built-in digits at p = 0.6 with margins (3 epochs: the label
+    issue detector reads the layers of whatever network it is given; memorizing is not needed and would take two
+    minutes more), shared by the label-issues CLI tests and the gallery's."""
+    from masc_probe.cli import main
+
+    out = tmp_path_factory.mktemp("digits-p06") / "run"
+    code = main(["train", "--dataset", "digits", "--corrupt", "0.6", "--max-epochs", "3", "--record-margins",
+                 "--keep-checkpoints", "final", "--output-dir", str(out), "--quiet"])
+    assert code == 0
+    return out
+
+
 @contextlib.contextmanager
 def _one_torch_thread() -> Iterator[None]:
     """One torch thread while a shared run trains: on a 2-core machine shared with other jobs, 2 threads crawl."""

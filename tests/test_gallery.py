@@ -1,12 +1,13 @@
 """LabelIssues.plot_gallery: the top-k suspects drawn as the data stores them, with index, labels, score and the
 truth mark, checked against independent references (scikit-learn's digits pixels, the data's own true labels, a
-ranking recomputed from the scores); and `masc-probe label-issues --gallery` on a digits memorizer at p = 0.6."""
+ranking recomputed from the scores); and `masc-probe label-issues --gallery` on a digits run folder at p = 0.6."""
 
 from __future__ import annotations
 
 import csv
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -123,13 +124,13 @@ def test_bad_k_and_other_data_are_one_line_errors(issues, digits_train) -> None:
         issues.plot_gallery(iter([]), k=3)
 
 
-# ------------------------------------------------------------------------------------------ on a memorizer
-@pytest.mark.slow
-def test_cli_gallery_on_a_digits_memorizer_at_p06(tmp_path: Path) -> None:
-    """`masc-probe train` until memorized (digits, p = 0.6), then `label-issues`: the top 32 drawn, and the share of
-    truly wrong labels among them at least the detector's precision at rank 32, from the run's own true labels."""
+# ------------------------------------------------------------------------------------------ on a run folder
+def test_cli_gallery_on_a_digits_run_at_p06(tmp_path: Path, digits_p06_cli_run: Path) -> None:
+    """`masc-probe label-issues` on a `masc-probe train` run folder (digits, p = 0.6, the session's 3-epoch run): the
+    top 32 drawn, and the share of truly wrong labels among them at least the detector's precision at rank 32, from
+    the run's own true labels."""
     run = tmp_path / "run"
-    assert main(["train", "--dataset", "digits", "--corrupt", "0.6", "--output-dir", str(run), "--quiet"]) == 0
+    shutil.copytree(digits_p06_cli_run, run, ignore=shutil.ignore_patterns("label-issues"))
     assert main(["label-issues", str(run), "--probes", "masc,ncm", "--quiet"]) == 0
     folder = run / "label-issues"
     assert (folder / "label_issues.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -145,7 +146,7 @@ def test_cli_gallery_on_a_digits_memorizer_at_p06(tmp_path: Path) -> None:
     fraction = summary["gallery"]["fraction_wrong"]
     assert fraction >= precision_at_32 and fraction > 0.5
     assert summary["gallery"]["truly_wrong"] == int(round(precision_at_32 * 32))
-    print(f"digits p=0.6 memorizer: {summary['probe']} at {summary['layer']}, gallery top 32: "
+    print(f"digits p=0.6, 3 epochs: {summary['probe']} at {summary['layer']}, gallery top 32: "
           f"{summary['gallery']['truly_wrong']} truly mislabeled ({fraction:.3f})")
     # --gallery 0 draws none and removes the older one.
     assert main(["label-issues", str(run), "--probes", "ncm", "--gallery", "0", "--quiet"]) == 0

@@ -19,14 +19,9 @@ FAST = ["--probes", "masc,ncm", "--quiet"]  # QDA/LDA on 2048-wide layers would 
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, long_training: None) -> Path:
-    """A short `masc-probe train` run on digits at p = 0.6 with margins (3 epochs: the detector reads the layers
-    of whatever network it is given; memorizing is not needed for the test and would take a minute more)."""
-    out = tmp_path_factory.mktemp("li") / "run"
-    code = main(["train", "--dataset", "digits", "--corrupt", "0.6", "--max-epochs", "3", "--record-margins",
-                 "--keep-checkpoints", "final", "--output-dir", str(out), "--quiet"])
-    assert code == 0
-    return out
+def run_dir(digits_p06_cli_run: Path) -> Path:
+    """The session's 3-epoch digits run at p = 0.6 (conftest.py); this module's label-issues go into it."""
+    return digits_p06_cli_run
 
 
 @pytest.fixture(scope="module")
