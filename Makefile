@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # another process was busy (benchmarks/RESULTS.md). Override with `make demo THREADS=2`.
 THREADS ?= 1
 # The fast tier runs in this many pytest processes (pytest-xdist), one BLAS thread each: 2 fits the 2-core machines
-# (about 90 s there, against 150 s in one process). The slow tier stays in one process: its tests start processes
+# (67-91 s on one such machine against 152 s in one process; 140-190 s on a slower one). The slow tier stays in one process: its tests start processes
 # and time them.
 TEST_JOBS ?= 2
 TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 OMP_NUM_THREADS=$(THREADS)

@@ -244,9 +244,14 @@ def find_label_issues(
         raise InputError(f"no probe could be fitted on any layer; first failure: {candidates[0].get('error')}")
     y = np.searchsorted(classes, given)
 
-    def choice(c: dict[str, Any]) -> _oof.RankChoice:
-        return _oof.rank_choice(*scored[(c["layer"], c["probe"])], y, None if held is None else held.given,
-                                classes, c["probe"], ranking, seed)
+    choices: dict[tuple[str, str], _oof.RankChoice] = {}
+
+    def choice(c: dict[str, Any]) -> _oof.RankChoice:  # once per candidate: the chosen one is asked twice
+        at = (c["layer"], c["probe"])
+        if at not in choices:
+            choices[at] = _oof.rank_choice(*scored[at], y, None if held is None else held.given, classes,
+                                           c["probe"], ranking, seed)
+        return choices[at]
 
     if select_by == "detection":  # every candidate by how well its best ranking finds re-drawn held-out labels
         for c in fitted:

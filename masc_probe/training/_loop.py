@@ -141,7 +141,7 @@ def train(
     first = split_batch(next(iter(loader)))
     shape = [int(s) for s in first.x.shape[1:]]
     given_spec = isinstance(model, str)
-    if isinstance(model, str):
+    if given_spec:
         num_classes = config.num_classes or _classes_from_data(train_data)
         # Seeded again here: iterating a DataLoader draws from the global generator, so the initial weights would
         # otherwise depend on the kind of data source. Now they are those of set_seed(seed) + load_model(spec).
