@@ -11,10 +11,16 @@ from masc_probe._params import check_n_components
 from masc_probe.errors import InputError
 from masc_probe.probes._base import StatisticProbe, row_blocks
 from masc_probe.probes._eigen import Eigen, decompose
-from masc_probe.probes._inputs import _output
+from masc_probe.probes._inputs import _check_X, _output, _resolve_device
 from masc_probe.probes._linalg import gram, matmul
+from masc_probe.probes._threads import limited_threads, threads_for
 
-__all__ = ["MinimumAngleSubspaceClassifier"]
+__all__ = ["PROFILE_SIZES", "MinimumAngleSubspaceClassifier"]
+
+# The subspace sizes a profile scores from one fit: variance fractions, then counts per class (clipped to the rank).
+PROFILE_SIZES: tuple[float | int, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1, 2, 5, 10, 20, 50, 100)
+# Basis columns a profile may keep beyond the fitted stack: sizes whose columns do not fit are left out (recorded).
+PROFILE_MAX_BYTES = 256 * 1024**2
 
 
 class _Subspace:
@@ -85,6 +91,77 @@ class _Solution:
         return W, _segments(counts, W.device), torch.tensor(flip, dtype=torch.bool, device=W.device)
 
 
+class _Profile:
+    """Every class's top basis vectors up to the largest size of a profile, and k_c at each size, so that one
+    projection scores every size: ‖B_k x‖² for all k ≤ k_max are the cumulative sums of the squared projections.
+
+    Args:
+        W: (d, Σ k_max_c) float32, class by class, each class's columns in eigenvalue order.
+        kmax: (C,) columns per class.
+        sizes: The sizes kept, in profile order.
+        ks: (S, C) k_c at each size.
+        dropped: Sizes left out because their columns did not fit the budget.
+    """
+
+    def __init__(self, W: torch.Tensor, kmax: np.ndarray, sizes: list[float | int], ks: np.ndarray,
+                 dropped: list[float | int]) -> None:
+        self.W, self.kmax, self.sizes, self.ks, self.dropped = W, np.asarray(kmax, np.int64), list(sizes), ks, dropped
+        starts = np.concatenate([[0], np.cumsum(self.kmax)[:-1]]).astype(np.int64)
+        # Column of the cumulative sum (with a leading zero column) that ends class c's top-k_c at each size.
+        self._hi = torch.from_numpy((starts[None, :] + self.ks).reshape(-1))
+        self._lo = torch.from_numpy(starts)
+        # A class whose k_c spans all d dimensions contains every x: cos = 1 exactly (the sums would only round to it).
+        self._whole = torch.from_numpy(self.ks == W.shape[0]) if self.ks.size else torch.zeros(0, 0, dtype=torch.bool)
+
+    @classmethod
+    def build(cls, subspaces: list[Any], sizes: tuple[float | int, ...], keep: float | int, *,
+              max_bytes: int, device: torch.device) -> _Profile:
+        """The profile of solved *subspaces* at *sizes*; *keep* (the fitted size) is never dropped."""
+        d = subspaces[0].d if subspaces else 0
+        kept: list[float | int] = []
+        dropped: list[float | int] = []
+        rows: list[list[int]] = []
+        kmax = np.zeros(len(subspaces), dtype=np.int64)
+        order = sorted(range(len(sizes)), key=lambda i: sizes[i] != keep)  # the fitted size first
+        for i in order:
+            k = np.array([s.k_for(sizes[i]) for s in subspaces], dtype=np.int64)
+            grown = np.maximum(kmax, k)
+            if sizes[i] != keep and grown.sum() > kmax.sum() and int(grown.sum()) * d * 4 > max_bytes:
+                dropped.append(sizes[i])
+                continue
+            kmax = grown
+            kept.append(sizes[i])
+            rows.append(k.tolist())
+        pos = {s: j for j, s in enumerate(kept)}
+        kept_in_order = [s for s in sizes if s in pos]
+        ks = np.array([rows[pos[s]] for s in kept_in_order], dtype=np.int64).reshape(len(kept_in_order), -1)
+        parts = [s.basis(int(k)).to(device) for s, k in zip(subspaces, kmax, strict=True)]
+        W = torch.cat(parts, dim=1) if parts else torch.zeros(d, 0, device=device)
+        return cls(W.contiguous(), kmax, kept_in_order, ks, [s for s in sizes if s in dropped])
+
+    def nbytes(self) -> int:
+        return int(self.W.numel()) * 4
+
+    def predict(self, X: torch.Tensor) -> torch.Tensor:
+        """(S, n) int64 predictions at every size: argmax_c ‖B_c,k x‖/‖x‖, ties to the lowest class, a zero vector
+        to class 0 (cos = 0 everywhere)."""
+        S, C = self.ks.shape if self.ks.size else (len(self.sizes), len(self.kmax))
+        out = torch.empty(S, X.shape[0], dtype=torch.int64)
+        W = self.W.to(X.device)
+        hi, lo, whole = self._hi.to(X.device), self._lo.to(X.device), self._whole.to(X.device).view(1, S, C)
+        blocks = row_blocks(X.shape[0], 2 * W.shape[1])
+        for start in blocks:
+            block = X[start : start + blocks.step]
+            sq = matmul(block, W).square_().double()
+            cum = torch.nn.functional.pad(torch.cumsum(sq, dim=1), (1, 0))
+            inside = (cum[:, hi].view(-1, S, C) - cum[:, lo].view(-1, 1, C)).clamp_(min=0.0)
+            norm2 = torch.sum(block.double() * block.double(), dim=1).view(-1, 1, 1)
+            cos2 = torch.where(norm2 > 0, inside / torch.where(norm2 > 0, norm2, torch.ones_like(norm2)), 0.0)
+            cos2 = torch.where(whole & (norm2 > 0), 1.0, cos2.clamp_(max=1.0))
+            out[:, start : start + block.shape[0]] = cos2.argmax(dim=2).T.cpu()
+        return out
+
+
 class _FrozenSubspace:
     """Stands in for a class's :class:`_Subspace` in a frozen MASC: the fitted columns only (a view into the stack)."""
 
@@ -120,6 +197,7 @@ class _FrozenSolution:
         self.solvers = solvers
         self.stacked = (stacked, _segments(counts, stacked.device),
                         torch.tensor(flip, dtype=torch.bool, device=stacked.device))
+        self.profile: _Profile | None = None  # kept by frozen(profile=...): every size of a profile, one projection
 
     def stack(self, ks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise InputError("a frozen MASC scores only its fitted n_components")
@@ -227,12 +305,82 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
         nc = None if n_components is None else check_n_components(n_components)
         return _output(self._scores_checked(X, n_components=nc), X)
 
+    def frozen(self, device: str | torch.device | None = None, *,
+               profile: tuple[float | int, ...] | None = None,
+               profile_max_bytes: int = PROFILE_MAX_BYTES) -> MinimumAngleSubspaceClassifier:
+        """The compact predicting form (see ``StatisticProbe.frozen``); with *profile* (subspace sizes, e.g.
+        :data:`PROFILE_SIZES`) it also keeps each class's basis up to the largest of them, so that
+        :meth:`predict_profile` scores every size from one projection. Sizes whose columns would exceed
+        *profile_max_bytes* are left out (``profile_dropped_``); the fitted ``n_components`` never is."""
+        shell = super().frozen(device)
+        if profile is not None:
+            sizes = tuple(check_n_components(s) for s in profile)
+            shell._solution.profile = _Profile.build(self._solved().subspaces, sizes, self.n_components,
+                                                     max_bytes=profile_max_bytes, device=shell._solution.stacked[0].device)
+        return shell
+
+    @property
+    def profile_sizes_(self) -> list[float | int]:
+        """The subspace sizes :meth:`predict_profile` scores (a frozen MASC's kept profile; empty without one)."""
+        profile = getattr(self._solved(), "profile", None)
+        return [] if profile is None else list(profile.sizes)
+
+    @property
+    def profile_dropped_(self) -> list[float | int]:
+        """Sizes of the requested profile left out for memory."""
+        profile = getattr(self._solved(), "profile", None)
+        return [] if profile is None else list(profile.dropped)
+
+    def profile_components_(self) -> np.ndarray:
+        """(n_sizes, n_classes) k_c at each of :attr:`profile_sizes_`."""
+        profile = getattr(self._solved(), "profile", None)
+        return np.zeros((0, len(self.classes_)), np.int64) if profile is None else profile.ks.copy()
+
+    def predict_profile(self, X: Any, sizes: tuple[float | int, ...] | None = None) -> Any:
+        """Predicted labels at every subspace size, from one projection: (n_sizes, n_samples).
+
+        Args:
+            X: (n_samples, n_features) array or tensor.
+            sizes: Sizes to score (fractions and counts, as ``n_components``); None: the frozen probe's kept
+                profile (:attr:`profile_sizes_`). A fitted (not frozen) MASC scores any sizes.
+
+        Returns:
+            (len(sizes), n_samples) labels, the same kind as X.
+        """
+        solution = self._solved()
+        if sizes is None:
+            profile = getattr(solution, "profile", None)
+            if profile is None:
+                raise InputError("this MASC keeps no profile: pass sizes=..., or freeze it with profile=...")
+        else:
+            sizes = tuple(check_n_components(s) for s in sizes)
+            profile = getattr(solution, "profile", None)
+            if profile is None or list(sizes) != profile.sizes:
+                if isinstance(solution, _FrozenSolution):
+                    raise InputError(f"a frozen MASC scores only its kept profile {self.profile_sizes_}, got "
+                                     f"sizes {list(sizes)}")
+                profile = _Profile.build(solution.subspaces, sizes, self.n_components, max_bytes=1 << 62,
+                                         device=solution.stacked[0].device)
+        with limited_threads(threads_for(X)):
+            Xt = _check_X(self, X, reset=False, device=_resolve_device(self.device, X, self._stats.device))
+            idx = profile.predict(Xt)
+        labels = np.asarray(self.classes_)[idx.numpy()]
+        if isinstance(X, torch.Tensor) and labels.dtype.kind in "biu":
+            return torch.as_tensor(labels, device=X.device)
+        return labels
+
     def _state_arrays(self, solution: Any, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
         W, _, flip = solution.stacked
         # The scoring columns as rows: per class its basis, or its complement where meta["complement"] says so.
         meta.update(ks=[int(k) for k in solution.ks], solvers=list(solution.solvers),
                     complement=[bool(f) for f in flip.tolist()])
-        return {"components": W.T.detach().cpu()}
+        arrays = {"components": W.T.detach().cpu()}
+        profile = getattr(solution, "profile", None)
+        if profile is not None:
+            meta["profile"] = {"sizes": profile.sizes, "ks": profile.ks.tolist(), "kmax": profile.kmax.tolist(),
+                               "dropped": profile.dropped}
+            arrays["profile_basis"] = profile.W.T.detach().cpu()
+        return arrays
 
     def _solution_from_state(self, arrays: dict[str, torch.Tensor], meta: dict[str, Any],
                              device: torch.device) -> _FrozenSolution:
@@ -241,7 +389,14 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
             rows = torch.zeros(0, int(meta["n_features"]))
         # One (d, Σ columns) copy, contiguous as the stack of a fitted MASC, and nothing else kept. Files written
         # before complements existed have no "complement" entry: every class there is its basis.
-        return _FrozenSolution(rows.to(device).T.contiguous(), meta["ks"], meta["solvers"], meta.get("complement"))
+        solution = _FrozenSolution(rows.to(device).T.contiguous(), meta["ks"], meta["solvers"], meta.get("complement"))
+        if "profile" in meta:
+            info = meta["profile"]
+            W = arrays["profile_basis"].to(device).T.contiguous()
+            ks = np.asarray(info["ks"], dtype=np.int64).reshape(len(info["sizes"]), len(meta["ks"]))
+            solution.profile = _Profile(W, np.asarray(info["kmax"], np.int64), list(info["sizes"]), ks,
+                                        list(info.get("dropped", [])))
+        return solution
 
     def _frozen_solution(self, solution: Any, device: torch.device) -> _FrozenSolution:
         W, _, flip = solution.stacked
@@ -249,7 +404,8 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
                                [bool(f) for f in flip.tolist()])
 
     def _solution_bytes(self, solution: Any) -> int:
-        return int(solution.stacked[0].numel()) * 4
+        profile = getattr(solution, "profile", None)
+        return int(solution.stacked[0].numel()) * 4 + (0 if profile is None else profile.nbytes())
 
     def _solve(self) -> _Solution:
         stats = self._stats
