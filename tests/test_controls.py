@@ -4,9 +4,7 @@ people read (report.md, the card, the CLI summary) says what the comparisons say
 from __future__ import annotations
 
 import json
-import math
 import shutil
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -148,84 +146,7 @@ def test_the_cli_shows_the_controls_and_controls_none_gives_the_report_without_t
     assert "expected controls among init,input or none" in capsys.readouterr().err
 
 
-# ------------------------------------------------------------------------- the paired interval, independently
-def _binomial_tail_ge(k: int, m: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(m, p), summed exactly in rationals."""
-    q = Fraction(p)
-    return float(sum(math.comb(m, i) * q**i * (1 - q) ** (m - i) for i in range(k, m + 1)))
-
-
-def _clopper_pearson_by_hand(b: int, m: int) -> tuple[float, float]:
-    """The exact 95% interval of a binomial proportion by bisection on its tails (no scipy)."""
-
-    def solve(f: Any) -> float:
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if f(mid) else (lo, mid)
-        return (lo + hi) / 2
-
-    low = 0.0 if b == 0 else solve(lambda p: _binomial_tail_ge(b, m, p) < 0.025)
-    high = 1.0 if b == m else solve(lambda p: 1 - _binomial_tail_ge(b + 1, m, p) > 0.025)
-    return low, high
-
-
-@pytest.mark.parametrize(("b", "c", "n"), [(60, 20, 400), (3, 11, 120), (0, 7, 50), (5, 0, 50), (9, 9, 359),
-                                           (1, 0, 10), (40, 38, 1000)])
-def test_the_paired_interval_is_clopper_pearson_on_the_discordant_split(b: int, c: int, n: int) -> None:
-    comp = paired_difference(b, c, n)
-    m = b + c
-    p_low, p_high = _clopper_pearson_by_hand(b, m)
-    assert comp["difference"] == pytest.approx((b - c) / n, abs=1e-15)
-    assert comp["ci"] == pytest.approx([m * (2 * p_low - 1) / n, m * (2 * p_high - 1) / n], abs=1e-9)
-    assert comp["discordant"] == [b, c]
-
-
-def test_the_verdict_is_the_exact_mcnemar_test() -> None:
-    from scipy.stats import binomtest
-
-    for b in range(0, 30):
-        for c in range(0, 30):
-            if b + c == 0:
-                continue
-            comp = paired_difference(b, c, 200)
-            rejects = binomtest(b, b + c, 0.5).pvalue < 0.05
-            expected = "no difference" if not rejects else ("added" if b > c else "removed")
-            assert comp["verdict"] == expected, (b, c)
-    assert paired_difference(0, 0, 10) == {**paired_difference(0, 0, 10), "ci": [0.0, 0.0],
-                                           "verdict": "no difference"}
-
-
-def test_the_interval_holds_the_known_difference_of_constructed_paired_data() -> None:
-    rng = np.random.default_rng(0)
-    n = 500
-    # Constructed outcomes: the trained side right on 400 images, the control on 360; 60 images only the trained
-    # side gets right, 20 only the control: a known difference of exactly +0.08.
-    trained = np.zeros(n, bool)
-    control = np.zeros(n, bool)
-    trained[:340] = control[:340] = True
-    trained[340:400] = True
-    control[400:420] = True
-    order = rng.permutation(n)
-    trained, control = trained[order], control[order]
-    b, c = int((trained & ~control).sum()), int((~trained & control).sum())
-    comp = paired_difference(b, c, n)
-    assert comp["difference"] == pytest.approx(trained.mean() - control.mean(), abs=1e-15) == pytest.approx(0.08)
-    low, high = comp["ci"]
-    assert low < 0.08 < high and comp["verdict"] == "added"
-    # A paired bootstrap of the same images (resampling images, each with both outcomes) agrees within 0.01.
-    idx = rng.integers(0, n, size=(20_000, n))
-    boot = np.sort(trained[idx].mean(1) - control[idx].mean(1))
-    assert boot[int(0.025 * len(boot))] == pytest.approx(low, abs=0.01)
-    assert boot[int(0.975 * len(boot))] == pytest.approx(high, abs=0.01)
-    # Coverage over draws of paired outcomes whose true difference is known (+0.05): at least the nominal 95%.
-    covered = 0
-    for _ in range(400):
-        u = rng.random(n)
-        t, ctl = u < 0.75, (u < 0.65) | ((u >= 0.75) & (u < 0.80))  # P(t) = 0.75, P(control) = 0.70
-        comp = paired_difference(int((t & ~ctl).sum()), int((~t & ctl).sum()), n)
-        covered += comp["ci"][0] <= 0.05 <= comp["ci"][1]
-    assert covered / 400 >= 0.93
+# The paired interval, its p-value and verdicts are tested in tests/test_paired_interval.py.
 
 
 def test_bad_counts_are_one_line() -> None:

@@ -1,25 +1,30 @@
 """Paired comparisons against controls, and the sentences a report, a card and the CLI derive from them.
 
 A comparison pairs one probe on the trained network with the same probe on a control (the network at its initial
-weights, the raw input, a model the user passed) at the same layer, scored on the same test images. With ``b`` the
-images only the trained side gets right and ``c`` those only the control gets right (out of ``n``), the difference
-is ``(b − c) / n``. Its 95% interval is exact McNemar's: given the ``m = b + c`` discordant images, ``b`` is
-Binomial(m, π), the difference is ``m (2π − 1) / n``, and the Clopper–Pearson interval of π maps onto an interval
-of the difference. It excludes 0 exactly when the two-sided exact McNemar test rejects at the 5% level, which is what
-the one word says: *added* (the whole interval above 0), *removed* (below 0), *no difference*.
+weights, the raw input, a model the user passed), scored on the same test images. With ``b`` the images only the
+trained side gets right and ``c`` those only the control gets right (out of ``n``), the difference is ``(b − c) / n``.
+Its 95% interval is Tango's score interval for a paired difference of proportions (Tango, Stat. Med. 1998): the set
+of differences Δ whose score statistic, with the other cell probabilities at their maximum likelihood under Δ, stays
+within ±1.96. Unlike an interval conditional on the discordant count, it stays valid when no image tells the two
+apart (b = c = 0 gives an interval around 0 that shrinks with n, never [0, 0]). The p-value is the exact McNemar
+test (two-sided binomial test of b out of b + c at 1/2). The one word a comparison carries — *added*, *removed*, *no
+difference* — needs both: the p-value below 5% and the interval on that side of 0. The p-value is taken in the
+per-layer table (exploration, about one test per layer, probe and
+label set) after Holm's adjustment within each control (``apply_holm``), in the selected comparison unadjusted (one
+pre-registered test per control).
 
-Every sentence below is built from these numbers, never written as fixed text: where the control reads more, the
-sentence says training removed what the probe reads; where the interval covers 0, it says there is no difference.
+Every sentence below is built from these numbers, never written as fixed text.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from masc_probe.errors import InputError
 
-METHOD = "exact McNemar (Clopper-Pearson interval of the discordant split)"
+METHOD = "Tango score interval; exact McNemar p-value"
 VERDICTS = ("added", "no difference", "removed")
 _LEVEL = 0.95
 _LABELS_TEXT = {"corrupted": "corrupted-label subspaces", "true": "true-label subspaces",
@@ -28,17 +33,69 @@ _PROBE_TEXT = {"masc": "MASC", "ncm": "nearest class mean", "linear": "the linea
                "knn": "kNN", "lda": "LDA", "qda": "QDA"}
 
 
+def _tango_score(b: int, c: int, n: int, delta: float) -> float:
+    """Tango's score statistic at difference *delta*: (b − c − nΔ) / sqrt(n (2 q + Δ(1 − Δ))), q the restricted
+    maximum-likelihood probability of the control-only cell given Δ (the positive root of 2n q² + B q + C = 0)."""
+    big_b = -b - c + (2 * n - b + c) * delta
+    big_c = -c * delta * (1 - delta)
+    q = (math.sqrt(max(big_b * big_b - 8 * n * big_c, 0.0)) - big_b) / (4 * n)
+    var = n * (2 * q + delta * (1 - delta))
+    top = b - c - n * delta
+    if var <= 0:
+        return math.copysign(math.inf, top) if top else 0.0
+    return top / math.sqrt(var)
+
+
+def tango_interval(b: int, c: int, n: int, *, level: float = _LEVEL) -> list[float]:
+    """Tango's score interval of the paired difference (b − c)/n: {Δ : |score(Δ)| ≤ z}, by bisection (the score
+    decreases in Δ)."""
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2))
+    est = (b - c) / n
+
+    def solve(lo: float, hi: float, target: float) -> float:
+        # score(lo) >= target >= score(hi)
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _tango_score(b, c, n, mid) > target else (lo, mid)
+        return (lo + hi) / 2
+
+    low = -1.0 if _tango_score(b, c, n, -1.0) <= z else solve(-1.0, est, z)
+    high = 1.0 if _tango_score(b, c, n, 1.0) >= -z else solve(est, 1.0, -z)
+    return [low, high]
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: b out of the b + c discordant images against 1/2 (1.0 with none)."""
+    if b + c == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(binomtest(b, b + c, 0.5).pvalue)
+
+
+def _verdict(ci: Sequence[float], p: float, alpha: float) -> str:
+    """*added* / *removed* when the test rejects at *alpha* and the interval lies on that side of 0 (both must
+    agree), else *no difference*."""
+    if p < alpha and ci[0] > 0:
+        return "added"
+    if p < alpha and ci[1] < 0:
+        return "removed"
+    return "no difference"
+
+
 def paired_difference(b: int, c: int, n: int, *, level: float = _LEVEL) -> dict[str, Any]:
-    """The paired difference of two accuracies on the same *n* test images, its exact interval and its verdict.
+    """The paired difference of two accuracies on the same *n* test images, its interval, p-value and verdict.
 
     Args:
         b: Images the first classifier (the trained network's probe) gets right and the second (the control's) wrong.
         c: Images the second gets right and the first wrong.
         n: Images both were scored on (b + c <= n).
-        level: Coverage of the interval.
+        level: Coverage of the interval; the verdict tests at 1 − level.
 
     Returns:
-        ``{"difference", "ci": [low, high], "method", "verdict", "discordant": [b, c]}``.
+        ``{"difference", "ci": [low, high], "method", "p_value", "verdict", "discordant": [b, c]}``.
 
     Raises:
         InputError: Counts that are negative, or more discordant images than images.
@@ -49,19 +106,33 @@ def paired_difference(b: int, c: int, n: int, *, level: float = _LEVEL) -> dict[
     b, c, n = int(b), int(c), int(n)
     if min(b, c) < 0 or n < 1 or b + c > n:
         raise InputError(f"expected discordant counts 0 <= b + c <= n with n >= 1, got b={b}, c={c}, n={n}")
-    from scipy.stats import beta
+    p = mcnemar_p(b, c)
+    ci = tango_interval(b, c, n, level=level)
+    return {"difference": (b - c) / n, "ci": ci, "method": METHOD, "p_value": p,
+            "verdict": _verdict(ci, p, 1.0 - level), "discordant": [b, c]}
 
-    m = b + c
-    alpha = 1.0 - level
-    if m == 0:
-        low = high = 0.0  # no image tells the two apart: they agree everywhere
-    else:
-        p_low = 0.0 if b == 0 else float(beta.ppf(alpha / 2, b, m - b + 1))
-        p_high = 1.0 if b == m else float(beta.ppf(1 - alpha / 2, b + 1, m - b))
-        low, high = m * (2 * p_low - 1) / n, m * (2 * p_high - 1) / n
-    verdict = "added" if low > 0 else "removed" if high < 0 else "no difference"
-    return {"difference": (b - c) / n, "ci": [low, high], "method": METHOD, "verdict": verdict,
-            "discordant": [b, c]}
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (same order as given)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    m, running, out = len(p_values), 0.0, [1.0] * len(p_values)
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        out[i] = running
+    return out
+
+
+def apply_holm(comparisons: list[dict[str, Any]], *, alpha: float = 1.0 - _LEVEL) -> None:
+    """Set ``p_holm`` and a Holm-adjusted ``verdict`` on every comparison that has a ``p_value``, within each
+    control (and epoch): the per-layer table draws one test per layer, probe and label set."""
+    groups: dict[tuple[Any, Any], list[dict[str, Any]]] = {}
+    for comp in comparisons:
+        if "p_value" in comp:
+            groups.setdefault((comp.get("control"), comp.get("epoch")), []).append(comp)
+    for family in groups.values():
+        for comp, adjusted in zip(family, holm([c["p_value"] for c in family]), strict=True):
+            comp["p_holm"] = adjusted
+            comp["verdict"] = _verdict(comp["ci"], adjusted, alpha)
 
 
 def find(comparisons: Sequence[Mapping[str, Any]], layer: str, probe: str, labels: str,

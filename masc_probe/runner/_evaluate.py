@@ -226,7 +226,7 @@ def build_report(config: RunnerConfig, reducer: Reducer, fitted: FitResult, coun
 def _controls_block(config: RunnerConfig, counts: dict[str, Any], controls: Mapping[str, ControlModel], *,
                     epoch: int | None) -> dict[str, Any]:
     """The report's ``controls`` (what each control is) and ``comparisons`` (each pair with its exact interval)."""
-    from masc_probe.report._compare import paired_difference
+    from masc_probe.report._compare import apply_holm, paired_difference
 
     n = counts["n"]
     block: dict[str, Any] = {}
@@ -244,4 +244,5 @@ def _controls_block(config: RunnerConfig, counts: dict[str, Any], controls: Mapp
         if epoch is not None:
             comp["epoch"] = int(epoch)
         comparisons.append(comp)
+    apply_holm(comparisons)  # the per-layer table is exploration: its verdicts are Holm-adjusted per control
     return {"controls": block, "comparisons": comparisons}
