@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy.special import log_softmax, softmax
+from scipy.stats import rankdata
 from sklearn.datasets import load_digits
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis as SkLDA
 from sklearn.metrics import average_precision_score, roc_auc_score
@@ -178,13 +180,49 @@ def test_the_choice_is_the_best_held_out_accuracy_against_the_given_labels(resul
     assert (result.runner_up["layer"], result.runner_up["probe"]) == ordered[1]
     assert result.heldout_accuracy == pytest.approx(accuracy[ordered[0]])
     assert result.disagreement_rate == pytest.approx(1 - accuracy[ordered[0]])
-    # The share of wrong labels is the confident joint's, on the chosen probe's calibrated probabilities; the
+    # The share of wrong labels is the confident joint's (Northcutt et al. 2021, counted here sample by sample) on
+    # the chosen probe's probabilities, rebuilt here with scipy from its out-of-fold scores and temperature; the
     # corruption rate it implies needs the mode (none given here).
-    assert result.noise_rate == pytest.approx(quality.noise_share(result.pred_probs, given))
+    assert (result.layer, result.probe) == ("input", "ncm")  # similarities: softmax(S / T)
+    S = result.all_class_scores[("input", "ncm")].astype(np.float64)
+    y = np.searchsorted(result.classes, given)
+    T = result.temperature
+    nll = {t: -np.mean(log_softmax(S / t, axis=1)[np.arange(len(y)), y]) for t in (T / 1.05, T, T * 1.05)}
+    assert nll[T] <= min(nll.values())  # T minimizes the log-loss against the given labels
+    probs = softmax(S / T, axis=1)
+    np.testing.assert_allclose(result.pred_probs, probs, rtol=1e-6, atol=1e-9)
+    assert result.noise_rate == pytest.approx(_noise_share_by_hand(probs, y), abs=1e-9)
     assert abs(result.noise_rate - np.mean(given != noisy[2])) < 0.1  # 0.612 against 0.549 realized
     assert result.corruption_rate is None
     assert np.array_equal(result.suggested_label, result.class_scores.argmax(axis=1))
     assert np.array_equal(result.pred_probs.argmax(axis=1), result.class_scores.argmax(axis=1))
+
+
+def _noise_share_by_hand(probs: np.ndarray, y: np.ndarray) -> float:
+    """Confident learning's share of wrong labels, from the paper, one sample at a time: t_j is the mean p_j over
+    the samples labelled j; a sample labelled i counts in C[i, j] for the j of highest p among the classes with
+    p_j >= t_j (none: not counted); each row of C is rescaled to its class's count, and the share is the
+    off-diagonal mass (a row with no count stays on the diagonal)."""
+    n, K = probs.shape
+    t = [np.mean([probs[s, j] for s in range(n) if y[s] == j]) for j in range(K)]
+    C = np.zeros((K, K))
+    for s in range(n):
+        confident = [j for j in range(K) if probs[s, j] >= t[j] - 1e-12]
+        if confident:
+            C[y[s], max(confident, key=lambda j: probs[s, j])] += 1
+    for i in range(K):
+        count = np.sum(y == i)
+        C[i] = C[i] / C[i].sum() * count if C[i].sum() else np.eye(K)[i] * count
+    return 1 - np.trace(C) / C.sum()
+
+
+def test_the_hand_counted_confident_joint_on_four_samples() -> None:
+    # t = (0.75, 0.5); sample 0 counts in C[0, 0], sample 1 nowhere, sample 2 in C[1, 1], sample 3 (labelled 1,
+    # p_0 = 0.8 >= 0.75) in C[1, 0]: rows rescaled to 2 samples each, [[2, 0], [1, 1]] / 4, a share of 1/4.
+    probs = np.array([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8], [0.8, 0.2]])
+    y = np.array([0, 0, 1, 1])
+    assert _noise_share_by_hand(probs, y) == pytest.approx(0.25)
+    assert quality.noise_share(probs, y) == pytest.approx(0.25)
 
 
 def test_flagged_set_ranks_and_metrics_by_hand(result, noisy) -> None:
@@ -338,8 +376,11 @@ def test_aum_is_looked_up_by_index_and_scored(noisy) -> None:
     aum = per_epoch.mean(axis=0)
     assert by_aum.method == "aum" and by_aum.summary()["method"] == "aum"
     np.testing.assert_allclose(by_aum.score, aum)
-    assert np.array_equal(by_aum.rank, quality.ranks(aum))
-    assert np.array_equal(by_aum.flagged, quality.ranks(aum) <= round(out.noise_rate * len(aum)))
+    by_hand = rankdata(aum, method="ordinal")  # 1 = the lowest AUM, ties in position order
+    assert np.array_equal(by_aum.rank, by_hand)
+    assert np.array_equal(by_aum.flagged, by_hand <= round(out.noise_rate * len(aum)))
+    assert by_aum.flagged.sum() == round(out.noise_rate * len(aum))
+    assert aum[by_aum.flagged].max() < aum[~by_aum.flagged].min()  # the lowest AUMs, none skipped
     assert np.array_equal(by_aum.suggested_label, out.suggested_label) and by_aum.noise_rate == out.noise_rate
     assert by_aum.metrics["chosen"] == out.metrics["chosen"]
     thresholded = find_label_issues(None, _batches(X, given, true), probes=("ncm",), margins=per_epoch,
