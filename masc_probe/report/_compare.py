@@ -256,3 +256,55 @@ def headline(report: Any, *, include_input: bool = False) -> list[str]:
         if text:
             out.append(text)
     return out
+
+
+def size_text(size: float | int) -> str:
+    """``t = 0.9`` for a variance fraction, ``k = 20 per class`` for a count."""
+    return f"t = {size:g}" if isinstance(size, float) else f"k = {size} per class"
+
+
+def _choice_labels_text(block: Mapping[str, Any]) -> str:
+    rec = block.get("labels") or {}
+    kind = rec.get("kind")
+    if kind == "noisy":
+        text = (f"labels re-drawn as the training labels were ({rec.get('mode')}, p = {rec.get('rate'):g}, seed "
+                f"{rec.get('seed')})")
+    elif kind == "clean":
+        text = "their true labels"
+    else:
+        text = "their own labels"
+    return f"chosen on {block['n_choose']} test images against {text}"
+
+
+def selection_headline(report: Any) -> list[str]:
+    """One sentence per MASC label set from the report's ``selection``: the trained network's choice, read on the
+    evaluation images, against each control at its own choice; then the rule's condition when it is not known to
+    hold."""
+    block = report.selection or {}
+    choices = {(c["network"], c["labels"]): c for c in block.get("choices", [])}
+    comps = block.get("comparisons", [])
+    order = {"corrupted": 0, "true": 1, "label": 2}
+    out = []
+    for labels in sorted({c["labels"] for c in comps}, key=lambda s: order.get(s, 3)):
+        mine = choices.get(("trained", labels))
+        if mine is None:
+            continue
+        parts = []
+        for comp in (c for c in comps if c["labels"] == labels):
+            control = comp["control"]
+            where = (f"its own choice ({size_text(comp['control_size'])})" if control == "input" else
+                     f"its own choice (`{comp['control_layer']}`, {size_text(comp['control_size'])})")
+            name = ("the raw input" if control == "input" else
+                    control_text(control, report.controls.get(control)))
+            words = (_INPUT_TEXT if control == "input" else _VERDICT_TEXT if control == "init" else
+                     _OTHER_TEXT)[comp["verdict"]].format(probe="MASC")
+            parts.append(f"{name}, at {where}, reads {_num(comp['control_accuracy'])} "
+                         f"({interval_text(comp)}, p = {comp['p_value']:.2g}): {words}")
+        lead = (f"{series_text('masc', labels)} of the trained network, {_choice_labels_text(block)}, reads "
+                f"{_num(mine['evaluation_accuracy'])} at `{mine['layer']}` ({size_text(mine['size'])}) on the other "
+                f"{block['n_eval']} test images")
+        out.append(lead + ("; " + "; ".join(parts) if parts else "") + ".")
+    rec = block.get("labels") or {}
+    if out and rec.get("condition_holds") is not True:
+        out.append(f"The choice's labels: {rec.get('condition')}.")
+    return out

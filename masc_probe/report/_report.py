@@ -217,14 +217,31 @@ class ProbeReport:
         found = _compare.find(self.extra.get("comparisons") or [], layer, probe, labels, control)
         return dict(found) if found is not None else None
 
+    @property
+    def profile(self) -> list[dict[str, Any]]:
+        """MASC's test accuracy at every subspace size from one fit: ``layer``, ``labels``, ``control`` (None for the
+        trained network and the raw input, layer ``"input"``), ``size`` (a variance fraction or a count per class),
+        ``accuracy`` (all test images), ``k`` (k_c per class); empty for reports without one."""
+        return [dict(r) for r in self.extra.get("profile") or []]
+
+    @property
+    def selection(self) -> dict[str, Any] | None:
+        """Each network's (layer, subspace size) chosen on the choosing part of the test images, and the paired
+        comparisons of those choices on the evaluation part (``masc_probe.runner._select``); None without one."""
+        block = self.extra.get("selection")
+        return dict(block) if block else None
+
     def headline(self, *, include_input: bool = False) -> list[str]:
-        """The sentences report.md, the model card and the CLI lead with, computed from :attr:`comparisons`: for
-        MASC's series, its best hidden layer, what each control reads there, the paired difference with its interval
-        and what that says (training added / removed / no difference). Empty without controls.
+        """The sentences report.md, report.html, the model card and the CLI lead with. With a :attr:`selection`:
+        for each MASC label set, the trained network's choice and each control's own choice, compared on the
+        evaluation images (difference, interval, p-value and what that says). Without one (older reports): from
+        :attr:`comparisons` at the trained network's best hidden layer. Empty without controls.
 
         Args:
-            include_input: Let the raw input compete for the best layer.
+            include_input: (reports without a selection) Let the raw input compete for the best layer.
         """
+        if self.selection is not None:
+            return _compare.selection_headline(self)
         return _compare.headline(self, include_input=include_input)
 
     def best(self) -> dict[str, dict[str, Any]]:

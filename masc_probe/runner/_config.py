@@ -39,6 +39,13 @@ class RunnerConfig:
     protocol: str = "clean"  # "authors": layers read in train mode, one sample at a time (masc_probe._choices)
     # Control names in report order: model controls (their models live on the runner), then "input" (the raw input).
     controls: tuple[str, ...] = ()
+    # Choosing a (layer, subspace size) per network without the images that judge it (runner/_select.py): the rule
+    # ("noisy", "clean", "none"), the choosing part's share of the test images, the seed of the split and of the
+    # noisy labels, and a size to hold fixed (None: choose it from the MASC profile).
+    select: str = "noisy"
+    select_split: float = 0.5
+    select_seed: int = 0
+    select_size: float | int | None = None
 
     @property
     def row_layers(self) -> tuple[str, ...]:
@@ -52,7 +59,8 @@ class RunnerConfig:
              reducer: str | Mapping[str, str] | None, max_memory: Any, device: Any, cache_dir: Any,
              progress: bool, probe_kwargs: Any,
              train_accuracy: bool | int, seed: int, protocol: str = "clean",
-             controls: tuple[str, ...] = ()) -> RunnerConfig:
+             controls: tuple[str, ...] = (), select: str = "noisy", select_split: float = 0.5,
+             select_seed: int = 0, select_size: float | int | None = None) -> RunnerConfig:
         """Validate the constructor's arguments.
 
         Raises:
@@ -60,6 +68,11 @@ class RunnerConfig:
             InputError: Any other invalid value.
         """
         probes = check_probes(probes)
+        from masc_probe.runner._select import check_select
+
+        select, select_split, select_seed = check_select(select, select_split, select_seed)
+        if select_size is not None:
+            select_size = check_n_components(select_size)
         if protocol not in PROTOCOLS:
             raise UnknownNameError(f"unknown protocol {protocol!r}; {closest(str(protocol), PROTOCOLS)}")
         if labels not in RUNNER_LABELS:
@@ -74,4 +87,12 @@ class RunnerConfig:
                    max_memory=check_max_memory(max_memory),
                    device=torch.device(device) if device is not None else None, cache_dir=cache_dir,
                    progress=bool(progress), probe_kwargs={k: dict(v) for k, v in (probe_kwargs or {}).items()},
-                   train_accuracy=train_accuracy, seed=int(seed), protocol=protocol, controls=tuple(controls))
+                   train_accuracy=train_accuracy, seed=int(seed), protocol=protocol, controls=tuple(controls),
+                   select=select, select_split=select_split, select_seed=select_seed, select_size=select_size)
+
+    def profile_sizes(self) -> tuple[float | int, ...]:
+        """The MASC profile's sizes: the package's, plus the fitted ``n_components`` and a fixed size if other."""
+        from masc_probe.probes.masc import PROFILE_SIZES
+
+        extra = [s for s in (self.n_components, self.select_size) if s is not None and s not in PROFILE_SIZES]
+        return tuple(PROFILE_SIZES) + tuple(dict.fromkeys(extra))

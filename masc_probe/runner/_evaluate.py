@@ -67,6 +67,9 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
     keys = list(store)
     spilled = set(getattr(store, "spilled", []))
     live = {k: store[k] for k in keys if k not in spilled}
+    profiled = [k for k in keys if k[1] == "masc"]
+    profile_preds: dict[Key, list[torch.Tensor]] = {k: [] for k in profiled}
+    profile_meta: dict[Key, tuple[list[Any], list[list[int]]]] = {}
     cache = RowCache.temporary(config.cache_dir) if spilled else None
     cached_layers = sorted({k[0] for k in spilled})
     labels: list[torch.Tensor] = []
@@ -94,6 +97,8 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                 for i, key in enumerate(keys):
                     if key in live:
                         hit[:, i] = predict_rows(key[1], live[key], rows[key[0]]) == y
+                        if key in profile_preds:
+                            profile_preds[key].append(_profile_rows(live[key], rows[key[0]], key, profile_meta))
                 for j, name in enumerate(names):
                     scores = forward.control_logits.get(name)
                     if scores is not None and scores.ndim == 2:
@@ -104,10 +109,10 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                     hit[:, -1] = 1
                 hits.append(hit)
                 indices.append(index if index is not None and len(index) == len(y) else None)
+                labels.append(y)
                 if cache is not None:
                     for layer in cached_layers:
                         cache.append(layer, rows[layer])
-                    labels.append(y)
                 t3 = sync(device)
                 timings["evaluate_forward"] = timings.get("evaluate_forward", 0.0) + t2 - t
                 timings["predict"] = timings.get("predict", 0.0) + t3 - t2
@@ -121,8 +126,11 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                     continue
                 est, start = store[key], 0
                 for chunk in cache.chunks(key[0], max(1, (128 * 1024**2) // (4 * cache.dims[key[0]]))):
-                    pred = predict_rows(key[1], est, torch.from_numpy(chunk).to(device))
+                    x_chunk = torch.from_numpy(chunk).to(device)
+                    pred = predict_rows(key[1], est, x_chunk)
                     table[start:start + len(chunk), i] = pred == y_all[start:start + len(chunk)]
+                    if key in profile_preds:
+                        profile_preds[key].append(_profile_rows(est, x_chunk, key, profile_meta))
                     start += len(chunk)
                 del est
                 release_free_memory()
@@ -150,10 +158,43 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
         got = int(total[len(keys) + 2 * j + 1])
         control_acc[name] = int(total[len(keys) + 2 * j]) / got if got == n else None
     b, c = total[width:width + len(paired)], total[width + len(paired):width + 2 * len(paired)]
-    return {"n": n, "correct": {key: int(total[i]) for i, key in enumerate(keys)},
+    profiles = _gather_profiles(world, profile_meta, profile_preds, labels, indices, keep)
+    return {"n": n, "correct": {key: int(total[i]) for i, key in enumerate(keys)}, "profiles": profiles,
             "model_accuracy": int(total[width - 2]) / scored if scored == n else None,
             "control_accuracy": control_acc,
             "pairs": [(keys[i], keys[j], name, int(b[k]), int(c[k])) for k, (i, j, name) in enumerate(paired)]}
+
+
+def _profile_rows(est: Any, rows: torch.Tensor, key: Key, meta: dict[Key, Any]) -> torch.Tensor:
+    """MASC's predictions at every size of its kept profile, (S, B) int64 on the CPU; its sizes and k_c into
+    *meta* the first time."""
+    if key not in meta:
+        meta[key] = (est.profile_sizes_, est.profile_components_().tolist())
+    pred = est.predict_profile(rows)
+    return pred.detach().to("cpu", torch.int64) if isinstance(pred, torch.Tensor) else torch.as_tensor(pred)
+
+
+def _gather_profiles(world: dist.World, meta: dict[Key, Any], preds: dict[Key, list[torch.Tensor]], labels: list[torch.Tensor],
+                     indices: list[Any], keep: np.ndarray) -> dict[str, Any] | None:
+    """Every MASC key's profile predictions on the kept rows of every process, with the rows' labels and stable
+    indices (the dataset's, or the row order when any batch came without them)."""
+    if not preds or not labels:
+        return None
+    y = torch.cat(labels).numpy()[keep]
+    known = all(i is not None for i in indices)
+    index = np.concatenate([np.asarray(i) for i in indices])[keep] if known else None
+    local = {"y": y, "index": index,
+             "preds": {k: torch.cat(v, dim=1).numpy()[:, keep].astype(np.int32) for k, v in preds.items() if v}}
+    parts = dist.all_gather_objects(world, local) if world.distributed else [local]
+    y_all = np.concatenate([p["y"] for p in parts])
+    have_index = all(p["index"] is not None for p in parts)
+    index_all = np.concatenate([p["index"] for p in parts]).astype(np.int64) if have_index else np.arange(len(y_all))
+    out = {}
+    for key in preds:
+        if key in meta:
+            sizes, ks = meta[key]
+            out[key] = (sizes, np.concatenate([p["preds"][key] for p in parts], axis=1), ks)
+    return {"y": y_all, "index": index_all, "by_key": out}
 
 
 def _first_rows(world: dist.World, indices: list[Any], n_rows: int) -> np.ndarray:
@@ -217,10 +258,31 @@ def build_report(config: RunnerConfig, reducer: Reducer, fitted: FitResult, coun
             **dict(extra or {})}
     if fitted.failed:
         more["failed"] = fitted.failed
+    more.update(_selection_block(config, counts.get("profiles"), corruption, len(fitted.classes)))
     if config.controls:
         more.update(_controls_block(config, counts, controls or {}, epoch=epoch))
     return ProbeReport(results, model=model_name, dataset=dataset, corruption=corruption, provenance=provenance,
                        model_test_accuracy=counts["model_accuracy"], n_test=n, n_train=fitted.n_train, extra=more)
+
+
+def _selection_block(config: RunnerConfig, profiles: Mapping[str, Any] | None,
+                     corruption: Mapping[str, Any] | None, num_classes: int) -> dict[str, Any]:
+    """The report's ``profile`` (MASC accuracy at every subspace size, every network) and ``selection`` (each
+    network's (layer, size) chosen on the choosing part, compared on the evaluation part; ``runner._select``)."""
+    from masc_probe.runner._select import INPUT as INPUT_NET
+    from masc_probe.runner._select import TRAINED, select
+
+    if not profiles:
+        return {}
+    by_network = {}
+    for (row_layer, _, labels), value in profiles["by_key"].items():
+        name, layer = split_key(row_layer)
+        network = name if name is not None else (INPUT_NET if layer == INPUT else TRAINED)
+        by_network[(network, layer, labels)] = value
+    rows, block = select(by_network, profiles["y"], profiles["index"], rule=config.select,
+                         split=config.select_split, seed=config.select_seed, corruption=corruption,
+                         num_classes=num_classes, fixed_size=config.select_size)
+    return {"profile": rows, **({"selection": block} if block is not None else {})}
 
 
 def _controls_block(config: RunnerConfig, counts: dict[str, Any], controls: Mapping[str, ControlModel], *,

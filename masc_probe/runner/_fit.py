@@ -58,8 +58,11 @@ def new_estimator(config: RunnerConfig, probe: str, device: torch.device, max_me
     return factory(**kwargs)
 
 
-def freeze(probe: str, est: Any, device: torch.device) -> Any:
-    """A solved statistic probe in its compact predicting form (``frozen``); other probes as they are."""
+def freeze(probe: str, est: Any, device: torch.device, config: RunnerConfig | None = None) -> Any:
+    """A solved statistic probe in its compact predicting form (``frozen``); other probes as they are. MASC keeps
+    its profile (every size of ``config.profile_sizes()``, within a sixteenth of the memory budget per probe)."""
+    if probe == "masc" and config is not None:
+        return est.frozen(device, profile=config.profile_sizes(), profile_max_bytes=config.max_memory // 16)
     return est.frozen(device) if probe in STATISTIC_PROBES else est
 
 
@@ -369,7 +372,7 @@ def finish_fit(state: FitState) -> None:
                 continue
             est.load_additive_statistics(summed)
             del summed
-        _keep(state, key, freeze(key[1], est, state.device), shared, every.index(key))
+        _keep(state, key, freeze(key[1], est, state.device, state.config), shared, every.index(key))
         est.close()
         del est
         release_free_memory()
@@ -430,7 +433,7 @@ def _fit_from_cache(state: FitState, key: Key, classes: np.ndarray) -> Any:
             del chunk
             release_free_memory()
         t = state.tick("deferred_statistics", t)
-        frozen = freeze(probe, est, state.device)
+        frozen = freeze(probe, est, state.device, state.config)
         est.close()
         del est
         release_free_memory()
