@@ -20,8 +20,8 @@ from typing import Any
 from masc_probe._choices import PROBE_NAMES
 from masc_probe.errors import InputError, UnknownNameError, closest
 
-__all__ = ["DEFAULT_MAX_MEMORY", "check_folds", "check_max_memory", "check_n_components", "check_probes",
-           "parse_number"]
+__all__ = ["DEFAULT_MAX_MEMORY", "check_choice", "check_folds", "check_max_memory", "check_n_components",
+           "check_probes", "parse_number"]
 
 DEFAULT_MAX_MEMORY = 4 * 1024**3  # bytes of statistics a probe, or a whole ProbeRunner, holds in memory
 
@@ -29,6 +29,22 @@ DEFAULT_MAX_MEMORY = 4 * 1024**3  # bytes of statistics a probe, or a whole Prob
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,
           "g": 2**30, "gb": 2**30, "gib": 2**30, "t": 2**40, "tb": 2**40, "tib": 2**40}  # fmt: skip
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*")
+
+
+def check_choice(what: str, value: Any, valid: Iterable[str]) -> str:
+    """*value* when it is one of the *valid* names, else a one-line error naming them (and the closest ones).
+
+    Raises:
+        UnknownNameError: Any other value.
+
+    >>> check_choice("select", "noisy", ("noisy", "clean"))
+    'noisy'
+    """
+    valid = tuple(valid)
+    if isinstance(value, str) and value in valid:
+        return value
+    hint = closest(str(value), valid)
+    raise UnknownNameError(f"{what} must be one of {', '.join(valid)}; got {value!r} ({hint})")
 
 
 def parse_number(text: str) -> int | float:
