@@ -105,11 +105,16 @@ def test_probe_all_checkpoints(capsys: pytest.CaptureFixture[str], run_dir: Path
 def test_layers_lists_every_layer_and_marks_the_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = _main(capsys, "layers", "--model", "cnn", "--input-size", "28", "--all")
     assert code == 0
-    model = load_model("cnn", num_classes=10, input_size=28)
-    defaults = set(default_layers(model))
-    expected = [f"{'*' if n in defaults else ' '} {n}" for n in list_layers(model)]
+    # The paper's CNN, written out from its definition (models._paper.PaperCNN): three conv blocks (conv, ReLU, conv,
+    # ReLU, max-pool, then the block's output), a flatten, three dense blocks (linear, ReLU, output), the head; the
+    # paper probes the input, the flattened features and the three dense outputs.
+    names = ["input", *[f"block{b}{part}" for b in (1, 2, 3) for part in (".0", ".1", ".2", ".3", ".4", "")],
+             "flatten", *[f"fc{i}{part}" for i in (1, 2, 3) for part in (".linear", ".act", "")], "head"]
+    probed = {"input", "flatten", "fc1", "fc2", "fc3"}
+    expected = [f"{'*' if n in probed else ' '} {n}" for n in names]
+    assert len(expected) == 30
     assert out.splitlines()[:-1] == expected
-    assert out.splitlines()[-1].startswith(f"(* probed by default: {len(defaults)} of {len(expected)}")
+    assert out.splitlines()[-1].startswith("(* probed by default: 5 of 30")
 
 
 def test_layers_shows_module_names_unless_asked_for_all(capsys: pytest.CaptureFixture[str]) -> None:

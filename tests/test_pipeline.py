@@ -20,7 +20,6 @@ from _pipeline_helpers import (
     split_arrays,
 )
 from masc_probe.errors import InputError, MascProbeError, UnknownNameError
-from masc_probe.layers import default_layers, list_layers
 from masc_probe.models import load_model
 from masc_probe.pipeline import default_run_dir, layer_table, probe_source, run_experiment
 from masc_probe.report import ProbeReport
@@ -222,9 +221,15 @@ def test_probe_missing_folder_and_unknown_spec(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- misc
+# The paper's MLP, written out from its definition (masc_probe.models._paper.PaperMLP): an input marker, a flatten,
+# four dense blocks (linear, ReLU) and the head, in forward order; the paper probes the input and each block's output.
+MLP_LAYERS = ["input", "flatten", *[f"fc{i}{part}" for i in range(1, 5) for part in (".linear", ".act", "")], "head"]
+MLP_PROBED = {"input", "fc1", "fc2", "fc3", "fc4"}
+
+
 def test_layer_table_marks_the_default_layers(run: Any) -> None:
-    model = load_model("mlp", num_classes=10, in_chans=1, input_size=8)
-    expected = [(n, n in default_layers(model)) for n in list_layers(model)]
+    expected = [(n, n in MLP_PROBED) for n in MLP_LAYERS]
+    assert len(expected) == 15 and sum(marked for _, marked in expected) == 5
     assert layer_table("mlp", input_size=8) == expected
     assert layer_table(str(run.output_dir)) == expected  # a run folder brings its own shape
 
