@@ -22,10 +22,16 @@ from masc_probe.cli import main
 from masc_probe.errors import InputError
 from masc_probe.hub import write_dry_run
 from masc_probe.pipeline import _gallery, _issues, _outputs, label_issues
-from masc_probe.report import SCHEMA_VERSION, ProbeReport, _html, report_html, run_html, write_run_html
+from masc_probe.report import SCHEMA_VERSION, ProbeReport, _files, _html, report_html, run_html, write_run_html
 
 LAYERS = ["input", "fc1", "fc2"]
 SERIES = [("masc", "corrupted"), ("masc", "true"), ("ncm", "corrupted"), ("ncm", "true")]
+# report.json's "profile": MASC accuracy per subspace size (fractions, then counts per class), per network and layer.
+PROFILE = [{"layer": layer, "labels": labels, "control": control, "size": size, "accuracy": acc, "k": [3, 4]}
+           for (layer, control), base in ((("input", None), 0.30), (("fc1", None), 0.50), (("fc1", "init"), 0.55),
+                                          (("fc2", None), 0.45), (("fc2", "init"), 0.60))
+           for labels, shift in (("corrupted", 0.0), ("true", 0.3))
+           for size, acc in ((0.5, base + shift), (0.99, base + shift + 0.05), (2, base + shift - 0.1))]
 
 
 def _png(width: int = 4, height: int = 3) -> bytes:
@@ -129,14 +135,30 @@ def _trained(report: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in report["results"] if not r.get("control")]
 
 
-IMAGES = {_html.LAYER_PLOT: _png()}  # skips drawing: these tests are about the page, not the plot
+def _best_hidden(report: dict[str, Any], probe: str, labels: str) -> str:
+    """The hidden layer with the highest test accuracy of a series, from the raw rows (the first of equals)."""
+    rows = [r for r in _trained(report) if (r["probe"], r["labels"]) == (probe, labels) and r["layer"] != "input"]
+    top = max(r["test_accuracy"] for r in rows)
+    return next(r["layer"] for r in rows if r["test_accuracy"] == top)
+
+
+def _signed(value: float) -> str:
+    """A difference as the page shows it: three decimals, its sign, a true minus (U+2212)."""
+    return f"{value:+.3f}".replace("-", "\u2212")
+
+
+def _html_of(report: dict[str, Any], **kwargs: Any) -> str:
+    return report_html(ProbeReport.from_dict(report), **kwargs)
+
+
+IMAGES = {"accuracy_by_layer.png": _png()}  # skips drawing: these tests are about the page, not the plot
 
 
 # --------------------------------------------------------------------------------------------- the numbers
 @pytest.mark.parametrize("controls", [False, True])
 def test_every_table_number_is_the_reports_own(controls: bool) -> None:
     report = _report(controls=controls)
-    page = _Page(report_html(report, images=IMAGES))
+    page = _Page(_html_of(report, images=IMAGES))
     trained = _trained(report)
     assert len(page.rows) == len(trained)  # one row per trained result; control rows are not rows of their own
     for r in trained:
@@ -146,7 +168,7 @@ def test_every_table_number_is_the_reports_own(controls: bool) -> None:
         assert cells["95% interval"]["values"] == r["test_ci"]
         for labels, value in r["train_accuracy"].items():
             assert cells[f"train accuracy vs {labels}"]["values"] == [value]
-        best = report["best"][f"{r['probe']}/{r['labels']}"]["layer"] == r["layer"]
+        best = _best_hidden(report, r["probe"], r["labels"]) == r["layer"]
         assert ("★" in cells["test accuracy"]["text"]) == best
     text = "".join(page.text)
     assert f"{report['model_test_accuracy']:.3f}" in text
@@ -154,7 +176,7 @@ def test_every_table_number_is_the_reports_own(controls: bool) -> None:
 
 def test_controls_give_their_columns_and_counts() -> None:
     report = _report(controls=True)
-    page = _Page(report_html(report, images=IMAGES))
+    page = _Page(_html_of(report, images=IMAGES))
     assert {"init accuracy", "trained − init"} <= set(page.headers)
     for c in report["comparisons"]:
         cells = page.row(c["layer"], c["probe"], c["labels"])
@@ -162,7 +184,8 @@ def test_controls_give_their_columns_and_counts() -> None:
         # The difference, its interval and the verdict, in one cell.
         assert cells["trained − init"]["values"] == [c["difference"], *c["ci"]]
         lo, hi = c["ci"]
-        assert cells["trained − init"]["text"] == f"{c['difference']:+.3f} ({lo:+.3f} to {hi:+.3f}) {c['verdict']}"
+        assert cells["trained − init"]["text"] == (f"{_signed(c['difference'])} ({_signed(lo)} to {_signed(hi)}) "
+                                                   f"{c['verdict']}")
     # The initial weights' own accuracy and what they are (the setup table names the control).
     text = " ".join(page.text)
     assert "0.086" in text and "ab" * 32 in text and "run epoch 0" in text
@@ -172,7 +195,7 @@ def test_controls_give_their_columns_and_counts() -> None:
                                       ("no difference", "added")])
 def test_the_verdict_counts_follow_the_comparisons(verdicts: tuple[str, ...]) -> None:
     report = _report(controls=True, verdicts=verdicts)
-    html = report_html(report, images=IMAGES)
+    html = _html_of(report, images=IMAGES)
     n = len(report["comparisons"])
     count = {v: sum(c["verdict"] == v for c in report["comparisons"]) for v in ("added", "removed", "no difference")}
     sentence = re.search(r'<p class="verdicts" data-control="init">(.*?)</p>', html).group(1)
@@ -182,9 +205,9 @@ def test_the_verdict_counts_follow_the_comparisons(verdicts: tuple[str, ...]) ->
 
 
 def test_a_report_without_controls_has_no_control_columns() -> None:
-    page = _Page(report_html(_report(controls=False), images=IMAGES))
+    page = _Page(_html_of(_report(controls=False), images=IMAGES))
     assert not [h for h in page.headers if "init" in h or "verdict" in h]
-    assert "verdicts" not in report_html(_report(controls=False), images=IMAGES)
+    assert "verdicts" not in _html_of(_report(controls=False), images=IMAGES)
 
 
 def test_a_report_over_epochs_shows_the_last_epoch_and_the_dynamics_plot() -> None:
@@ -192,7 +215,7 @@ def test_a_report_over_epochs_shows_the_last_epoch_and_the_dynamics_plot() -> No
     results = [{**r, "epoch": e, "test_accuracy": r["test_accuracy"] - (0.1 if e == 0 else 0)}
                for e in (0, 5) for r in base["results"]]
     report = {**base, "results": results}
-    page = _Page(report_html(report, images=IMAGES))  # the dynamics plot is drawn from the report
+    page = _Page(_html_of(report, images=IMAGES))  # the dynamics plot is drawn from the report
     for r in results:
         if r["epoch"] == 5:
             assert page.row(r["layer"], r["probe"], r["labels"])["test accuracy"]["values"] == [r["test_accuracy"]]
@@ -205,7 +228,7 @@ def test_a_report_over_epochs_shows_the_last_epoch_and_the_dynamics_plot() -> No
 # ---------------------------------------------------------------------------------------- self-contained
 def test_the_page_is_self_contained_and_every_image_has_alt_text() -> None:
     report = _report(controls=True)
-    html = report_html(report)  # the layer plot drawn from the report here
+    html = _html_of(report)  # the layer plot drawn from the report here
     page = _Page(html)
     assert not {"script", "link", "iframe", "object", "embed", "form"} & page.tags
     outside = re.sub(r'"data:image/png;base64,[A-Za-z0-9+/=]+"', '""', html)  # base64 may spell anything
@@ -223,15 +246,24 @@ def test_the_page_is_self_contained_and_every_image_has_alt_text() -> None:
 
 def test_text_from_the_report_is_escaped() -> None:
     report = {**_report(controls=False), "model": "<script>alert(1)</script>", "dataset": 'a"b'}
-    html = report_html(report, images=IMAGES)
-    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html and "a&quot;b" in html
+    html = _html_of(report, images=IMAGES)
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html and 'a"b' not in html
+    assert "<script>alert(1)</script> · a\"b — MASC probe report" in _Page(html).text  # the text, read back
 
 
-@pytest.mark.parametrize("bad", [{}, {"results": []}, {"results": "x"}, [1, 2]])
-def test_a_report_without_results_is_a_one_line_error(bad: Any) -> None:
-    with pytest.raises(InputError, match="expected a report dict with a non-empty list of results") as err:
+@pytest.mark.parametrize("bad", [{}, {"results": []}, [1, 2], "report.json"])
+def test_a_page_needs_a_probe_report_and_says_so_in_one_line(bad: Any) -> None:
+    with pytest.raises(InputError, match=f"expected a ProbeReport .*got {type(bad).__name__}$") as err:
         report_html(bad)
     assert "\n" not in str(err.value)
+
+
+def test_a_report_without_a_trained_result_is_a_one_line_error() -> None:
+    only_control = ProbeReport([{"layer": "fc1", "probe": "masc", "labels": "true", "test_accuracy": 0.5,
+                                 "control": "init"}])
+    for bad in (ProbeReport([]), only_control):
+        with pytest.raises(InputError, match="at least one result of the trained network, got none"):
+            report_html(bad)
 
 
 # ------------------------------------------------------------------------------------------- run folders
@@ -254,10 +286,19 @@ def _folder(tmp_path: Path, *, issues: bool) -> Path:
     return run
 
 
-def test_the_file_names_are_the_pipelines() -> None:
-    assert _html.LAYER_PLOT in _outputs.REPORT_FILES and _html.DYNAMICS_PLOT == _outputs.DYNAMICS_PLOT
-    assert _html.ISSUES_DIR == _issues.OUTPUT_FOLDER and _html.ISSUES_JSON == label_issues.JSON_NAME
-    assert _html.GALLERY_PNG == _gallery.GALLERY_NAME
+def test_the_page_shows_the_plots_the_pipeline_wrote_under_the_documented_names(tmp_path: Path) -> None:
+    # The names the README and docs/architecture.md give the run folder's files, written out here by hand.
+    assert (_issues.OUTPUT_FOLDER, label_issues.JSON_NAME, label_issues.CSV_NAME, _gallery.GALLERY_NAME) == (
+        "label-issues", "label_issues.json", "label_issues.csv", "label_issues.png")
+    report = ProbeReport.from_dict({**_report(controls=True), "profile": PROFILE})
+    out = tmp_path / "out"
+    _outputs.write_outputs(report, out, card=False)
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy_by_layer.png", "profile.png", "report.html",
+                                                     "report.json", "report.md"]
+    images = [base64.b64decode(img["src"].split(",", 1)[1]) for img in _Page((out / "report.html").read_text()).images]
+    # The folder's own plots, byte for byte; a page that drew its own layer plot would lack the control lines the
+    # pipeline's plot has (the page draws the trained rows only), so it would differ.
+    assert images == [(out / "accuracy_by_layer.png").read_bytes(), (out / "profile.png").read_bytes()]
 
 
 def test_a_run_folders_page_shows_its_label_issues_and_gallery(tmp_path: Path) -> None:
@@ -282,11 +323,41 @@ def test_a_run_folder_without_label_issues_has_no_such_section(tmp_path: Path) -
     assert "Suspected label errors" not in html and len(_Page(html).images) == 1
 
 
+def _assert_page_of_folder(html: str, run: Path) -> None:
+    """The page holds the folder's report.json numbers, its training settings, its plot and its label issues."""
+    report = json.loads((run / "report.json").read_text())
+    page = _Page(html)
+    trained = _trained(report)
+    assert len(page.rows) == len(trained)
+    for r in trained:
+        cells = page.row(r["layer"], r["probe"], r["labels"])
+        assert cells["test accuracy"]["values"] == [r["test_accuracy"]] and cells["95% interval"]["values"] == r[
+            "test_ci"]
+    text = " ".join(page.text)
+    if (run / "config.json").is_file():
+        assert "training optimizer" in text and "adam" in text and "59" in text  # config.json's settings
+    plots = [img for img in page.images if img["alt"].startswith("Line chart")]
+    assert [base64.b64decode(img["src"].split(",", 1)[1]) for img in plots] == [(run / "accuracy_by_layer.png")
+                                                                              .read_bytes()]
+    gallery = [img for img in page.images if "mislabeled" in img["alt"]]
+    if (run / "label-issues").is_dir():
+        assert [base64.b64decode(img["src"].split(",", 1)[1]) for img in gallery] == [
+            (run / "label-issues/label_issues.png").read_bytes()]
+        assert "712 of 1438" in text and "31 of 32" in text
+    else:
+        assert gallery == [] and "Suspected label errors" not in text
+
+
 def test_cli_report_writes_the_page_of_an_older_folder(tmp_path: Path, capsys) -> None:
     run = _folder(tmp_path, issues=False)
     assert main(["report", str(run), "--quiet"]) == 0
     assert capsys.readouterr().out.strip() == str(run / "report.html")
-    assert (run / "report.html").read_text() == run_html(run)
+    _assert_page_of_folder((run / "report.html").read_text(), run)
+    (tmp_path / "other").mkdir()
+    shutil.copytree(_folder(tmp_path / "other", issues=True) / "label-issues", run / "label-issues")
+    assert main(["report", str(run), "--quiet"]) == 0  # written again: now with the label issues
+    capsys.readouterr()
+    _assert_page_of_folder((run / "report.html").read_text(), run)
     assert main(["report", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert "report.json" in err and err.count("\n") == 1
@@ -310,7 +381,7 @@ def test_push_includes_the_page_and_the_gallery_and_the_card_links_them(tmp_path
     written = {p.relative_to(out).as_posix() for p in write_dry_run(run, out, repo_id="me/x")}
     assert {"masc/report.html", "masc/label_issues.png"} <= written
     assert (out / "masc/label_issues.png").read_bytes() == (run / "label-issues/label_issues.png").read_bytes()
-    assert (out / "masc/report.html").read_text() == run_html(run)  # drawn aside: the folder had no page
+    _assert_page_of_folder((out / "masc/report.html").read_text(), run)  # drawn aside: the folder had no page
     assert not (run / "report.html").exists()
     card = (out / "README.md").read_text()
     assert "(masc/report.html)" in card and "(masc/label_issues.png)" in card
@@ -433,5 +504,5 @@ def test_the_demo_page_in_headless_chromium(browser: Any, demo_run: Path, tmp_pa
 def test_a_page_with_controls_in_headless_chromium(browser: Any, tmp_path: Path) -> None:
     report = _report(controls=True)
     page = tmp_path / "controls.html"
-    page.write_text(report_html(report))
+    page.write_text(_html_of(report))
     _check_in_browser(browser, page, report, tmp_path)

@@ -24,6 +24,7 @@ import numpy as np
 
 from masc_probe import _atomic
 from masc_probe.errors import InputError
+from masc_probe.report._files import GALLERY_PNG
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,7 +35,7 @@ LabelIssues = Any
 
 __all__ = ["gallery_positions", "gallery_summary", "plot_gallery", "write_gallery"]
 
-GALLERY_NAME = "label_issues.png"
+GALLERY_NAME = GALLERY_PNG  # the run folder's file names are defined once, in report._files
 _COLUMNS = 8  # panels per row: 32 make a 8 x 4 grid that reads on a laptop screen
 _WRONG, _RIGHT = "#c62828", "#2e7d32"  # frame colours: the given label was wrong / right
 

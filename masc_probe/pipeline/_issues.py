@@ -25,12 +25,13 @@ from masc_probe.pipeline._gallery import GALLERY_NAME, gallery_summary, write_ga
 from masc_probe.pipeline._inputs import check_device, default_run_dir, load_run_data, resolve_source
 from masc_probe.pipeline.label_issues import CSV_NAME, JSON_NAME, LabelIssues, find_label_issues
 from masc_probe.report import write_run_html
+from masc_probe.report._files import ISSUES_DIR
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["label_issues_run"]
 
-OUTPUT_FOLDER = "label-issues"
+OUTPUT_FOLDER = ISSUES_DIR  # the run folder's file names are defined once, in report._files
 
 
 def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,

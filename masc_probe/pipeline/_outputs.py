@@ -10,18 +10,19 @@ from pathlib import Path
 from typing import Any
 
 from masc_probe import _atomic
-from masc_probe.report import ProbeReport, run_html
-from masc_probe.report._html import PAGE_NAME
+from masc_probe.report import ProbeReport, plot_profile, run_html
+from masc_probe.report._files import (CARD_FILE, DYNAMICS_PLOT, LAYER_PLOT, PAGE_NAME, PROFILE_PLOT, REPORT_JSON,
+                                      REPORT_MD)
+from masc_probe.report._view import profile_of
 
-REPORT_FILES = ("report.json", "report.md", "accuracy_by_layer.png")
+REPORT_FILES = (REPORT_JSON, REPORT_MD, LAYER_PLOT)
 PROBES_DIR = "probes"  # the fitted probes of a run folder (``--save-probes``; ``push --with-probes`` publishes them)
-DYNAMICS_PLOT = "accuracy_over_epochs.png"
-CARD_FILE = "README.md"
 
 
 def write_outputs(report: ProbeReport, out: Path, *, card: bool, dynamics: bool = False,
                   repo_id: str | None = None) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md``, ``accuracy_by_layer.png`` (and the dynamics plot, and the card) to *out*.
+    """Write ``report.json``, ``report.md``, ``accuracy_by_layer.png``, ``report.html`` (and the dynamics plot, the
+    profile plot when the report has a profile, and the card) to *out*.
 
     All report files are drawn in a temporary folder inside *out* first and renamed into place only when every one
     of them succeeded. The card is rendered last, by :func:`masc_probe.hub.build_card` from the folder itself (it
@@ -37,13 +38,16 @@ def write_outputs(report: ProbeReport, out: Path, *, card: bool, dynamics: bool 
     Returns:
         ``{file name: path}`` of what was written.
     """
-    names = [*REPORT_FILES, *([DYNAMICS_PLOT] if dynamics else []), PAGE_NAME]
+    profile = profile_of(report) is not None
+    names = [*REPORT_FILES, *([DYNAMICS_PLOT] if dynamics else []), *([PROFILE_PLOT] if profile else []), PAGE_NAME]
     with _atomic.staging(out, prefix=".tmp-report-") as tmp:
-        report.to_json(tmp / "report.json")
-        _atomic.write_text(tmp / "report.md", report.to_markdown())
-        report.plot_layers(tmp / "accuracy_by_layer.png")
+        report.to_json(tmp / REPORT_JSON)
+        _atomic.write_text(tmp / REPORT_MD, report.to_markdown())
+        report.plot_layers(tmp / LAYER_PLOT)
         if dynamics:
             report.plot_dynamics(tmp / DYNAMICS_PLOT)
+        if profile:
+            plot_profile(report, tmp / PROFILE_PLOT)
         _atomic.write_text(tmp / PAGE_NAME, run_html(out, staged=tmp))  # report.html, from the files above
         for name in names:
             _atomic.publish(tmp / name, out / name)

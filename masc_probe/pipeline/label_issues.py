@@ -46,13 +46,14 @@ from masc_probe._choices import ISSUE_FLAGS, ISSUE_PROBES
 from masc_probe.errors import InputError, UnknownNameError, closest
 from masc_probe.pipeline import _oof
 from masc_probe.probes import check_max_memory, check_n_components
+from masc_probe.report._files import ISSUES_CSV, ISSUES_JSON
 
 __all__ = ["FLAGS", "LabelIssues", "find_label_issues"]
 
 logger = logging.getLogger(__name__)
 
 FLAGS = ISSUE_FLAGS  # "rank": the noise share's worth of lowest-ranked samples, or a confident-learning filter
-CSV_NAME, JSON_NAME = "label_issues.csv", "label_issues.json"
+CSV_NAME, JSON_NAME = ISSUES_CSV, ISSUES_JSON  # defined once, in report._files
 
 
 @dataclass(frozen=True, eq=False)

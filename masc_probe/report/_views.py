@@ -1,5 +1,5 @@
-"""Human views of a ProbeReport: the markdown table, the plots (matplotlib's object API: no pyplot state) and a
-pandas DataFrame."""
+"""Human views of a ProbeReport: markdown (laid out by ``_markdown`` from the report's view), the plots
+(matplotlib's object API: no pyplot state) and a pandas DataFrame."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 
 from masc_probe import _atomic
 from masc_probe.errors import InputError
+from masc_probe.report import _markdown
+from masc_probe.report._view import NETWORK_TEXT, build_view, fmt, size_order, size_text
 
 # A ProbeReport; not imported, because ProbeReport's module imports this one (its methods call these functions).
 ProbeReport = Any
@@ -20,145 +22,29 @@ def _series_name(probe: str, labels: str) -> str:
     return probe if labels == "label" else f"{probe} ({labels})"
 
 
-def _fmt(value: float | None, digits: int) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
-
-
-def _signed(value: float, digits: int) -> str:
-    return f"{value:+.{digits}f}".replace("-", "−")
-
-
 def _trained(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The trained network's results (the raw input's included); a control model's carry ``control``."""
     return [r for r in rows if r.get("control") is None]
 
 
-def _layer_name(layer: str, how: str = "flatten") -> str:
-    return f"`{layer}`" + (f" ({how})" if how != "flatten" else "")
-
-
-def _control_columns(report: ProbeReport) -> list[str]:
-    """Controls with comparisons, model controls first (as the report lists them), the raw input last."""
-    compared = {c["control"] for c in report.comparisons}
-    names = [n for n in report.controls if n in compared and n != "input"]
-    return names + (["input"] if "input" in compared else [])
-
-
-def _controls_section(report: ProbeReport, rows: list[dict[str, Any]], series: list[tuple[str, str]],
-                      digits: int) -> list[str]:
-    """The comparison table: each trained result beside each control at the same layer, with the paired
-    difference, its 95% interval and its verdict."""
-    controls = _control_columns(report)
-    if not controls:
-        return []
-    lines = ["", "Controls at each layer: the control's accuracy, then trained − control on the same test images "
-                 "(95% interval, exact McNemar) and what it says.", ""]
-    head = ["layer", "probe (fitted on)", "trained"]
-    for name in controls:
-        label = "raw input" if name == "input" else name
-        head += [label, f"trained − {label}"]
-    lines.append("| " + " | ".join(head) + " |")
-    lines.append("|---|---|---:|" + "---:|---|" * len(controls))
-    for r in rows:
-        if r["layer"] == "input" or (r["probe"], r["labels"]) not in series:
-            continue
-        cells = [f"`{r['layer']}`", _series_name(r["probe"], r["labels"]), _fmt(r["test_accuracy"], digits)]
-        for name in controls:
-            comp = report.comparison(r["layer"], r["probe"], r["labels"], name)
-            if comp is None:
-                cells += ["–", "–"]
-                continue
-            low, high = comp["ci"]
-            cells += [_fmt(comp["control_accuracy"], digits),
-                      f"{_signed(comp['difference'], digits)} [{_signed(low, digits)}, {_signed(high, digits)}] "
-                      f"{comp['verdict']}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
-
-
 def to_markdown(report: ProbeReport, *, digits: int = 3) -> str:
-    """See :meth:`ProbeReport.to_markdown`."""
-    rows = _trained(report._at_epoch(None))
-    lines: list[str] = []
-    title = " · ".join(str(v) for v in (report.model, report.dataset) if v)
-    lines.append(f"### Probe accuracy by layer{f' — {title}' if title else ''}")
-    lines.append("")
-    facts = []
-    if report.model_test_accuracy is not None:
-        facts.append(f"**Model's own test accuracy: {report.model_test_accuracy:.{digits}f}**")
-        at_init = (report.controls.get("init") or {}).get("model_test_accuracy")
-        if at_init is not None:
-            facts.append(f"at its initial weights: {at_init:.{digits}f}")
-    if report.corruption:
-        c = report.corruption
-        realized = c.get("realized_rate")
-        facts.append(f"label corruption: {c.get('mode', '?')} p={c.get('rate', '?')}"
-                     + (f" (realized {realized:.3f})" if isinstance(realized, (int, float)) else ""))
-    if report.n_test:
-        facts.append(f"n_test={report.n_test}")
-    if report.epochs:
-        facts.append(f"epoch {report.epochs[-1]}")
-    if "aggregate" in report.extra:
-        facts.append(f"mean ± std over {report.extra['aggregate'].get('n_runs')} seeds")
-    if facts:
-        lines += ["; ".join(facts), ""]
-    headline = report.headline()
-    if headline:
-        lines += ["What the controls show:", ""] + [f"- {text}" for text in headline] + [""]
+    """See :meth:`ProbeReport.to_markdown`: the report's view (:func:`~masc_probe.report._view.build_view`) laid out
+    as markdown."""
+    return _markdown.to_markdown(build_view(report), digits=digits)
 
-    series = [s for s in report.series if any((r["probe"], r["labels"]) == s for r in rows)]
-    cell = {(r["layer"], r["probe"], r["labels"]): r for r in rows}
-    best = {s: report.best_layer(*s)["layer"] for s in series}
-    header = ["layer", *(_series_name(p, lab) for p, lab in series)]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" + "---:|" * len(series))
-    # The per-layer reducer (ProbeRunner's reducer=), shown where it is not the paper's flatten.
-    reducers = report.extra.get("reducer") if isinstance(report.extra.get("reducer"), dict) else {}
-    for layer in dict.fromkeys(r["layer"] for r in rows):
-        cells = [_layer_name(layer, reducers.get(layer, "flatten"))]
-        for s in series:
-            r = cell.get((layer, *s))
-            if r is None:
-                cells.append("–")
-                continue
-            text = _fmt(r["test_accuracy"], digits)
-            if "test_accuracy_std" in r:
-                text += f" ± {r['test_accuracy_std']:.{digits}f}"
-            cells.append(f"**{text}** ★" if best[s] == layer else text)
-        lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Test accuracy against the true test labels; ★ marks each column's best hidden layer"
-                 + (" (`input`, the raw input, is a control)" if any(r["layer"] == "input" for r in rows) else "")
-                 + ". 95% Wilson intervals are in `report.json` (`test_ci`).")
-    lines += _controls_section(report, rows, series, digits)
 
-    train_sets = list(dict.fromkeys(k for r in rows for k in r.get("train_accuracy", {})))
-    if train_sets:
-        lines += ["", "Training accuracy of each probe at its best layer:", ""]
-        lines.append("| probe (fitted on) | layer | " + " | ".join(f"train vs {t}" for t in train_sets) + " |")
-        lines.append("|---|---|" + "---:|" * len(train_sets))
-        for s in series:
-            r = cell[(best[s], *s)]
-            tr = r.get("train_accuracy", {})
-            lines.append(f"| {_series_name(*s)} | `{best[s]}` | "
-                         + " | ".join(_fmt(tr.get(t), digits) for t in train_sets) + " |")
+def summary_text(report: ProbeReport) -> str:
+    """The summary a command prints after probing: the model's accuracy, the headline sentences, the choice made
+    without the evaluation images (when the report has one) and the trained network's accuracy by layer (the
+    controls' table is in report.md and report.html).
 
-    if len(report.epochs) > 1:
-        lines += ["", "Over epochs (each series at its best layer of the last epoch):", ""]
-        by_epoch = report.extra.get("model_test_accuracy_by_epoch", {})
-        lines.append("| epoch | model | " + " | ".join(_series_name(*s) for s in series) + " |")
-        lines.append("|---:|---:|" + "---:|" * len(series))
-        everything = {(r.get("epoch"), r["layer"], r["probe"], r["labels"]): r for r in _trained(report.results)}
-        at_init = _init_values(report, {s: best[s] for s in series})
-        if any(v is not None for v in at_init.values()):
-            model_at_init = (report.controls.get("init") or {}).get("model_test_accuracy")
-            lines.append(f"| init (control) | {_fmt(model_at_init, digits)} | "
-                         + " | ".join(_fmt(at_init[s], digits) for s in series) + " |")
-        for ep in report.epochs:
-            vals = [everything.get((ep, best[s], *s)) for s in series]
-            lines.append(f"| {ep} | {_fmt(by_epoch.get(str(ep)), digits)} | "
-                         + " | ".join(_fmt(v["test_accuracy"] if v else None, digits) for v in vals) + " |")
-    return "\n".join(lines) + "\n"
+    Args:
+        report: A :class:`~masc_probe.report.ProbeReport`.
+
+    Returns:
+        Markdown text.
+    """
+    return _markdown.summary(build_view(report))
 
 
 def _init_values(report: ProbeReport, layers: dict[tuple[str, str], str]) -> dict[tuple[str, str], float | None]:
@@ -247,7 +133,7 @@ def plot_layers(report: ProbeReport, path: Path | None, *, epoch: int | None = N
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15, linewidth=0)
     if report.model_test_accuracy is not None:
         ax.axhline(report.model_test_accuracy, color="black", ls=":", lw=1.5,
-                   label=f"model ({report.model_test_accuracy:.3f})")
+                   label=f"model ({fmt(report.model_test_accuracy)})")
     for name, info in report.controls.items():
         if name == "input":
             if as_control:
@@ -256,7 +142,7 @@ def plot_layers(report: ProbeReport, path: Path | None, *, epoch: int | None = N
         ax.plot([], [], marker="x", color="gray", lw=1.0, alpha=0.6, label=f"{name} (control, thin)")
         if info.get("model_test_accuracy") is not None:
             ax.axhline(info["model_test_accuracy"], color="gray", ls=":", lw=1.0,
-                       label=f"model at {name} ({info['model_test_accuracy']:.3f})")
+                       label=f"model at {name} ({fmt(info['model_test_accuracy'])})")
     ax.set_xticks(xs)
     ax.set_xticklabels(layers, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(0.0, 1.02)
@@ -310,6 +196,69 @@ def plot_dynamics(report: ProbeReport, path: Path | None, *, ax: Any = None) -> 
                  fontsize=10)
     ax.legend(fontsize=8, loc="best")
     return _finish(fig, path, own=own)
+
+
+_PROFILE_STYLE = {"trained": ("-", "o", 1.0), "init": ("--", "x", 0.7), "input": (":", "s", 0.6)}
+_LABEL_COLOR = {"corrupted": "C3", "true": "C0", "label": "C2"}
+
+
+def plot_profile(report: ProbeReport, path: str | Path | None = None) -> Any:
+    """Draw MASC accuracy against subspace size, one panel per hidden layer: the trained network (solid), the same
+    network at its initial weights (dashed) and the raw input (dotted, the same in every panel), one color per label
+    set. The sizes sit on a categorical axis: the variance fractions ascending, then the counts per class.
+
+    Args:
+        report: A :class:`~masc_probe.report.ProbeReport` with a ``profile`` (report.json's key of that name).
+        path: A PNG file to write (atomically); None: only draw.
+
+    Returns:
+        The ``matplotlib.figure.Figure`` drawn on.
+
+    Raises:
+        InputError: The report has no profile.
+    """
+    view = build_view(report).profile
+    if view is None:
+        raise InputError(f"plot_profile needs a report with a 'profile', got one without (keys: "
+                         f"{sorted(report.extra)})")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    xs = {size: i for i, size in enumerate(sorted(view.sizes, key=size_order))}
+    layers = list(dict.fromkeys(line.layer for line in view.lines if line.network != "input")) or ["input"]
+    ncols = min(4, len(layers))
+    nrows = -(-len(layers) // ncols)
+    fig = Figure(figsize=(3.4 * ncols + 1.8, 2.9 * nrows + 0.5), dpi=110)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharey=True)
+    for i, layer in enumerate(layers):
+        ax = axes[i // ncols][i % ncols]
+        for line in view.lines:
+            if line.layer != layer and line.network != "input":
+                continue
+            ls, marker, alpha = _PROFILE_STYLE.get(line.network, ("-.", "^", 0.7))
+            pts = sorted((xs[s], a) for s, a in line.accuracy.items())
+            ax.plot([x for x, _ in pts], [a for _, a in pts], ls=ls, marker=marker, ms=4, alpha=alpha,
+                    color=_LABEL_COLOR.get(line.labels, "C4"),
+                    label=f"{NETWORK_TEXT.get(line.network, line.network)}, {line.labels} labels")
+        ax.set_title(f"{layer}", fontsize=9)
+        ax.set_xticks(list(xs.values()))
+        ax.set_xticklabels([size_text(s) for s in xs], rotation=45, ha="right", fontsize=7)
+        ax.set_ylim(0.0, 1.02)
+        ax.grid(True, alpha=0.3)
+    for j in range(len(layers), nrows * ncols):
+        axes[j // ncols][j % ncols].set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("MASC test accuracy", fontsize=8)
+    legend = {}  # every line's label once, whichever panel has it
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
+    fig.legend(list(legend.values()), list(legend), fontsize=7, loc="center right")
+    fig.suptitle(" · ".join(str(v) for v in (report.model, report.dataset) if v) + " — subspace size "
+                 "(variance fraction, then k per class)", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1 - 1.8 / (3.4 * ncols + 1.8), 1))
+    return _finish(fig, None if path is None else Path(path), own=False)
 
 
 def to_pandas(report: ProbeReport) -> Any:

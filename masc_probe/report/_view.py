@@ -1,0 +1,439 @@
+"""One view of a report: everything report.md, report.html, the model card and the CLI summary show, built once.
+
+:func:`build_view` reads a :class:`~masc_probe.report.ProbeReport` and returns a :class:`ReportView`: the setup, the
+model's accuracy (and its init control's), the headline sentences (``report.headline()``, placed as they are), the
+trained network's per-layer rows with each control beside them, the selection made without the evaluation images and
+the accuracy-by-subspace-size profile when the report has them, and the oracle rows under that name. The renderers
+only lay this out: none of them picks a best layer or words a verdict. :func:`fmt` is the one number formatter.
+
+>>> fmt(0.31549), fmt(-0.0234, signed=True), fmt(None)
+('0.315', '−0.023', '–')
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from masc_probe.errors import InputError
+
+DIGITS = 3
+MINUS = "\u2212"  # a true minus sign, as wide as the plus
+NETWORK_TEXT = {"trained": "trained network", "init": "network at its initial weights", "input": "raw input"}
+LABELS_TEXT = {"corrupted": "corrupted labels", "true": "true labels", "label": "given labels"}
+_NOT_SETTINGS = {"checkpoint_dense_until", "checkpoint_every", "eval_batch_size", "keep_checkpoints", "num_classes",
+                 "progress", "num_processes", "stopped"}  # run bookkeeping: it does not change the weights
+
+
+def fmt(value: Any, *, signed: bool = False, p: bool = False, digits: int = DIGITS) -> str:
+    """A measured number as every renderer shows it: *digits* decimals, '–' for none.
+
+    Args:
+        value: The number (None, NaN or a non-number show as '–').
+        signed: Show the sign of a difference (``+0.012``, ``−0.034``: a true minus sign).
+        p: A p-value: below 10^-digits it shows as ``<0.001``.
+        digits: Decimals.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "–"
+    if p and value < 10.0 ** -digits:
+        return f"<{10.0 ** -digits:.{digits}f}"
+    return f"{value:{'+' if signed else ''}.{digits}f}".replace("-", MINUS)
+
+
+def size_text(size: Any) -> str:
+    """A MASC subspace size: a variance fraction as written (``0.99``), a count per class as ``k=5``."""
+    if isinstance(size, float) and not size.is_integer():
+        return f"{size:g}"
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        return f"k={int(size)}"
+    return str(size)
+
+
+def size_order(size: Any) -> tuple[int, float]:
+    """Sort key of subspace sizes on a categorical axis: the fractions first, then the counts, each ascending."""
+    is_count = not (isinstance(size, float) and not size.is_integer())
+    return (int(is_count), float(size))
+
+
+def profile_of(report: Any) -> list[dict[str, Any]] | None:
+    """report.json's ``profile`` (MASC accuracy across subspace sizes), or None."""
+    rows = report.profile if isinstance(getattr(type(report), "profile", None), property) \
+        else report.extra.get("profile")
+    return list(rows) if rows else None
+
+
+def selection_of(report: Any) -> dict[str, Any] | None:
+    """report.json's ``selection`` (layer and size chosen without the evaluation images), or None."""
+    sel = report.selection if isinstance(getattr(type(report), "selection", None), property) \
+        else report.extra.get("selection")
+    return dict(sel) if sel else None
+
+
+# ------------------------------------------------------------------------------------------------- the parts
+@dataclass(frozen=True)
+class Setting:
+    """One line of the setup: a name and its text; *value* is the number behind the text, where there is one."""
+
+    name: str
+    text: str
+    value: float | int | None = None
+    code: bool = False  # a name or digest, shown as code
+
+
+@dataclass(frozen=True)
+class Versus:
+    """A trained number against one control at the same layer (one of report.json's ``comparisons``)."""
+
+    control: str
+    control_accuracy: float | None
+    difference: float | None
+    ci: tuple[float, float] | None
+    verdict: str | None
+    p_value: float | None = None
+    p_holm: float | None = None  # Holm-adjusted within the control; the verdict is then the adjusted one
+    method: str | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    """One trained result at the last epoch: a layer × probe × label set (the raw input's included)."""
+
+    layer: str
+    reducer: str
+    probe: str
+    labels: str
+    accuracy: float
+    ci: tuple[float, float] | None
+    std: float | None
+    train: dict[str, float]
+    best: bool  # the report's best hidden layer of this series (report.best_layer)
+    versus: dict[str, Versus] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Choice:
+    network: str
+    labels: str
+    layer: str
+    size: Any
+    choosing_accuracy: float | None
+    evaluation_accuracy: float | None
+
+
+@dataclass(frozen=True)
+class Paired:
+    """The trained network's chosen readout against a control's, paired on the evaluation images."""
+
+    labels: str
+    control: str
+    trained_layer: str
+    trained_size: Any
+    control_layer: str
+    control_size: Any
+    trained: float | None
+    control_accuracy: float | None
+    difference: float | None
+    ci: tuple[float, float] | None
+    p_value: float | None
+    verdict: str | None
+    n: int | None
+
+
+@dataclass(frozen=True)
+class Readout:
+    """A (layer, size) with one accuracy: the oracle's (all test images) or the paper rule's (evaluation part)."""
+
+    network: str
+    labels: str
+    layer: str
+    size: Any
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
+class Selection:
+    rule: str
+    split: Any
+    seed: Any
+    labels_used: str  # the labels the choice was made against, in words
+    condition: str
+    n_choose: int | None
+    n_eval: int | None
+    choices: list[Choice]
+    comparisons: list[Paired]
+    oracle: list[Readout]
+    paper_rule: list[Readout]
+
+
+@dataclass(frozen=True)
+class ProfileLine:
+    network: str
+    labels: str
+    layer: str
+    accuracy: dict[Any, float]  # size -> accuracy on all test images
+
+
+@dataclass(frozen=True)
+class Profile:
+    sizes: list[Any]  # fractions, then counts
+    lines: list[ProfileLine]
+
+
+@dataclass(frozen=True)
+class ReportView:
+    """Everything a rendering of a report shows; see :func:`build_view`."""
+
+    title: str
+    model: str | None
+    dataset: str | None
+    corruption: dict[str, Any] | None
+    model_accuracy: float | None
+    init_accuracy: float | None
+    n_test: int | None
+    epoch: int | None
+    n_seeds: int | None
+    headline: list[str]
+    skipped: str | None  # one sentence on controls that could not be run
+    setup: list[Setting]
+    series: list[tuple[str, str]]
+    layers: list[str]
+    rows: list[Row]
+    controls: list[str]  # the compared controls: model controls as the report lists them, the raw input last
+    control_sources: dict[str, str | None]
+    train_sets: list[str]
+    selection: Selection | None
+    profile: Profile | None
+    epochs: list[dict[str, Any]]  # {"epoch", "model", "values": {series: accuracy}}, an "init" row first if any
+
+    def row(self, layer: str, probe: str, labels: str) -> Row | None:
+        return next((r for r in self.rows if (r.layer, r.probe, r.labels) == (layer, probe, labels)), None)
+
+    def best_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.best]
+
+    def verdict_counts(self) -> dict[str, dict[str, Any]]:
+        """Per compared control: how many rows each verdict has, the total and the interval methods."""
+        out = {}
+        for name in self.controls:
+            found = [r.versus[name] for r in self.rows if name in r.versus]
+            counts: dict[str, Any] = {v: sum(x.verdict == v for x in found) for v in ("added", "removed",
+                                                                                       "no difference")}
+            counts.update(total=len(found), methods=list(dict.fromkeys(x.method for x in found if x.method)))
+            out[name] = counts
+        return out
+
+    @property
+    def has_input(self) -> bool:
+        return "input" in self.layers
+
+
+def _ci(value: Any) -> tuple[float, float] | None:
+    return (float(value[0]), float(value[1])) if isinstance(value, Sequence) and len(value) == 2 else None
+
+
+def _float(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _need(row: Any, keys: Sequence[str], what: str) -> Mapping[str, Any]:
+    if not isinstance(row, Mapping) or any(k not in row for k in keys):
+        got = sorted(row) if isinstance(row, Mapping) else type(row).__name__
+        raise InputError(f"each {what} row needs keys {list(keys)}, got {got}")
+    return row
+
+
+def network_of(control: Any, layer: str) -> str:
+    """A result's network: ``trained`` (no control), ``input`` (the raw input's rows) or the control's name."""
+    if control:
+        return str(control)
+    return "input" if layer == "input" else "trained"
+
+
+# ---------------------------------------------------------------------------------------------- the building
+def _setup(report: Any, config: Mapping[str, Any] | None) -> list[Setting]:
+    out = [Setting(what, str(v), code=True) for what, v in (("model", report.model), ("dataset", report.dataset))
+           if v is not None]
+    c = report.corruption
+    if c:
+        parts = [f"{k} {fmt(v) if k == 'realized_rate' else v}" for k, v in c.items()
+                 if k in ("mode", "rate", "seed", "realized_rate") and v is not None]
+        out.append(Setting("label corruption", ", ".join(parts)))
+    else:
+        out.append(Setting("label corruption", "none: the labels as given"))
+    extra = report.extra
+    if extra.get("protocol"):
+        out.append(Setting("extraction protocol", str(extra["protocol"])))
+    threshold = extra.get("masc_n_components")
+    if isinstance(threshold, (int, float)) and not isinstance(threshold, bool):
+        out.append(Setting("MASC n_components", f"{threshold:g}", threshold))
+    for key in ("n_train", "n_test"):
+        if isinstance(getattr(report, key), int):
+            out.append(Setting(key.replace("_", " "), str(getattr(report, key)), getattr(report, key)))
+    if isinstance(extra.get("reducer"), Mapping):
+        out.append(Setting("reducer", ", ".join(f"{k}: {v}" for k, v in extra["reducer"].items())))
+    mp = (config or {}).get("masc_probe") or {}
+    if isinstance(mp, Mapping):
+        training = dict(mp.get("training") or {})
+        if mp.get("epoch") is not None:
+            stopped = training.get("stopped")
+            out.append(Setting("trained epochs", f"{mp['epoch']}" + (f" (stopped: {stopped})" if stopped else "")))
+        if training.get("optimizer") not in (None, "sgd"):
+            training.pop("momentum", None)  # stored, but only SGD reads it
+        for key, value in training.items():
+            if value is not None and key not in _NOT_SETTINGS:
+                number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+                out.append(Setting(f"training {key.replace('_', ' ')}",
+                                   f"{value:g}" if isinstance(value, float) else str(value), number))
+    out += [Setting(key.replace("_", " "), str(value), code=True) for key, value in report.provenance.items()]
+    for name, info in report.controls.items():
+        if isinstance(info, Mapping):
+            text = ", ".join(f"{k} {fmt(v) if isinstance(v, float) else v}" for k, v in info.items() if v is not None)
+            out.append(Setting(f"control: {NETWORK_TEXT.get(name, f'control model {name}')}", text))
+    return out
+
+
+def _versus(comp: Mapping[str, Any]) -> Versus:
+    return Versus(str(comp.get("control")), _float(comp.get("control_accuracy")), _float(comp.get("difference")),
+                  _ci(comp.get("ci")), comp.get("verdict"), _float(comp.get("p_value")), _float(comp.get("p_holm")),
+                  comp.get("method"))
+
+
+def _rows(report: Any, controls: list[str]) -> tuple[list[Row], dict[tuple[str, str], str]]:
+    trained = [r for r in report._at_epoch(None) if r.get("control") is None]
+    series = [s for s in report.series if any((r["probe"], r["labels"]) == s for r in trained)]
+    best = {s: report.best_layer(*s)["layer"] for s in series}
+    reducers = report.extra.get("reducer") if isinstance(report.extra.get("reducer"), Mapping) else {}
+    layers = list(dict.fromkeys(r["layer"] for r in trained))
+    rows = []
+    for r in sorted(trained, key=lambda r: layers.index(r["layer"])):  # stable: the series keep their order
+        versus = {}
+        for name in controls:
+            comp = report.comparison(r["layer"], r["probe"], r["labels"], name)
+            if comp is not None:
+                versus[name] = _versus(comp)
+        rows.append(Row(r["layer"], str(reducers.get(r["layer"], "flatten")), r["probe"], r["labels"],
+                        float(r["test_accuracy"]), _ci(r.get("test_ci")), _float(r.get("test_accuracy_std")),
+                        {k: float(v) for k, v in (r.get("train_accuracy") or {}).items()},
+                        best.get((r["probe"], r["labels"])) == r["layer"], versus))
+    return rows, best
+
+
+def _labels_used(labels: Any) -> str:
+    if not isinstance(labels, Mapping):
+        return str(labels or "the labels given")
+    kind = str(labels.get("kind", "given"))
+    if kind == "clean":
+        return "clean labels"
+    parts = [str(labels[k]) for k in ("mode",) if labels.get(k)]
+    parts += [f"p={labels['rate']:g}"] if isinstance(labels.get("rate"), (int, float)) else []
+    parts += [f"realized {fmt(labels['realized_rate'])}"] if labels.get("realized_rate") is not None else []
+    return f"{kind} labels" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _selection(sel: Mapping[str, Any] | None) -> Selection | None:
+    if not sel:
+        return None
+    choices = [Choice(str(c["network"]), str(c["labels"]), str(c["layer"]), c["size"],
+                      _float(c.get("choosing_accuracy")), _float(c.get("evaluation_accuracy")))
+               for c in (_need(c, ("network", "labels", "layer", "size"), "selection choice")
+                         for c in sel.get("choices") or [])]
+    keys = ("labels", "control", "trained_layer", "trained_size", "control_layer", "control_size")
+    comps = [Paired(*(c[k] for k in keys), _float(c.get("trained")), _float(c.get("control_accuracy")),
+                    _float(c.get("difference")), _ci(c.get("ci")), _float(c.get("p_value")), c.get("verdict"),
+                    c.get("n")) for c in (_need(c, keys, "selection comparison") for c in sel.get("comparisons") or [])]
+    base = ("network", "labels", "layer", "size")
+    oracle = [Readout(*(str(o[k]) for k in base[:3]), o["size"], _float(o.get("accuracy")))
+              for o in (_need(o, base, "selection oracle") for o in sel.get("oracle") or [])]
+    paper = [Readout(*(str(o[k]) for k in base[:3]), o.get("size", 0.99), _float(o.get("evaluation_accuracy")))
+             for o in (_need(o, base[:3], "selection paper_rule") for o in sel.get("paper_rule") or [])]
+    return Selection(str(sel.get("rule", "?")), sel.get("split"), sel.get("seed"), _labels_used(sel.get("labels")),
+                     str(sel.get("condition") or ""), sel.get("n_choose"), sel.get("n_eval"), choices, comps, oracle,
+                     paper)
+
+
+def _profile(rows: list[dict[str, Any]] | None) -> Profile | None:
+    if not rows:
+        return None
+    lines: dict[tuple[str, str, str], dict[Any, float]] = {}
+    for r in rows:
+        _need(r, ("layer", "labels", "size", "accuracy"), "profile")
+        key = (network_of(r.get("control"), str(r["layer"])), str(r["labels"]), str(r["layer"]))
+        lines.setdefault(key, {})[r["size"]] = float(r["accuracy"])
+    sizes = sorted({s for acc in lines.values() for s in acc}, key=size_order)
+    order = {"trained": 0, "init": 1, "input": 2}
+    ranked = sorted(lines.items(), key=lambda kv: (kv[0][1] != "corrupted", order.get(kv[0][0], 3)))
+    return Profile(sizes, [ProfileLine(*key, acc) for key, acc in ranked])
+
+
+def _epochs(report: Any, best: Mapping[tuple[str, str], str]) -> list[dict[str, Any]]:
+    if len(report.epochs) < 2:
+        return []
+    by_epoch = report.extra.get("model_test_accuracy_by_epoch", {})
+    cell = {(r.get("epoch"), r["layer"], r["probe"], r["labels"]): r["test_accuracy"] for r in report.results
+            if r.get("control") is None}
+    init = {(r["layer"], r["probe"], r["labels"]): r["test_accuracy"] for r in report.results
+            if r.get("control") == "init"}
+    out = []
+    at_init = {s: init.get((layer, *s)) for s, layer in best.items()}
+    if any(v is not None for v in at_init.values()):
+        out.append({"epoch": "init (control)", "model": (report.controls.get("init") or {}).get("model_test_accuracy"),
+                    "values": at_init})
+    for ep in report.epochs:
+        out.append({"epoch": ep, "model": by_epoch.get(str(ep)),
+                    "values": {s: cell.get((ep, layer, *s)) for s, layer in best.items()}})
+    return out
+
+
+def _skipped(report: Any) -> str | None:
+    skipped = report.extra.get("controls_skipped")
+    if not isinstance(skipped, Mapping) or not skipped:
+        return None
+    parts = [f"`{name}` ({str(reason).rstrip('.')})" for name, reason in skipped.items()]
+    return "Controls not run: " + "; ".join(parts) + "."
+
+
+def _compared(report: Any) -> list[str]:
+    compared = {c.get("control") for c in report.comparisons}
+    names = [n for n in report.controls if n in compared and n != "input"]
+    names += sorted(str(n) for n in compared - set(names) - {"input", None})
+    return names + (["input"] if "input" in compared else [])
+
+
+def build_view(report: Any, *, config: Mapping[str, Any] | None = None) -> ReportView:
+    """The view of *report* every renderer reads.
+
+    Args:
+        report: A :class:`~masc_probe.report.ProbeReport`.
+        config: The run's ``config.json`` (its ``masc_probe`` key adds the training settings to the setup), or None.
+
+    Returns:
+        The :class:`ReportView`.
+
+    Raises:
+        InputError: *report* is not a ProbeReport, or its ``profile`` / ``selection`` rows lack their keys.
+    """
+    from masc_probe.report._report import ProbeReport
+
+    if not isinstance(report, ProbeReport):
+        raise InputError(f"expected a ProbeReport (ProbeReport.from_dict reads report.json's dict), got "
+                         f"{type(report).__name__}")
+    controls = _compared(report)
+    rows, best = _rows(report, controls)
+    series = list(best)
+    title = " · ".join(str(v) for v in (report.model, report.dataset) if v)
+    aggregate = report.extra.get("aggregate")
+    return ReportView(
+        title=title, model=report.model, dataset=report.dataset, corruption=report.corruption,
+        model_accuracy=report.model_test_accuracy,
+        init_accuracy=_float((report.controls.get("init") or {}).get("model_test_accuracy")),
+        n_test=report.n_test, epoch=report.epochs[-1] if report.epochs else None,
+        n_seeds=aggregate.get("n_runs") if isinstance(aggregate, Mapping) else None,
+        headline=list(report.headline()), skipped=_skipped(report), setup=_setup(report, config),
+        series=series, layers=list(dict.fromkeys(r.layer for r in rows)), rows=rows, controls=controls,
+        control_sources={n: (report.controls.get(n) or {}).get("source") for n in controls},
+        train_sets=list(dict.fromkeys(k for r in rows for k in r.train)),
+        selection=_selection(selection_of(report)), profile=_profile(profile_of(report)),
+        epochs=_epochs(report, best))
