@@ -95,7 +95,11 @@ def choosing_labels(y: np.ndarray, rule: str, corruption: Mapping[str, Any] | No
         return y, _record({"kind": "given"}, _condition("given", None, None, num_classes))
     kwargs: dict[str, Any] = {}
     mode = "random" if mode == "authors" else mode  # the authors' fixed draw over a dataset: the same re-draw law
-    if mode == "asymmetric" and corruption.get("mapping") is not None:
+    if mode == "asymmetric":
+        if corruption.get("mapping") is None:  # the class map is not in the record: the recipe cannot be replayed
+            return y, _record({"kind": "clean", "fallback": "asymmetric corruption without its class map"},
+                              (None, f"the asymmetric recipe (p = {float(rate):g}) records no class map, so the "
+                                     "choice used the clean labels, not labels a user with noisy data would have"))
         kwargs["mapping"] = corruption["mapping"]
     noisy = corrupt_labels(y, float(rate), num_classes=num_classes, mode=mode, seed=seed, indices=index, **kwargs)
     record = {"kind": "noisy", "mode": mode, "rate": float(rate), "seed": seed,
