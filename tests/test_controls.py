@@ -217,13 +217,26 @@ def test_the_card_lists_the_init_control_and_names_true_label_masc_a_probe_not_a
     from masc_probe.hub import build_card
 
     card = build_card(run.output_dir)
-    names = [r.metric_name for r in card.data.eval_results]
-    assert "Test accuracy (model output)" in names
-    assert any(n.startswith("Init control:") and "corrupted-label" in n for n in names)
-    true_masc = [n for n in names if "true-label" in n and not n.startswith("Init")]
-    assert true_masc and "not a metric of the model" in true_masc[0] and "never saw" in true_masc[0]
-    init = next(r for r in card.data.eval_results if r.metric_name.startswith("Init control: test accuracy"))
-    assert init.metric_value == run.report.controls["init"]["model_test_accuracy"]
+    # Each MASC entry holds the number it names: the best hidden layer's test accuracy (ties to the earliest, the
+    # raw input left out) of its label set and model, read here straight from report.json's rows.
+    rows = json.loads((run.output_dir / "report.json").read_text())["results"]
+    expected = {}
+    for labels in ("corrupted", "true"):
+        for control in (None, "init"):
+            hidden = [r for r in rows if (r["probe"], r["labels"], r.get("control")) == ("masc", labels, control)
+                      and r["layer"] != "input"]
+            top = max(r["test_accuracy"] for r in hidden)
+            expected[(labels, control)] = (top, next(r["layer"] for r in hidden if r["test_accuracy"] == top))
+    assert expected[("corrupted", None)][0] != expected[("true", None)][0]  # so a swapped label set shows
+    masc = {(r.metric_args["labels"], r.metric_args.get("control")): r for r in card.data.eval_results
+            if (r.metric_args or {}).get("probe") == "masc"}
+    assert {key: (r.metric_value, r.metric_args["layer"]) for key, r in masc.items()} == expected
+    # The model's own accuracy, trained and at init, is the report's; true-label MASC is named a probe, not a metric.
+    model = {(r.metric_args or {}).get("control"): r.metric_value for r in card.data.eval_results
+             if r.metric_name.startswith(("Test accuracy (model output)", "Init control: test accuracy"))}
+    assert model == {None: run.report.model_test_accuracy, "init": run.report.controls["init"]["model_test_accuracy"]}
+    assert "not a metric of the model" in masc[("true", None)].metric_name
+    assert "not a metric of the model" not in masc[("corrupted", None)].metric_name
     text = str(card)
     assert all(line in text for line in run.report.headline())
     reproduce = text.split("## Reproduce", 1)[1].split("```", 2)[1]
@@ -290,8 +303,10 @@ def test_a_module_that_cannot_be_reinitialized_is_one_line_naming_it() -> None:
 
     model = nn.Sequential(Scale(), nn.Linear(16, 3))
     with pytest.raises(InputError, match=r"cannot re-initialize 0 \(Scale\)") as err:
-        ProbeRunner(model, progress=False)
+        reinitialized(model, seed=0)
     assert "\n" not in str(err.value) and "controls={'init': untrained_model" in str(err.value)
+    # The default runner skips the init control instead, and says why (tests/test_any_module.py: the report).
+    assert ProbeRunner(model, progress=False).controls_skipped_["init"].count("0.gain") == 1
     ProbeRunner(model, progress=False, controls={"init": nn.Sequential(Scale(), nn.Linear(16, 3)), "input": None})
     with pytest.raises(InputError, match="needs its model"):
         ProbeRunner(mlp(), controls=("init", "clean"))
