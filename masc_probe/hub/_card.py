@@ -14,7 +14,8 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from masc_probe import __version__
 from masc_probe._choices import TIMM_PREFIX
 from masc_probe.errors import InputError
-from masc_probe.report import ProbeReport
+from masc_probe.report import ProbeReport, ReportView, build_view, fmt
+from masc_probe.report import _markdown
 
 TEMPLATE = Path(__file__).parent / "templates" / "modelcard.md"
 TAGS = ["masc-probe", "memorization", "label-noise"]
@@ -58,22 +59,16 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _fmt(value: Any) -> str:
+def _setting(value: Any) -> str:
+    """A training setting as written (``0.0003``, ``adam``): settings are not measured numbers, so they are not
+    rounded like them."""
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)):
-        return ", ".join(_fmt(v) for v in value)
+        return ", ".join(_setting(v) for v in value)
     if isinstance(value, dict):
-        return "; ".join(f"{k}={_fmt(v)}" for k, v in value.items())
+        return "; ".join(f"{k}={_setting(v)}" for k, v in value.items())
     return str(value)
-
-
-def _masc_series(report: ProbeReport) -> list[tuple[str, str]]:
-    """The MASC label sets to headline: corrupted and true when both were probed, else the single one."""
-    have = {labels for probe, labels in report.series if probe == "masc"}
-    return [(lab, text) for lab, text in (("corrupted", "corrupted-label subspaces"),
-                                          ("true", "true-label subspaces"), ("label", "training-label subspaces"))
-            if lab in have]
 
 
 def _corruption(report: ProbeReport, mp: dict[str, Any]) -> dict[str, Any]:
@@ -86,16 +81,43 @@ _METRIC_NAMES = {
             "the model)",
     "label": "MASC best hidden layer, training-label subspaces",
 }
+_SELECTED_NAMES = {
+    "corrupted": "MASC readout chosen without the evaluation images, corrupted-label subspaces (the labels the model "
+                 "memorized)",
+    "true": "MASC readout chosen without the evaluation images, true-label subspaces (a probe of the representation "
+            "with labels the model never saw; not a metric of the model)",
+    "label": "MASC readout chosen without the evaluation images, training-label subspaces",
+}
 
 
-def eval_results(report: ProbeReport, mp: dict[str, Any]) -> list[EvalResult]:
-    """Model-index entries: the model's test accuracy, MASC's best hidden layer per label set, and the same numbers
-    of the init control (the network at its initial weights) when the report probed it.
+def _selected(view: ReportView, common: dict[str, Any]) -> list[EvalResult]:
+    """The chosen readouts (layer and size picked on the choosing part), scored on the evaluation part."""
+    sel = view.selection
+    out = []
+    for c in sel.choices if sel is not None else []:
+        if c.network not in ("trained", "init") or c.evaluation_accuracy is None:
+            continue
+        args = {"probe": "masc", "labels": c.labels, "layer": c.layer, "size": c.size, "rule": sel.rule,
+                "n_eval": sel.n_eval}
+        name = _SELECTED_NAMES.get(c.labels, _SELECTED_NAMES["label"])
+        if c.network == "init":
+            args["control"] = "init"
+            name = f"Init control: {name}"
+        out.append(EvalResult(metric_type="accuracy", metric_name=name, metric_value=c.evaluation_accuracy,
+                              metric_args=args, **common))
+    return out
+
+
+def eval_results(report: ProbeReport, mp: dict[str, Any], view: ReportView | None = None) -> list[EvalResult]:
+    """Model-index entries: the model's test accuracy, then MASC per label set — the readout chosen without the
+    evaluation images, scored on them, when the report has a selection; else the best hidden layer on the test set —
+    and the same numbers of the init control (the network at its initial weights) when the report probed it.
 
     True-label MASC is named for what it is: a probe of the representation with labels the model never saw, not a
     metric of the model. All share one task and dataset (so the Hub groups them as one result), with
     ``dataset_args`` carrying the corruption: rate, mode, seed (and the realized rate).
     """
+    view = view or build_view(report)
     dataset = report.dataset or mp.get("dataset") or "unknown"
     corruption = _corruption(report, mp)
     args = {f"corruption_{k}": corruption[k] for k in ("rate", "mode", "seed", "realized_rate")
@@ -105,30 +127,45 @@ def eval_results(report: ProbeReport, mp: dict[str, Any]) -> list[EvalResult]:
     common = dict(task_type="image-classification", task_name="Image Classification", dataset_type=str(dataset),
                   dataset_name=name, dataset_split="test", dataset_args=args or None)
     out = []
-    if report.model_test_accuracy is not None:
+    if view.model_accuracy is not None:
         out.append(EvalResult(metric_type="accuracy", metric_name="Test accuracy (model output)",
-                              metric_value=report.model_test_accuracy, **common))
-    for labels, _text in _masc_series(report):
-        best = report.best_layer("masc", labels)
-        out.append(EvalResult(metric_type="accuracy", metric_name=_METRIC_NAMES[labels],
-                              metric_value=best["test_accuracy"],
-                              metric_args={"probe": "masc", "labels": labels, "layer": best["layer"]}, **common))
+                              metric_value=view.model_accuracy, **common))
     init = report.controls.get("init")
-    if init is not None:
-        if init.get("model_test_accuracy") is not None:
-            out.append(EvalResult(metric_type="accuracy", metric_name="Init control: test accuracy (model output at "
-                                  "its initial weights)", metric_value=init["model_test_accuracy"],
-                                  metric_args={"control": "init", "source": init.get("source")}, **common))
-        for labels, _text in _masc_series(report):
-            try:
-                best = report.best_layer("masc", labels, control="init")
-            except InputError:
-                continue
-            out.append(EvalResult(metric_type="accuracy", metric_name=f"Init control: {_METRIC_NAMES[labels]}",
-                                  metric_value=best["test_accuracy"],
-                                  metric_args={"probe": "masc", "labels": labels, "layer": best["layer"],
-                                               "control": "init"}, **common))
+    if init is not None and view.init_accuracy is not None:
+        at_init = EvalResult(metric_type="accuracy", metric_name="Init control: test accuracy (model output at its "
+                             "initial weights)", metric_value=view.init_accuracy,
+                             metric_args={"control": "init", "source": init.get("source")}, **common)
+    else:
+        at_init = None
+    if view.selection is not None:
+        chosen = _selected(view, common)
+        return out + [r for r in chosen if "control" not in r.metric_args] + ([at_init] if at_init else []) + [
+            r for r in chosen if "control" in r.metric_args]
+    masc = [r for r in view.best_rows() if r.probe == "masc" and r.labels in _METRIC_NAMES]
+    order = list(_METRIC_NAMES)
+    for r in sorted(masc, key=lambda r: order.index(r.labels)):
+        out.append(EvalResult(metric_type="accuracy", metric_name=_METRIC_NAMES[r.labels], metric_value=r.accuracy,
+                              metric_args={"probe": "masc", "labels": r.labels, "layer": r.layer}, **common))
+    if at_init is not None:
+        out.append(at_init)
+        for b in sorted((b for b in view.control_best if b.network == "init" and b.labels in _METRIC_NAMES),
+                        key=lambda b: order.index(b.labels)):
+            out.append(EvalResult(metric_type="accuracy", metric_name=f"Init control: {_METRIC_NAMES[b.labels]}",
+                                  metric_value=b.accuracy, metric_args={"probe": "masc", "labels": b.labels,
+                                                                        "layer": b.layer, "control": "init"},
+                                  **common))
     return out
+
+
+def _license(given: str | None, mp: dict[str, Any]) -> str | None:
+    """The licence the user gave (``build_card(license=...)`` or the run's ``masc_probe.license``), else None: the
+    card then has no licence field, since the package's own Apache-2.0 says nothing of the user's weights."""
+    value = given if given is not None else mp.get("license")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or any(ch.isspace() for ch in value.strip()):
+        raise InputError(f"license must be a Hub licence identifier such as 'apache-2.0' or 'mit', got {value!r}")
+    return value.strip()
 
 
 def reproduce_command(report: ProbeReport, mp: dict[str, Any]) -> str:
@@ -168,8 +205,9 @@ def reproduce_command(report: ProbeReport, mp: dict[str, Any]) -> str:
 
 
 def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[str, Any]], *,
-               repo_id: str | None, files: dict[str, str], has_plot: bool) -> ModelCard:
-    """Render the card from the template.
+               repo_id: str | None, files: dict[str, str], has_plot: bool, license: str | None = None) -> ModelCard:
+    """Render the card from the template: the report's view (:func:`~masc_probe.report.build_view`) laid out, led by
+    its headline sentences and, when the report has one, the choice made without the evaluation images.
 
     Args:
         report: The run's report (what ``masc/report.json`` holds).
@@ -178,9 +216,14 @@ def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[s
         repo_id: Repo the card is for (used in the loading snippets); a placeholder when None.
         files: ``{path in repo: what it holds}`` for the files table.
         has_plot: Whether ``masc/accuracy_by_layer.png`` is pushed.
+        license: The licence of the published weights (a Hub identifier, e.g. ``"mit"``); None: the run's
+            ``masc_probe.license`` if it records one, else the card has no licence field.
 
     Returns:
         The card; ``str(card)`` is the README.md text.
+
+    Raises:
+        InputError: A licence that is not an identifier.
     """
     mp = dict(config.get("masc_probe") or {})
     model = report.model or mp.get("model") or "model"
@@ -188,20 +231,23 @@ def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[s
     corruption = _corruption(report, mp)
     is_timm = "architecture" in config or str(model).startswith(TIMM_PREFIX)
     repo = repo_id or "<user>/<repo>"
-    results = eval_results(report, mp)
+    view = build_view(report, config=config)
+    results = eval_results(report, mp, view)
     tags = [*TAGS, *(["timm", "image-classification"] if is_timm else ["image-classification"])]
     card_data = ModelCardData(
         library_name="timm" if is_timm else "masc-probe",  # timm repos get the Hub's timm snippet and widget
         tags=tags, pipeline_tag="image-classification", eval_results=results,
         model_name=repo.split("/")[-1] if repo_id else f"{model}-{dataset}".replace("/", "-"),
         datasets=[dataset] if "/" in str(dataset) and not Path(str(dataset)).exists() else None,
+        license=_license(license, mp),
     )
 
-    headline = [{"name": r.metric_name + (f", layer `{r.metric_args['layer']}`"
-                                          if r.metric_args and "layer" in r.metric_args else ""),
-                 "value": f"{r.metric_value:.4f}"} for r in results]
-    # What the numbers mean comes from the paired comparisons with the controls, never from a fixed sentence.
-    findings = report.headline()
+    headline = [{"name": r.metric_name + "".join(f", {k} `{r.metric_args[k]}`" for k in ("layer", "size")
+                                                 if r.metric_args and k in r.metric_args),
+                 "value": fmt(r.metric_value)} for r in results]
+    # What the numbers mean comes from the paired comparisons with the controls (the view places the report's
+    # headline sentences), never from a fixed sentence.
+    findings = [*view.headline, *([view.skipped] if view.skipped else [])]
     if not findings:
         findings = ["No control was probed with this report (`--controls none`): nothing here tells what training "
                     "put into a layer apart from what the architecture and the pixels give without it."]
@@ -216,15 +262,15 @@ def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[s
     training = dict(mp.get("training") or {})
     if training.get("optimizer") not in (None, "sgd"):
         training.pop("momentum", None)
-    training_rows = [(k.replace("_", " "), _fmt(v)) for k, v in training.items()
+    training_rows = [(k.replace("_", " "), _setting(v)) for k, v in training.items()
                      if v is not None and k not in _NOT_TRAINING]
     for key in ("epoch", "num_classes", "input_size", "preprocessing"):
         if mp.get(key) is not None:
-            training_rows.append((key.replace("_", " "), _fmt(mp[key])))
+            training_rows.append((key.replace("_", " "), _setting(mp[key])))
     metrics_line = ""
     if metrics:
         last = metrics[-1]
-        parts = [f"{name} {last[key]:.4f}" for key, name in (
+        parts = [f"{name} {fmt(last[key])}" for key, name in (
             ("train_accuracy_corrupted", "training accuracy on the corrupted labels"),
             ("train_accuracy_true", "on the true labels"), ("test_accuracy", "test accuracy"))
             if isinstance(last.get(key), (int, float))]
@@ -235,7 +281,7 @@ def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[s
         realized = corruption.get("realized_rate")
         corruption_text = (f"Mode `{mode}`, rate p = {rate:g}, seed {corruption.get('seed', '?')}: "
                            f"{_MODES.get(mode, 'see masc-probe for this mode')}."
-                           + (f" Realized fraction of changed labels: {realized:.4f}." if realized is not None else "")
+                           + (f" Realized fraction of changed labels: {fmt(realized)}." if realized is not None else "")
                            + " The true labels were kept beside the corrupted ones; test labels are never corrupted.")
     else:
         corruption_text = "None: the model was trained on the labels as given."
@@ -246,16 +292,16 @@ def build_card(report: ProbeReport, config: dict[str, Any], metrics: list[dict[s
     variance = report.extra.get("masc_n_components", 0.99)
     variance_text = (f"the fewest that keep {variance:.0%} of the class's variance"
                      if isinstance(variance, float) and variance < 1 else f"{variance}, clipped to the rank")
-    table = report.to_markdown().strip()
-    if table.startswith("#"):  # the card has its own section heading
-        table = table.split("\n", 1)[-1].strip()
+    facts = _markdown.facts(view)
+    table = "\n".join([*([facts, ""] if facts else []), *_markdown.exploration(view)]).strip()
+    selection = "\n".join(_markdown.selection(view)).strip()
     baselines = [_BASELINES[p] for p in dict.fromkeys(p for p, _ in report.series) if p in _BASELINES]
 
     card = ModelCard.from_template(
         card_data, template_path=str(TEMPLATE), title=f"{model} memorizing {dataset} — MASC probe report",
         summary=summary, headline=headline, findings=findings, repo_id=repo, is_timm=is_timm,
         training_rows=training_rows,
-        metrics_line=metrics_line, corruption_text=corruption_text, layer_table=table,
+        metrics_line=metrics_line, corruption_text=corruption_text, layer_table=table, selection=selection,
         has_plot=has_plot, has_probes=any(name.startswith("masc/probes") for name in files),
         variance_text=variance_text, baselines=", ".join(baselines) or "none in this report",
         reproduce=command, files=list(files.items()), version=__version__,

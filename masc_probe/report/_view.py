@@ -207,6 +207,7 @@ class ReportView:
     selection: Selection | None
     profile: Profile | None
     epochs: list[dict[str, Any]]  # {"epoch", "model", "values": {series: accuracy}}, an "init" row first if any
+    control_best: list[Readout]  # each model control's best hidden layer per MASC label set (report.best_layer)
 
     def row(self, layer: str, probe: str, labels: str) -> Row | None:
         return next((r for r in self.rows if (r.layer, r.probe, r.labels) == (layer, probe, labels)), None)
@@ -387,6 +388,21 @@ def _epochs(report: Any, best: Mapping[tuple[str, str], str]) -> list[dict[str, 
     return out
 
 
+def _control_best(report: Any, series: list[tuple[str, str]]) -> list[Readout]:
+    out = []
+    for name in report.controls:
+        for probe, labels in series:
+            if name == "input" or probe != "masc":
+                continue
+            try:
+                best = report.best_layer(probe, labels, control=name)
+            except InputError:  # the control was not probed on this series
+                continue
+            out.append(Readout(name, labels, best["layer"], report.extra.get("masc_n_components"),
+                               float(best["test_accuracy"])))
+    return out
+
+
 def _skipped(report: Any) -> str | None:
     skipped = report.extra.get("controls_skipped")
     if not isinstance(skipped, Mapping) or not skipped:
@@ -436,4 +452,4 @@ def build_view(report: Any, *, config: Mapping[str, Any] | None = None) -> Repor
         control_sources={n: (report.controls.get(n) or {}).get("source") for n in controls},
         train_sets=list(dict.fromkeys(k for r in rows for k in r.train)),
         selection=_selection(selection_of(report)), profile=_profile(profile_of(report)),
-        epochs=_epochs(report, best))
+        epochs=_epochs(report, best), control_best=_control_best(report, series))

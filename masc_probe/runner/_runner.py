@@ -42,7 +42,7 @@ from masc_probe.runner._config import Key, RunnerConfig
 from masc_probe.runner._controls import INPUT, ControlModel, resolve, split_key
 from masc_probe.runner._evaluate import build_report, evaluate_pass, model_name_of, predict_rows
 from masc_probe.runner._fit import FitResult, fit
-from masc_probe.runner._forward import Forward, model_device
+from masc_probe.runner._forward import Forward, model_device, report_notes
 from masc_probe.runner._store import ProbeStore
 
 __all__ = ["ProbeRunner"]
@@ -110,7 +110,7 @@ class ProbeRunner:
                  train_accuracy: bool | int = 5_000, seed: int = 0, protocol: str = "clean",
                  controls: Sequence[str] | Mapping[str, nn.Module | ControlModel | None] | str | None = (
                      "init", "input")) -> None:
-        names, self.control_models = resolve(controls, model, seed=int(seed))
+        names, self.control_models, self.controls_skipped_ = resolve(controls, model, seed=int(seed))
         self.config = RunnerConfig.make(
             layers=layers, probes=probes, labels=labels, n_components=n_components, reducer=reducer,
             max_memory=max_memory, device=device, cache_dir=cache_dir, progress=progress, probe_kwargs=probe_kwargs,
@@ -292,7 +292,7 @@ class ProbeRunner:
                             model_name=model_name or model_name_of(model),
                             dataset=dataset if dataset is not None else fitted.data.get("dataset"),
                             corruption=corruption if corruption is not None else fitted.data.get("corruption"),
-                            extra=extra)
+                            extra=report_notes(self.controls_skipped_, model, counts, extra))
 
     # ------------------------------------------------------------------------------------------------ persistence
     def save(self, directory: str | os.PathLike[str]) -> Path:
