@@ -480,13 +480,14 @@ def cmd_push(ns: argparse.Namespace) -> int:
 
 
 def _show_report(result: Any, *, quiet: bool) -> None:
-    """The layer table and where the files are (only the output folder with --quiet)."""
+    """The report's summary (headline first, then the trained network's layer table) and where the files are (only
+    the output folder with --quiet)."""
     if not quiet:
-        print(result.report.to_markdown())
+        from masc_probe.report import summary_text
+
+        print(summary_text(result.report))
         for name, path in result.files.items():
             print(f"  {name:<26} {path}")
-        for line in result.report.headline():  # the closing summary: the comparisons with the controls
-            print(line)
     _say(f"results in {result.output_dir}", quiet=quiet, path=result.output_dir)
 
 

@@ -130,8 +130,10 @@ def test_the_cli_shows_the_controls_and_controls_none_gives_the_report_without_t
     out = capsys.readouterr().out
     report = ProbeReport.from_json_file(with_controls / "report.json")
     headline = report.headline()
-    assert len(headline) == 2 and all(line in out for line in headline)  # the closing summary
-    assert out.rstrip().splitlines()[-3:-1] == headline
+    assert len(headline) == 2 and all(line in out for line in headline)
+    lines = out.splitlines()  # the summary leads with them, before the layer table
+    assert max(lines.index(f"- {line}") for line in headline) < next(
+        i for i, line in enumerate(lines) if line.startswith("| layer"))
     assert {c["control"] for c in report.comparisons} == {"init", "input"}
     assert main([*common, "--output-dir", str(without), "--controls", "none", "--quiet"]) == 0
     plain = json.loads((without / "report.json").read_text())
@@ -197,10 +199,15 @@ def test_report_card_and_cli_say_what_the_comparison_says(direction: str, tmp_pa
              else "training added to what MASC reads at this layer")
     opposite = "training added" if direction == "init beats trained" else "training removed"
     numbers = [f"{comp['trained']:.3f}", f"{comp['control_accuracy']:.3f}"]
+    # The CLI summary shows the headline and the trained network's table; the per-layer controls are in report.md
+    # and the card, and the CLI's control numbers are those of the readout chosen without the evaluation images.
+    chosen = [c for c in (report.extra.get("selection") or {}).get("comparisons", [])
+              if (c["labels"], c["control"]) == ("true", "init")]
+    shown = {"cli": [f"{c[k]:.3f}" for c in chosen for k in ("trained", "control_accuracy")] or numbers}
     for name, text in _what_people_read(report, tmp_path, capsys).items():
         assert words in text, name
         assert opposite not in text, name
-        assert all(number in text for number in numbers), name
+        assert all(number in text for number in shown.get(name, numbers)), name
 
     # The counts behind it are the test images' own: each side's predictions, compared image by image.
     x, yc, y = data(150)
@@ -227,6 +234,11 @@ def test_the_card_lists_the_init_control_and_names_true_label_masc_a_probe_not_a
                       and r["layer"] != "input"]
             top = max(r["test_accuracy"] for r in hidden)
             expected[(labels, control)] = (top, next(r["layer"] for r in hidden if r["test_accuracy"] == top))
+    selection = json.loads((run.output_dir / "report.json").read_text()).get("selection")
+    if selection:  # with a selection the card reports the readout chosen without the evaluation images, scored on them
+        expected = {(c["labels"], None if c["network"] == "trained" else c["network"]): (c["evaluation_accuracy"],
+                                                                                         c["layer"])
+                    for c in selection["choices"] if c["network"] in ("trained", "init")}
     assert expected[("corrupted", None)][0] != expected[("true", None)][0]  # so a swapped label set shows
     masc = {(r.metric_args["labels"], r.metric_args.get("control")): r for r in card.data.eval_results
             if (r.metric_args or {}).get("probe") == "masc"}
