@@ -1,8 +1,10 @@
 """benchmarks/bench_probe.py and bench_masc.py on the CPU, as gpu_check.sh calls them with --device: they run, their
-JSON holds the floor table, images/s and peak memory, and the parts add up. (Timings themselves are not asserted.)"""
+JSON holds the floor table, images/s and peak memory, and the parts add up. Timings themselves are not asserted; the
+floor's arithmetic is, on a clock that counts its readings."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -32,8 +34,10 @@ def test_bench_probe_floor_table(tmp_path: Path) -> None:
     parts = ("forward", "decompositions", "basis", "prediction")
     assert all(floor[p] >= 0 for p in parts)
     assert floor["forward"] == result["seconds"]["bare_forward"]
-    assert floor["sum"] == pytest.approx(sum(floor[p] for p in parts))
-    assert floor["rest"] == pytest.approx(result["seconds"]["fit_evaluate"] - floor["sum"])
+    # The per-layer parts, added up on their own, make the totals (the floor's arithmetic itself is pinned by
+    # test_the_floor_times_every_class_once_and_scales_prediction_to_the_scored_rows, on a counting clock).
+    for part in ("decompositions", "basis", "prediction"):
+        assert sum(row[part] for row in floor["per_layer"].values()) == pytest.approx(floor[part])
     assert result["ratios"]["fit_evaluate_over_floor"] == pytest.approx(result["seconds"]["fit_evaluate"]
                                                                         / floor["sum"])
     assert set(floor["per_layer"]) == set(result["workload"]["layers"])
@@ -60,6 +64,33 @@ def test_bench_probe_floor_table(tmp_path: Path) -> None:
     assert both["fitted_probes"] == per_layer * (2 * len(layers) + 1)
     mean = (alone["fit_evaluate"] + controls["none (again)"]["fit_evaluate"]) / 2
     assert both["over_without"] == pytest.approx(both["fit_evaluate"] / mean)
+
+
+def _shapes() -> list[dict]:
+    """Three fitted MASCs as masc_shapes reports them: layer a twice (its second fit repeats the first class's
+    sizes, timed once and counted twice), one class scored from its complement, and a Gram-form layer b."""
+    plain = {"m": 6, "k": 3, "columns": 3, "complement": False, "form": "scatter", "n_c": 9}
+    flipped = {"m": 6, "k": 4, "columns": 2, "complement": True, "form": "scatter", "n_c": 9}
+    gram = {"m": 4, "k": 2, "columns": 2, "complement": False, "form": "gram", "n_c": 4}
+    return [{"layer": "a", "labels": "corrupted", "d": 6, "columns": 5, "classes": [plain, flipped]},
+            {"layer": "a", "labels": "true", "d": 6, "columns": 6, "classes": [plain, dict(plain)]},
+            {"layer": "b", "labels": "corrupted", "d": 20, "columns": 4, "classes": [gram, dict(gram, m=5, n_c=5)]}]
+
+
+@pytest.mark.parametrize(("n_scored", "floor_rows", "scale"), [(300, 100, 3.0), (60, 100, 1.0)])
+def test_the_floor_times_every_class_once_and_scales_prediction_to_the_scored_rows(
+        bench_script, monkeypatch: pytest.MonkeyPatch, n_scored: int, floor_rows: int, scale: float) -> None:
+    """On a clock that advances one second per reading, each timed step lasts exactly one second, so the floor's
+    parts are counts, written out here: one decomposition and one basis per class of every fitted MASC (six), and one
+    prediction product per fitted MASC, timed on min(floor_rows, n_scored) rows and scaled to the n_scored rows."""
+    bench = bench_script("bench_probe")
+    ticks = itertools.count()
+    monkeypatch.setattr(bench, "_sync", lambda device: float(next(ticks)))
+    floor = bench.floor_alone(_shapes(), n_scored, floor_rows, torch.device("cpu"))
+    assert (floor["decompositions"], floor["basis"], floor["prediction"]) == (6.0, 6.0, 3 * scale)
+    assert floor["per_layer"] == {"a": {"decompositions": 4.0, "basis": 4.0, "prediction": 2 * scale},
+                                  "b": {"decompositions": 2.0, "basis": 2.0, "prediction": scale}}
+    assert floor["without_complements"] == {"basis": 6.0, "prediction": 3 * scale}
 
 
 def test_bench_masc_as_gpu_check_calls_it(tmp_path: Path) -> None:
