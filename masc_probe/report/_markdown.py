@@ -72,8 +72,9 @@ def selection(view: ReportView, digits: int = 3, *, full: bool = True) -> list[s
                   [[NETWORK_TEXT.get(c.network, c.network), LABELS_TEXT.get(c.labels, c.labels), f"`{c.layer}`",
                     size_text(c.size), n(c.choosing_accuracy), n(c.evaluation_accuracy)] for c in sel.choices])
     if sel.comparisons:
+        methods = "; ".join(dict.fromkeys(c.method for c in sel.comparisons if c.method))
         out += ["", "Each chosen readout of the trained network against the control's, paired on the evaluation "
-                    "images (95% interval, exact McNemar; p: exact McNemar test):", ""]
+                    "images" + (f" (95% interval and p-value: {methods})" if methods else "") + ":", ""]
         out += _table(["subspaces from", "trained", "control", "trained acc.", "control acc.", "trained − control",
                        "p", "verdict"], "---|---|---|---:|---:|---|---:|---|",
                       [[LABELS_TEXT.get(c.labels, c.labels), f"`{c.trained_layer}`, {size_text(c.trained_size)}",
@@ -118,8 +119,9 @@ def _controls(view: ReportView, digits: int) -> list[str]:
     if not view.controls:
         return []
     n = partial(fmt, digits=digits)
+    methods = view.methods()
     out = ["", "Controls at each layer: the control's accuracy, then trained − control on the same test images "
-               "(95% interval, exact McNemar) and what it says.", ""]
+               + (f"(95% interval: {methods}) " if methods else "") + "and what it says.", ""]
     head = ["layer", "probe (fitted on)", "trained"]
     for name in view.controls:
         label = "raw input" if name == "input" else name

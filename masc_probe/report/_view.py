@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from masc_probe.errors import InputError
+from masc_probe.report import _compare
 
 DIGITS = 3
 MINUS = "\u2212"  # a true minus sign, as wide as the plus
@@ -44,18 +45,15 @@ def fmt(value: Any, *, signed: bool = False, p: bool = False, digits: int = DIGI
 
 
 def size_text(size: Any) -> str:
-    """A MASC subspace size: a variance fraction as written (``0.99``), a count per class as ``k=5``."""
-    if isinstance(size, float) and not size.is_integer():
-        return f"{size:g}"
-    if isinstance(size, (int, float)) and not isinstance(size, bool):
-        return f"k={int(size)}"
-    return str(size)
+    """A MASC subspace size as the headline writes it (``t = 0.99``: a variance fraction; ``k = 5 per class``)."""
+    if isinstance(size, bool) or not isinstance(size, (int, float)):
+        return str(size)
+    return _compare.size_text(size)
 
 
 def size_order(size: Any) -> tuple[int, float]:
     """Sort key of subspace sizes on a categorical axis: the fractions first, then the counts, each ascending."""
-    is_count = not (isinstance(size, float) and not size.is_integer())
-    return (int(is_count), float(size))
+    return (int(not isinstance(size, float)), float(size))
 
 
 def profile_of(report: Any) -> list[dict[str, Any]] | None:
@@ -140,6 +138,7 @@ class Paired:
     p_value: float | None
     verdict: str | None
     n: int | None
+    method: str | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +213,10 @@ class ReportView:
 
     def best_rows(self) -> list[Row]:
         return [r for r in self.rows if r.best]
+
+    def methods(self) -> str:
+        """How the per-layer comparisons' intervals (and p-values) were computed, as the report names it."""
+        return "; ".join(dict.fromkeys(v.method for r in self.rows for v in r.versus.values() if v.method))
 
     def verdict_counts(self) -> dict[str, dict[str, Any]]:
         """Per compared control: how many rows each verdict has, the total and the interval methods."""
@@ -344,7 +347,7 @@ def _selection(sel: Mapping[str, Any] | None) -> Selection | None:
     keys = ("labels", "control", "trained_layer", "trained_size", "control_layer", "control_size")
     comps = [Paired(*(c[k] for k in keys), _float(c.get("trained")), _float(c.get("control_accuracy")),
                     _float(c.get("difference")), _ci(c.get("ci")), _float(c.get("p_value")), c.get("verdict"),
-                    c.get("n")) for c in (_need(c, keys, "selection comparison") for c in sel.get("comparisons") or [])]
+                    c.get("n"), c.get("method")) for c in (_need(c, keys, "selection comparison") for c in sel.get("comparisons") or [])]
     base = ("network", "labels", "layer", "size")
     oracle = [Readout(*(str(o[k]) for k in base[:3]), o["size"], _float(o.get("accuracy")))
               for o in (_need(o, base, "selection oracle") for o in sel.get("oracle") or [])]
@@ -436,6 +439,7 @@ def build_view(report: Any, *, config: Mapping[str, Any] | None = None) -> Repor
     if not isinstance(report, ProbeReport):
         raise InputError(f"expected a ProbeReport (ProbeReport.from_dict reads report.json's dict), got "
                          f"{type(report).__name__}")
+    selection = _selection(selection_of(report))  # checked before the headline reads it
     controls = _compared(report)
     rows, best = _rows(report, controls)
     series = list(best)
@@ -451,5 +455,5 @@ def build_view(report: Any, *, config: Mapping[str, Any] | None = None) -> Repor
         series=series, layers=list(dict.fromkeys(r.layer for r in rows)), rows=rows, controls=controls,
         control_sources={n: (report.controls.get(n) or {}).get("source") for n in controls},
         train_sets=list(dict.fromkeys(k for r in rows for k in r.train)),
-        selection=_selection(selection_of(report)), profile=_profile(profile_of(report)),
+        selection=selection, profile=_profile(profile_of(report)),
         epochs=_epochs(report, best), control_best=_control_best(report, series))
