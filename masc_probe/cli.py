@@ -5,7 +5,9 @@ corrupted); ``masc-probe --model timm/resnet18 --dataset cifar10 --corrupt 0.8``
 anything else. Subcommands run the parts: ``run``, ``train``, ``probe``, ``layers``, ``relabel``, ``label-issues``,
 ``push``, ``report``.
 
-Every bad flag or value ends the program with one line on stderr and exit code 2; nothing is left half-written.
+Every error ends the program with one line on stderr (``MASC_PROBE_DEBUG=1`` adds the traceback) and an exit code:
+2 for a usage error (a bad flag, value or name), 1 for anything else (the Hub, I/O, the model itself); nothing is
+left half-written.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from masc_probe._choices import (
 )
 
 SUBCOMMANDS = ("run", "train", "probe", "layers", "relabel", "label-issues", "push", "report")
-_EXIT_USAGE = 2
+_EXIT_USAGE = 2  # a bad flag, value or name: the user can fix the command
+_EXIT_FAILURE = 1  # anything else: the Hub, the disk, the model's own forward, a bug
 
 
 class _UsageError(Exception):
@@ -172,6 +175,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="Hub revision of an hf-hub: model")
     p.add_argument("--output-dir", default=None, metavar="DIR", help="where results go (default runs/<name>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars, no table")
+    p.add_argument("--verbose", action="store_true", help="also the library's internal plan and details (DEBUG)")
 
 
 def _add_protocol(p: argparse.ArgumentParser, what: str) -> None:
@@ -319,8 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _normalize_argv(argv: Sequence[str]) -> list[str]:
-    """``masc-probe [flags]`` means ``masc-probe run [flags]``."""
+    """``masc-probe [flags]`` means ``masc-probe run [flags]``; a first word that is no command is refused.
+
+    Raises:
+        _UsageError: The first argument is a word (not a flag) that names no subcommand.
+    """
     args = list(argv)
+    if args and not args[0].startswith("-") and args[0] not in SUBCOMMANDS:
+        import difflib
+
+        near = difflib.get_close_matches(args[0], SUBCOMMANDS, n=1, cutoff=0.6)
+        raise _UsageError(f"unknown command {args[0]!r}; " + (f"did you mean {near[0]!r}?" if near else
+                                                              f"commands: {', '.join(SUBCOMMANDS)}"))
     if not args or (args[0] not in SUBCOMMANDS and args[0] not in ("-h", "--help", "--version")):
         args.insert(0, "run")
     return args
@@ -485,10 +499,23 @@ def _show_report(result: Any, *, quiet: bool) -> None:
     if not quiet:
         from masc_probe.report import summary_text
 
-        print(summary_text(result.report))
+        summary = summary_text(result.report)
+        print(summary)
         for name, path in result.files.items():
             print(f"  {name:<26} {path}")
+        for line in _notes(result.report, summary):
+            print(line)
     _say(f"results in {result.output_dir}", quiet=quiet, path=result.output_dir)
+
+
+def _notes(report: Any, summary: str) -> list[str]:
+    """The report's own sentences on what it could not do (a control left out, the model's accuracy missing) that
+    its summary does not say already."""
+    extra = getattr(report, "extra", {}) or {}
+    lines = [str(why) for why in (extra.get("controls_skipped") or {}).values()]
+    if extra.get("model_test_accuracy_note"):
+        lines.append(f"Model's own test accuracy: {extra['model_test_accuracy_note']}.")
+    return [line for line in lines if line.rstrip(".") not in summary]
 
 
 def _say(message: str, *, quiet: bool, path: Any = None) -> None:
@@ -510,14 +537,13 @@ def _dispatch(ns: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``masc-probe`` console script; returns the exit code."""
-    args = _normalize_argv(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        ns = parser.parse_args(args)
+        ns = parser.parse_args(_normalize_argv(sys.argv[1:] if argv is None else argv))
     except _UsageError as exc:
         _fail(str(exc))
         return _EXIT_USAGE
-    with _console(quiet=bool(getattr(ns, "quiet", False))):
+    with _console(quiet=bool(getattr(ns, "quiet", False)), verbose=bool(getattr(ns, "verbose", False))):
         return _run_guarded(ns)
 
 
@@ -525,7 +551,7 @@ _CHATTY = ("huggingface_hub", "datasets")  # retry notices and cache chatter; th
 
 
 @contextlib.contextmanager
-def _console(*, quiet: bool) -> Iterator[None]:
+def _console(*, quiet: bool, verbose: bool = False) -> Iterator[None]:
     """Route messages for one command: our progress lines to stdout, warnings and the error alone to stderr.
 
     Keeping stderr for problems makes a failure exactly one line there. The handlers are bound to this call's
@@ -541,7 +567,7 @@ def _console(*, quiet: bool) -> Iterator[None]:
         ours.addHandler(handler)
     saved = {name: logging.getLogger(name).level for name in ("masc_probe", *_CHATTY)}
     propagate = ours.propagate
-    ours.setLevel(logging.WARNING if quiet else logging.INFO)
+    ours.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
     ours.propagate = False
     for name in _CHATTY:
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -574,21 +600,25 @@ def _library_bars_off() -> Iterator[None]:
 
 
 def _run_guarded(ns: Any) -> int:
-    from masc_probe.errors import MascProbeError
+    from masc_probe.errors import InputError, MascProbeError
 
     try:
         return _dispatch(ns)
-    except MascProbeError as exc:
-        _fail(str(exc))
-        return _EXIT_USAGE
     except KeyboardInterrupt:
         _fail("interrupted; rerun the same command to resume training from the last finished epoch")
         return 130
-    except Exception as exc:  # an unexpected failure: one line, the traceback only when asked for
-        if os.environ.get("MASC_PROBE_DEBUG"):
-            raise
-        _fail(f"{type(exc).__name__}: {_first_line(str(exc))} (set MASC_PROBE_DEBUG=1 for the traceback)")
-        return 1
+    except Exception as exc:  # one line; with MASC_PROBE_DEBUG=1 the traceback (and its causes) before it
+        debug = os.environ.get("MASC_PROBE_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+        if debug:
+            import traceback
+
+            traceback.print_exc(file=sys.stderr)
+        if isinstance(exc, MascProbeError):
+            _fail(str(exc))
+        else:  # an unexpected failure: its type too
+            _fail(f"{type(exc).__name__}: {_first_line(str(exc))}"
+                  + ("" if debug else " (set MASC_PROBE_DEBUG=1 for the traceback)"))
+        return _EXIT_USAGE if isinstance(exc, InputError) else _EXIT_FAILURE
 
 
 def _first_line(text: str) -> str:

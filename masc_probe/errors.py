@@ -26,6 +26,11 @@ class HubError(MascProbeError, RuntimeError):
     """A Hub operation failed: a missing repo or file, a refused upload."""
 
 
+class ModelError(MascProbeError, RuntimeError):
+    """A model failed inside its own forward on a batch it should take; the message carries the model's own error
+    and the layer it came from."""
+
+
 class UnsafeCheckpointError(HubError):
     """A checkpoint is offered only in a pickled format, which this package never loads from a hub."""
 

@@ -1,4 +1,5 @@
-"""``masc-probe``: every subcommand on tiny real data, and one test per class of error (exit 2, one line)."""
+"""``masc-probe``: every subcommand on tiny real data, and one test per class of error (one line; exit 2 for usage
+errors, 1 for the Hub)."""
 
 from __future__ import annotations
 
@@ -171,8 +172,8 @@ def test_run_push_to_hub_then_probe_the_published_model(capsys: pytest.CaptureFi
 
 
 # ----------------------------------------------------------------------------------------------- errors
-def _one_line_error(code: int, out: str, err: str) -> str:
-    assert code == 2, (out, err)
+def _one_line_error(code: int, out: str, err: str, *, exit_code: int = 2) -> str:
+    assert code == exit_code, (out, err)
     assert "Traceback" not in err and err.endswith("\n") and err.count("\n") == 1, err
     assert err.startswith("masc-probe: error: ")
     return err
@@ -187,7 +188,6 @@ def _one_line_error(code: int, out: str, err: str) -> str:
     (["--model", "mlpp"], "did you mean: mlp?"),
     (["--model", "timm/resnet1888"], "did you mean: resnet18"),
     (["--dataset", "digitz"], "did you mean: digits?"),
-    (["--model", "timm/resnet18", "--dataset", "cifar10", "--corrupt", "0.8"], "point at a local copy"),
     (["--layers", "fc9"], "unknown layer 'fc9'"),
     (["--probes", "masc,nope"], "unknown probe 'nope'"),
     (["--batch-size", "5000"], "at most the 1438 training samples"),
@@ -232,10 +232,17 @@ def test_missing_run_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path, 
     assert str(tmp_path / "absent") in err
 
 
+def test_hub_data_offline_is_one_line_and_exit_1_not_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                                                    tmp_path: Path) -> None:
+    argv = ["--model", "timm/resnet18", "--dataset", "cifar10", "--corrupt", "0.8", "--output-dir", tmp_path / "x"]
+    assert "point at a local copy" in _one_line_error(*_main(capsys, *argv), exit_code=1)
+    assert not (tmp_path / "x").exists()
+
+
 def test_offline_push_is_one_line_and_leaves_the_run_alone(capsys: pytest.CaptureFixture[str],
                                                            run_dir: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
-    err = _one_line_error(*_main(capsys, "push", run_dir, "--repo", "me/x"))
+    err = _one_line_error(*_main(capsys, "push", run_dir, "--repo", "me/x"), exit_code=1)  # the Hub, not usage
     assert "me/x" in err
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} == before
 
@@ -312,3 +319,11 @@ def test_cnn_on_a_local_mnist_idx_folder(capsys: pytest.CaptureFixture[str], tmp
     saved = json.loads((tmp_path / "cnn" / "config.json").read_text())["masc_probe"]
     assert saved["input_size"] == [1, 28, 28] and saved["training"]["lr"] == 2e-4  # the paper's CNN preset
     assert saved["training"]["target_accuracy"] == 0.999  # a folder named mnist stops at the paper's MNIST target
+
+
+def test_the_internal_plan_is_printed_only_with_verbose(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    argv = ["probe", "mlp", "--dataset", "digits", "--layers", "fc1", "--probes", "ncm", "--controls", "none"]
+    code, out, _ = _main(capsys, *argv, "--output-dir", tmp_path / "a")
+    assert code == 0 and "plan: stream" not in out
+    code, out, _ = _main(capsys, *argv, "--output-dir", tmp_path / "b", "--verbose")
+    assert code == 0 and "plan: stream ['fc1']" in out

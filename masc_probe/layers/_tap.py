@@ -26,6 +26,7 @@ forward hook, which checks at each call that the module ran exactly once.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Literal
 
@@ -33,6 +34,7 @@ import torch
 from torch import fx, nn
 
 from masc_probe.layers._trace import INPUT, HookTaps, LayerIndex, Tap, build_extractor, iter_children, trace
+from masc_probe.layers._values import describe, first_batched, is_container, select, spell, split_name, stack
 from masc_probe.errors import InputError, UnknownNameError, closest
 
 __all__ = ["FeatureTap", "default_layers", "list_layers"]
@@ -91,7 +93,9 @@ def default_layers(model: nn.Module) -> list[str]:
     * Any other model: ``"input"``, then the output of each top-level child in forward order (through wrappers with
       a single child), leaving out pass-through children (``Identity``, dropout) and the child whose output is the
       model's output (the logits, which the model's own accuracy already measures). For an ``nn.Sequential``:
-      every child but the last. When FX cannot trace the model, the children are taken in definition order and the
+      every child but the last. A child that returns a tuple, list or dict is probed at its first element
+      (``lstm[0]``, as :func:`list_layers` lists it); one with no element of shape (B, ...) known (an ``nn.LSTM``
+      without ``batch_first``) is left out, and the reason logged. When FX cannot trace the model, the children are taken in definition order and the
       last one is left out as the classifier; a child that does not run exactly once then makes the tap fail, so
       name the layers of such a model explicitly.
 
@@ -162,17 +166,39 @@ def _timm_layers(model: nn.Module, index: LayerIndex) -> list[str]:
 
 
 def _block_layers(model: nn.Module, index: LayerIndex) -> list[str]:
-    children = {name for name, child in iter_children(model) if not isinstance(child, _PASS_THROUGH)}
+    kept = {name: child for name, child in iter_children(model) if not isinstance(child, _PASS_THROUGH)}
     names = [INPUT]
     for name, tap in index.taps.items():
-        if name in children and not (tap.node is not None and tap.node is index.output):
+        if name in kept and not (tap.node is not None and tap.node is index.output):
             names.append(name)
     if index.graph_module is None:
         # Without a graph, neither forward order nor the output is known: definition order, and the last child is
         # taken for the classifier, as it is by convention.
         defined = [n for n, _ in iter_children(model)][:-1]
-        names = [INPUT, *(n for n in defined if n in children and n in index.taps)]
-    return list(dict.fromkeys(names))
+        names = [INPUT, *(n for n in defined if n in kept and n in index.taps)]
+    else:  # children that return a tuple, list or dict: their first element, or left out with the reason
+        names = [INPUT, *(_element_or_none(index, n, kept.get(n)) or "" for n in
+                          dict.fromkeys([*names[1:], *(n for n in kept if n in index.refused)]))]
+    return list(dict.fromkeys(n for n in names if n))
+
+
+def _element_or_none(index: LayerIndex, name: str, module: nn.Module | None) -> str | None:
+    """*name* itself when its value is one tensor; else its first element that is (B, ...) (``lstm[0]``), or None
+    (logged with the reason) when none is known to be."""
+    elements = [n for n in index.taps if n.startswith(f"{name}[") and "][" not in n[len(name):]]
+    if not elements:
+        if name in index.refused:
+            logger.info("layer %r is left out of the default layers: %s", name, index.refused[name])
+            return None
+        return name
+    if isinstance(module, nn.RNNBase):  # (output, h_n): output is (B, T, H) only with batch_first; h_n never is
+        if module.batch_first and f"{name}[0]" in elements:
+            return f"{name}[0]"
+        logger.info("layer %r is left out of the default layers: %s gives (T, B, H) and (layers, B, H) tensors "
+                    "(batch_first=False), no (B, ...) value; name a layer after it, or build it with batch_first=True",
+                    name, type(module).__name__)
+        return None
+    return elements[0]
 
 
 class FeatureTap:
@@ -236,6 +262,7 @@ class FeatureTap:
         if not self.layers:
             raise InputError("layers is empty; name at least one layer, or pass None for the default layers")
         self._method = method
+        self.picked: dict[str, str] = {}  # a layer whose value is a container → the selector its tensor came from
         self._keyword = _keyword_input(model)
         self._traced = index.graph_module is not None
         self._taps = {name: self._resolve(index, name, method) for name in self.layers}
@@ -269,16 +296,26 @@ class FeatureTap:
             raise InputError(f"layer names must be strings, not {type(name).__name__}: {name!r}")
         if self.layers.count(name) > 1:
             raise InputError(f"layer {name!r} is named {self.layers.count(name)} times; name each layer once")
-        if name in index.refused:
-            raise InputError(index.refused[name])
         tap = index.taps.get(name)
+        base, keys = split_name(name)
+        if tap is None and keys and index.taps.get(base) is not None:  # `block[0]`: an element of block's value
+            tap = replace(index.taps[base], select=index.taps[base].select + keys)
+        elements = [n for n in index.taps if n.startswith(f"{name}[")] if tap is None else []
+        if elements and method != "hooks":  # a traced module that returns a tuple/list/dict: its first element
+            self.picked[name] = elements[0]
+            logger.info("layer %r returns several values; its first, %s, is probed", name, elements[0])
+            tap = index.taps[elements[0]]
+        if tap is None and method == "hooks" and len(index.calls.get(name, ())) == 1:
+            tap = Tap(module=name)  # runs once, returns several values: a hook reads them, and the rule applies
+        if tap is None and name in index.refused:
+            raise InputError(index.refused[name])
         if tap is None:
             raise UnknownNameError(f"unknown layer {name!r} for {type(self.model).__name__}; "
                                    f"{closest(name, index.names)}")
         if method == "hooks" and tap.node is not None:
             if tap.module is None:
                 raise InputError(f"layer {name!r} is a torch.fx node, not a module; method='hooks' taps modules only")
-            return Tap(module=tap.module)
+            return Tap(module=tap.module, select=tap.select)
         return tap
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -326,11 +363,24 @@ class FeatureTap:
                 value = hooked[tap.module]
             else:
                 value = first
-            if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != x.shape[0]:
-                got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise InputError(f"layer {name!r} gives {got}, not a tensor of shape (B, ...) with B={x.shape[0]}")
-            result[name] = value
+            result[name] = self._tensor_of(name, select(value, tap.select, name), len(x))
         return result
+
+    def _tensor_of(self, name: str, value: Any, batch: int) -> torch.Tensor:
+        """*value* itself when it is a (B, ...) tensor; a container's first (B, ...) tensor, by the recorded rule."""
+        if is_container(value):
+            found = first_batched(value, batch=batch)
+            if found is None:
+                raise InputError(f"layer {name!r} gives {describe(value)} holding no tensor of shape (B, ...) with "
+                                 f"B={batch}; name another layer")
+            if name not in self.picked:
+                self.picked[name] = spell(name, found[0])
+                logger.info("layer %r gives %s; its first tensor of shape (B, ...), %s, is probed", name,
+                            describe(value), self.picked[name])
+            value = found[1]
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != batch:
+            raise InputError(f"layer {name!r} gives {describe(value)}, not a tensor of shape (B, ...) with B={batch}")
+        return value
 
     def _forward(self, x: torch.Tensor) -> tuple[dict[str, Any], dict[str, Any]]:
         if self._graph is not None:
@@ -370,15 +420,8 @@ class FeatureTap:
 
 
 def _stack(parts: list[tuple[dict[Any, Any], dict[Any, Any]]]) -> tuple[dict[Any, Any], dict[Any, Any]]:
-    """Join per-sample ``(graph values, hooked values)`` along the batch axis (values that are not batched tensors
-    are kept from the first sample; the shape check of ``__call__`` then refuses them)."""
-
-    def join(values: list[Any]) -> Any:
-        if all(isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == 1 for v in values):
-            return torch.cat(values)
-        return values[0]
-
-    return tuple({key: join([p[i][key] for p in parts]) for key in parts[0][i]} for i in (0, 1))  # type: ignore
+    """Join per-sample ``(graph values, hooked values)`` along the batch axis (see :func:`_values.stack`)."""
+    return tuple({key: stack([p[i][key] for p in parts]) for key in parts[0][i]} for i in (0, 1))  # type: ignore
 
 
 def _keyword_input(model: nn.Module) -> str | None:

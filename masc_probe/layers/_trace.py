@@ -16,6 +16,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import operator
 import sys
 import weakref
 from collections.abc import Callable, Iterator
@@ -42,12 +43,14 @@ class Tap:
     ``node`` is the FX node whose value is taken and ``after`` the node right after which it is copied (the same node
     for an FX node name; a module's last node for a module name, so that in-place work inside the module is seen).
     ``module`` is the module path when the name is a module that runs once; a tap with a module and no node is read
-    by a forward hook. A tap with neither is the model input.
+    by a forward hook. A tap with neither is the model input. ``select`` is the path into a value that is a tuple,
+    list, dict or ``ModelOutput`` (``lstm[0]``: ``(0,)``), applied after the value is read.
     """
 
     node: fx.Node | None = None
     after: fx.Node | None = None
     module: str | None = None
+    select: tuple[int | str, ...] = ()
 
     @property
     def is_input(self) -> bool:
@@ -56,11 +59,13 @@ class Tap:
 
 @dataclass
 class _Call:
-    """One call of a module during tracing: its first input, the value it returned, the last node traced by then."""
+    """One call of a module during tracing: its first input, the value it returned, the last node traced by then,
+    and, when it returned a tuple, list or dict of values, each element's key and node."""
 
     input: fx.Node | None
     output: fx.Node | None
     last: fx.Node | None
+    elements: tuple[tuple[int | str, fx.Node], ...] = ()
 
 
 @dataclass
@@ -109,11 +114,13 @@ class _Tracer(NodePathTracer):
         path = self.path_of_module(m)
         out = super().call_module(m, forward, args, kwargs)
         first = args[0] if args else next(iter(kwargs.values()), None)
+        items = (out.items() if isinstance(out, dict) else enumerate(out) if isinstance(out, (tuple, list)) else ())
         self.calls.setdefault(path, []).append(
             _Call(
                 input=first.node if isinstance(first, fx.Proxy) else None,
                 output=out.node if isinstance(out, fx.Proxy) else None,
                 last=self._last,
+                elements=tuple((k, v.node) for k, v in items if isinstance(v, fx.Proxy)),
             )
         )
         self.events.append(path)
@@ -192,7 +199,8 @@ def _copy_index(index: LayerIndex, model: nn.Module) -> LayerIndex:
 
     return replace(index, graph_module=gm, output=node(index.output),
                    taps={k: replace(t, node=node(t.node), after=node(t.after)) for k, t in index.taps.items()},
-                   calls={k: [_Call(node(c.input), node(c.output), node(c.last)) for c in v]
+                   calls={k: [_Call(node(c.input), node(c.output), node(c.last),
+                                    tuple((key, remap[n]) for key, n in c.elements)) for c in v]
                           for k, v in index.calls.items()})
 
 
@@ -229,6 +237,7 @@ def _fx_index(model: nn.Module, gm: fx.GraphModule, tracer: _Tracer) -> LayerInd
     leaves = {n.target for n in gm.graph.nodes if n.op == "call_module"}
     names = _Names()
     node_names: dict[fx.Node, str] = {}
+    aliases: dict[fx.Node, str] = {}  # the name an element of a node's value is spelled after (`lstm` → `lstm[0]`)
     for event in tracer.events:
         if isinstance(event, fx.Node):
             if event.op in ("placeholder", "get_attr") or event not in tracer.node_to_qualname:
@@ -244,10 +253,19 @@ def _fx_index(model: nn.Module, gm: fx.GraphModule, tracer: _Tracer) -> LayerInd
             once = event.op == "call_module" and event.target not in reused
             names.add(name, Tap(node=event, after=event, module=event.target if once else None))
             node_names[event] = name
+            part = _element_of(event)
+            if part is not None and part[0] in aliases:  # `lstm[0]`: an element of a named tuple/list/dict value
+                aliases[event] = f"{aliases[part[0]]}[{part[1]}]"
+                names.add(aliases[event], Tap(node=event, after=event))
+            elif event.op == "call_module":
+                aliases[event] = name
         elif event not in reused:
             call = calls[event][0]
             if call.output is not None:
                 names.add(event, Tap(node=call.output, after=call.last, module=event))
+                aliases[call.output] = event
+            for key, element in call.elements:  # a module that returns a tuple, list or dict of values
+                names.add(f"{event}[{key}]", Tap(node=element, after=call.last))
             if event in leaves:
                 # Modules inside a leaf module are not traced through; a forward hook reads them.
                 for sub, _ in modules[event].named_modules(prefix=event):
@@ -262,7 +280,10 @@ def _fx_index(model: nn.Module, gm: fx.GraphModule, tracer: _Tracer) -> LayerInd
             index.refused[path] = (f"module {path!r} runs {len(per_call)} times per forward; tap one call by its "
                                    f"node name: {', '.join(per_call)}")
         elif path in calls:
-            index.refused[path] = f"module {path!r} does not return a single tensor; tap one of its nodes instead"
+            parts = [n for n in index.taps if n.startswith(f"{path}[")]
+            index.refused[path] = (f"module {path!r} does not return a single tensor; tap one of its elements "
+                                   f"({', '.join(parts[:4])}) or nodes instead" if parts else
+                                   f"module {path!r} does not return a single tensor; tap one of its nodes instead")
         elif any(path.startswith(leaf + ".") for leaf in reused & leaves):
             index.refused[path] = f"module {path!r} runs inside a module that runs several times per forward"
         else:
@@ -273,9 +294,26 @@ def _fx_index(model: nn.Module, gm: fx.GraphModule, tracer: _Tracer) -> LayerInd
     return index
 
 
+def _element_of(node: fx.Node) -> tuple[fx.Node, int | str] | None:
+    """``(container node, key)`` when *node* is ``container[key]`` with a constant int or str key."""
+    if node.op == "call_function" and node.target is operator.getitem and len(node.args) == 2:
+        base, key = node.args
+        if isinstance(base, fx.Node) and isinstance(key, (int, str)) and not isinstance(key, bool):
+            return base, key
+    return None
+
+
 def _snapshot(value: Any) -> Any:
-    """Copy a tensor so that later in-place operations of the model cannot change it."""
-    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+    """Copy a tensor (or each tensor of a tuple, list or dict) so that later in-place operations of the model cannot
+    change it. A dict (a ``ModelOutput`` too) becomes a plain dict of its items, in order."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_snapshot(v) for v in value) if type(value) in (tuple, list) else [
+            _snapshot(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    return value
 
 
 def build_extractor(gm: fx.GraphModule, taps: dict[str, tuple[fx.Node, fx.Node]], *, whole: bool) -> fx.GraphModule:

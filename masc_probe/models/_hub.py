@@ -115,7 +115,8 @@ def hub_errors(repo_id: str, *, revision: str | None, token: str | None, what: s
         filename: The file the block reads, for messages about a missing one.
 
     Raises:
-        HubError: For every error of the Hub, of the connection, or of the client's own checks.
+        HubError: For every error of the Hub, of the connection, or of the client's own checks; any other error
+            (a ValueError of our own code inside the block included) passes through unchanged.
     """
     try:
         yield
@@ -144,6 +145,18 @@ def _is_transport_error(exc: BaseException) -> bool:
     if isinstance(exc, OfflineModeIsEnabled):
         return True
     return any((k.__module__.partition(".")[0], k.__name__) in _TRANSPORT_ERRORS for k in type(exc).__mro__)
+
+
+def _raised_by_hub_client(exc: BaseException) -> bool:
+    """Whether huggingface_hub raised *exc*: its own exception class, or raised from its own code (the innermost
+    frame of the traceback). A ValueError from anything else in the block (our code, numpy, the user's) is not the
+    Hub's refusal."""
+    if type(exc).__module__.partition(".")[0] == "huggingface_hub":
+        return True
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0] == "huggingface_hub"
 
 
 def _message(exc: Exception, repo_id: str, *, revision: str | None, what: str, filename: str | None) -> str | None:
@@ -181,8 +194,8 @@ def _message(exc: Exception, repo_id: str, *, revision: str | None, what: str, f
         verb = "push to" if what == "push" else f"{what} from"
         message = f"{verb} {repo_id!r}{at} failed with HTTP {status}: {one_line(detail)}"
         return message + ("; nothing local was changed, so retrying is safe" if what == "push" else "")
-    if isinstance(exc, ValueError):  # huggingface_hub's own refusals, e.g. card metadata the Hub's validator rejects
-        return f"the Hub refused the {what} for {repo_id!r}{at}: {one_line(str(exc))}"
+    if isinstance(exc, ValueError) and _raised_by_hub_client(exc):  # its own refusals, e.g. card metadata the Hub's
+        return f"the Hub refused the {what} for {repo_id!r}{at}: {one_line(str(exc))}"  # validator rejects
     if _is_transport_error(exc):
         return f"cannot reach the Hub at {constants.ENDPOINT} for {what} of {repo_id!r}: {one_line(str(exc))}"
     return None

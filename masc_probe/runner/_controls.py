@@ -19,10 +19,11 @@ probes and the store treat them as more layers, and every test image is scored b
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,8 +107,14 @@ def check_names(controls: Any) -> tuple[str, ...]:
     return names
 
 
-def resolve(controls: Any, model: nn.Module | None, *, seed: int) -> tuple[tuple[str, ...], dict[str, ControlModel]]:
-    """The control names in report order and the control models, from ``ProbeRunner``'s ``controls=``.
+def resolve(controls: Any, model: nn.Module | None, *,
+            seed: int) -> tuple[tuple[str, ...], dict[str, ControlModel], dict[str, str]]:
+    """The control names in report order, the control models, and the controls skipped, from ``controls=``.
+
+    The ``"init"`` control asked for without its model is built where the library can rebuild initial weights
+    exactly (:func:`reinitialized`); where it cannot (a bare ``nn.Parameter`` such as a class token, a submodule
+    without ``reset_parameters()``), it is skipped rather than turning a working probe into an error, and the reason
+    with its fix is returned for the report (``controls_skipped``).
 
     Args:
         controls: Names (``("init", "input")``, ``"init,input"``, ``"none"``, ``None``) or a mapping name → model
@@ -117,11 +124,13 @@ def resolve(controls: Any, model: nn.Module | None, *, seed: int) -> tuple[tuple
         seed: The seed of a re-initialized copy.
 
     Returns:
-        ``(names, models)``: model controls first, ``"input"`` last; ``models`` holds every name but ``"input"``.
+        ``(names, models, skipped)``: model controls first, ``"input"`` last; ``models`` holds every name but
+        ``"input"``; ``skipped`` maps a control left out to one sentence with the reason and the fix (the skipped
+        name is not in ``names``).
 
     Raises:
-        InputError: An unknown name without a model, a model for ``"input"``, a model that is not an
-            ``nn.Module``, or a model that cannot be re-initialized (named, with how to pass one).
+        InputError: An unknown name without a model, a model for ``"input"``, or a model that is not an
+            ``nn.Module``.
     """
     if isinstance(controls, Mapping):
         given = dict(controls)
@@ -139,8 +148,9 @@ def resolve(controls: Any, model: nn.Module | None, *, seed: int) -> tuple[tuple
         given = dict.fromkeys(check_names(controls))
     names = [n for n in given if n != INPUT] + ([INPUT] if INPUT in given else [])
     models: dict[str, ControlModel] = {}
+    skipped: dict[str, str] = {}
     if model is None:
-        return tuple(n for n in names if n == INPUT), models
+        return tuple(n for n in names if n == INPUT), models, skipped
     from masc_probe.training._init import state_sha256
 
     for name in names:
@@ -148,7 +158,11 @@ def resolve(controls: Any, model: nn.Module | None, *, seed: int) -> tuple[tuple
             continue
         value = given[name]
         if value is None:
-            value = ControlModel(reinitialized(model, seed=seed), source="re-initialized copy", seed=int(seed))
+            try:
+                value = ControlModel(reinitialized(model, seed=seed), source="re-initialized copy", seed=int(seed))
+            except NotReinitializable as exc:
+                skipped[name] = skip_sentence(exc.reason)
+                continue
         elif isinstance(value, nn.Module):
             value = ControlModel(value, source="user model")
         if value.source not in SOURCES:
@@ -156,7 +170,21 @@ def resolve(controls: Any, model: nn.Module | None, *, seed: int) -> tuple[tuple
         if value.init_sha256 is None:
             value = dataclasses.replace(value, init_sha256=state_sha256(value.model))
         models[name] = value
-    return tuple(names), models
+    return tuple(n for n in names if n not in skipped), models, skipped
+
+
+def skip_sentence(reason: str) -> str:
+    """The one sentence a report, the CLI and the card give for an init control left out, with its fix."""
+    return (f"The init control was skipped: {reason}, so its initial weights cannot be rebuilt exactly; pass an "
+            "untrained copy to compare with: ProbeRunner(model, controls={'init': untrained_model, 'input': None}).")
+
+
+class NotReinitializable(InputError):
+    """:func:`reinitialized` cannot rebuild a model's initial weights; ``reason`` says why (a clause)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # -------------------------------------------------------------------------------------------- re-initialization
@@ -171,17 +199,18 @@ def reinitialized(model: nn.Module, *, seed: int) -> nn.Module:
       with other arguments, e.g. ``depth=2``) a deep copy re-initialized by timm's own ``init_weights()``;
     * any other module: a deep copy with ``reset_parameters()`` called on every submodule that holds parameters.
 
-    The global random state is left as it was. The copy is on the model's device, in eval mode.
+    The random state of every device (the CPU's, and each CUDA device's once CUDA is in use) is left as it was. The
+    copy is on the model's device, in eval mode.
 
     Raises:
-        InputError: A submodule holds parameters but has no ``reset_parameters()`` (named, with how to pass an
-            untrained copy yourself).
+        NotReinitializable: A parameter that no ``reset_parameters()`` re-draws (a bare ``nn.Parameter`` such as a
+            class token, or a submodule without one), or a copy of another shape (one line, naming them, with how to
+            pass an untrained copy yourself).
     """
     from masc_probe.models import PaperModel, is_transformers_model
 
     device = next((t.device for t in (*model.parameters(), *model.buffers())), torch.device("cpu"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+    with _own_rng(model, int(seed)):
         if isinstance(model, PaperModel) and isinstance(getattr(model, "_hub_mixin_config", None), Mapping):
             fresh = type(model)(**dict(model._hub_mixin_config))
         elif is_transformers_model(model):
@@ -194,6 +223,29 @@ def reinitialized(model: nn.Module, *, seed: int) -> nn.Module:
             fresh = _reset_copy(model)
     _same_shapes(model, fresh)
     return fresh.to(device).eval()
+
+
+@contextlib.contextmanager
+def _own_rng(model: nn.Module, seed: int) -> Iterator[None]:
+    """Seed the generators a re-initialization may draw from, and give every device's state back afterwards.
+
+    ``torch.manual_seed`` would also seed CUDA (queued until CUDA starts, when it is not started yet) and
+    ``fork_rng(devices=[])`` saves only the CPU's: a copy drawn on a GPU would move the caller's CUDA stream. Here the
+    CPU and each device type in use (every CUDA device once CUDA is initialized, and the model's own devices) are
+    forked, and only those are seeded.
+    """
+    types = {t.device.type for t in (*model.parameters(), *model.buffers())} - {"cpu", "meta"}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        types.add("cuda")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[]))
+        for kind in sorted(types):
+            backend = getattr(torch, kind)
+            stack.enter_context(torch.random.fork_rng(devices=list(range(backend.device_count())), device_type=kind))
+        torch.random.default_generator.manual_seed(seed)
+        for kind in types:
+            getattr(torch, kind).manual_seed_all(seed)
+        yield
 
 
 def _is_timm(model: nn.Module) -> bool:
@@ -223,21 +275,39 @@ def _reset_copy(model: nn.Module, own_init: str | None = None) -> nn.Module:
     if callable(init):  # the library's own initialization of the whole model (timm's init_weights)
         init()
         return fresh
-    stuck = []
-    for name, module in fresh.named_modules():
-        if not any(True for _ in module.parameters(recurse=False)):
-            continue
-        reset = getattr(module, "reset_parameters", None)
-        if callable(reset):
-            reset()
-        else:
-            stuck.append(f"{name or '(the model itself)'} ({type(module).__name__})")
+    stuck = _not_reset(fresh)
     if stuck:
-        raise InputError(f"cannot re-initialize {stuck[0]}: it holds parameters but has no reset_parameters()"
-                         f"{f' (and {len(stuck) - 1} more)' if len(stuck) > 1 else ''}; pass an untrained copy "
-                         "yourself: ProbeRunner(model, controls={'init': untrained_model, 'input': None}), or "
-                         "controls=('input',) to probe without it")
+        more = f", … ({len(stuck)} in all)" if len(stuck) > 3 else ""
+        what = stuck[0][0] or "(the model itself)"
+        reason = (f"{type(model).__name__} holds parameters that no reset_parameters() re-draws "
+                  f"({', '.join(p for _, _, p in stuck[:3])}{more})")
+        raise NotReinitializable(reason, f"cannot re-initialize {what} ({stuck[0][1]}): {reason}; pass an untrained "
+                                 "copy yourself: ProbeRunner(model, controls={'init': untrained_model, 'input': "
+                                 "None}), or controls=('input',) to probe without it")
+    for _, module in fresh.named_modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            _reset_of(module)()  # type: ignore[misc]
     return fresh
+
+
+def _reset_of(module: nn.Module) -> Any:
+    """The call that re-draws *module*'s own parameters: ``reset_parameters()``, or torch.nn's private
+    ``_reset_parameters()`` (``nn.MultiheadAttention``, ``nn.Transformer``: torch's own initialization); else None."""
+    reset = getattr(module, "reset_parameters", None)
+    if callable(reset):
+        return reset
+    private = getattr(module, "_reset_parameters", None)
+    return private if callable(private) and type(module).__module__.startswith("torch.nn.") else None
+
+
+def _not_reset(model: nn.Module) -> list[tuple[str, str, str]]:
+    """``(module path, module class, parameter path)`` of every parameter whose own module has no reset call."""
+    out = []
+    for path, module in model.named_modules():
+        if _reset_of(module) is None:
+            out += [(path, type(module).__name__, f"{path}.{n}" if path else n)
+                    for n, _ in module.named_parameters(recurse=False)]
+    return out
 
 
 def _shapes_equal(model: nn.Module, fresh: nn.Module) -> bool:
@@ -250,9 +320,9 @@ def _same_shapes(model: nn.Module, fresh: nn.Module) -> None:
     theirs = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
     if mine != theirs:
         diff = sorted(set(mine.items()) ^ set(theirs.items()))[:2]
-        raise InputError(f"the re-initialized copy of {type(model).__name__} has another shape (e.g. {diff}); pass "
-                         "an untrained copy yourself: ProbeRunner(model, controls={'init': untrained_model, "
-                         "'input': None})")
+        reason = f"the re-initialized copy of {type(model).__name__} has another shape (e.g. {diff})"
+        raise NotReinitializable(reason, f"{reason}; pass an untrained copy yourself: ProbeRunner(model, "
+                                 "controls={'init': untrained_model, 'input': None})")
 
 
 # ----------------------------------------------------------------------------------------------- the forward

@@ -148,8 +148,8 @@ def _setup(state: FitState, sets: dict[str, torch.Tensor], rows: dict[str, torch
                 budget = state.plan.stream_memory.get(layer) if probe in SECOND_MOMENT else None
                 for labels in state.label_sets:
                     state.estimators[(layer, probe, labels)] = new_estimator(config, probe, state.device, budget)
-    logger.info("plan: stream %s, from the row cache %s, cached rows %s", state.plan.stream, state.plan.deferred,
-                state.plan.cached)
+    logger.debug("plan: stream %s, from the row cache %s, cached rows %s", state.plan.stream, state.plan.deferred,
+                 state.plan.cached)
 
 
 class _Blocks:

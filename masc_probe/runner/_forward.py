@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from masc_probe.errors import InputError
+from masc_probe.errors import InputError, MascProbeError, ModelError
 from masc_probe.runner._distributed import World
 from masc_probe.runner._cache import Reducer
 
@@ -44,6 +45,37 @@ def logits_of(output: Any) -> torch.Tensor | None:
     if value is None and isinstance(output, (tuple, list)) and output:
         value = output[0]
     return value if isinstance(value, torch.Tensor) else None
+
+
+def why_no_accuracy(output: Any, logits: torch.Tensor | None) -> str | None:
+    """Why the model's own accuracy cannot be read from *output* (None when *logits* are class scores (B, K))."""
+    if logits is not None and logits.ndim == 2:
+        return None
+    if logits is not None:
+        return (f"the model's output has shape {tuple(logits.shape)}, not (batch, classes), so its own accuracy is "
+                "not computed")
+    what = type(output).__name__
+    if isinstance(output, dict):
+        what += f" with keys {list(output)[:5]}"
+    return (f"the model returns a {what}, with no class scores where they are looked for (a tensor, .logits, "
+            "['logits'] or a tuple's first element), so its own accuracy is not computed")
+
+
+# Why a model's accuracy was not computed, by model, as the last Forward over it found (the report says it).
+_NO_ACCURACY: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
+
+
+def report_notes(skipped: Mapping[str, str], model: nn.Module, counts: Mapping[str, Any],
+                 extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The report's extra keys: ``controls_skipped`` (control → the sentence why, with the fix) when a control was
+    left out, ``model_test_accuracy_note`` when the model's own accuracy could not be computed, then *extra*."""
+    notes: dict[str, Any] = {}
+    if skipped:
+        notes["controls_skipped"] = dict(skipped)
+    if counts.get("model_accuracy") is None:
+        notes["model_test_accuracy_note"] = _NO_ACCURACY.get(model) or (
+            "the model's own accuracy is not computed: not every test batch gave class scores")
+    return {**notes, **dict(extra or {})}
 
 
 def _output_layer(model: nn.Module) -> tuple[str | None, bool]:
@@ -105,29 +137,32 @@ class Forward:
         self._captured = None
         try:
             values = self.tap(x)
-        except RuntimeError as err:
-            if isinstance(err, torch.cuda.OutOfMemoryError):
-                raise
-            # Most often a batch of the wrong shape ("mat1 and mat2 shapes cannot be multiplied" from deep inside):
-            # say what came and what the model takes; the model's own error stays attached as the cause.
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"the model cannot take a batch of shape {tuple(x.shape)} ({expected_input(self.model)})"
-                             f": {first}") from err
+        except (MascProbeError, torch.cuda.OutOfMemoryError):
+            raise
+        except Exception as err:  # the model's own failure: a shape message only where the shape is the problem
+            raise forward_error(self.model, x, err) from err
         logits = None
         if self.want_logits:
             if self._out_name is not None:
-                logits = values[self._out_name]
+                output = values[self._out_name]
             elif self._hook is not None:
-                logits = logits_of(self._captured)
+                output = self._captured
             else:
                 flags = [(m, m.training) for m in self.model.modules()]
                 self.model.eval()
                 try:
                     with torch.no_grad():
-                        logits = logits_of(self.model(x))
+                        output = self.model(x)
                 finally:
                     for m, training in flags:
                         m.training = training
+            logits = logits_of(output)
+            why = why_no_accuracy(output, logits)
+            if why is not None and self.model not in _NO_ACCURACY:
+                logger.warning("%s", why)
+                _NO_ACCURACY[self.model] = why
+            elif why is None:
+                _NO_ACCURACY.pop(self.model, None)
         rows = {name: self.reducer(name, values[name]) for name in self.layers}
         return rows, logits
 
@@ -142,6 +177,77 @@ class Forward:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def forward_error(model: nn.Module, x: torch.Tensor, err: BaseException) -> MascProbeError:
+    """The error to raise for *err*, raised by *model*'s forward on batch *x*.
+
+    A shape message (InputError) only when the batch does not fit the model's first layer (or the input size a
+    paper model was built for); anything else is the model's own failure (ModelError) with its message and the
+    innermost layer it came from — a device assert on a batch of the right shape is not a shape problem.
+    """
+    first = _first_line(err)
+    problem = input_mismatch(model, x)
+    if problem is not None:
+        return InputError(f"the model cannot take a batch of shape {tuple(x.shape)} ({problem}): {first}")
+    layer = failing_layer(model, err)
+    where = f" in layer {layer!r}" if layer else ""
+    return ModelError(f"{type(model).__name__} failed{where} on a batch of shape {tuple(x.shape)}: "
+                      f"{type(err).__name__}: {first}")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def input_mismatch(model: nn.Module, x: torch.Tensor) -> str | None:
+    """What in batch *x* does not fit *model*'s first layer (Linear, ConvNd, RNN) or its built input size; None when
+    nothing visibly does."""
+    config = getattr(model, "_hub_mixin_config", None)  # the paper models' PyTorchModelHubMixin arguments
+    if isinstance(config, Mapping) and config.get("input_size") is not None and x.dim() >= 3:
+        size = config["input_size"]
+        hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)[-2:]
+        if tuple(x.shape[-2:]) != hw:
+            return expected_input(model)
+    name, layer = first_layer(model)
+    if layer is None:
+        return None
+    flat = int(torch.tensor(x.shape[1:]).prod()) if x.dim() > 1 else None
+    if isinstance(layer, nn.Linear) and layer.in_features not in (x.shape[-1] if x.dim() else None, flat):
+        return expected_input(model)
+    if isinstance(layer, nn.RNNBase) and (x.dim() not in (2, 3) or x.shape[-1] != layer.input_size):
+        return f"its first layer {name!r} is {type(layer).__name__}(input_size={layer.input_size})"
+    for kind, dims in ((nn.Conv1d, 3), (nn.Conv2d, 4), (nn.Conv3d, 5)):
+        if isinstance(layer, kind) and (x.dim() != dims or x.shape[1] != layer.in_channels):
+            return expected_input(model)
+    return None
+
+
+def first_layer(model: nn.Module) -> tuple[str, nn.Module | None]:
+    """The first Linear, convolution or RNN module *model* runs (forward order where FX traces it, else definition
+    order)."""
+    from masc_probe.layers._trace import trace  # the layers' own index, in forward order
+
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.RNNBase)
+    modules = dict(model.named_modules())
+    order = [t.module for t in trace(model).taps.values() if t.module is not None]
+    for name in [*order, *modules]:
+        if isinstance(modules.get(name), kinds):
+            return name, modules[name]
+    return "", None
+
+
+def failing_layer(model: nn.Module, err: BaseException) -> str | None:
+    """The innermost module of *model* whose forward was running when *err* was raised (from its traceback)."""
+    names = {id(m): n for n, m in model.named_modules() if n}
+    found, tb = None, err.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            found = names[id(owner)]
+        tb = tb.tb_next
+    return found
 
 
 def expected_input(model: nn.Module) -> str:
