@@ -46,6 +46,7 @@ class RunnerConfig:
     select_split: float = 0.5
     select_seed: int = 0
     select_size: float | int | None = None
+    profile: bool = True  # False: MASC at the fitted size only (no profile, hence no selection)
 
     @property
     def row_layers(self) -> tuple[str, ...]:
@@ -60,7 +61,8 @@ class RunnerConfig:
              progress: bool, probe_kwargs: Any,
              train_accuracy: bool | int, seed: int, protocol: str = "clean",
              controls: tuple[str, ...] = (), select: str = "noisy", select_split: float = 0.5,
-             select_seed: int = 0, select_size: float | int | None = None) -> RunnerConfig:
+             select_seed: int = 0, select_size: float | int | None = None,
+             profile: bool = True) -> RunnerConfig:
         """Validate the constructor's arguments.
 
         Raises:
@@ -88,7 +90,8 @@ class RunnerConfig:
                    device=torch.device(device) if device is not None else None, cache_dir=cache_dir,
                    progress=bool(progress), probe_kwargs={k: dict(v) for k, v in (probe_kwargs or {}).items()},
                    train_accuracy=train_accuracy, seed=int(seed), protocol=protocol, controls=tuple(controls),
-                   select=select, select_split=select_split, select_seed=select_seed, select_size=select_size)
+                   select=select, select_split=select_split, select_seed=select_seed, select_size=select_size,
+                   profile=bool(profile))
 
     def profile_sizes(self) -> tuple[float | int, ...]:
         """The MASC profile's sizes: the package's, plus the fitted ``n_components`` and a fixed size if other."""

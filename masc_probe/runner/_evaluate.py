@@ -67,7 +67,7 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
     keys = list(store)
     spilled = set(getattr(store, "spilled", []))
     live = {k: store[k] for k in keys if k not in spilled}
-    profiled = [k for k in keys if k[1] == "masc"]
+    profiled = [k for k in keys if k[1] == "masc"] if config.profile else []
     profile_preds: dict[Key, list[torch.Tensor]] = {k: [] for k in profiled}
     profile_meta: dict[Key, tuple[list[Any], list[list[int]]]] = {}
     cache = RowCache.temporary(config.cache_dir) if spilled else None

@@ -61,7 +61,7 @@ def new_estimator(config: RunnerConfig, probe: str, device: torch.device, max_me
 def freeze(probe: str, est: Any, device: torch.device, config: RunnerConfig | None = None) -> Any:
     """A solved statistic probe in its compact predicting form (``frozen``); other probes as they are. MASC keeps
     its profile (every size of ``config.profile_sizes()``, within a sixteenth of the memory budget per probe)."""
-    if probe == "masc" and config is not None:
+    if probe == "masc" and config is not None and config.profile:
         return est.frozen(device, profile=config.profile_sizes(), profile_max_bytes=config.max_memory // 16)
     return est.frozen(device) if probe in STATISTIC_PROBES else est
 
