@@ -54,6 +54,10 @@ UNIFORM_MODES = ("random", "authors")
 # raw input; any other control is a model passed by name. Both by default.
 CONTROLS = ("init", "input")
 
+# How each network chooses its (layer, MASC subspace size) on a choosing part of the test images: against labels
+# re-drawn by the run's recipe, against the true labels, or not at all (masc_probe.runner._select).
+SELECT_RULES = ("noisy", "clean", "none")
+
 # How a layer's activation becomes rows (masc_probe.layers._reduce): flatten (the paper's), the class token, the mean
 # token, global average pooling of conv maps, or a per-layer automatic choice.
 REDUCERS = ("flatten", "cls", "mean", "gap", "auto")

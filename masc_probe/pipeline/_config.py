@@ -65,10 +65,14 @@ class ProbeConfig:
     # What the trained network is compared with: "init" (a run's own epoch-0 weights when it recorded them, else a
     # re-initialized copy) and "input" (the raw input); () for none (ProbeRunner's controls=)
     controls: Sequence[str]
+    # How each network chooses its (layer, subspace size) without the images that judge it: the ProbeRunner
+    # keywords select, select_split, select_seed and select_size that the call gave (the rest are the runner's).
+    selection: Mapping[str, Any] = field(default_factory=dict)
 
     def runner_options(self, *, progress: bool) -> dict[str, Any]:
         """The ProbeRunner keyword arguments these settings stand for."""
         return {"layers": list(self.layers) if self.layers is not None else None, "probes": tuple(self.probes),
                 "labels": self.labels, "n_components": self.n_components, "max_memory": self.max_memory,
                 "progress": progress, "protocol": self.protocol, "reducer": self.reducer,
-                "controls": tuple(self.controls)}
+                "controls": tuple(self.controls),
+                **{k: v for k, v in self.selection.items() if v is not None}}

@@ -136,7 +136,9 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
                    keep_checkpoints: str = KEEP_CHECKPOINTS, record_margins: bool = False,
                    eval_every: int | None = None, compile: bool = False, save_probes: bool = False,
                    reducer: str | Mapping[str, str] | None = None,
-                   controls: Sequence[str] | str | None = ("init", "input")) -> RunResult:
+                   controls: Sequence[str] | str | None = ("init", "input"), select: str | None = None,
+                   select_split: float | None = None, select_seed: int | None = None,
+                   select_size: float | int | None = None) -> RunResult:
     """Train until memorized, probe every layer with every probe and label set, write the report and the card.
 
     The run folder receives the training files (:func:`masc_probe.training.train`), ``report.json``,
@@ -165,6 +167,10 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
         controls: What the trained network is compared with at every layer (:class:`masc_probe.ProbeRunner`):
             ``"init"``, the run's own epoch-0 weights (rebuilt from the seed and SHA-256 the run recorded, and
             verified), and ``"input"``, the raw input; ``()`` or ``"none"`` for neither.
+        select, select_split, select_seed, select_size: How each network (trained, init, raw input) chooses its
+            layer and MASC subspace size on a choosing part of the test images, against noisy labels drawn by the
+            run's recipe (``"noisy"``, default), clean ones (``"clean"``) or not at all (``"none"``); the headline
+            compares the choices on the other part (:class:`masc_probe.ProbeRunner`). None: the runner's default.
 
     Returns:
         A :class:`RunResult` with the report, training outcome, files and (when pushed) the commit URL.
@@ -182,7 +188,9 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
     plan = _TrainPlan.make(run, DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
                                            image_column=image_column, label_column=label_column, revision=revision))
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
-                        max_memory=max_memory, protocol=protocol, reducer=reducer, controls=_control_names(controls))
+                        max_memory=max_memory, protocol=protocol, reducer=reducer, controls=_control_names(controls),
+                        selection={"select": select, "select_split": select_split, "select_seed": select_seed,
+                                   "select_size": select_size})
     probing = _ProbePlan.make(plan.net, probe, device=device, progress=progress, data=plan.data)
     probing.save_probes_to = plan.run_dir if save_probes else None
     training = plan.train()
@@ -330,7 +338,9 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
                  output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
                  protocol: str = "clean", save_probes: bool = False,
                  reducer: str | Mapping[str, str] | None = None,
-                 controls: Sequence[str] | str | None = ("init", "input")) -> RunResult:
+                 controls: Sequence[str] | str | None = ("init", "input"), select: str | None = None,
+                 select_split: float | None = None, select_seed: int | None = None,
+                 select_size: float | int | None = None) -> RunResult:
     """Probe a trained model (run folder, checkpoint folder, ``hf-hub:`` repo) or a model spec on a dataset.
 
     A run folder or ``hf-hub:`` repo supplies its dataset, corruption, seed and preprocessing from its
@@ -356,6 +366,7 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
             epoch-0 network (from the seed and SHA-256 its config records, verified); any other model's is a
             re-initialized copy built the library's way from the seed. With *all_checkpoints* the init control is
             probed once, with the last checkpoint: the epoch-0 reference line of the dynamics.
+        select, select_split, select_seed, select_size: As in :func:`run_experiment`.
 
     Returns:
         A :class:`RunResult` with the report and the files written.
@@ -375,7 +386,9 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
     checkpoints = src.checkpoints if all_checkpoints else [(None, src.model_path)]
     first = src.load(checkpoints[0][1], data=data, pretrained=pretrained, revision=revision)
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
-                        max_memory=max_memory, protocol=protocol, reducer=reducer, controls=_control_names(controls))
+                        max_memory=max_memory, protocol=protocol, reducer=reducer, controls=_control_names(controls),
+                        selection={"select": select, "select_split": select_split, "select_seed": select_seed,
+                                   "select_size": select_size})
     plan = _ProbePlan.make(first, probe, device=device, progress=progress, data=data)
     if batch_size is not None:
         plan.batch_size = batch_size

@@ -96,6 +96,18 @@ class ProbeRunner:
             batch and its probe fits. The report then holds the control rows (``control`` set), a ``controls``
             block and paired ``comparisons`` (trained − control on the same test images, exact 95% interval).
 
+        select: How each network (trained, init, raw input) picks its (layer, MASC subspace size) for the report's
+            headline, on a *choosing* part of the test images that the comparison then leaves out: ``"noisy"``
+            (against the choosing part's labels corrupted by the training data's own recipe and rate, the labels a
+            user with noisy data would have), ``"clean"`` (its true labels) or ``"none"`` (the profile only).
+            See :mod:`masc_probe.runner._select`; never the training rows (a memorizer's features carry its
+            memorized labels there).
+        select_split: The choosing part's share of the test images, per class (default half).
+        select_seed: Seed of the split and of the noisy labels; recorded in the report.
+        select_size: Hold the subspace size fixed (e.g. the paper's 0.99): only the layer is chosen.
+        profile: Keep every MASC probe's profile (accuracy at every subspace size from its one fit; needed by the
+            selection). False scores MASC at ``n_components`` only: the report then has no profile and no selection.
+
     Raises:
         UnknownNameError: An unknown probe, label set or layer name (with the closest valid names).
         InputError: Any other invalid argument.
@@ -109,12 +121,14 @@ class ProbeRunner:
                  progress: bool = True, probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
                  train_accuracy: bool | int = 5_000, seed: int = 0, protocol: str = "clean",
                  controls: Sequence[str] | Mapping[str, nn.Module | ControlModel | None] | str | None = (
-                     "init", "input")) -> None:
+                     "init", "input"), select: str = "noisy", select_split: float = 0.5, select_seed: int = 0,
+                 select_size: float | int | None = None, profile: bool = True) -> None:
         names, self.control_models, self.controls_skipped_ = resolve(controls, model, seed=int(seed))
         self.config = RunnerConfig.make(
             layers=layers, probes=probes, labels=labels, n_components=n_components, reducer=reducer,
             max_memory=max_memory, device=device, cache_dir=cache_dir, progress=progress, probe_kwargs=probe_kwargs,
-            train_accuracy=train_accuracy, seed=seed, protocol=protocol, controls=names)
+            train_accuracy=train_accuracy, seed=seed, protocol=protocol, controls=names, select=select,
+            select_split=select_split, select_seed=select_seed, select_size=select_size, profile=profile)
         self.model = model
         self.reducer: Reducer | LayerReducer = (
             Reducer(reducer, seed=seed) if isinstance(reducer, str) and reducer.startswith("random:")
@@ -266,7 +280,9 @@ class ProbeRunner:
 
     def evaluate(self, test: Iterable[Any], *, epoch: int | None = None, shard: bool = False,
                  model_name: str | None = None, dataset: str | None = None,
-                 corruption: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> ProbeReport:
+                 corruption: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+                 select: str | None = None, select_split: float | None = None, select_seed: int | None = None,
+                 select_size: float | int | None = None) -> ProbeReport:
         """Run the model once over *test*; score every probe and the model itself against the true test labels.
 
         Args:
@@ -280,15 +296,30 @@ class ProbeRunner:
             corruption: The report's ``corruption`` (``mode``, ``rate``, ``seed``, ``realized_rate``; default: the
                 training data's own, when it came from :func:`masc_probe.load_data`; None for clean labels).
             extra: More top-level report keys.
+            select, select_split, select_seed, select_size: This evaluation's choice of layer and subspace size
+                (default: the constructor's; see there).
 
         Returns:
-            The report: one result per layer × probe × label set.
+            The report: one result per layer × probe × label set, MASC's ``profile`` and the ``selection``.
         """
         model = self._need_model()
         fitted = self._need_fitted()
-        counts = evaluate_pass(self.config, self.reducer, fitted, model, test, shard=shard,
+        config = self.config
+        asked = {"select": select, "select_split": select_split, "select_seed": select_seed,
+                 "select_size": select_size}
+        if any(v is not None for v in asked.values()):
+            from masc_probe.runner._select import check_select
+
+            merged = {k: getattr(config, k) if v is None else v for k, v in asked.items()}
+            rule, split, seed = check_select(merged["select"], merged["select_split"], merged["select_seed"])
+            if merged["select_size"] not in (None, *config.profile_sizes()):
+                raise InputError(f"select_size must be a size of the fitted profile {list(config.profile_sizes())}; "
+                                 f"got {merged['select_size']!r}")
+            config = dataclasses.replace(config, select=rule, select_split=split, select_seed=seed,
+                                         select_size=merged["select_size"])
+        counts = evaluate_pass(config, self.reducer, fitted, model, test, shard=shard,
                                controls=self._control_nets())
-        return build_report(self.config, self.reducer, fitted, counts, epoch=epoch, controls=self.control_models,
+        return build_report(config, self.reducer, fitted, counts, epoch=epoch, controls=self.control_models,
                             model_name=model_name or model_name_of(model),
                             dataset=dataset if dataset is not None else fitted.data.get("dataset"),
                             corruption=corruption if corruption is not None else fitted.data.get("corruption"),

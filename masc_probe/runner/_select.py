@@ -26,9 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from masc_probe._choices import SELECT_RULES
 from masc_probe.errors import InputError
-
-SELECT_RULES = ("noisy", "clean", "none")
 TRAINED, INPUT = "trained", "input"
 
 
