@@ -49,7 +49,8 @@ def test_run_writes_the_run_folder_and_report_files(run: Any) -> None:
     for name in ("model.safetensors", "config.json", "metrics.jsonl", "report.json", "report.md",
                  "accuracy_by_layer.png", "report.html", "README.md"):
         assert (folder / name).is_file(), name
-    assert set(run.files) == {"report.json", "report.md", "accuracy_by_layer.png", "report.html", "README.md"}
+    assert set(run.files) == {"report.json", "report.md", "accuracy_by_layer.png", "report.html", "README.md",
+                              "profile.png"}  # MASC's accuracy by subspace size, drawn when the report has a profile
     saved_probes = json.loads((folder / "probes" / "runner.json").read_text())  # save_probes=True: one per row
     assert len(saved_probes["estimators"]) == len([r for r in run.report.results if r.get("control") is None])
     assert json.loads((folder / "report.json").read_text()) == run.report.to_dict()
