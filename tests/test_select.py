@@ -143,3 +143,28 @@ def test_choosing_on_training_rows_picks_the_memorized_layer_and_a_noisy_test_pa
     at_train_choice = [r for r in report.profile if r["layer"] == picked["layer"] and r["size"] == picked["size"]
                        and r["control"] is None]
     assert at_train_choice and chosen["evaluation_accuracy"] > at_train_choice[0]["accuracy"]
+
+
+def test_crossfitting_swaps_the_parts_and_averages_the_differences() -> None:
+    # Random predictions on 60 images: the swapped decision is the same rule with the parts' roles exchanged, so
+    # its comparisons equal a plain selection whose split puts the old evaluation part first.
+    rng = np.random.default_rng(5)
+    y = np.arange(60) % 3
+    index = np.arange(60)
+    table = {(net, layer, "true"): {s: rng.integers(0, 3, 60) for s in (0.9, 0.99, 5)}
+             for net, layer in (("trained", "a"), ("trained", "b"), ("init", "a"), ("input", "input"))}
+    _, block = select(_profiles(y, table), y, index, rule="clean", split=0.5, seed=1, corruption=None,
+                      num_classes=3, crossfit=True)
+    cross = block["crossfit"]
+    assert len(cross["comparisons"]) == len(block["comparisons"]) == 2
+    for first, second, mean in zip(block["comparisons"], cross["comparisons"], cross["mean"], strict=True):
+        assert mean["difference"] == pytest.approx((first["difference"] + second["difference"]) / 2)
+        assert second["n"] == block["n_choose"] and first["n"] == block["n_eval"]
+    # By hand: the swapped trained choice is the best candidate on the evaluation part against its true labels.
+    ev = np.isin(index, block["evaluation_index"])
+    best = max(((layer, s) for (net, layer, _), by in table.items() if net == "trained" for s in by),
+               key=lambda c: (np.mean(table[("trained", c[0], "true")][c[1]][ev] == y[ev]),))
+    scores = {c: np.mean(table[("trained", c[0], "true")][c[1]][ev] == y[ev])
+              for c in [(layer, s) for (net, layer, _), by in table.items() if net == "trained" for s in by]}
+    mine = next(c for c in cross["choices"] if c["network"] == "trained")
+    assert scores[(mine["layer"], mine["size"])] == max(scores.values()) == scores[best]

@@ -32,6 +32,10 @@ class DataConfig:
     image_column: str | None = None  # Hub / parquet data whose columns the guess misses
     label_column: str | None = None
     revision: str | None = None  # Hub revision of the dataset
+    # At most this many training / test samples: a stratified subset drawn by `seed` (masc_probe.data._subset),
+    # recorded in the run's config.json and report; None keeps the split whole.
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -66,7 +70,7 @@ class ProbeConfig:
     # re-initialized copy) and "input" (the raw input); () for none (ProbeRunner's controls=)
     controls: Sequence[str]
     # How each network chooses its (layer, subspace size) without the images that judge it: the ProbeRunner
-    # keywords select, select_split, select_seed and select_size that the call gave (the rest are the runner's).
+    # keywords select, select_split, select_seed, select_size and select_crossfit that the call gave (the rest are the runner's).
     selection: Mapping[str, Any] = field(default_factory=dict)
 
     def runner_options(self, *, progress: bool) -> dict[str, Any]:

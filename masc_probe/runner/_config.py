@@ -46,6 +46,7 @@ class RunnerConfig:
     select_split: float = 0.5
     select_seed: int = 0
     select_size: float | int | None = None
+    select_crossfit: bool = False  # also choose on the evaluation part and judge on the choosing part
     profile: bool = True  # False: MASC at the fitted size only (no profile, hence no selection)
 
     @property
@@ -62,7 +63,7 @@ class RunnerConfig:
              train_accuracy: bool | int, seed: int, protocol: str = "clean",
              controls: tuple[str, ...] = (), select: str = "noisy", select_split: float = 0.5,
              select_seed: int = 0, select_size: float | int | None = None,
-             profile: bool = True) -> RunnerConfig:
+             select_crossfit: bool = False, profile: bool = True) -> RunnerConfig:
         """Validate the constructor's arguments.
 
         Raises:
@@ -91,7 +92,7 @@ class RunnerConfig:
                    progress=bool(progress), probe_kwargs={k: dict(v) for k, v in (probe_kwargs or {}).items()},
                    train_accuracy=train_accuracy, seed=int(seed), protocol=protocol, controls=tuple(controls),
                    select=select, select_split=select_split, select_seed=select_seed, select_size=select_size,
-                   profile=bool(profile))
+                   select_crossfit=bool(select_crossfit), profile=bool(profile))
 
     def profile_sizes(self) -> tuple[float | int, ...]:
         """The MASC profile's sizes: the package's, plus the fitted ``n_components`` and a fixed size if other."""

@@ -281,7 +281,7 @@ def _selection_block(config: RunnerConfig, profiles: Mapping[str, Any] | None,
         by_network[(network, layer, labels)] = value
     rows, block = select(by_network, profiles["y"], profiles["index"], rule=config.select,
                          split=config.select_split, seed=config.select_seed, corruption=corruption,
-                         num_classes=num_classes, fixed_size=config.select_size)
+                         num_classes=num_classes, fixed_size=config.select_size, crossfit=config.select_crossfit)
     return {"profile": rows, **({"selection": block} if block is not None else {})}
 
 

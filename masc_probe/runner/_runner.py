@@ -105,6 +105,8 @@ class ProbeRunner:
         select_split: The choosing part's share of the test images, per class (default half).
         select_seed: Seed of the split and of the noisy labels; recorded in the report.
         select_size: Hold the subspace size fixed (e.g. the paper's 0.99): only the layer is chosen.
+        select_crossfit: Also choose on the evaluation part and judge on the choosing part; the report's
+            ``selection["crossfit"]`` holds the swapped choices and comparisons and the mean of the two differences.
         profile: Keep every MASC probe's profile (accuracy at every subspace size from its one fit; needed by the
             selection). False scores MASC at ``n_components`` only: the report then has no profile and no selection.
 
@@ -122,13 +124,15 @@ class ProbeRunner:
                  train_accuracy: bool | int = 5_000, seed: int = 0, protocol: str = "clean",
                  controls: Sequence[str] | Mapping[str, nn.Module | ControlModel | None] | str | None = (
                      "init", "input"), select: str = "noisy", select_split: float = 0.5, select_seed: int = 0,
-                 select_size: float | int | None = None, profile: bool = True) -> None:
+                 select_size: float | int | None = None, select_crossfit: bool = False,
+                 profile: bool = True) -> None:
         names, self.control_models, self.controls_skipped_ = resolve(controls, model, seed=int(seed))
         self.config = RunnerConfig.make(
             layers=layers, probes=probes, labels=labels, n_components=n_components, reducer=reducer,
             max_memory=max_memory, device=device, cache_dir=cache_dir, progress=progress, probe_kwargs=probe_kwargs,
             train_accuracy=train_accuracy, seed=seed, protocol=protocol, controls=names, select=select,
-            select_split=select_split, select_seed=select_seed, select_size=select_size, profile=profile)
+            select_split=select_split, select_seed=select_seed, select_size=select_size,
+            select_crossfit=select_crossfit, profile=profile)
         self.model = model
         self.reducer: Reducer | LayerReducer = (
             Reducer(reducer, seed=seed) if isinstance(reducer, str) and reducer.startswith("random:")
@@ -282,7 +286,7 @@ class ProbeRunner:
                  model_name: str | None = None, dataset: str | None = None,
                  corruption: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
                  select: str | None = None, select_split: float | None = None, select_seed: int | None = None,
-                 select_size: float | int | None = None) -> ProbeReport:
+                 select_size: float | int | None = None, select_crossfit: bool | None = None) -> ProbeReport:
         """Run the model once over *test*; score every probe and the model itself against the true test labels.
 
         Args:
@@ -296,7 +300,7 @@ class ProbeRunner:
             corruption: The report's ``corruption`` (``mode``, ``rate``, ``seed``, ``realized_rate``; default: the
                 training data's own, when it came from :func:`masc_probe.load_data`; None for clean labels).
             extra: More top-level report keys.
-            select, select_split, select_seed, select_size: This evaluation's choice of layer and subspace size
+            select, select_split, select_seed, select_size, select_crossfit: This evaluation's choice of layer and subspace size
                 (default: the constructor's; see there).
 
         Returns:
@@ -306,7 +310,7 @@ class ProbeRunner:
         fitted = self._need_fitted()
         config = self.config
         asked = {"select": select, "select_split": select_split, "select_seed": select_seed,
-                 "select_size": select_size}
+                 "select_size": select_size, "select_crossfit": select_crossfit}
         if any(v is not None for v in asked.values()):
             from masc_probe.runner._select import check_select
 
@@ -316,7 +320,8 @@ class ProbeRunner:
                 raise InputError(f"select_size must be a size of the fitted profile {list(config.profile_sizes())}; "
                                  f"got {merged['select_size']!r}")
             config = dataclasses.replace(config, select=rule, select_split=split, select_seed=seed,
-                                         select_size=merged["select_size"])
+                                         select_size=merged["select_size"],
+                                         select_crossfit=bool(merged["select_crossfit"]))
         counts = evaluate_pass(config, self.reducer, fitted, model, test, shard=shard,
                                controls=self._control_nets())
         return build_report(config, self.reducer, fitted, counts, epoch=epoch, controls=self.control_models,

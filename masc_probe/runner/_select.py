@@ -118,9 +118,61 @@ def _argmax(scores: Sequence[float]) -> int:
     return best
 
 
+def _decide(profiles: Mapping[tuple[str, str, str], Any], y: np.ndarray, choose: np.ndarray, evaluate: np.ndarray,
+            noisy: np.ndarray, networks: list[str], label_sets: list[str],
+            fixed_size: float | int | None) -> dict[str, Any]:
+    """Each network's choice on *choose* (against *noisy*), judged on *evaluate*; the comparisons, oracle, 0.99 rule."""
+    from masc_probe.report._compare import paired_difference
+
+    choices, oracle, paper, picked = [], [], [], {}
+    truth = y[evaluate]
+    for labels in label_sets:
+        for network in networks:
+            cands = [(layer, size, preds[j]) for (net, layer, lab), (sizes, preds, _) in profiles.items()
+                     if net == network and lab == labels for j, size in enumerate(sizes)]
+            if not cands:
+                continue
+            allowed = [c for c in cands if fixed_size is None or c[1] == fixed_size]
+            if not allowed:
+                raise InputError(f"the subspace size {fixed_size!r} is not in the profile")
+            on_choose = [float(np.mean(c[2][choose] == noisy)) for c in allowed]
+            best = allowed[_argmax(on_choose)]
+            picked[(network, labels)] = best
+            choices.append({"network": network, "labels": labels, "layer": best[0], "size": best[1],
+                            "choosing_accuracy": max(on_choose),
+                            "evaluation_accuracy": float(np.mean(best[2][evaluate] == truth))})
+            on_eval = [float(np.mean(c[2][evaluate] == truth)) for c in cands]
+            top = cands[_argmax(on_eval)]
+            oracle.append({"network": network, "labels": labels, "layer": top[0], "size": top[1],
+                           "accuracy": max(on_eval)})
+            rule_cands = [c for c in cands if c[1] == 0.99]
+            if rule_cands:
+                at = rule_cands[_argmax([float(np.mean(c[2][choose] == noisy)) for c in rule_cands])]
+                paper.append({"network": network, "labels": labels, "layer": at[0], "size": 0.99,
+                              "evaluation_accuracy": float(np.mean(at[2][evaluate] == truth))})
+    comparisons = []
+    for labels in label_sets:
+        mine = picked.get((TRAINED, labels))
+        if mine is None:
+            continue
+        right = mine[2][evaluate] == truth
+        for network in networks:
+            other = picked.get((network, labels))
+            if network == TRAINED or other is None:
+                continue
+            theirs = other[2][evaluate] == truth
+            b, c = int(np.sum(right & ~theirs)), int(np.sum(~right & theirs))
+            comparisons.append({"labels": labels, "control": network, "trained_layer": mine[0],
+                                "trained_size": mine[1], "control_layer": other[0], "control_size": other[1],
+                                "trained": float(right.mean()), "control_accuracy": float(theirs.mean()),
+                                **paired_difference(b, c, len(evaluate)), "n": int(len(evaluate))})
+    return {"choices": choices, "comparisons": comparisons, "oracle": oracle, "paper_rule": paper}
+
+
 def select(profiles: Mapping[tuple[str, str, str], tuple[list[Any], np.ndarray, list[list[int]]]], y: np.ndarray,
            index: np.ndarray, *, rule: str, split: float, seed: int, corruption: Mapping[str, Any] | None,
-           num_classes: int, fixed_size: float | int | None = None) -> tuple[list[dict[str, Any]], dict | None]:
+           num_classes: int, fixed_size: float | int | None = None,
+           crossfit: bool = False) -> tuple[list[dict[str, Any]], dict | None]:
     """The profile rows and the selection block of a report.
 
     Args:
@@ -132,12 +184,12 @@ def select(profiles: Mapping[tuple[str, str, str], tuple[list[Any], np.ndarray, 
         corruption: The run's recipe (``mode``, ``rate``) for ``"noisy"``.
         num_classes: K.
         fixed_size: Choose only the layer, at this size (``--n-components`` given).
+        crossfit: Also choose on the evaluation part and judge on the choosing part (``crossfit`` in the block:
+            the swapped choices and comparisons, and per comparison the mean of the two differences).
 
     Returns:
         ``(profile rows, selection block or None)``; see docs/architecture.md, "Report format".
     """
-    from masc_probe.report._compare import paired_difference
-
     rows = []
     for (network, layer, labels), (sizes, preds, ks) in profiles.items():
         for size, pred, k in zip(sizes, preds, ks, strict=True):
@@ -154,50 +206,19 @@ def select(profiles: Mapping[tuple[str, str, str], tuple[list[Any], np.ndarray, 
     seen = list(dict.fromkeys(k[0] for k in profiles))  # the trained network first, the raw input last
     networks = [n for n in seen if n == TRAINED] + [n for n in seen if n not in (TRAINED, INPUT)] + \
         [n for n in seen if n == INPUT]
-    choices, oracle, paper, picked = [], [], [], {}
-    for labels in label_sets:
-        for network in networks:
-            cands = [(layer, j, size, preds[j]) for (net, layer, lab), (sizes, preds, _) in profiles.items()
-                     if net == network and lab == labels for j, size in enumerate(sizes)]
-            if not cands:
-                continue
-            allowed = [c for c in cands if fixed_size is None or c[2] == fixed_size]
-            if not allowed:
-                raise InputError(f"the subspace size {fixed_size!r} is not in the profile")
-            on_choose = [float(np.mean(c[3][choose] == noisy)) for c in allowed]
-            best = allowed[_argmax(on_choose)]
-            picked[(network, labels)] = best
-            choices.append({"network": network, "labels": labels, "layer": best[0], "size": best[2],
-                            "choosing_accuracy": max(on_choose),
-                            "evaluation_accuracy": float(np.mean(best[3][evaluate] == y[evaluate]))})
-            on_eval = [float(np.mean(c[3][evaluate] == y[evaluate])) for c in cands]
-            top = cands[_argmax(on_eval)]
-            oracle.append({"network": network, "labels": labels, "layer": top[0], "size": top[2],
-                           "accuracy": max(on_eval)})
-            rule_cands = [c for c in cands if c[2] == 0.99]
-            if rule_cands:
-                acc = [float(np.mean(c[3][choose] == noisy)) for c in rule_cands]
-                at = rule_cands[_argmax(acc)]
-                paper.append({"network": network, "labels": labels, "layer": at[0], "size": 0.99,
-                              "evaluation_accuracy": float(np.mean(at[3][evaluate] == y[evaluate]))})
-    comparisons = []
-    for labels in label_sets:
-        mine = picked.get((TRAINED, labels))
-        if mine is None:
-            continue
-        right = mine[3][evaluate] == y[evaluate]
-        for network in networks:
-            other = picked.get((network, labels))
-            if network == TRAINED or other is None:
-                continue
-            theirs = other[3][evaluate] == y[evaluate]
-            b, c = int(np.sum(right & ~theirs)), int(np.sum(~right & theirs))
-            comparisons.append({"labels": labels, "control": network, "trained_layer": mine[0],
-                                "trained_size": mine[2], "control_layer": other[0], "control_size": other[2],
-                                "trained": float(right.mean()), "control_accuracy": float(theirs.mean()),
-                                **paired_difference(b, c, len(evaluate)), "n": int(len(evaluate))})
+    decided = _decide(profiles, y, choose, evaluate, noisy, networks, label_sets, fixed_size)
     block = {"rule": rule, "split": split, "seed": seed, "fixed_size": fixed_size, "labels": record,
              "condition": record["condition"], "n_choose": int(len(choose)), "n_eval": int(len(evaluate)),
              "choosing_index": [int(i) for i in index[choose]], "evaluation_index": [int(i) for i in index[evaluate]],
-             "choices": choices, "comparisons": comparisons, "oracle": oracle, "paper_rule": paper}
+             **decided}
+    if crossfit:
+        other_noisy, _ = choosing_labels(y_sorted[eval_s], rule, corruption, num_classes, seed, index_sorted[eval_s])
+        swapped = _decide(profiles, y, evaluate, choose, other_noisy, networks, label_sets, fixed_size)
+        mean = []
+        for first, second in zip(decided["comparisons"], swapped["comparisons"], strict=True):
+            mean.append({"labels": first["labels"], "control": first["control"],
+                         "trained": (first["trained"] + second["trained"]) / 2,
+                         "control_accuracy": (first["control_accuracy"] + second["control_accuracy"]) / 2,
+                         "difference": (first["difference"] + second["difference"]) / 2})
+        block["crossfit"] = {"choices": swapped["choices"], "comparisons": swapped["comparisons"], "mean": mean}
     return rows, block
