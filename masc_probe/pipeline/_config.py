@@ -69,8 +69,8 @@ class ProbeConfig:
     # What the trained network is compared with: "init" (a run's own epoch-0 weights when it recorded them, else a
     # re-initialized copy) and "input" (the raw input); () for none (ProbeRunner's controls=)
     controls: Sequence[str]
-    # How each network chooses its (layer, subspace size) without the images that judge it: the ProbeRunner
-    # keywords select, select_split, select_seed, select_size and select_crossfit that the call gave (the rest are the runner's).
+    # How each network chooses its (layer, subspace size) without the images that judge it: the ProbeRunner keywords
+    # select, select_split, select_seed, select_size and select_crossfit that the call gave (the rest: the runner's).
     selection: Mapping[str, Any] = field(default_factory=dict)
 
     def runner_options(self, *, progress: bool) -> dict[str, Any]:
