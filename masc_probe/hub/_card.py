@@ -11,7 +11,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from masc_probe import __version__
+from masc_probe._version import __version__
 from masc_probe._choices import TIMM_PREFIX
 from masc_probe.errors import InputError
 from masc_probe.report import ProbeReport, ReportView, build_view, fmt

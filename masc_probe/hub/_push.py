@@ -26,7 +26,8 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, hf_hub_download
 
-from masc_probe import __version__, _atomic
+from masc_probe import _atomic
+from masc_probe._version import __version__
 from masc_probe.models._hub import check_repo_id as _validate
 from masc_probe.models._hub import commit_files
 from masc_probe.models._hub import hub_errors as _hub_errors

@@ -84,7 +84,7 @@ def commit_files(repo_id: str, files: Mapping[str, str | os.PathLike[str] | byte
     """
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants
 
-    from masc_probe import __version__
+    from masc_probe._version import __version__
 
     api = HfApi(token=token, library_name="masc-probe", library_version=__version__)
     with hub_errors(repo_id, revision=revision, token=token, what="push"):

@@ -142,7 +142,7 @@ def save_model(model: nn.Module, directory: str | os.PathLike[str], *, masc_conf
     Raises:
         InputError: The model is neither a paper model nor a timm model.
     """
-    from masc_probe import __version__
+    from masc_probe._version import __version__
 
     masc = {"model": model_spec(model), "num_classes": _num_classes(model), **dict(masc_config)}
     masc.setdefault("masc_probe_version", __version__)

@@ -159,7 +159,7 @@ def report_html(report: Any, *, config: Mapping[str, Any] | None = None, images:
     if not view.rows:
         raise InputError("expected a ProbeReport with at least one result of the trained network, got none")
     images = images or {}
-    from masc_probe import __version__
+    from masc_probe._version import __version__
 
     issues = dict(label_issues) if label_issues is not None else None
     gallery = images.get(GALLERY_PNG) if issues is not None else None

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from masc_probe import __version__
+from masc_probe._version import __version__
 from masc_probe._choices import TENSOR_PROBES
 from masc_probe.errors import InputError
 from masc_probe.models import model_spec

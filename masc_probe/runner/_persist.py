@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from masc_probe import __version__, _atomic
+from masc_probe import _atomic
+from masc_probe._version import __version__
 from masc_probe._choices import HUB_PREFIX
 from masc_probe.models._hub import check_repo_id, commit_files, hub_errors, one_line
 from masc_probe.errors import InputError
