@@ -143,9 +143,18 @@ def rank_choice(S: np.ndarray, S_sel: np.ndarray | None, y: np.ndarray, held_giv
 
 
 def stratified_folds(given: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """The fold of each sample: scikit-learn's ``StratifiedKFold(folds, shuffle=True, random_state=seed)``."""
+    """The fold of each sample: scikit-learn's ``StratifiedKFold(folds, shuffle=True, random_state=seed)``. The one
+    cross-fitting of the package: label issues and relabeling's MASC suggestions both split by it.
+
+    Raises:
+        InputError: A class of *given* has fewer than *folds* samples.
+    """
     from sklearn.model_selection import StratifiedKFold
 
+    classes, counts = np.unique(given, return_counts=True)
+    if counts.min() < folds:
+        raise InputError(f"folds={folds} needs at least {folds} samples of every class; class "
+                         f"{int(classes[np.argmin(counts)])} has {int(counts.min())}")
     fold = np.empty(len(given), dtype=np.int64)
     split = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(given)), given)
     for k, (_, held) in enumerate(split):

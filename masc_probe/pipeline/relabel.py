@@ -6,7 +6,8 @@ Relabeling (:func:`relabel`):
 2. choose the layer where MASC does best on the 20% part;
 3. relabel the training set with that layer's MASC predictions from *corrupted-label* subspaces (true-label subspaces
    leak the answer: they are allowed only as an oracle bound, ``oracle=True``, and the result says so), cross-fitted
-   so that no sample is labelled by a subspace fitted on itself, and write ``relabel.csv`` (index, given label,
+   so that no sample is labelled by a subspace fitted on itself (on the stratified folds of label issues,
+   ``pipeline._oof``: both detectors split the samples alike), and write ``relabel.csv`` (index, given label,
    suggested label, margin between the two best cosines);
 4. fine-tune the memorized network on the suggested labels with a fresh optimizer of the same kind and lr, up to
    30 epochs, stopping early on the 20% part (patience 3) and keeping its best epoch;
@@ -113,7 +114,8 @@ def relabel(
         max_epochs: Fine-tuning epochs at most (30).
         patience: Epochs without a better 20%-part accuracy before stopping (3).
         cross_fit: Folds K of the suggestions: each training sample is labelled by subspaces fitted on the other
-            K-1 folds. ``1`` predicts in-sample, with subspaces fitted on the sample itself — which on small data
+            K-1 folds (scikit-learn's ``StratifiedKFold(K, shuffle=True, random_state=seed)`` over the given labels,
+            as :func:`~masc_probe.pipeline.label_issues.find_label_issues`). ``1`` predicts in-sample, with subspaces fitted on the sample itself — which on small data
             hands back the given label (each class subspace spans its own training points: on 300 digits with
             the 2048-wide layers none of the 300 labels changed), so K=2 is the default.
         device: Where everything runs; default the model's device (that of its first parameter or buffer).
@@ -128,8 +130,9 @@ def relabel(
         The numbers, also written to ``relabel.json``.
 
     Raises:
-        InputError: Data that is not map-style, training data without labels, bad fine-tuning settings, or a model
-            without trainable parameters (there is nothing to fine-tune).
+        InputError: Data that is not map-style, training data without labels, bad fine-tuning settings, a class
+            with fewer training samples than ``cross_fit``, or a model without trainable parameters (there is
+            nothing to fine-tune).
     """
     from masc_probe.runner import ProbeRunner
     from masc_probe.runner._forward import model_device
@@ -181,8 +184,8 @@ def relabel(
         layer, selection = best["layer"], best["test_accuracy"]
         in_sample = runner.estimators_[(layer, "masc", labels)] if cross_fit == 1 else None
         given, true, index, suggested, margin = _suggest(
-            runner, layer, train_set, eval_bs, labels=labels, folds=cross_fit, seed=seed, in_sample=in_sample,
-            n_components=n_components)  # fmt: skip
+            model, runner, layer, train_set, eval_bs, labels=labels, folds=cross_fit, seed=seed,
+            in_sample=in_sample, n_components=n_components, device=device, progress=progress)  # fmt: skip
 
     out.mkdir(parents=True, exist_ok=True)
     _write_csv(out / "relabel.csv", index, given, suggested, margin)
@@ -305,57 +308,43 @@ class _Relabeled(Dataset):
         return (row[0], self.labels[i], *row[2:])
 
 
-@torch.no_grad()
-def _suggest(runner: Any, layer: str, dataset: Any, batch_size: int, *, labels: str, folds: int, seed: int,
-             in_sample: Any, n_components: float | int) -> tuple[Any, ...]:  # fmt: skip
+def _suggest(model: nn.Module, runner: Any, layer: str, dataset: Any, batch_size: int, *, labels: str, folds: int,
+             seed: int, in_sample: Any, n_components: float | int, device: torch.device,
+             progress: bool) -> tuple[Any, ...]:  # fmt: skip
     """Given labels, true labels (or None), indices, MASC suggestions and cosine margins, in dataset order.
 
-    With ``folds`` > 1, one pass fits a MASC per fold on the samples outside it, a second pass scores each sample
-    with the MASC of its own fold. Fold ``i`` holds the samples whose position is ``i`` modulo ``folds`` in a
-    seeded permutation.
+    One pass reads *layer*'s rows (*model* through the runner's reducer) into the label-issue machinery's row
+    cache. With ``folds`` > 1 each sample is then scored by the MASC fitted on the other folds: the stratified, seeded
+    folds of :func:`~masc_probe.pipeline.label_issues.find_label_issues` (stratified by the given labels, so that
+    both detectors split the samples alike), fitted on the *labels* set. With ``folds`` = 1, by *in_sample*.
     """
-    from masc_probe.probes import MinimumAngleSubspaceClassifier
+    import tempfile
 
-    classes = runner.classes_
-    fold_of = np.random.default_rng(seed).permutation(len(dataset)) % folds
-    probes = [MinimumAngleSubspaceClassifier(n_components) for _ in range(folds)] if in_sample is None else []
-    if probes:
-        position = 0
-        for batch in _loader(dataset, batch_size):
-            part = split_batch(batch)
-            y = part.y if labels == "corrupted" else part.y_true
-            if y is None:
+    from masc_probe.pipeline import _oof
+    from masc_probe.probes import check_max_memory
+
+    classes = np.asarray(runner.classes_)
+    with tempfile.TemporaryDirectory(prefix="masc-relabel-") as spill:
+        rows = _oof.collect(model, dataset, [layer], runner.reducer, device, progress=progress,
+                            batch_size=batch_size, root=spill, desc="relabel")  # fmt: skip
+        try:
+            fit_on = rows.given if labels == "corrupted" else rows.true
+            if fit_on is None:
                 raise InputError("oracle relabeling needs true labels in the training batches, got none")
-            rows = runner.features(part.x)[layer]
-            fold = torch.as_tensor(fold_of[position : position + len(y)], device=rows.device)
-            for f, probe in enumerate(probes):
-                keep = fold != f
-                if bool(keep.any()):
-                    probe.partial_fit(rows[keep], y.to(rows.device)[keep].cpu().numpy(), classes=classes)
-            position += len(y)
-    given, true, index, suggested, margin = [], [], [], [], []
-    position = 0
-    has_true = True
-    for batch in _loader(dataset, batch_size):
-        part = split_batch(batch)
-        n = len(part.y)
-        rows = runner.features(part.x)[layer]
-        cos = torch.zeros(n, len(classes), dtype=torch.float64)
-        fold = fold_of[position : position + n]
-        for f in np.unique(fold) if probes else [None]:
-            pick = torch.as_tensor(fold == f) if f is not None else torch.ones(n, dtype=torch.bool)
-            estimator = probes[f] if f is not None else in_sample
-            cos[pick] = torch.as_tensor(estimator.cosines(rows[pick.to(rows.device)])).double().cpu()
-        top = torch.topk(cos, k=min(2, cos.shape[1]), dim=1).values
-        suggested.append(cos.argmax(dim=1).numpy())  # ties to the lowest class, as MASC's predict
-        margin.append((top[:, 0] - top[:, -1]).numpy())
-        given.append(part.y.cpu().numpy())
-        has_true = has_true and part.y_true is not None
-        true.append((part.y_true if part.y_true is not None else part.y).cpu().numpy())
-        index.append(part.index.cpu().numpy() if part.index is not None else np.arange(position, position + n))
-        position += n
-    cat = np.concatenate
-    return cat(given), (cat(true) if has_true else None), cat(index), cat(suggested).astype(np.int64), cat(margin)
+            X = rows[layer]
+            if in_sample is not None:
+                S = np.concatenate([_oof.class_scores(in_sample, "masc", np.asarray(X[i:i + 4096]))
+                                    for i in range(0, len(X), 4096)])
+            else:
+                fold = _oof.stratified_folds(rows.given, folds, seed)
+                kwargs = _oof.probe_kwargs(("masc",), None, check_max_memory(None), device, n_components)
+                S = _oof.out_of_fold_scores("masc", X, fit_on, fold, classes, kwargs["masc"])[0]
+        finally:
+            rows.close()
+    S = S.astype(np.float64)
+    top = np.sort(S, axis=1)[:, ::-1][:, : min(2, S.shape[1])]
+    suggested = classes[S.argmax(axis=1)].astype(np.int64)  # ties to the lowest class, as MASC's predict
+    return rows.given, rows.true, rows.index, suggested, top[:, 0] - top[:, -1]
 
 
 def _issues_suggest(model: nn.Module, train_set: Any, select: Any, *, layers: list[str] | None,
