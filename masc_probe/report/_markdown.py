@@ -66,7 +66,8 @@ def selection(view: ReportView, digits: int = 3, *, full: bool = True) -> list[s
     out = ["#### Chosen without the evaluation images", "",
            f"Rule `{sel.rule}`: each layer and subspace size chosen on {sel.n_choose} of the test images (split "
            f"{sel.split}, seed {sel.seed}) against {sel.labels_used}; accuracy then measured on the other "
-           f"{sel.n_eval} images against the true labels. {sel.condition}".rstrip(), ""]
+           f"{sel.n_eval} images against the true labels." + (f" The rule's condition: {sel.condition.rstrip('.')}."
+                                                               if sel.condition else ""), ""]
     out += _table(["network", "subspaces from", "layer", "size", "choosing part (labels used)",
                    "evaluation part (true labels)"], "---|---|---|---:|---:|---:",
                   [[NETWORK_TEXT.get(c.network, c.network), LABELS_TEXT.get(c.labels, c.labels), f"`{c.layer}`",

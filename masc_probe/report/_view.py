@@ -4,56 +4,28 @@
 model's accuracy (and its init control's), the headline sentences (``report.headline()``, placed as they are), the
 trained network's per-layer rows with each control beside them, the selection made without the evaluation images and
 the accuracy-by-subspace-size profile when the report has them, and the oracle rows under that name. The renderers
-only lay this out: none of them picks a best layer or words a verdict. :func:`fmt` is the one number formatter.
-
->>> fmt(0.31549), fmt(-0.0234, signed=True), fmt(None)
-('0.315', '−0.023', '–')
+only lay this out: none of them picks a best layer or words a verdict. Their numbers go through ``_format.fmt``, the
+one number formatter.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from masc_probe.errors import InputError
-from masc_probe.report import _compare
+from masc_probe.report._blocks import Profile, Readout, Selection, as_ci, as_float, read_profile, read_selection
+from masc_probe.report._format import fmt, size_text
 
-DIGITS = 3
-MINUS = "\u2212"  # a true minus sign, as wide as the plus
+# What the renderers take from here: the view, its builder, the formatter and the words for networks and label sets.
+__all__ = ["LABELS_TEXT", "NETWORK_TEXT", "ReportView", "Row", "Setting", "Versus", "build_view", "fmt",
+           "profile_of", "selection_of", "size_text"]
+
 NETWORK_TEXT = {"trained": "trained network", "init": "network at its initial weights", "input": "raw input"}
 LABELS_TEXT = {"corrupted": "corrupted labels", "true": "true labels", "label": "given labels"}
 _NOT_SETTINGS = {"checkpoint_dense_until", "checkpoint_every", "eval_batch_size", "keep_checkpoints", "num_classes",
                  "progress", "num_processes", "stopped"}  # run bookkeeping: it does not change the weights
-
-
-def fmt(value: Any, *, signed: bool = False, p: bool = False, digits: int = DIGITS) -> str:
-    """A measured number as every renderer shows it: *digits* decimals, '–' for none.
-
-    Args:
-        value: The number (None, NaN or a non-number show as '–').
-        signed: Show the sign of a difference (``+0.012``, ``−0.034``: a true minus sign).
-        p: A p-value: below 10^-digits it shows as ``<0.001``.
-        digits: Decimals.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return "–"
-    if p and value < 10.0 ** -digits:
-        return f"<{10.0 ** -digits:.{digits}f}"
-    return f"{value:{'+' if signed else ''}.{digits}f}".replace("-", MINUS)
-
-
-def size_text(size: Any) -> str:
-    """A MASC subspace size as the headline writes it (``t = 0.99``: a variance fraction; ``k = 5 per class``)."""
-    if isinstance(size, bool) or not isinstance(size, (int, float)):
-        return str(size)
-    return _compare.size_text(size)
-
-
-def size_order(size: Any) -> tuple[int, float]:
-    """Sort key of subspace sizes on a categorical axis: the fractions first, then the counts, each ascending."""
-    return (int(not isinstance(size, float)), float(size))
 
 
 def profile_of(report: Any) -> list[dict[str, Any]] | None:
@@ -112,76 +84,6 @@ class Row:
 
 
 @dataclass(frozen=True)
-class Choice:
-    network: str
-    labels: str
-    layer: str
-    size: Any
-    choosing_accuracy: float | None
-    evaluation_accuracy: float | None
-
-
-@dataclass(frozen=True)
-class Paired:
-    """The trained network's chosen readout against a control's, paired on the evaluation images."""
-
-    labels: str
-    control: str
-    trained_layer: str
-    trained_size: Any
-    control_layer: str
-    control_size: Any
-    trained: float | None
-    control_accuracy: float | None
-    difference: float | None
-    ci: tuple[float, float] | None
-    p_value: float | None
-    verdict: str | None
-    n: int | None
-    method: str | None = None
-
-
-@dataclass(frozen=True)
-class Readout:
-    """A (layer, size) with one accuracy: the oracle's (all test images) or the paper rule's (evaluation part)."""
-
-    network: str
-    labels: str
-    layer: str
-    size: Any
-    accuracy: float | None
-
-
-@dataclass(frozen=True)
-class Selection:
-    rule: str
-    split: Any
-    seed: Any
-    labels_used: str  # the labels the choice was made against, in words
-    condition: str
-    n_choose: int | None
-    n_eval: int | None
-    choices: list[Choice]
-    comparisons: list[Paired]
-    oracle: list[Readout]
-    paper_rule: list[Readout]
-
-
-@dataclass(frozen=True)
-class ProfileLine:
-    network: str
-    labels: str
-    layer: str
-    accuracy: dict[Any, float]  # size -> accuracy on all test images
-
-
-@dataclass(frozen=True)
-class Profile:
-    sizes: list[Any]  # fractions, then counts
-    lines: list[ProfileLine]
-
-
-@dataclass(frozen=True)
 class ReportView:
     """Everything a rendering of a report shows; see :func:`build_view`."""
 
@@ -234,28 +136,6 @@ class ReportView:
         return "input" in self.layers
 
 
-def _ci(value: Any) -> tuple[float, float] | None:
-    return (float(value[0]), float(value[1])) if isinstance(value, Sequence) and len(value) == 2 else None
-
-
-def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _need(row: Any, keys: Sequence[str], what: str) -> Mapping[str, Any]:
-    if not isinstance(row, Mapping) or any(k not in row for k in keys):
-        got = sorted(row) if isinstance(row, Mapping) else type(row).__name__
-        raise InputError(f"each {what} row needs keys {list(keys)}, got {got}")
-    return row
-
-
-def network_of(control: Any, layer: str) -> str:
-    """A result's network: ``trained`` (no control), ``input`` (the raw input's rows) or the control's name."""
-    if control:
-        return str(control)
-    return "input" if layer == "input" else "trained"
-
-
 # ---------------------------------------------------------------------------------------------- the building
 def _setup(report: Any, config: Mapping[str, Any] | None) -> list[Setting]:
     out = [Setting(what, str(v), code=True) for what, v in (("model", report.model), ("dataset", report.dataset))
@@ -300,8 +180,8 @@ def _setup(report: Any, config: Mapping[str, Any] | None) -> list[Setting]:
 
 
 def _versus(comp: Mapping[str, Any]) -> Versus:
-    return Versus(str(comp.get("control")), _float(comp.get("control_accuracy")), _float(comp.get("difference")),
-                  _ci(comp.get("ci")), comp.get("verdict"), _float(comp.get("p_value")), _float(comp.get("p_holm")),
+    return Versus(str(comp.get("control")), as_float(comp.get("control_accuracy")), as_float(comp.get("difference")),
+                  as_ci(comp.get("ci")), comp.get("verdict"), as_float(comp.get("p_value")), as_float(comp.get("p_holm")),
                   comp.get("method"))
 
 
@@ -319,57 +199,10 @@ def _rows(report: Any, controls: list[str]) -> tuple[list[Row], dict[tuple[str, 
             if comp is not None:
                 versus[name] = _versus(comp)
         rows.append(Row(r["layer"], str(reducers.get(r["layer"], "flatten")), r["probe"], r["labels"],
-                        float(r["test_accuracy"]), _ci(r.get("test_ci")), _float(r.get("test_accuracy_std")),
+                        float(r["test_accuracy"]), as_ci(r.get("test_ci")), as_float(r.get("test_accuracy_std")),
                         {k: float(v) for k, v in (r.get("train_accuracy") or {}).items()},
                         best.get((r["probe"], r["labels"])) == r["layer"], versus))
     return rows, best
-
-
-def _labels_used(labels: Any) -> str:
-    if not isinstance(labels, Mapping):
-        return str(labels or "the labels given")
-    kind = str(labels.get("kind", "given"))
-    if kind == "clean":
-        return "clean labels"
-    parts = [str(labels[k]) for k in ("mode",) if labels.get(k)]
-    parts += [f"p={labels['rate']:g}"] if isinstance(labels.get("rate"), (int, float)) else []
-    parts += [f"realized {fmt(labels['realized_rate'])}"] if labels.get("realized_rate") is not None else []
-    return f"{kind} labels" + (f" ({', '.join(parts)})" if parts else "")
-
-
-def _selection(sel: Mapping[str, Any] | None) -> Selection | None:
-    if not sel:
-        return None
-    choices = [Choice(str(c["network"]), str(c["labels"]), str(c["layer"]), c["size"],
-                      _float(c.get("choosing_accuracy")), _float(c.get("evaluation_accuracy")))
-               for c in (_need(c, ("network", "labels", "layer", "size"), "selection choice")
-                         for c in sel.get("choices") or [])]
-    keys = ("labels", "control", "trained_layer", "trained_size", "control_layer", "control_size")
-    comps = [Paired(*(c[k] for k in keys), _float(c.get("trained")), _float(c.get("control_accuracy")),
-                    _float(c.get("difference")), _ci(c.get("ci")), _float(c.get("p_value")), c.get("verdict"),
-                    c.get("n"), c.get("method")) for c in (_need(c, keys, "selection comparison") for c in sel.get("comparisons") or [])]
-    base = ("network", "labels", "layer", "size")
-    oracle = [Readout(*(str(o[k]) for k in base[:3]), o["size"], _float(o.get("accuracy")))
-              for o in (_need(o, base, "selection oracle") for o in sel.get("oracle") or [])]
-    paper = [Readout(*(str(o[k]) for k in base[:3]), o.get("size", 0.99), _float(o.get("evaluation_accuracy")))
-             for o in (_need(o, base[:3], "selection paper_rule") for o in sel.get("paper_rule") or [])]
-    return Selection(str(sel.get("rule", "?")), sel.get("split"), sel.get("seed"), _labels_used(sel.get("labels")),
-                     str(sel.get("condition") or ""), sel.get("n_choose"), sel.get("n_eval"), choices, comps, oracle,
-                     paper)
-
-
-def _profile(rows: list[dict[str, Any]] | None) -> Profile | None:
-    if not rows:
-        return None
-    lines: dict[tuple[str, str, str], dict[Any, float]] = {}
-    for r in rows:
-        _need(r, ("layer", "labels", "size", "accuracy"), "profile")
-        key = (network_of(r.get("control"), str(r["layer"])), str(r["labels"]), str(r["layer"]))
-        lines.setdefault(key, {})[r["size"]] = float(r["accuracy"])
-    sizes = sorted({s for acc in lines.values() for s in acc}, key=size_order)
-    order = {"trained": 0, "init": 1, "input": 2}
-    ranked = sorted(lines.items(), key=lambda kv: (kv[0][1] != "corrupted", order.get(kv[0][0], 3)))
-    return Profile(sizes, [ProfileLine(*key, acc) for key, acc in ranked])
 
 
 def _epochs(report: Any, best: Mapping[tuple[str, str], str]) -> list[dict[str, Any]]:
@@ -439,7 +272,7 @@ def build_view(report: Any, *, config: Mapping[str, Any] | None = None) -> Repor
     if not isinstance(report, ProbeReport):
         raise InputError(f"expected a ProbeReport (ProbeReport.from_dict reads report.json's dict), got "
                          f"{type(report).__name__}")
-    selection = _selection(selection_of(report))  # checked before the headline reads it
+    selection = read_selection(selection_of(report))  # checked before the headline reads it
     controls = _compared(report)
     rows, best = _rows(report, controls)
     series = list(best)
@@ -448,12 +281,12 @@ def build_view(report: Any, *, config: Mapping[str, Any] | None = None) -> Repor
     return ReportView(
         title=title, model=report.model, dataset=report.dataset, corruption=report.corruption,
         model_accuracy=report.model_test_accuracy,
-        init_accuracy=_float((report.controls.get("init") or {}).get("model_test_accuracy")),
+        init_accuracy=as_float((report.controls.get("init") or {}).get("model_test_accuracy")),
         n_test=report.n_test, epoch=report.epochs[-1] if report.epochs else None,
         n_seeds=aggregate.get("n_runs") if isinstance(aggregate, Mapping) else None,
         headline=list(report.headline()), skipped=_skipped(report), setup=_setup(report, config),
         series=series, layers=list(dict.fromkeys(r.layer for r in rows)), rows=rows, controls=controls,
         control_sources={n: (report.controls.get(n) or {}).get("source") for n in controls},
         train_sets=list(dict.fromkeys(k for r in rows for k in r.train)),
-        selection=selection, profile=_profile(profile_of(report)),
+        selection=selection, profile=read_profile(profile_of(report)),
         epochs=_epochs(report, best), control_best=_control_best(report, series))

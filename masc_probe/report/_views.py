@@ -10,7 +10,8 @@ from typing import Any
 from masc_probe import _atomic
 from masc_probe.errors import InputError
 from masc_probe.report import _markdown
-from masc_probe.report._view import NETWORK_TEXT, build_view, fmt, size_order, size_text
+from masc_probe.report._format import fmt, size_order, size_text
+from masc_probe.report._view import NETWORK_TEXT, build_view
 
 # A ProbeReport; not imported, because ProbeReport's module imports this one (its methods call these functions).
 ProbeReport = Any
