@@ -506,3 +506,13 @@ def test_a_page_with_controls_in_headless_chromium(browser: Any, tmp_path: Path)
     page = tmp_path / "controls.html"
     page.write_text(_html_of(report))
     _check_in_browser(browser, page, report, tmp_path)
+
+
+@pytest.mark.slow
+def test_a_page_with_a_selection_and_a_profile_in_headless_chromium(browser: Any, tmp_path: Path) -> None:
+    from test_report_view import SELECTION
+
+    report = {**_report(controls=True), "profile": PROFILE, "selection": SELECTION}
+    page = tmp_path / "selection.html"
+    page.write_text(_html_of(report))
+    _check_in_browser(browser, page, report, tmp_path)
