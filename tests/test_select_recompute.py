@@ -23,9 +23,12 @@ def _layer(weights: dict[str, np.ndarray], x: np.ndarray, layer: str) -> np.ndar
     return h
 
 
-def _split(data) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows = data.with_format("numpy")
-    return np.asarray(rows["image"][:], dtype=np.float32), np.asarray(rows["label"][:]), np.asarray(rows["index"][:])
+def _split(data) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Images as the data yields them (decoded, normalized), given labels, true labels, indices."""
+    from torch.utils.data import DataLoader
+
+    parts = list(DataLoader(data, batch_size=4096))
+    return tuple(np.concatenate([p[k].numpy() for p in parts]) for k in ("image", "label", "true_label", "index"))
 
 
 def test_the_trained_choice_recomputes_from_the_weights(digits_run) -> None:
@@ -38,8 +41,8 @@ def test_the_trained_choice_recomputes_from_the_weights(digits_run) -> None:
                          all_checkpoints=False)
     data = load_run_data(src.dataset, corrupt=src.corrupt, mode=src.mode, seed=src.seed, normalize=src.normalize,
                          input_size=src.input_size, in_chans=src.in_chans)
-    x_train, y_train, _ = _split(data.train)
-    x_test, y_test, index = _split(data.test)
+    x_train, y_train, y_train_true, _ = _split(data.train)
+    x_test, y_test, _, index = _split(data.test)
     weights = load_file(str(folder / "model.safetensors"))
     evaluate = np.isin(index, block["evaluation_index"])
     choose = np.isin(index, block["choosing_index"])
@@ -49,8 +52,7 @@ def test_the_trained_choice_recomputes_from_the_weights(digits_run) -> None:
         if choice["network"] != "trained":
             continue
         assert choice["labels"] == "corrupted" or choice["labels"] == "true"
-        labels = y_train if choice["labels"] == "corrupted" else np.asarray(data.train.with_format("numpy")[
-            "true_label"][:])
+        labels = y_train if choice["labels"] == "corrupted" else y_train_true
         feats = _layer(weights, x_train, choice["layer"])
         test_feats = _layer(weights, x_test[evaluate], choice["layer"])
         _, cos, pred = reference(feats, labels, test_feats, choice["size"])
