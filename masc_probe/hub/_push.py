@@ -46,9 +46,10 @@ REPORT_FILE = "masc/report.json"
 _FILES: dict[str, tuple[str, str]] = {
     "model.safetensors": ("model.safetensors", "the memorizing checkpoint's weights (safetensors)"),
     "config.json": ("config.json", "architecture config, with the run's settings under the `masc_probe` key"),
-    "report.json": (REPORT_FILE, "the probe report (masc-probe report JSON, schema version 1)"),
+    "report.json": (REPORT_FILE, "the probe report (masc-probe report JSON)"),
     "report.md": ("masc/report.md", "the report's tables in markdown"),
     "accuracy_by_layer.png": ("masc/accuracy_by_layer.png", "test accuracy of each probe by layer"),
+    "profile.png": ("masc/profile.png", "MASC accuracy against subspace size by layer: trained, init, raw input"),
     "metrics.jsonl": ("metrics.jsonl", "training metrics, one JSON object per epoch"),
     # The links are the card's way to them: its files table shows these descriptions as they are.
     "report.html": ("masc/report.html", "the whole report as one self-contained page (download and open it in a "

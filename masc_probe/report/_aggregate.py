@@ -16,7 +16,9 @@ _SEED_KEYS = ("seed", "realized_rate")
 # Provenance that follows the data (the corrupted labels hash differently per seed) or the run itself.
 _PROVENANCE_SEED_KEYS = ("seed", "data_fingerprint", "timings")
 # controls and comparisons hold each run's own control numbers (one paired comparison per run does not average).
-_EXTRA_SEED_KEYS = ("model_test_accuracy_by_epoch", "timings", "controls", "comparisons")
+# Per-run keys that differ by seed and do not average: the profile and the selection (each run chose on its own
+# images) are left out of an aggregate, as the comparisons are.
+_EXTRA_SEED_KEYS = ("model_test_accuracy_by_epoch", "timings", "controls", "comparisons", "profile", "selection")
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -86,6 +88,8 @@ def aggregate_reports(cls: type[ProbeReport], reports: Sequence[ProbeReport]) ->
     extra["aggregate"] = {"n_runs": len(reports), "seeds": seeds}
     # Paired comparisons belong to one run each; the mean of the control rows stands in the results.
     extra.pop("comparisons", None)
+    extra.pop("profile", None)
+    extra.pop("selection", None)
     if extra.get("controls"):
         extra["controls"] = {name: {k: v for k, v in info.items() if k in ("source",)}
                              for name, info in extra["controls"].items()}

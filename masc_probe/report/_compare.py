@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from masc_probe.errors import InputError
+from masc_probe.report._format import fmt, size_text
 
 METHOD = "Tango score interval; exact McNemar p-value"
 VERDICTS = ("added", "no difference", "removed")
@@ -146,11 +147,11 @@ def find(comparisons: Sequence[Mapping[str, Any]], layer: str, probe: str, label
 
 
 def _num(value: float) -> str:
-    return f"{value:.3f}"
+    return fmt(value)
 
 
 def _signed(value: float) -> str:
-    return f"{value:+.3f}".replace("-", "−")
+    return fmt(value, signed=True)
 
 
 def interval_text(comp: Mapping[str, Any]) -> str:
@@ -258,11 +259,6 @@ def headline(report: Any, *, include_input: bool = False) -> list[str]:
     return out
 
 
-def size_text(size: float | int) -> str:
-    """``t = 0.9`` for a variance fraction, ``k = 20 per class`` for a count."""
-    return f"t = {size:g}" if isinstance(size, float) else f"k = {size} per class"
-
-
 def _choice_labels_text(block: Mapping[str, Any]) -> str:
     rec = block.get("labels") or {}
     kind = rec.get("kind")
@@ -274,6 +270,11 @@ def _choice_labels_text(block: Mapping[str, Any]) -> str:
     else:
         text = "their own labels"
     return f"chosen on {block['n_choose']} test images against {text}"
+
+
+def _p_text(p: float) -> str:
+    text = fmt(p, p=True)
+    return text if text.startswith("<") else f"= {text}"
 
 
 def selection_headline(report: Any) -> list[str]:
@@ -299,7 +300,7 @@ def selection_headline(report: Any) -> list[str]:
             words = (_INPUT_TEXT if control == "input" else _VERDICT_TEXT if control == "init" else
                      _OTHER_TEXT)[comp["verdict"]].format(probe="MASC")
             parts.append(f"{name}, at {where}, reads {_num(comp['control_accuracy'])} "
-                         f"({interval_text(comp)}, p = {comp['p_value']:.2g}): {words}")
+                         f"({interval_text(comp)}, p {_p_text(comp['p_value'])}): {words}")
         lead = (f"{series_text('masc', labels)} of the trained network, {_choice_labels_text(block)}, reads "
                 f"{_num(mine['evaluation_accuracy'])} at `{mine['layer']}` ({size_text(mine['size'])}) on the other "
                 f"{block['n_eval']} test images")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from masc_probe.report import _compare
 
 DIGITS = 3
 MINUS = "\u2212"  # a true minus sign, as wide as the plus
@@ -36,7 +35,7 @@ def size_text(size: Any) -> str:
     """A MASC subspace size as the headline writes it (``t = 0.99``: a variance fraction; ``k = 5 per class``)."""
     if isinstance(size, bool) or not isinstance(size, (int, float)):
         return str(size)
-    return _compare.size_text(size)
+    return f"t = {size:g}" if isinstance(size, float) else f"k = {size} per class"
 
 
 def size_order(size: Any) -> tuple[int, float]:
