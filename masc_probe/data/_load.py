@@ -206,6 +206,16 @@ def _corrupt(true: np.ndarray, k: int, *, rate: float, mode: str, seed: int,
     return corruption, corrupted, summary
 
 
+def replace_record(dataset: Any, record: dict[str, Any]) -> Any:
+    """*dataset* carrying *record* instead of its own (a derived split: a subset); its ``info`` is copied first, so
+    that the dataset it was derived from keeps its record."""
+    import copy
+
+    dataset._info = copy.deepcopy(dataset.info)
+    dataset.info.description = json.dumps({_RECORD_KEY: record})
+    return dataset
+
+
 def describe_data(dataset: Any) -> dict[str, Any]:
     """Return the JSON-able record :func:`load_data` attached to a dataset.
 

@@ -96,22 +96,37 @@ class RunData:
 
     @property
     def record(self) -> dict[str, Any]:
-        """A short account of the data for the report's top level."""
-        keys = ("spec", "name", "source", "location", "num_rows", "num_classes", "fingerprint", "preprocessing")
-        return {"train": {k: self.info.get(k) for k in keys},
-                "test": {k: self.test_info.get(k) for k in keys if k != "preprocessing"}}
+        """A short account of the data for the report's top level (``subset`` only for a split taken in part)."""
+        keys = ("spec", "name", "source", "location", "num_rows", "num_classes", "fingerprint", "preprocessing",
+                "subset")
+        return {"train": {k: self.info.get(k) for k in keys if k in self.info or k != "subset"},
+                "test": {k: self.test_info.get(k) for k in keys
+                         if k != "preprocessing" and (k in self.test_info or k != "subset")}}
+
+    @property
+    def subset(self) -> dict[str, Any] | None:
+        """``{"max_train_samples", "max_eval_samples", "seed"}`` when a split was taken in part, else None: what
+        config.json records, so that a resumed run and a probe of its folder take the same samples."""
+        train, test = self.info.get("subset"), self.test_info.get("subset")
+        if train is None and test is None:
+            return None
+        return {"max_train_samples": train and train["max_samples"], "max_eval_samples": test and test["max_samples"],
+                "seed": (train or test)["seed"]}
 
 
 def load_run_data(dataset: str | os.PathLike[str], *, corrupt: float, mode: str, seed: int,
                   image_column: str | None = None, label_column: str | None = None, revision: str | None = None,
                   normalize: tuple[Any, Any] | None = None, input_size: Any = None,
-                  in_chans: int | None = None) -> RunData:
-    """Load the train split (corrupted) and the test split (never corrupted) of *dataset*.
+                  in_chans: int | None = None, max_train_samples: int | None = None,
+                  max_eval_samples: int | None = None) -> RunData:
+    """Load the train split (corrupted) and the test split (never corrupted) of *dataset*, each cut to a stratified
+    subset drawn by *seed* when *max_train_samples* / *max_eval_samples* are given.
 
     Raises:
         InputError, UnknownNameError, DataUnavailableError: As :func:`masc_probe.load_data` raises them.
     """
     from masc_probe.data import describe_data, load_data
+    from masc_probe.data._subset import subset_data
     from masc_probe.errors import DataUnavailableError
 
     common: dict[str, Any] = {"image_column": image_column, "label_column": label_column, "revision": revision,
@@ -126,10 +141,11 @@ def load_run_data(dataset: str | os.PathLike[str], *, corrupt: float, mode: str,
             raise
         raise DataUnavailableError(f"{err}; to use a local copy, point --dataset at a parquet file, an image folder, "
                                    "a save_to_disk folder or an MNIST idx folder") from None
+    train = subset_data(train, max_train_samples, seed=seed)
     info = describe_data(train)
     # The test split must decode to the same classes and shape as the training split.
     common.setdefault("num_classes", info["num_classes"])
-    test = load_data(dataset, split="test", **common)
+    test = subset_data(load_data(dataset, split="test", **common), max_eval_samples, seed=seed)
     test_info = describe_data(test)
     if test_info["preprocessing"]["input_size"] != info["preprocessing"]["input_size"]:
         raise InputError(f"expected test images of the training shape {info['preprocessing']['input_size']}, got "
@@ -155,6 +171,14 @@ class ProbeSource:
     input_size: list[int] | None = None
     in_chans: int | None = None
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
+    subset: dict[str, Any] | None = None  # the run's own subset (config.json): its samples, when probed on its data
+
+    def subset_sizes(self, max_train_samples: int | None, max_eval_samples: int | None) -> dict[str, int | None]:
+        """The subset sizes to load: those asked for, else (on the run's own data) the run's own."""
+        own = (self.subset or {}) if self.own_data else {}
+        return {"max_train_samples": max_train_samples if max_train_samples is not None
+                else own.get("max_train_samples"),
+                "max_eval_samples": max_eval_samples if max_eval_samples is not None else own.get("max_eval_samples")}
 
     def load(self, path: str, *, data: RunData, pretrained: bool, revision: str | None) -> Any:
         """Build or load the model at *path* (a checkpoint of this source)."""
@@ -241,6 +265,6 @@ def resolve_source(source: str | os.PathLike[str], *, dataset: str | None, corru
         dataset=str(chosen["dataset"]), corrupt=float(chosen["corrupt"]), mode=str(chosen["mode"]),
         seed=int(chosen["seed"]), own_data=kind != "spec" and chosen == own,
         normalize=normalize, input_size=saved.get("input_size"), in_chans=saved.get("in_chans"),
-        checkpoints=checkpoints,
+        checkpoints=checkpoints, subset=saved.get("subset"),
     )
 

@@ -77,7 +77,8 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
                 label_column: str | None = None, revision: str | None = None,
                 output_dir: str | os.PathLike[str] | None = None, progress: bool = True, protocol: str = "clean",
                 keep_checkpoints: str = KEEP_CHECKPOINTS, record_margins: bool = False, eval_every: int | None = None,
-                compile: bool = False) -> RunResult:
+                compile: bool = False, max_train_samples: int | None = None,
+                max_eval_samples: int | None = None) -> RunResult:
     """Train *model* on *dataset* with corrupted labels until it memorizes them; rerunning resumes.
 
     Args:
@@ -106,6 +107,9 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
         eval_every: Test accuracy and full training accuracy after every *eval_every*-th epoch and the last
             (default 10; the stop rule checks every epoch either way).
         compile: ``torch.compile`` the network (changes the numbers slightly; recorded).
+        max_train_samples, max_eval_samples: At most this many training / test samples: a stratified subset drawn
+            by *seed* (the Hugging Face example scripts' convention), recorded in config.json and the report; a
+            rerun takes the same samples, and a rerun with another subset is refused like one with other data.
 
     Returns:
         A :class:`RunResult` with ``training`` set.
@@ -119,7 +123,8 @@ def train_model(*, model: str = "mlp", dataset: str = "digits", corrupt: float =
         protocol=protocol, keep_checkpoints=keep_checkpoints, record_margins=record_margins, eval_every=eval_every,
         compile=compile))
     data = DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
-                      image_column=image_column, label_column=label_column, revision=revision)
+                      image_column=image_column, label_column=label_column, revision=revision,
+                      max_train_samples=max_train_samples, max_eval_samples=max_eval_samples)
     plan = _TrainPlan.make(run, data)
     return RunResult(output_dir=plan.run_dir, training=plan.train())
 
@@ -136,7 +141,8 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
                    keep_checkpoints: str = KEEP_CHECKPOINTS, record_margins: bool = False,
                    eval_every: int | None = None, compile: bool = False, save_probes: bool = False,
                    reducer: str | Mapping[str, str] | None = None,
-                   controls: Sequence[str] | str | None = ("init", "input"), select: str | None = None,
+                   controls: Sequence[str] | str | None = ("init", "input"), max_train_samples: int | None = None,
+                   max_eval_samples: int | None = None, select: str | None = None,
                    select_split: float | None = None, select_seed: int | None = None,
                    select_size: float | int | None = None) -> RunResult:
     """Train until memorized, probe every layer with every probe and label set, write the report and the card.
@@ -148,8 +154,8 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
     Args:
         model, dataset, corrupt, corrupt_mode, seed, preset, max_epochs, batch_size, mixed_precision, device,
             image_column, label_column, revision, output_dir, progress, keep_checkpoints, record_margins,
-            eval_every, compile: As in
-            :func:`train_model`.
+            eval_every, compile, max_train_samples, max_eval_samples: As in :func:`train_model` (the subsets are
+            also what is probed, and the report's ``subset`` says so).
         protocol: As in :func:`train_model`, and for probing: ``authors`` reads the layers in train mode, one
             sample at a time (:class:`masc_probe.ProbeRunner`). The report records it.
         layers: Layers to probe (default: the model's probe points, :func:`masc_probe.layers.default_layers`).
@@ -186,7 +192,8 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
         protocol=protocol, keep_checkpoints=keep_checkpoints, record_margins=record_margins, eval_every=eval_every,
         compile=compile))
     plan = _TrainPlan.make(run, DataConfig(dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
-                                           image_column=image_column, label_column=label_column, revision=revision))
+                                           image_column=image_column, label_column=label_column, revision=revision,
+                                           max_train_samples=max_train_samples, max_eval_samples=max_eval_samples))
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
                         max_memory=max_memory, protocol=protocol, reducer=reducer, controls=_control_names(controls),
                         selection={"select": select, "select_split": select_split, "select_seed": select_seed,
@@ -242,7 +249,8 @@ class _TrainPlan:
         normalize = paper_normalization(model, os.fspath(dataset)) if preset in ("paper", "auto") else None
         data = load_run_data(dataset, corrupt=source.corrupt, mode=source.corrupt_mode, seed=seed,
                              image_column=source.image_column, label_column=source.label_column,
-                             revision=source.revision, normalize=normalize)
+                             revision=source.revision, normalize=normalize,
+                             max_train_samples=source.max_train_samples, max_eval_samples=source.max_eval_samples)
         set_seed(seed)  # the initial weights then depend on the seed alone, as when train() builds the model
         net = load_model(model, num_classes=data.num_classes, in_chans=data.shape[0], input_size=data.shape)
         if architecture:  # reports, cards and the default folder name the architecture, not a local path
@@ -253,7 +261,8 @@ class _TrainPlan:
             model, os.fspath(dataset), source.corrupt, source.corrupt_mode, seed)
         overrides: dict[str, Any] = {**run.train, "seed": seed, "num_classes": data.num_classes,
                                      "output_dir": str(run_dir), "cpu": run.device == "cpu",
-                                     "corruption": data.corruption_spec, "preprocessing": data.info["preprocessing"]}
+                                     "corruption": data.corruption_spec, "preprocessing": data.info["preprocessing"],
+                                     "subset": data.subset}
         # The stop target follows the dataset family; a local folder is known by its name (``…/mnist``: 99.9%).
         family = data.info.get("name") or Path(os.fspath(dataset).rstrip("/\\")).name
         config = preset_config(model, family, preset=chosen, **overrides).replace(dataset=os.fspath(dataset))
@@ -323,10 +332,16 @@ class _ProbePlan:
         with ProbeRunner(net, device=self.device, seed=data.seed, **options) as runner:  # spilled probes go with it
             runner.fit(train, num_classes=data.num_classes, shard=True)
             report = runner.evaluate(test, epoch=epoch, shard=True, model_name=model_name, dataset=dataset,
-                                     corruption=data.corruption, extra={**(extra or {}), "data": data.record})
+                                     corruption=data.corruption, extra={**(extra or {}), "data": data.record,
+                                                                        **_subset_key(data)})
             if self.save_probes_to is not None:
                 _save_probes(runner, self.save_probes_to)
             return report
+
+
+def _subset_key(data: RunData) -> dict[str, Any]:
+    """The report's ``subset`` (``max_train_samples``, ``max_eval_samples``, ``seed``) when a split was cut."""
+    return {"subset": data.subset} if data.subset is not None else {}
 
 
 def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,
@@ -340,7 +355,8 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
                  reducer: str | Mapping[str, str] | None = None,
                  controls: Sequence[str] | str | None = ("init", "input"), select: str | None = None,
                  select_split: float | None = None, select_seed: int | None = None,
-                 select_size: float | int | None = None) -> RunResult:
+                 select_size: float | int | None = None, max_train_samples: int | None = None,
+                 max_eval_samples: int | None = None) -> RunResult:
     """Probe a trained model (run folder, checkpoint folder, ``hf-hub:`` repo) or a model spec on a dataset.
 
     A run folder or ``hf-hub:`` repo supplies its dataset, corruption, seed and preprocessing from its
@@ -366,6 +382,8 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
             epoch-0 network (from the seed and SHA-256 its config records, verified); any other model's is a
             re-initialized copy built the library's way from the seed. With *all_checkpoints* the init control is
             probed once, with the last checkpoint: the epoch-0 reference line of the dynamics.
+        max_train_samples, max_eval_samples: Stratified subsets drawn by the seed (as in :func:`train_model`);
+            default: a run folder's own, when probed on its own data (the samples it was trained on), else whole.
         select, select_split, select_seed, select_size: As in :func:`run_experiment`.
 
     Returns:
@@ -381,7 +399,8 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
                          revision=revision, all_checkpoints=all_checkpoints)
     data = load_run_data(src.dataset, corrupt=src.corrupt, mode=src.mode, seed=src.seed, image_column=image_column,
                          label_column=label_column, revision=None, normalize=src.normalize,
-                         input_size=src.input_size, in_chans=src.in_chans)
+                         input_size=src.input_size, in_chans=src.in_chans,
+                         **src.subset_sizes(max_train_samples, max_eval_samples))
     check_device(device)
     checkpoints = src.checkpoints if all_checkpoints else [(None, src.model_path)]
     first = src.load(checkpoints[0][1], data=data, pretrained=pretrained, revision=revision)

@@ -82,6 +82,9 @@ class TrainConfig:
     # (the realized rate is measured from the batches) and the normalization the data went through.
     corruption: Mapping[str, Any] | None = None
     preprocessing: Mapping[str, Any] | None = field(default_factory=lambda: {"mean": [0.5], "std": [0.5]})
+    # The stratified subset the data was cut to ({"max_train_samples", "max_eval_samples", "seed"}; None: whole
+    # splits): recorded in config.json, and a resume with another subset is refused like one with other data.
+    subset: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -172,7 +175,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (mappings copied into plain dicts)."""
         out = dataclasses.asdict(self)
-        for key in ("corruption", "preprocessing"):
+        for key in ("corruption", "preprocessing", "subset"):
             if out[key] is not None:
                 out[key] = dict(out[key])
         return out

@@ -48,6 +48,7 @@ from masc_probe.data._batches import TensorBatches, make_loader, split_batch
 from masc_probe.errors import InputError
 from masc_probe.models import load_model, model_logits, model_spec, save_model
 from masc_probe.training._config import TrainConfig, reaches
+from masc_probe.training._cost import CostClock
 from masc_probe.training._init import init_record
 from masc_probe.training._run_folder import (
     MARGINS_NAME,
@@ -203,6 +204,9 @@ def train(
         save_resume(accelerator, run_dir, config, history)
     start = history[-1]["epoch"] + 1 if history else 1
     disable = _bars_off(config.progress, main)
+    clock = CostClock(steps_per_epoch=len(loader) if hasattr(loader, "__len__") else None, first_epoch=start,
+                      max_epochs=config.max_epochs, device=accelerator.device, n_train=n_train,
+                      enabled=main and stopped is None)
     epochs = tqdm(range(start, config.max_epochs + 1), initial=start - 1, total=config.max_epochs, desc="train",
                   disable=True if stopped is not None else disable)  # fmt: skip
     for epoch in epochs if stopped is None else ():
@@ -213,9 +217,10 @@ def train(
         lr = config.lr_at(history)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        clock.start_epoch()
         loss, running = _epoch(model, optimizer, loader, device=accelerator.device, backward=accelerator.backward,
                                gather=gather, disable=disable, desc=f"epoch {epoch}", forward=forward,
-                               memory_format=fmt)
+                               memory_format=fmt, on_step=clock.step)
         # A complete pass over the training data every eval_every epochs, on the last, on the authors' stop epoch
         # and whenever margins are recorded; else the stop rule's own pass, which ends once it is answered.
         full = (config.record_margins or epoch % config.eval_every == 0 or epoch >= config.max_epochs
@@ -251,6 +256,7 @@ def train(
         save_resume(accelerator, run_dir, config, history, weights=stopped != "target")
         if main:
             write_metrics(run_dir, history)
+        clock.end_epoch(epoch)  # the cost of the run, said after its first epoch (training._cost)
         if stopped:
             break
     epochs.close()
@@ -361,7 +367,8 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iter
 def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[Any], *, device: torch.device,
            backward: Callable[[torch.Tensor], Any] | None, gather: Callable[[Any], Any] | None,
            disable: bool | None, desc: str, forward: Callable[[torch.Tensor], Any] | None = None,
-           memory_format: torch.memory_format | None = None) -> tuple[float, float]:
+           memory_format: torch.memory_format | None = None,
+           on_step: Callable[[], None] | None = None) -> tuple[float, float]:
     """:func:`train_epoch`, also returning the running accuracy: the share of samples whose train-mode prediction,
     made in the forward of their own step (before it), matches the given label — the authors' stop rule.
     *forward* is the model's forward (its torch.compile'd form); the loss and the accuracy stay on the device until
@@ -381,6 +388,8 @@ def _epoch(model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[
         optimizer.zero_grad(set_to_none=True)
         (backward or torch.Tensor.backward)(losses.mean())
         optimizer.step()
+        if on_step is not None:
+            on_step()
         hits = (logits.detach().argmax(dim=1) == y).long()  # an integer tensor: every backend gathers those
         # gather_for_metrics drops the samples Accelerate repeats to even out the last batch across processes.
         seen, hits = gather((losses.detach(), hits)) if gather is not None else (losses.detach(), hits)

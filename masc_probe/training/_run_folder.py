@@ -41,7 +41,7 @@ def masc_config(config: TrainConfig, meta: dict[str, Any], *, epoch: int, row: d
     corruption = dict(config.corruption or {})
     if corruption or meta["realized"]:
         corruption = {"mode": None, "rate": None, "seed": None, **corruption, "realized_rate": meta["realized"]}
-    drop = {"model", "dataset", "output_dir", "progress", "resume", "corruption", "preprocessing", "cpu"}
+    drop = {"model", "dataset", "output_dir", "progress", "resume", "corruption", "preprocessing", "cpu", "subset"}
     training = {k: v for k, v in config.to_dict().items() if k not in drop}
     training["num_processes"] = meta["world"]
     if stopped:
@@ -56,6 +56,8 @@ def masc_config(config: TrainConfig, meta: dict[str, Any], *, epoch: int, row: d
         "training": training,
         "epoch": epoch,
     }
+    if config.subset is not None:  # {"max_train_samples", "max_eval_samples", "seed"}: the samples it trained on
+        out["subset"] = dict(config.subset)
     if meta.get("init"):  # {"seed", "init_sha256"}: what rebuilds the run's initial weights (training._init)
         out["init"] = meta["init"]
     if config.num_classes is not None:
