@@ -540,3 +540,40 @@ def test_markdown_names_each_layers_reducer_where_it_is_not_flatten() -> None:
     runner = ProbeRunner(_timm_vit(), ["input", "blocks.0"], probes=("ncm",), reducer="mean", progress=False)
     table = runner.fit([(x, y)]).evaluate([(x, y)]).to_markdown()
     assert "| `blocks.0` (mean) |" in table and "| `input` |" in table
+
+
+class _DictBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.fc(x)
+        return {"stats": h.mean(0), "hidden": torch.relu(h)}  # "stats" is (6,): not one value per sample
+
+
+class _DictNet(nn.Module):
+    def __init__(self, traceable: bool) -> None:
+        super().__init__()
+        self.block, self.head, self.traceable = _DictBlock(), nn.Linear(6, 2), traceable
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.traceable and bool(x.isfinite().all()):  # control flow on a value: FX cannot trace it
+            pass
+        return self.head(self.block(x)["hidden"])
+
+
+@pytest.mark.parametrize("traceable", [True, False])
+def test_an_element_of_a_dict_valued_layer_is_named_by_its_key(traceable: bool) -> None:
+    model = _DictNet(traceable)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    expected = torch.relu(model.block.fc(x)).detach()
+    assert ("block[hidden]" in list_layers(model)) == traceable  # an FX trace knows the elements; hooks do not
+    with FeatureTap(model, ["block[hidden]", "block"]) as tap:
+        values = tap(x)
+        assert tap.picked == {"block": "block[hidden]"}  # "stats" comes first but holds no row per sample
+    assert_close(values["block[hidden]"], expected, rtol=0, atol=0)
+    assert_close(values["block"], expected, rtol=0, atol=0)
+    with pytest.raises(InputError, match=r"unknown layer 'block\[logits\]'|not the key 'logits'"):
+        with FeatureTap(model, ["block[logits]"]) as tap:  # traced: refused by name; hooked: by its value
+            tap(x)

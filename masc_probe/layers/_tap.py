@@ -33,7 +33,8 @@ from typing import Any, Literal
 import torch
 from torch import fx, nn
 
-from masc_probe.layers._trace import INPUT, HookTaps, LayerIndex, Tap, build_extractor, iter_children, trace
+from masc_probe.layers._defaults import PASS_THROUGH, _default_layers
+from masc_probe.layers._trace import INPUT, HookTaps, LayerIndex, Tap, build_extractor, trace
 from masc_probe.layers._values import describe, first_batched, is_container, select, spell, split_name, stack
 from masc_probe.errors import InputError, UnknownNameError, closest
 
@@ -41,8 +42,6 @@ __all__ = ["FeatureTap", "default_layers", "list_layers"]
 
 logger = logging.getLogger(__name__)
 
-# Children that only pass their input on (in eval mode) add no probe point of their own.
-_PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 
 
 def _check_model(model: object) -> nn.Module:
@@ -78,7 +77,7 @@ def list_layers(model: nn.Module, *, nodes: bool = True) -> list[str]:
         return index.names
     modules = dict(model.named_modules())
     return [name for name, tap in index.taps.items()
-            if name == INPUT or (tap.module == name and not isinstance(modules.get(name), _PASS_THROUGH))]
+            if name == INPUT or (tap.module == name and not isinstance(modules.get(name), PASS_THROUGH))]
 
 
 def default_layers(model: nn.Module) -> list[str]:
@@ -112,93 +111,6 @@ def default_layers(model: nn.Module) -> list[str]:
     ['input', '0', '1']
     """
     return _default_layers(_check_model(model), trace(model))
-
-
-def _default_layers(model: nn.Module, index: LayerIndex) -> list[str]:
-    declared = getattr(model, "PROBE_LAYERS", None)
-    if isinstance(declared, (list, tuple)) and declared:
-        valid = [name for name in declared if name in index.taps]
-        if len(valid) < len(declared):
-            logger.debug("PROBE_LAYERS of %s names unknown layers: %s", type(model).__name__,
-                         sorted(set(declared) - set(valid)))
-        if valid:
-            return list(dict.fromkeys(valid))
-    if type(model).__module__.startswith("timm."):
-        names = _timm_layers(model, index)
-        if names:
-            return names
-    if type(model).__module__.startswith("transformers."):
-        names = _repeated_blocks(model, index)
-        if names:
-            return [INPUT, *names]
-    return _block_layers(model, index)
-
-
-def _repeated_blocks(model: nn.Module, index: LayerIndex) -> list[str]:
-    """The members of the longest list of modules of one class (a transformer's encoder layers), in order."""
-    best: list[str] = []
-    for path, module in model.named_modules():
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > len(best):
-            if len({type(child) for child in module}) == 1:
-                best = [f"{path}.{name}" if path else name for name, _ in module.named_children()]
-    return [name for name in best if name in index.taps]
-
-
-def _timm_layers(model: nn.Module, index: LayerIndex) -> list[str]:
-    info = getattr(model, "feature_info", None)
-    if hasattr(info, "get_dicts"):  # a features_only model's FeatureInfo
-        info = info.get_dicts()
-    stages = [d["module"] for d in info or [] if isinstance(d, dict) and "module" in d]
-    names = [s for s in stages if s in index.taps]
-    if len(names) < len(stages):
-        logger.debug("feature_info modules without a tap: %s", [s for s in stages if s not in index.taps])
-    pooled = None
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    path = next((p for p, m in model.named_modules() if m is classifier), None) if classifier is not None else None
-    calls = index.calls.get(path or "", [])
-    if len(calls) == 1 and calls[0].input is not None:
-        pooled = index.name_of(calls[0].input)
-    elif index.graph_module is None:  # no graph to follow: timm's usual pooling modules
-        pooled = next((n for n in ("global_pool", "head.global_pool") if n in index.taps), None)
-    if pooled is not None and pooled not in names and pooled != INPUT:
-        names.append(pooled)
-    return names
-
-
-def _block_layers(model: nn.Module, index: LayerIndex) -> list[str]:
-    kept = {name: child for name, child in iter_children(model) if not isinstance(child, _PASS_THROUGH)}
-    names = [INPUT]
-    for name, tap in index.taps.items():
-        if name in kept and not (tap.node is not None and tap.node is index.output):
-            names.append(name)
-    if index.graph_module is None:
-        # Without a graph, neither forward order nor the output is known: definition order, and the last child is
-        # taken for the classifier, as it is by convention.
-        defined = [n for n, _ in iter_children(model)][:-1]
-        names = [INPUT, *(n for n in defined if n in kept and n in index.taps)]
-    else:  # children that return a tuple, list or dict: their first element, or left out with the reason
-        names = [INPUT, *(_element_or_none(index, n, kept.get(n)) or "" for n in
-                          dict.fromkeys([*names[1:], *(n for n in kept if n in index.refused)]))]
-    return list(dict.fromkeys(n for n in names if n))
-
-
-def _element_or_none(index: LayerIndex, name: str, module: nn.Module | None) -> str | None:
-    """*name* itself when its value is one tensor; else its first element that is (B, ...) (``lstm[0]``), or None
-    (logged with the reason) when none is known to be."""
-    elements = [n for n in index.taps if n.startswith(f"{name}[") and "][" not in n[len(name):]]
-    if not elements:
-        if name in index.refused:
-            logger.info("layer %r is left out of the default layers: %s", name, index.refused[name])
-            return None
-        return name
-    if isinstance(module, nn.RNNBase):  # (output, h_n): output is (B, T, H) only with batch_first; h_n never is
-        if module.batch_first and f"{name}[0]" in elements:
-            return f"{name}[0]"
-        logger.info("layer %r is left out of the default layers: %s gives (T, B, H) and (layers, B, H) tensors "
-                    "(batch_first=False), no (B, ...) value; name a layer after it, or build it with batch_first=True",
-                    name, type(module).__name__)
-        return None
-    return elements[0]
 
 
 class FeatureTap:
@@ -263,6 +175,7 @@ class FeatureTap:
             raise InputError("layers is empty; name at least one layer, or pass None for the default layers")
         self._method = method
         self.picked: dict[str, str] = {}  # a layer whose value is a container → the selector its tensor came from
+        self._groups: dict[str, list[tuple[int | str, Tap]]] = {}  # such a traced layer's elements, by key
         self._keyword = _keyword_input(model)
         self._traced = index.graph_module is not None
         self._taps = {name: self._resolve(index, name, method) for name in self.layers}
@@ -277,6 +190,8 @@ class FeatureTap:
     def _build(self, index: LayerIndex) -> None:
         """Build the FX extraction for the node taps, recording the model's placement it holds references to."""
         nodes = {self._keys[name]: (t.node, t.after) for name, t in self._taps.items() if t.node is not None}
+        for name, parts in self._groups.items():
+            nodes.update({f"{self._keys[name]}.{i}": (t.node, t.after) for i, (_, t) in enumerate(parts)})
         if nodes and index.graph_module is not None:  # node taps come only from a traced model
             self._graph = build_extractor(index.graph_module, nodes, whole=self._hooks is not None)
         self._placement = _placement(self.model)
@@ -300,10 +215,10 @@ class FeatureTap:
         base, keys = split_name(name)
         if tap is None and keys and index.taps.get(base) is not None:  # `block[0]`: an element of block's value
             tap = replace(index.taps[base], select=index.taps[base].select + keys)
-        elements = [n for n in index.taps if n.startswith(f"{name}[")] if tap is None else []
-        if elements and method != "hooks":  # a traced module that returns a tuple/list/dict: its first element
-            self.picked[name] = elements[0]
-            logger.info("layer %r returns several values; its first, %s, is probed", name, elements[0])
+        elements = [n for n in index.taps if n.startswith(f"{name}[") and "][" not in n[len(name):]]
+        if tap is None and elements and method != "hooks":
+            # A traced module that returns a tuple/list/dict: every element is read, and __call__ applies the rule.
+            self._groups[name] = [(split_name(e)[1][-1], index.taps[e]) for e in elements]
             tap = index.taps[elements[0]]
         if tap is None and method == "hooks" and len(index.calls.get(name, ())) == 1:
             tap = Tap(module=name)  # runs once, returns several values: a hook reads them, and the rule applies
@@ -357,7 +272,9 @@ class FeatureTap:
                     buffer.copy_(value)
         result: dict[str, torch.Tensor] = {}
         for name, tap in self._taps.items():
-            if tap.node is not None:
+            if name in self._groups:
+                value = {k: graph_out[f"{self._keys[name]}.{i}"] for i, (k, _) in enumerate(self._groups[name])}
+            elif tap.node is not None:
                 value = graph_out[self._keys[name]]
             elif tap.module is not None:
                 value = hooked[tap.module]
