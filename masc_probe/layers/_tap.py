@@ -34,7 +34,8 @@ import torch
 from torch import fx, nn
 
 from masc_probe.layers._defaults import PASS_THROUGH, _default_layers
-from masc_probe.layers._trace import INPUT, HookTaps, LayerIndex, Tap, build_extractor, trace
+from masc_probe.layers._hooks import HookTaps
+from masc_probe.layers._trace import INPUT, LayerIndex, Tap, build_extractor, trace
 from masc_probe.layers._values import describe, first_batched, is_container, select, spell, split_name, stack
 from masc_probe.errors import InputError, UnknownNameError, closest
 

@@ -21,14 +21,12 @@ import sys
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any
 
 import torch
 from torch import fx, nn
 from torchvision.models.feature_extraction import NodePathTracer
 
-from masc_probe.errors import InputError
 
 logger = logging.getLogger("masc_probe.layers")
 
@@ -303,16 +301,16 @@ def _element_of(node: fx.Node) -> tuple[fx.Node, int | str] | None:
     return None
 
 
-def _snapshot(value: Any) -> Any:
+def snapshot(value: Any) -> Any:
     """Copy a tensor (or each tensor of a tuple, list or dict) so that later in-place operations of the model cannot
     change it. A dict (a ``ModelOutput`` too) becomes a plain dict of its items, in order."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     if isinstance(value, (tuple, list)):
-        return type(value)(_snapshot(v) for v in value) if type(value) in (tuple, list) else [
-            _snapshot(v) for v in value]
+        return type(value)(snapshot(v) for v in value) if type(value) in (tuple, list) else [
+            snapshot(v) for v in value]
     if isinstance(value, dict):
-        return {k: _snapshot(v) for k, v in value.items()}
+        return {k: snapshot(v) for k, v in value.items()}
     return value
 
 
@@ -335,7 +333,7 @@ def build_extractor(gm: fx.GraphModule, taps: dict[str, tuple[fx.Node, fx.Node]]
     for key, (node, after) in taps.items():
         if (node, after) not in copies:
             with graph.inserting_after(after):
-                copies[(node, after)] = graph.call_function(_snapshot, (node,))
+                copies[(node, after)] = graph.call_function(snapshot, (node,))
         outputs[key] = copies[(node, after)]
     if not whole and outputs:
         kept = set(outputs.values())
@@ -348,55 +346,6 @@ def build_extractor(gm: fx.GraphModule, taps: dict[str, tuple[fx.Node, fx.Node]]
     gm.recompile()
     gm.delete_all_unused_submodules()
     return gm
-
-
-class HookTaps:
-    """Forward hooks that copy the outputs of named modules while :meth:`collecting` is active."""
-
-    def __init__(self, model: nn.Module, paths: list[str]) -> None:
-        modules = dict(model.named_modules())
-        self._values: dict[str, Any] = {}
-        self._counts = dict.fromkeys(paths, 0)
-        self._active = False
-        self._handles = [modules[p].register_forward_hook(partial(self._hook, p)) for p in paths]
-
-    def _hook(self, path: str, module: nn.Module, args: Any, output: Any) -> None:
-        if not self._active:
-            return
-        self._counts[path] += 1
-        if self._counts[path] == 1:
-            self._values[path] = _snapshot(output)
-
-    def collecting(self) -> _Collect:
-        return _Collect(self)
-
-    def values(self) -> dict[str, Any]:
-        """The value each module returned in the last forward; each module must have run exactly once."""
-        for path, count in self._counts.items():
-            if count == 0:
-                raise InputError(f"module {path!r} did not run in this forward, so it has no value to tap")
-            if count > 1:
-                raise InputError(f"module {path!r} ran {count} times in this forward; a tap needs a module that runs "
-                                 "once (tap a module around it instead)")
-        return self._values
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-
-class _Collect:
-    def __init__(self, hooks: HookTaps) -> None:
-        self._hooks = hooks
-
-    def __enter__(self) -> None:
-        self._hooks._values.clear()
-        self._hooks._counts = dict.fromkeys(self._hooks._counts, 0)
-        self._hooks._active = True
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks._active = False
 
 
 def iter_children(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
