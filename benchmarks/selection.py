@@ -86,13 +86,15 @@ def summarize(reports: dict[str, Any]) -> dict[str, Any]:
 
 
 def probe_run(run_dir: Path, net: Any, train: Any, test: Any, *, seed: int, num_classes: int,
-              corruption: dict[str, Any] | None, layers: list[str], extra: dict[str, Any]) -> dict[str, Any]:
-    """Fit MASC with the init and input controls once; evaluate under each rule; the reports by rule."""
+              corruption: dict[str, Any] | None, layers: list[str], extra: dict[str, Any],
+              controls: bool = True) -> dict[str, Any]:
+    """Fit MASC (with the init and input controls unless *controls* is False) once; evaluate under each rule; the
+    reports by rule. Without controls, *layers* should leave out ``input`` (the raw input is a control)."""
     from masc_probe import ProbeRunner
     from masc_probe.pipeline._run import init_control
 
-    controls = {"init": init_control(run_dir, net, seed=seed), "input": None}
-    runner = ProbeRunner(net, layers=layers, probes=("masc",), labels="both", controls=controls,
+    chosen = {"init": init_control(run_dir, net, seed=seed), "input": None} if controls else ()
+    runner = ProbeRunner(net, layers=layers, probes=("masc",), labels="both", controls=chosen,
                          train_accuracy=False, seed=seed, progress=False)
     t0 = time.perf_counter()
     runner.fit(train, num_classes=num_classes)
@@ -121,13 +123,27 @@ def _store(key: str, entry: dict[str, Any]) -> None:
     tmp.replace(RESULTS)
 
 
+def run_inputs(rp: Any, args: argparse.Namespace, job: Any) -> dict[str, Any]:
+    """What probing a run of reproduce_paper.py (module *rp*, its parsed *args* and one *job* of its plan) needs: the
+    training and test images as tensors on ``args.device``, their number, the classes and the run's corruption recipe
+    (None for clean labels)."""
+    from masc_probe.data import describe_data
+
+    train_data = rp.load_split(job.dataset, split="train", n=job.subset, subset_seed=args.subset_seed,
+                               rate=job.rate, seed=rp.corruption_seed(args, job), mode=rp.corruption_mode(args))
+    test_data = rp.load_split(job.dataset, split="test", n=args.test_subset, subset_seed=args.subset_seed)
+    corruption = {"mode": rp.corruption_mode(args), "rate": job.rate, "seed": rp.corruption_seed(args, job)}
+    return {"train": rp.batches(train_data, "tensors", args.device),
+            "test": rp.batches(test_data, "tensors", args.device), "n_train": len(train_data), "n_test": len(test_data),
+            "num_classes": describe_data(train_data)["num_classes"], "corruption": corruption if job.rate else None}
+
+
 def run_rows(argv: list[str]) -> None:
     """Probe the finished runs of reproduce_paper.py's plan (its own flags: --row, --rates, --subset, --seeds …)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import reproduce_paper as rp
 
     from masc_probe import load_model
-    from masc_probe.data import describe_data
 
     args = rp.parse_args(argv)
     for job in rp.plan(args):
@@ -135,19 +151,14 @@ def run_rows(argv: list[str]) -> None:
         if not rp.finished(path):
             print(f"{path}: not finished, skipped", flush=True)
             continue
-        train_data = rp.load_split(job.dataset, split="train", n=job.subset, subset_seed=args.subset_seed,
-                                   rate=job.rate, seed=rp.corruption_seed(args, job), mode=rp.corruption_mode(args))
-        test_data = rp.load_split(job.dataset, split="test", n=args.test_subset, subset_seed=args.subset_seed)
-        info = describe_data(train_data)
+        run = run_inputs(rp, args, job)
         net = load_model(path)
         metrics = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        corruption = {"mode": rp.corruption_mode(args), "rate": job.rate, "seed": rp.corruption_seed(args, job)}
-        got = probe_run(path, net, rp.batches(train_data, "tensors", args.device),
-                        rp.batches(test_data, "tensors", args.device), seed=job.seed,
-                        num_classes=info["num_classes"], corruption=corruption if job.rate else None,
-                        layers=rp.probe_layers(net), extra={"training": {"epochs": metrics[-1]["epoch"]}})
+        got = probe_run(path, net, run["train"], run["test"], seed=job.seed, num_classes=run["num_classes"],
+                        corruption=run["corruption"], layers=rp.probe_layers(net),
+                        extra={"training": {"epochs": metrics[-1]["epoch"]}})
         _copy_run_files(path, got["reports"]["noisy"])
-        entry = {"row": job.row, "rate": job.rate, "n_train": len(train_data), "seed": job.seed,
+        entry = {"row": job.row, "rate": job.rate, "n_train": run["n_train"], "seed": job.seed,
                  "epochs": metrics[-1]["epoch"], "model_test_accuracy": got["reports"]["noisy"].model_test_accuracy,
                  "seconds_fit": got["seconds_fit"], "seconds_total": got["seconds_total"],
                  **summarize(got["reports"])}
