@@ -86,3 +86,65 @@ def test_profile_errors_are_one_line() -> None:
         frozen.predict_profile(Xt)
     with pytest.raises(InputError, match="n_components"):
         MASC(0.99).fit(X, y).predict_profile(Xt, sizes=(0.5, 0))
+
+
+def test_segments_cut_each_class_at_its_distinct_sizes() -> None:
+    """Written out by hand: class 0 keeps 3 columns cut at k = 1 and 3, class 1 none, class 2 two cut at 1 and 2.
+    Segments 0-1 are class 0's, 2-3 class 2's; each (size, class) ends where its top-k_c ends in the segments'
+    cumulative sum (leading zero column), or at its class's start for k_c = 0."""
+    from masc_probe.probes._profile import _profile_segments
+
+    ks = np.array([[1, 0, 2], [3, 0, 2], [1, 0, 1]])
+    segment, hi, lo = _profile_segments(np.array([3, 0, 2]), ks)
+    assert segment.tolist() == [0, 1, 1, 2, 3]
+    assert lo.tolist() == [0, 2, 2, 4]
+    assert hi.tolist() == [[1, 2, 4], [2, 2, 4], [1, 2, 3]]
+
+
+def test_a_class_with_no_columns_and_sizes_sharing_k_score_as_the_definition() -> None:
+    """A profile rebuilt by hand from known orthonormal columns: class 1 has none (k = 0: cos = 0, never chosen
+    over a positive cosine), sizes 0 and 1 share class 0's k; predictions against norms computed here in float64."""
+    from masc_probe.probes._profile import _Profile
+
+    rng = np.random.default_rng(3)
+    d = 6
+    Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    W = torch.from_numpy(np.concatenate([Q[:, :3], Q[:, 3:5]], axis=1).astype(np.float32))  # class 0: 3, class 2: 2
+    ks = np.array([[2, 0, 1], [2, 0, 2], [3, 0, 2]])
+    profile = _Profile(W, np.array([3, 0, 2]), [0.5, 0.9, 3], ks, [])
+    X = rng.normal(size=(200, d)).astype(np.float32)
+    X[7] = 0.0
+    got = profile.predict(torch.from_numpy(X)).numpy()
+    x64 = X.astype(np.float64)
+    for s in range(3):
+        inside0 = np.sum((x64 @ Q[:, : ks[s, 0]]) ** 2, axis=1)
+        inside2 = np.sum((x64 @ Q[:, 3 : 3 + ks[s, 2]]) ** 2, axis=1)
+        want = np.where(inside2 > inside0, 2, 0)
+        clear = np.abs(inside2 - inside0) > 1e-4 * np.sum(x64**2, axis=1)
+        np.testing.assert_array_equal(got[s][clear], want[clear])
+        assert got[s][7] == 0
+    assert set(np.unique(got)) <= {0, 2}
+
+
+def test_the_runner_reads_the_fitted_size_from_the_profile_and_scores_other_sizes_directly() -> None:
+    """With the profile on, MASC's test accuracy at its fitted size is read from the profile's row; a fitted size the
+    profile lacks (n_components=3 here) is scored by predict. Both equal MASC fitted directly on the same rows."""
+    from masc_probe.runner import ProbeRunner
+    from tests._runner_helpers import data, mlp, tuples
+
+    x, yc, y = data(150)
+    xt, _, yt = data(60, seed=1)
+    model = mlp()
+    for n_components, in_profile in ((0.9, True), (3, False)):
+        runner = ProbeRunner(model, ["1", "3"], probes=("masc",), labels="true", progress=False, controls=(),
+                             probe_kwargs={"masc": {"n_components": n_components}})
+        runner.fit(tuples(x, yc, y, 32))
+        report = runner.evaluate([(xt, yt)])
+        assert (n_components in runner.estimators_[("1", "masc", "true")].profile_sizes_) == in_profile
+        feats = runner.features(x)
+        test_feats = runner.features(xt)
+        for r in report.results:
+            direct = MASC(n_components).fit(feats[r["layer"]].numpy(), y.numpy())
+            acc = float((direct.predict(test_feats[r["layer"]].numpy()) == yt.numpy()).mean())
+            assert r["test_accuracy"] == pytest.approx(acc), (n_components, r["layer"])
+        runner.close()

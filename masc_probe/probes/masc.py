@@ -13,6 +13,7 @@ from masc_probe.probes._base import StatisticProbe, row_blocks
 from masc_probe.probes._eigen import Eigen, decompose
 from masc_probe.probes._inputs import _check_X, _output, _resolve_device
 from masc_probe.probes._linalg import gram, matmul
+from masc_probe.probes._profile import _Profile
 from masc_probe.probes._threads import limited_threads, threads_for
 
 __all__ = ["PROFILE_SIZES", "MinimumAngleSubspaceClassifier"]
@@ -89,77 +90,6 @@ class _Solution:
         W = torch.cat(parts, dim=1)
         counts = np.array([p.shape[1] for p in parts], dtype=np.int64)
         return W, _segments(counts, W.device), torch.tensor(flip, dtype=torch.bool, device=W.device)
-
-
-class _Profile:
-    """Every class's top basis vectors up to the largest size of a profile, and k_c at each size, so that one
-    projection scores every size: ‖B_k x‖² for all k ≤ k_max are the cumulative sums of the squared projections.
-
-    Args:
-        W: (d, Σ k_max_c) float32, class by class, each class's columns in eigenvalue order.
-        kmax: (C,) columns per class.
-        sizes: The sizes kept, in profile order.
-        ks: (S, C) k_c at each size.
-        dropped: Sizes left out because their columns did not fit the budget.
-    """
-
-    def __init__(self, W: torch.Tensor, kmax: np.ndarray, sizes: list[float | int], ks: np.ndarray,
-                 dropped: list[float | int]) -> None:
-        self.W, self.kmax, self.sizes, self.ks, self.dropped = W, np.asarray(kmax, np.int64), list(sizes), ks, dropped
-        starts = np.concatenate([[0], np.cumsum(self.kmax)[:-1]]).astype(np.int64)
-        # Column of the cumulative sum (with a leading zero column) that ends class c's top-k_c at each size.
-        self._hi = torch.from_numpy((starts[None, :] + self.ks).reshape(-1))
-        self._lo = torch.from_numpy(starts)
-        # A class whose k_c spans all d dimensions contains every x: cos = 1 exactly (the sums would only round to it).
-        self._whole = torch.from_numpy(self.ks == W.shape[0]) if self.ks.size else torch.zeros(0, 0, dtype=torch.bool)
-
-    @classmethod
-    def build(cls, subspaces: list[Any], sizes: tuple[float | int, ...], keep: float | int, *,
-              max_bytes: int, device: torch.device) -> _Profile:
-        """The profile of solved *subspaces* at *sizes*; *keep* (the fitted size) is never dropped."""
-        d = subspaces[0].d if subspaces else 0
-        kept: list[float | int] = []
-        dropped: list[float | int] = []
-        rows: list[list[int]] = []
-        kmax = np.zeros(len(subspaces), dtype=np.int64)
-        order = sorted(range(len(sizes)), key=lambda i: sizes[i] != keep)  # the fitted size first
-        for i in order:
-            k = np.array([s.k_for(sizes[i]) for s in subspaces], dtype=np.int64)
-            grown = np.maximum(kmax, k)
-            if sizes[i] != keep and grown.sum() > kmax.sum() and int(grown.sum()) * d * 4 > max_bytes:
-                dropped.append(sizes[i])
-                continue
-            kmax = grown
-            kept.append(sizes[i])
-            rows.append(k.tolist())
-        pos = {s: j for j, s in enumerate(kept)}
-        kept_in_order = [s for s in sizes if s in pos]
-        ks = np.array([rows[pos[s]] for s in kept_in_order], dtype=np.int64).reshape(len(kept_in_order), -1)
-        parts = [s.basis(int(k)).to(device) for s, k in zip(subspaces, kmax, strict=True)]
-        W = torch.cat(parts, dim=1) if parts else torch.zeros(d, 0, device=device)
-        return cls(W.contiguous(), kmax, kept_in_order, ks, [s for s in sizes if s in dropped])
-
-    def nbytes(self) -> int:
-        return int(self.W.numel()) * 4
-
-    def predict(self, X: torch.Tensor) -> torch.Tensor:
-        """(S, n) int64 predictions at every size: argmax_c ‖B_c,k x‖/‖x‖, ties to the lowest class, a zero vector
-        to class 0 (cos = 0 everywhere)."""
-        S, C = self.ks.shape if self.ks.size else (len(self.sizes), len(self.kmax))
-        out = torch.empty(S, X.shape[0], dtype=torch.int64)
-        W = self.W.to(X.device)
-        hi, lo, whole = self._hi.to(X.device), self._lo.to(X.device), self._whole.to(X.device).view(1, S, C)
-        blocks = row_blocks(X.shape[0], 2 * W.shape[1])
-        for start in blocks:
-            block = X[start : start + blocks.step]
-            sq = matmul(block, W).square_().double()
-            cum = torch.nn.functional.pad(torch.cumsum(sq, dim=1), (1, 0))
-            inside = (cum[:, hi].view(-1, S, C) - cum[:, lo].view(-1, 1, C)).clamp_(min=0.0)
-            norm2 = torch.sum(block.double() * block.double(), dim=1).view(-1, 1, 1)
-            cos2 = torch.where(norm2 > 0, inside / torch.where(norm2 > 0, norm2, torch.ones_like(norm2)), 0.0)
-            cos2 = torch.where(whole & (norm2 > 0), 1.0, cos2.clamp_(max=1.0))
-            out[:, start : start + block.shape[0]] = cos2.argmax(dim=2).T.cpu()
-        return out
 
 
 class _FrozenSubspace:

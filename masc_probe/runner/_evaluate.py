@@ -96,9 +96,7 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                 hit = torch.zeros(len(y), len(keys) + extra_cols, dtype=torch.int8)
                 for i, key in enumerate(keys):
                     if key in live:
-                        hit[:, i] = predict_rows(key[1], live[key], rows[key[0]]) == y
-                        if key in profile_preds:
-                            profile_preds[key].append(_profile_rows(live[key], rows[key[0]], key, profile_meta))
+                        hit[:, i] = _scored(key, live[key], rows[key[0]], profile_preds, profile_meta) == y
                 for j, name in enumerate(names):
                     scores = forward.control_logits.get(name)
                     if scores is not None and scores.ndim == 2:
@@ -127,10 +125,8 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                 est, start = store[key], 0
                 for chunk in cache.chunks(key[0], max(1, (128 * 1024**2) // (4 * cache.dims[key[0]]))):
                     x_chunk = torch.from_numpy(chunk).to(device)
-                    pred = predict_rows(key[1], est, x_chunk)
+                    pred = _scored(key, est, x_chunk, profile_preds, profile_meta)
                     table[start:start + len(chunk), i] = pred == y_all[start:start + len(chunk)]
-                    if key in profile_preds:
-                        profile_preds[key].append(_profile_rows(est, x_chunk, key, profile_meta))
                     start += len(chunk)
                 del est
                 release_free_memory()
@@ -165,11 +161,27 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
             "pairs": [(keys[i], keys[j], name, int(b[k]), int(c[k])) for k, (i, j, name) in enumerate(paired)]}
 
 
+def _scored(key: Key, est: Any, rows: torch.Tensor, preds: dict[Key, list[torch.Tensor]],
+            meta: dict[Key, Any]) -> torch.Tensor:
+    """The predicted labels of *est* for rows (B, D), as a CPU int64 tensor. A MASC whose profile is collected
+    (*key* in *preds*) is scored at every size of its profile, from one projection, and its fitted size's
+    predictions are read from that row (where the profile holds it: a runner's always does) instead of a second
+    projection."""
+    if key not in preds:
+        return predict_rows(key[1], est, rows)
+    profile = _profile_rows(est, rows, key, meta)
+    preds[key].append(profile)
+    at = meta[key][2]
+    return profile[at] if at is not None else predict_rows(key[1], est, rows)
+
+
 def _profile_rows(est: Any, rows: torch.Tensor, key: Key, meta: dict[Key, Any]) -> torch.Tensor:
-    """MASC's predictions at every size of its kept profile, (S, B) int64 on the CPU; its sizes and k_c into
-    *meta* the first time."""
+    """MASC's predictions at every size of its kept profile, (S, B) int64 on the CPU; its sizes, k_c and the row
+    of its fitted size (None if the profile lacks it) into *meta* the first time."""
     if key not in meta:
-        meta[key] = (est.profile_sizes_, est.profile_components_().tolist())
+        sizes, fitted = est.profile_sizes_, est.n_components
+        at = [i for i, s in enumerate(sizes) if s == fitted and isinstance(s, int) == isinstance(fitted, int)]
+        meta[key] = (sizes, est.profile_components_().tolist(), at[0] if at else None)
     pred = est.predict_profile(rows)
     return pred.detach().to("cpu", torch.int64) if isinstance(pred, torch.Tensor) else torch.as_tensor(pred)
 
@@ -192,7 +204,7 @@ def _gather_profiles(world: dist.World, meta: dict[Key, Any], preds: dict[Key, l
     out = {}
     for key in preds:
         if key in meta:
-            sizes, ks = meta[key]
+            sizes, ks, _ = meta[key]
             out[key] = (sizes, np.concatenate([p["preds"][key] for p in parts], axis=1), ks)
     return {"y": y_all, "index": index_all, "by_key": out}
 
