@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from masc_probe import __version__
+from masc_probe._version import __version__
 from masc_probe._params import check_folds, check_max_memory, check_n_components, check_probes, parse_number
 from masc_probe._choices import (
     CHECKPOINT_POLICIES,
@@ -37,6 +37,7 @@ from masc_probe._choices import (
     PROBE_NAMES,
     PROTOCOLS,
     REDUCERS,
+    SELECT_RULES,
 )
 
 SUBCOMMANDS = ("run", "train", "probe", "layers", "relabel", "label-issues", "push", "report")
@@ -92,6 +93,16 @@ def _checked(check: Callable[[Any], Any], parse: Callable[[str], Any] = str) -> 
 _n_components = _checked(check_n_components, parse_number)
 _memory = _checked(check_max_memory)
 _folds = _checked(check_folds, parse_number)
+
+
+def _open_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 1), got {text!r}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -174,6 +185,16 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
                    help="how a layer's value becomes rows: flatten (default, the paper's), cls or mean (token maps "
                         "(B,T,D)), gap (conv maps), auto (cls for transformer blocks, flatten elsewhere); one for "
                         "every layer but the input, or per layer as LAYER=NAME,…")
+    g.add_argument("--select", choices=SELECT_RULES, default=None,
+                   help="how each network (trained, init, input) chooses its layer and MASC subspace size on a "
+                        "choosing part of the test images: noisy (labels re-drawn by the run's recipe, default), "
+                        "clean (true labels) or none; the headline compares the choices on the other part")
+    g.add_argument("--select-split", type=_open_fraction, default=None, metavar="FRACTION",
+                   help="share of the test images, per class, in the choosing part (default 0.5)")
+    g.add_argument("--select-seed", type=_non_negative_int, default=None, metavar="N",
+                   help="seed of the split and of the noisy labels (default 0; recorded in the report)")
+    g.add_argument("--select-crossfit", action="store_true", default=None,
+                   help="also choose on the evaluation part and judge on the choosing part (recorded beside)")
     g.add_argument("--controls", type=_controls, default=None, metavar="init,input|none",
                    help="what each layer is compared with on the same test images: init (the same network at its "
                         "initial weights; a run's own epoch 0) and input (the raw input); default both, none to skip")
@@ -277,6 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "probe (masc, ncm, lda)")
     relabel.add_argument("--ceiling", action="store_true",
                          help="also fine-tune on the true labels (the ceiling a perfect detector would reach)")
+    relabel.add_argument("--select", choices=("noisy", "clean"), default=None,
+                         help="the labels the layer is chosen against on the test set's 20%% part: noisy (re-drawn "
+                              "by the run's recipe, default) or clean (true labels); recorded in relabel.json")
+    relabel.add_argument("--select-seed", type=_non_negative_int, default=None, metavar="N",
+                         help="seed of the noisy labels (default 0)")
     _add_protocol(relabel, "relabeling with subspaces fitted on the whole training set")
 
     issues = sub.add_parser("label-issues", help="rank the training samples whose labels are likely wrong, from the "
@@ -314,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     issues.add_argument("--quiet", action="store_true", help="no progress bars, no summary")
     issues.add_argument("--gallery", type=_non_negative_int, default=None, metavar="K",
                         help="draw the K most suspect samples as label_issues.png (default 32; 0 for none)")
+    issues.add_argument("--select", choices=("noisy", "clean"), default=None,
+                        help="the test split's labels the layer x probe is chosen against: noisy (re-drawn by the "
+                             "run's recipe, default) or clean (true labels); recorded in label_issues.json")
+    issues.add_argument("--select-seed", type=_non_negative_int, default=None, metavar="N",
+                        help="seed of the noisy labels (default 0)")
 
     push = sub.add_parser("push", help="publish a run folder with its report and card in one commit")
     push.add_argument("run_dir", help="the run folder")
@@ -362,8 +393,11 @@ def _given(**kwargs: Any) -> dict[str, Any]:
 
 
 def _probing(ns: argparse.Namespace) -> dict[str, Any]:
+    # --n-components fixes MASC's subspace size for the choice too: only the layer is then chosen.
     return {"layers": ns.layers, "probes": ns.probes, "labels": ns.labels, "n_components": ns.n_components,
-            "max_memory": ns.max_memory, "reducer": ns.reducer, "controls": ns.controls}
+            "max_memory": ns.max_memory, "reducer": ns.reducer, "controls": ns.controls, "select": ns.select,
+            "select_split": ns.select_split, "select_seed": ns.select_seed, "select_crossfit": ns.select_crossfit,
+            "select_size": ns.n_components}
 
 
 def _data(ns: argparse.Namespace) -> dict[str, Any]:
@@ -446,12 +480,13 @@ def cmd_relabel(ns: argparse.Namespace) -> int:
         dataset=ns.dataset, corrupt=ns.corrupt, corrupt_mode=ns.corrupt_mode, seed=ns.seed, oracle=ns.oracle,
         layers=ns.layers, max_epochs=ns.max_epochs, batch_size=ns.batch_size, device=ns.device,
         output_dir=ns.output_dir, progress=not ns.quiet, protocol=ns.protocol, detector=ns.detector,
-        ceiling=ns.ceiling, **_data(ns)))
+        ceiling=ns.ceiling, select=ns.select, select_seed=ns.select_seed, **_data(ns)))
     for r in results:
         if not ns.quiet:
             kind = ("ORACLE BOUND (true-label subspaces, leaks the answer)" if r.oracle
                     else f"relabeling by {r.probe}" if r.detector == "issues" else "MASC relabeling")
-            print(f"{kind}: layer {r.layer}, {r.n_changed} of {r.n_train} labels changed, repaired "
+            print(f"{kind}: layer {r.layer} (chosen against {_chosen_by(r.choosing_labels)}), {r.n_changed} of "
+                  f"{r.n_train} labels changed, repaired "
                   f"{_num(r.repaired)}, broken {_num(r.broken)}; accuracy on the held-out 80% of the test set "
                   f"{r.accuracy_before:.4f} -> {r.accuracy_after:.4f} (best fine-tuning epoch {r.best_epoch})"
                   + (f"; on the true labels (ceiling) {r.accuracy_ceiling:.4f}" if r.accuracy_ceiling is not None
@@ -470,12 +505,13 @@ def cmd_label_issues(ns: argparse.Namespace) -> int:
         n_components=ns.n_components, max_memory=ns.max_memory, device=ns.device, batch_size=ns.batch_size,
         image_column=ns.image_column, label_column=ns.label_column, revision=ns.revision, output_dir=ns.output_dir,
         progress=not ns.quiet, gallery=ns.gallery, ranking=ns.ranking, flag=ns.flag,
-        reducer=ns.reducer))  # fmt: skip
+        reducer=ns.reducer, select=ns.select, select_seed=ns.select_seed))  # fmt: skip
     if not ns.quiet:
         s = issues.summary()
         up = s["runner_up"]
         print(f"chosen: {s['probe']} at {s['layer']} ({s['criterion']} accuracy "
-              f"{_num(s['select_accuracy'] if s['criterion'] == 'select' else s['heldout_accuracy'])})"
+              f"{_num(s['select_accuracy'] if s['criterion'] == 'select' else s['heldout_accuracy'])}"
+              + (f" against {_chosen_by(s['choosing_labels'])})" if s["choosing_labels"] else ")")
               + (f"; runner-up {up['probe']} at {up['layer']}" if up else ""))
         print(f"estimated share of wrong labels {s['noise_rate']:.4f} (confident joint); {s['n_flagged']} of "
               f"{s['n_samples']} flagged ({s['flag']}; ranked by "
@@ -487,6 +523,16 @@ def cmd_label_issues(ns: argparse.Namespace) -> int:
     _say(f"wrote {out / 'label_issues.csv'}, label_issues.json" + (", label_issues.png" if ns.gallery != 0 else ""),
          quiet=ns.quiet, path=out)
     return 0
+
+
+def _chosen_by(record: dict[str, Any] | None) -> str:
+    """Which labels a layer was chosen against, in words (label issues' and relabel's ``choosing_labels``)."""
+    if record and record.get("kind") == "clean":
+        return "the true labels" + (f" ({record['fallback']})" if record.get("fallback") else "")
+    if record and record.get("kind") == "noisy":
+        return (f"labels re-drawn by the run's recipe ({record['mode']}, p = {record['rate']:g}, seed "
+                f"{record['seed']}, realized {record['realized_rate']:.3f})")
+    return "the labels as given"
 
 
 def cmd_report(ns: argparse.Namespace) -> int:

@@ -168,3 +168,26 @@ def test_crossfitting_swaps_the_parts_and_averages_the_differences() -> None:
               for c in [(layer, s) for (net, layer, _), by in table.items() if net == "trained" for s in by]}
     mine = next(c for c in cross["choices"] if c["network"] == "trained")
     assert scores[(mine["layer"], mine["size"])] == max(scores.values()) == scores[best]
+
+
+def test_the_cli_passes_the_selection_settings_and_n_components_fixes_the_size(digits_run, tmp_path) -> None:
+    import json
+
+    from masc_probe.cli import main
+
+    out = tmp_path / "clean"
+    common = ["probe", str(digits_run.output_dir), "--probes", "masc", "--layers", "fc2", "--controls", "none",
+              "--quiet"]
+    assert main([*common, "--select", "clean", "--select-split", "0.3", "--select-seed", "4", "--select-crossfit",
+                 "--output-dir", str(out)]) == 0
+    block = json.loads((out / "report.json").read_text())["selection"]
+    assert (block["rule"], block["split"], block["seed"], block["labels"]["kind"]) == ("clean", 0.3, 4, "clean")
+    assert block["fixed_size"] is None and "crossfit" in block
+    n = block["n_choose"] + block["n_eval"]
+    assert abs(block["n_choose"] - 0.3 * n) <= 10  # per class, rounded
+    out = tmp_path / "fixed"
+    assert main([*common, "--n-components", "0.9", "--output-dir", str(out)]) == 0
+    block = json.loads((out / "report.json").read_text())["selection"]
+    assert block["rule"] == "noisy" and block["fixed_size"] == 0.9
+    assert {c["size"] for c in block["choices"]} == {0.9}
+    assert main(["probe", str(digits_run.output_dir), "--select-split", "1.5"]) == 2

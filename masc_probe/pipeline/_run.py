@@ -144,7 +144,7 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
                    controls: Sequence[str] | str | None = ("init", "input"), max_train_samples: int | None = None,
                    max_eval_samples: int | None = None, select: str | None = None,
                    select_split: float | None = None, select_seed: int | None = None,
-                   select_size: float | int | None = None) -> RunResult:
+                   select_size: float | int | None = None, select_crossfit: bool | None = None) -> RunResult:
     """Train until memorized, probe every layer with every probe and label set, write the report and the card.
 
     The run folder receives the training files (:func:`masc_probe.training.train`), ``report.json``,
@@ -173,10 +173,11 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
         controls: What the trained network is compared with at every layer (:class:`masc_probe.ProbeRunner`):
             ``"init"``, the run's own epoch-0 weights (rebuilt from the seed and SHA-256 the run recorded, and
             verified), and ``"input"``, the raw input; ``()`` or ``"none"`` for neither.
-        select, select_split, select_seed, select_size: How each network (trained, init, raw input) chooses its
-            layer and MASC subspace size on a choosing part of the test images, against noisy labels drawn by the
-            run's recipe (``"noisy"``, default), clean ones (``"clean"``) or not at all (``"none"``); the headline
-            compares the choices on the other part (:class:`masc_probe.ProbeRunner`). None: the runner's default.
+        select, select_split, select_seed, select_size, select_crossfit: How each network (trained, init, raw
+            input) chooses its layer and MASC subspace size on a choosing part of the test images, against noisy
+            labels drawn by the run's recipe (``"noisy"``, default), clean ones (``"clean"``) or not at all
+            (``"none"``); the headline compares the choices on the other part (:class:`masc_probe.ProbeRunner`).
+            None: the runner's default.
 
     Returns:
         A :class:`RunResult` with the report, training outcome, files and (when pushed) the commit URL.
@@ -197,7 +198,7 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
                         max_memory=max_memory, protocol=protocol, reducer=reducer, controls=_control_names(controls),
                         selection={"select": select, "select_split": select_split, "select_seed": select_seed,
-                                   "select_size": select_size})
+                                   "select_size": select_size, "select_crossfit": select_crossfit})
     probing = _ProbePlan.make(plan.net, probe, device=device, progress=progress, data=plan.data)
     probing.save_probes_to = plan.run_dir if save_probes else None
     training = plan.train()
@@ -355,7 +356,8 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
                  reducer: str | Mapping[str, str] | None = None,
                  controls: Sequence[str] | str | None = ("init", "input"), select: str | None = None,
                  select_split: float | None = None, select_seed: int | None = None,
-                 select_size: float | int | None = None, max_train_samples: int | None = None,
+                 select_size: float | int | None = None, select_crossfit: bool | None = None,
+                 max_train_samples: int | None = None,
                  max_eval_samples: int | None = None) -> RunResult:
     """Probe a trained model (run folder, checkpoint folder, ``hf-hub:`` repo) or a model spec on a dataset.
 
@@ -384,7 +386,7 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
             probed once, with the last checkpoint: the epoch-0 reference line of the dynamics.
         max_train_samples, max_eval_samples: Stratified subsets drawn by the seed (as in :func:`train_model`);
             default: a run folder's own, when probed on its own data (the samples it was trained on), else whole.
-        select, select_split, select_seed, select_size: As in :func:`run_experiment`.
+        select, select_split, select_seed, select_size, select_crossfit: As in :func:`run_experiment`.
 
     Returns:
         A :class:`RunResult` with the report and the files written.
@@ -407,7 +409,7 @@ def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, 
     probe = ProbeConfig(layers=layers, probes=probes, labels=labels, n_components=n_components,
                         max_memory=max_memory, protocol=protocol, reducer=reducer, controls=_control_names(controls),
                         selection={"select": select, "select_split": select_split, "select_seed": select_seed,
-                                   "select_size": select_size})
+                                   "select_size": select_size, "select_crossfit": select_crossfit})
     plan = _ProbePlan.make(first, probe, device=device, progress=progress, data=data)
     if batch_size is not None:
         plan.batch_size = batch_size
@@ -478,7 +480,8 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
                 layers: Sequence[str] | None = None, max_epochs: int = 30, batch_size: int | None = None,
                 device: str | None = None, image_column: str | None = None, label_column: str | None = None,
                 output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
-                protocol: str = "clean", detector: str = "masc", ceiling: bool = False) -> list[Any]:
+                protocol: str = "clean", detector: str = "masc", ceiling: bool = False, select: str = "noisy",
+                select_seed: int = 0) -> list[Any]:
     """The paper's relabeling experiment on a run folder, on the data it was trained on (see
     :func:`masc_probe.pipeline.relabel.relabel`); with *oracle*, the true-label-subspace bound as well, labelled as
     such.
@@ -496,6 +499,8 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
             or ``authors`` (subspaces fitted on the whole training set, ``cross_fit=1``, as the authors did).
         detector: ``masc`` (the paper's) or ``issues`` (find_label_issues' chosen layer x probe; clean protocol).
         ceiling: Also fine-tune on the true labels (the accuracy a perfect detector would give).
+        select, select_seed: The labels the layer is chosen against on the test set's 20% part (``noisy``: re-drawn
+            by the run's recipe with *select_seed*; ``clean``: the true ones), as in ``relabel``.
 
     Returns:
         ``[RelabelResult]``, then the oracle's when asked.
@@ -526,7 +531,7 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
                                layers=list(layers) if layers is not None else None, max_epochs=max_epochs,
                                batch_size=batch_size, device=device, progress=progress,
                                cross_fit=1 if protocol == "authors" else 2, detector=detector,
-                               ceiling=ceiling and not bound))
+                               ceiling=ceiling and not bound, select=select, select_seed=select_seed))
     return results
 
 
