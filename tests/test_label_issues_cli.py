@@ -41,7 +41,7 @@ def test_digits_p06_on_a_run_folder_finds_the_wrong_labels(found) -> None:
     # default probes): 0.990 (NCM at fc2), README.
     assert summary["metrics"]["chosen"]["auroc"] >= 0.95
     assert summary["probe"] in ("masc", "ncm") and summary["layer"] in {c["layer"] for c in summary["candidates"]}
-    assert summary["runner_up"]["layer"] and summary["criterion"] == "select"  # chosen on the clean test split
+    assert summary["runner_up"]["layer"] and summary["criterion"] == "select"  # chosen on the test split
     assert summary["dataset"] == "digits" and summary["corruption"]["rate"] == 0.6
     # The CSV recomputes the same AUROC with scikit-learn (low score = suspect).
     wrong = np.array([r["given_label"] != r["true_label"] for r in rows])

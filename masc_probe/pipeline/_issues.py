@@ -2,8 +2,11 @@
 ``hf-hub:`` repo or a model spec, on the data it was trained on (or another), with the files written atomically.
 
 A run folder supplies its dataset, corruption and preprocessing (``config.json``) and, when it was trained with
-``record_margins``, its training margins for AUM. The clean test split, which the network never trained on, chooses
-the layer and probe (``select=``).
+``record_margins``, its training margins for AUM. The test split, which the network never trained on, chooses the
+layer and probe (``select=``) against the labels the report's rule gives it (``select``: by default re-drawn by the
+run's own corruption recipe with a recorded seed, as a user with noisy data would have them; ``clean``: the true
+ones), recorded as ``choosing_labels`` in ``label_issues.json``. Never the training rows: the network memorized their
+labels, and a choice made on them falls on its most memorized layer.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from masc_probe import _atomic
 from masc_probe._choices import ISSUE_PROBES
 from masc_probe._params import check_folds
 from masc_probe.errors import InputError
+from masc_probe.pipeline import _oof
 from masc_probe.pipeline._gallery import GALLERY_NAME, gallery_summary, write_gallery
 from masc_probe.pipeline._inputs import check_device, default_run_dir, load_run_data, resolve_source
 from masc_probe.pipeline.label_issues import CSV_NAME, JSON_NAME, LabelIssues, find_label_issues
@@ -42,7 +46,8 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
                      image_column: str | None = None, label_column: str | None = None, revision: str | None = None,
                      output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
                      gallery: int = 32, ranking: str = "auto", flag: str = "rank",
-                     reducer: str | None = None) -> tuple[LabelIssues, Path]:  # fmt: skip
+                     reducer: str | None = None, select: str = "noisy",
+                     select_seed: int = 0) -> tuple[LabelIssues, Path]:  # fmt: skip
     """Find the training samples whose given labels are likely wrong, from the layers of *source*.
 
     Args:
@@ -61,6 +66,9 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
         gallery: Also draw the top *gallery* suspects as ``label_issues.png`` (0: none); the summary's ``gallery``
             key says which were shown and, with true labels, how many were truly mislabeled. On a run folder's own
             data its ``report.html`` is rewritten to show them.
+        select, select_seed: The test split's labels the layer x probe is chosen against (``noisy``: re-drawn by
+            the run's corruption recipe with *select_seed*; ``clean``: the true ones), as
+            :func:`find_label_issues`' ``select_rule`` and ``select_seed``.
 
     Returns:
         The :class:`LabelIssues` and the output folder.
@@ -76,6 +84,7 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
     if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 0:
         raise InputError(f"expected gallery to be an int >= 0 (samples shown; 0 for none), got {gallery!r}")
     check_device(device)
+    _oof.check_choice_rule(select, select_seed)
     src = resolve_source(source, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
                          revision=revision, all_checkpoints=False)
     if src.kind == "folder" and not (Path(src.text) / "model.safetensors").is_file():
@@ -91,7 +100,8 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
                                threshold=threshold, max_memory=max_memory, device=device, progress=progress,
                                margins=margins, select=data.test, n_components=n_components,
                                batch_size=batch_size or 256, method=method, ranking=ranking, flag=flag,
-                               reducer=reducer, corruption_mode=src.mode if src.corrupt else None)  # fmt: skip
+                               reducer=reducer, corruption_mode=src.mode if src.corrupt else None,
+                               select_rule=select, select_seed=select_seed)  # fmt: skip
     out = Path(output_dir) if output_dir is not None else _default_output(src)
     summary = {"source": str(source), "dataset": src.dataset, "corruption": data.corruption,
                **issues.summary()}

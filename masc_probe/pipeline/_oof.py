@@ -6,6 +6,11 @@ the layers tapped by name, each activation turned into rows by the same reducers
 checks that a layer keeps its width from batch to batch). The samples are split into K stratified, seeded folds; at
 each layer x probe the probe fitted on the other folds scores each fold, so no sample is scored by a probe that saw
 it, and the K fold probes also score the *select* data (held out from the network too).
+
+The labels the choices are made against on the select data come from :func:`choice_labels`, the report's rule
+(``runner._select.choosing_labels``): by default the select data's labels re-drawn by the training data's own
+corruption recipe with a recorded seed, the true ones on request. Never the training rows: a network that memorized
+them carries each given label in its late layers, so a choice made there falls on the most memorized layer.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ from torch import nn
 from masc_probe.data._batches import make_loader
 from masc_probe.data._batches import split_batch as read_batch
 from masc_probe import quality
-from masc_probe._params import check_folds, check_probes
+from masc_probe._choices import SELECT_RULES
+from masc_probe._params import check_choice, check_folds, check_probes
 from masc_probe.errors import InputError
 from masc_probe.probes import make_probe
 
@@ -39,6 +45,7 @@ _BLOCK = 4096  # rows per block while fitting and scoring
 # fail although shrinkage made them positive) does not change predictions.
 DEFAULT_KWARGS: dict[str, dict[str, Any]] = {"qda": {"solver": "eigen", "shrinkage": "auto", "tol": 0.0}}
 SCORE_KIND = {"lda": "log", "qda": "log", "linear": "log", "knn": "shares"}  # the rest: similarities
+CHOOSE_RULES = tuple(r for r in SELECT_RULES if r != "none")  # a layer must be chosen: noisy or clean labels
 
 
 @dataclass
@@ -350,3 +357,45 @@ def score_methods(wrong: np.ndarray, candidates: list[dict[str, Any]], fitted: l
     if aum is not None:  # AUM has no noise estimate of its own: it flags as many as the chosen probe
         metrics["aum"] = quality.detection_metrics(wrong, aum, quality.ranks(aum) <= int(flagged.sum()))
     return metrics
+
+
+def data_corruption(data: Any) -> tuple[dict[str, Any] | None, int | None]:
+    """The corruption record and class count :func:`masc_probe.load_data` attached to *data* (or to the dataset of
+    its loader or Subset); ``(None, None)`` when it carries none. The record keeps an asymmetric class map."""
+    from masc_probe.data import describe_data
+
+    for candidate in (data, getattr(data, "dataset", None)):
+        try:
+            record = describe_data(candidate) if candidate is not None else None
+        except InputError:
+            continue
+        if record is not None:
+            return record.get("corruption"), record.get("num_classes")
+    return None, None
+
+
+def choice_labels(y: np.ndarray, index: np.ndarray, rule: str, corruption: Mapping[str, Any] | None,
+                  num_classes: int, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """The labels a layer is chosen against on held-out images (true labels *y*, stable *index*), in their order,
+    and their record: the report's ``choosing_labels``, called on the images sorted by index as the report does (a
+    ``shuffle`` recipe permutes among the images given, in that order).
+
+    Never call it on training rows: a memorizer's features there carry the labels it memorized, so a choice made
+    on them falls on the most memorized layer.
+    """
+    from masc_probe.runner._select import choosing_labels
+
+    order = np.argsort(index, kind="stable")
+    drawn, record = choosing_labels(y[order], rule, corruption, num_classes, seed, index[order])
+    out = np.empty_like(drawn)
+    out[order] = drawn
+    return out, {**record, "n": int(len(y))}
+
+
+def check_choice_rule(rule: Any, seed: Any) -> tuple[str, int]:
+    """The rule of a layer choice (noisy or clean labels) and its seed, each checked in one line."""
+    rule = check_choice("select", rule, CHOOSE_RULES)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
+        raise InputError(f"select_seed must be an int >= 0; got {seed!r}")
+    return rule, int(seed)
+

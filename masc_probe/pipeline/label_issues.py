@@ -3,17 +3,21 @@
 :func:`find_label_issues` composes three parts. (1) ``_oof``: one pass of the runner's forward (layers by name,
 the runner's reducers) into its row cache, and out-of-fold class scores of every layer x probe on K stratified,
 seeded folds, so that no sample is scored by a probe that saw it. (2) The choice of layer and probe, without the
-true labels, by accuracy against the *given* labels on held-out samples: under random label noise a classifier of
-true accuracy a agrees with the given labels with probability a(1 - p) + p/K, increasing in a. The held-out samples
-must be held out from the *network* too (``select=``, e.g. the test split): a network that memorized the training
-set carries each given label in its late layers, so a probe there reads the wrong labels back and finds few of them
-(MNIST, 5,000 images, p = 0.4: F1 0.04 chosen out-of-fold, 0.94 chosen on the test split;
-``benchmarks/label_issues.py``). Without ``select`` the out-of-fold accuracy chooses, sound for features the labels
-did not shape, a logged risk for a model. (3) :mod:`masc_probe.quality` on the chosen probe's out-of-fold
-probabilities (its class scores calibrated: softmax of log-posteriors, or of similarities over a temperature fitted
-to the given labels): the noise share from the confident joint, the ranking (self-confidence, normalized margin or
-logit margin, chosen on the held-out data by re-labeling a random share of it: ``quality.choose_ranking``) and the
-flagged set (the noise share's worth of lowest-ranked samples, or a confident-learning filter, or a threshold).
+true labels, by accuracy against noisy labels on held-out samples: under random label noise a classifier of
+true accuracy a agrees with the noisy labels with probability a(1 - p) + p/K, increasing in a. The held-out samples
+must be held out from the *network* too (``select=``, e.g. the test split), never the training rows: a network that
+memorized the training set carries each given label in its late layers, so a probe there reads the wrong labels
+back and finds few of them (MNIST, 5,000 images, p = 0.4: F1 0.04 chosen out-of-fold, 0.94 chosen on the test
+split; ``benchmarks/label_issues.py``). Without ``select`` the out-of-fold accuracy chooses, sound for features the
+labels did not shape, a logged risk for a model. The select data's labels are those a user with noisy data would
+have, by the report's rule (``select_rule``: ``"noisy"``, the default, re-draws them by the training data's own
+corruption recipe with a recorded seed; ``"clean"`` keeps the true ones); every choice made there (layer x probe,
+ranking) is made against them, and ``choosing_labels`` records which. (3) :mod:`masc_probe.quality` on the chosen
+probe's out-of-fold probabilities (its class scores calibrated: softmax of log-posteriors, or of similarities over a
+temperature fitted to the given labels): the noise share from the confident joint, the ranking (self-confidence,
+normalized margin or logit margin, chosen on the held-out data by re-labeling a random share of it:
+``quality.choose_ranking``) and the flagged set (the noise share's worth of lowest-ranked samples, or a
+confident-learning filter, or a threshold).
 
 With ``method="aum"`` the ranking, scores and flagged set are AUM's (the training margins); suggestions and the noise
 estimate stay the probe's. With true labels every method is scored against the corruption (``quality.detection_
@@ -66,7 +70,11 @@ class LabelIssues:
         pred_probs: (n, K) the chosen probe's out-of-fold probabilities (columns: ``classes``); temperature: the one
             fitted to turn its similarities into them (None for log-posteriors or vote shares).
         layer, probe, criterion (``"select"`` or ``"out_of_fold"``), heldout_accuracy, select_accuracy, runner_up,
-            candidates: the choice of layer x probe and every candidate's numbers.
+            candidates: the choice of layer x probe and every candidate's numbers (``select_accuracy``: against
+            the choosing labels).
+        choosing_labels: the select data's labels the choice was made against (the report's ``choosing_labels``
+            record: kind ``noisy`` with mode, rate, seed and realized rate, or ``clean``; ``given`` when the training
+            data carries no corruption record), or None without select data.
         ranking, ranking_auroc: the chosen ranking and each ranking's AUROC on the held-out re-labeling.
         noise_rate: the estimated share of wrong labels (confident joint); disagreement_rate: the share whose
             suggested label differs from the given one (too high by about (1 - a)(1 - p) for a probe of accuracy a).
@@ -111,13 +119,15 @@ class LabelIssues:
     flag: str = "rank"
     corruption_mode: str | None = None
     select_by: str = "accuracy"
+    choosing_labels: dict[str, Any] | None = None  # what the select data's labels were (None: no select data)
 
     @property
     def n_flagged(self) -> int:
         return int(self.flagged.sum())
 
     def summary(self) -> dict[str, Any]:
-        """The numbers (no per-sample arrays), JSON-ready: the choice, the estimates, the metrics."""
+        """The numbers (no per-sample arrays), JSON-ready: the choice (with ``choosing_labels``: which labels it
+        was made against), the estimates, the metrics."""
         from masc_probe.pipeline._outputs import issues_summary
 
         return issues_summary(self)
@@ -160,6 +170,7 @@ def find_label_issues(
     probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 256, keep_scores: bool = False,
     method: str = "probe", reducer: str | Mapping[str, str] | None = None, ranking: str = "auto",
     flag: str = "rank", corruption_mode: str | None = None, select_by: str = "accuracy",
+    select_rule: str = "noisy", select_seed: int = 0, corruption: Mapping[str, Any] | None = None,
 ) -> LabelIssues:
     """Rank the training samples by how likely their given label is wrong (module docstring: the method).
 
@@ -178,8 +189,10 @@ def find_label_issues(
         progress: Progress bars over the batches.
         margins: Per-sample training margins for AUM, indexed by the data's ``index``: (N,) AUMs, (epochs, N)
             margins (averaged), or a mapping index -> AUM.
-        select: Labelled data the model never trained on (e.g. the test split): candidates are chosen by their
-            accuracy there and rankings by how they find labels re-drawn there.
+        select: Labelled data the model never trained on (e.g. the test split; its ``true_label``, else its
+            ``label``, taken as true): candidates are chosen by their accuracy there and rankings by how they find
+            labels re-drawn there, against the labels *select_rule* gives it. Never the training rows: a memorizer
+            reads its memorized labels back there.
         n_components: MASC's threshold. probe_kwargs: Per-probe constructor arguments.
         batch_size: Batch of the forward pass for map-style data.
         keep_scores: Keep every candidate's (n, K) out-of-fold scores in ``all_class_scores``.
@@ -194,6 +207,12 @@ def find_label_issues(
         select_by: ``"accuracy"`` chooses the layer x probe by accuracy on the select data (out of fold without
             it); ``"detection"`` by how well its best ranking finds labels re-drawn at random there
             (``quality.choose_ranking``'s AUROC, recorded per candidate as ``detection_auroc``).
+        select_rule: The select data's labels every choice is made against, as the report's ``select``:
+            ``"noisy"`` re-draws them by *corruption*'s recipe (mode, rate) with *select_seed*, per image index
+            (clean training data: the labels as given); ``"clean"`` keeps them.
+        select_seed: Seed of the noisy labels (the report's ``select_seed``, 0 by default).
+        corruption: The training labels' corruption record (``mode``, ``rate``; ``mapping`` for ``asymmetric``);
+            default the one :func:`masc_probe.load_data` attached to *data*.
 
     Raises:
         InputError: Data without labels, folds < 2 or more folds than samples of a class, a run folder without a
@@ -201,6 +220,7 @@ def find_label_issues(
         UnknownNameError: An unknown probe, layer, reducer, ranking or flag.
     """
     probes = _oof.check_args(probes, folds, seed, threshold, batch_size)
+    select_rule, select_seed = _oof.check_choice_rule(select_rule, select_seed)
     for value, allowed, what in ((method, ("probe", "aum"), "method"), (ranking, ("auto", *quality.RANKINGS),
                                  "ranking"), (flag, FLAGS, "flag"), (select_by, ("accuracy", "detection"),
                                                                      "select_by")):
@@ -221,10 +241,11 @@ def find_label_issues(
     with tempfile.TemporaryDirectory(prefix="masc-label-issues-") as spill:
         read = {"progress": progress, "batch_size": batch_size, "root": spill}
         rows = _oof.collect(net, data, layers, rows_of, device, desc="label issues", **read)
-        held = None
+        held, chosen_by = None, None
         try:
             if select is not None:
                 held = _oof.collect(net, select, rows.layers, rows_of, device, desc="select", **read)
+                held.given, chosen_by = _choosing(held, rows.given, data, select_rule, select_seed, corruption)
             classes, counts = np.unique(rows.given, return_counts=True)
             if len(classes) < 2:
                 raise InputError(f"expected given labels of at least 2 classes, got only class {classes.tolist()}")
@@ -290,4 +311,16 @@ def find_label_issues(
         all_class_scores={k: v[0] for k, v in scored.items()} if keep_scores else None, method=method,
         ranking=ranking, ranking_auroc=auroc, temperature=temperature,
         disagreement_rate=float(np.mean(suggested != given)), flag="threshold" if threshold is not None else flag,
-        corruption_mode=corruption_mode, select_by=select_by)  # fmt: skip
+        corruption_mode=corruption_mode, select_by=select_by, choosing_labels=chosen_by)  # fmt: skip
+
+
+def _choosing(held: _oof.Rows, train_given: np.ndarray, data: Any, rule: str, seed: int,
+              corruption: Mapping[str, Any] | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The select rows' labels every choice is made against, and their record (``_oof.choice_labels``): the true
+    labels of the select data (its ``true_label``, else its labels), re-drawn by the training data's recipe under
+    ``"noisy"``. K: the classes the data's record declares, else those the labels show."""
+    recorded, k = _oof.data_corruption(data)
+    corruption = corruption if corruption is not None else recorded
+    y = held.true if held.true is not None else held.given
+    k = int(k) if k else int(max(train_given.max(), y.max())) + 1
+    return _oof.choice_labels(y, held.index, rule, corruption, k, seed)

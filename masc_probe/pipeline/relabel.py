@@ -3,7 +3,10 @@
 Relabeling (:func:`relabel`):
 
 1. split the test set 80/20 with a fixed seed;
-2. choose the layer where MASC does best on the 20% part;
+2. choose the layer where MASC does best on the 20% part, against the labels a user with noisy data would have there
+   (the report's rule, ``select``: by default the part's labels re-drawn by the training data's own corruption
+   recipe with a recorded seed; ``clean``: the true ones; ``relabel.json`` records which). Never on the training
+   rows: the network memorized their labels, and a choice made on them falls on its most memorized layer;
 3. relabel the training set with that layer's MASC predictions from *corrupted-label* subspaces (true-label subspaces
    leak the answer: they are allowed only as an oracle bound, ``oracle=True``, and the result says so), cross-fitted
    so that no sample is labelled by a subspace fitted on itself (on the stratified folds of label issues,
@@ -15,7 +18,8 @@ Relabeling (:func:`relabel`):
    clean samples that were broken (against the known corruption, when the batches carry true labels).
 
 ``detector="issues"`` replaces steps 2-3 by :func:`~masc_probe.pipeline.label_issues.find_label_issues`: every layer x
-probe scored out of fold, the one most accurate on the 20% part chosen, its out-of-fold predictions the suggestions.
+probe scored out of fold, the one most accurate on the 20% part (by the same rule) chosen, its out-of-fold
+predictions the suggestions.
 ``ceiling=True`` also fine-tunes the memorized network, the same way, on the true labels: the accuracy a perfect
 detector would reach (the batches must carry true labels).
 """
@@ -52,11 +56,11 @@ class RelabelResult:
     """Outcome of :func:`relabel` (also written as ``relabel.json``)."""
 
     output_dir: str
-    layer: str  # the MASC layer chosen on the 20% part
+    layer: str  # the layer chosen on the 20% part
     labels: str  # "corrupted" (the experiment) or "true" (oracle bound: true-label subspaces)
     oracle: bool
     cross_fit: int  # folds of the suggestions (1: in-sample)
-    selection_accuracy: float  # MASC accuracy of the chosen layer on the 20% part
+    selection_accuracy: float  # the chosen layer's accuracy on the 20% part, against the choosing labels
     n_train: int
     n_changed: int  # training samples whose suggested label differs from the given one
     repaired: float | None  # share of corrupted samples (given != true) whose suggestion is the true label
@@ -69,6 +73,7 @@ class RelabelResult:
     probe: str = "masc"  # the probe whose predictions are the suggestions
     accuracy_ceiling: float | None = None  # fine-tuned on the true labels instead (ceiling=True), on the 80% part
     ceiling_best_epoch: int | None = None
+    choosing_labels: dict[str, Any] | None = None  # the 20% part's labels the layer was chosen against: their record
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,6 +100,9 @@ def relabel(
     detector: str = "masc",
     probes: tuple[str, ...] = ISSUE_PROBES,
     ceiling: bool = False,
+    select: str = "noisy",
+    select_seed: int = 0,
+    corruption: dict[str, Any] | None = None,
 ) -> RelabelResult:
     """Relabel the training set with MASC and fine-tune on the suggestions (module docstring: the five steps).
 
@@ -125,6 +133,12 @@ def relabel(
             part (``cross_fit`` folds, at least 2).
         probes: The candidate probes of ``detector="issues"``.
         ceiling: Also fine-tune a copy of the memorized network on the true labels (needs them in the batches).
+        select: The 20% part's labels the layer is chosen against, as the report's ``select``: ``"noisy"``
+            re-draws them by *corruption*'s recipe with *select_seed* (clean training data: the labels as given),
+            ``"clean"`` keeps the true ones. Fine-tuning still stops early on the part's own labels.
+        select_seed: Seed of the noisy labels (0, the report's default).
+        corruption: The training labels' corruption record (``mode``, ``rate``); default the one
+            :func:`masc_probe.load_data` attached to *train_data*, else the run's ``config.json``.
 
     Returns:
         The numbers, also written to ``relabel.json``.
@@ -134,9 +148,11 @@ def relabel(
             with fewer training samples than ``cross_fit``, or a model without trainable parameters (there is
             nothing to fine-tune).
     """
+    from masc_probe.pipeline import _oof, _suggest
     from masc_probe.runner import ProbeRunner
     from masc_probe.runner._forward import model_device
 
+    select_rule, select_seed = _oof.check_choice_rule(select, select_seed)
     model, masc, out = _resolve_source(source, oracle, output_dir)
     training = masc.get("training") or {}
     opt_name = optimizer or training.get("optimizer", "adam")
@@ -158,7 +174,7 @@ def relabel(
     train_set, test_set = _map_style(train_data, "training data"), _map_style(test_data, "test data")
     order = np.random.default_rng(seed).permutation(len(test_set))
     cut = len(order) // 5
-    select, held_out = Subset(test_set, order[:cut].tolist()), Subset(test_set, order[cut:].tolist())
+    choose, held_out = Subset(test_set, order[:cut].tolist()), Subset(test_set, order[cut:].tolist())
     if cut < 1:
         raise InputError(f"expected a test set of at least 5 samples for the 80/20 split, got {len(test_set)}")
     eval_bs = 512
@@ -166,24 +182,26 @@ def relabel(
     if ceiling and split_batch(next(iter(_loader(train_set, 1)))).y_true is None:
         raise InputError("ceiling=True fine-tunes on the true labels: expected them in the training batches, got none")
 
-    # Steps 2-3: the best MASC layer on the 20% part, and its predictions on the training set.
+    # Steps 2-3: the best layer on the 20% part against its choosing labels, and its predictions on the training set.
+    recorded, num_classes = _oof.data_corruption(train_set)
+    corruption = corruption if corruption is not None else recorded if recorded is not None else masc.get("corruption")
+    rule = {"select_rule": select_rule, "select_seed": select_seed, "corruption": corruption}
     probe_name = "masc"
     if detector == "issues" and not oracle:
-        given, true, index, suggested, margin, layer, probe_name, selection = _issues_suggest(
-            model, train_set, select, layers=layers, probes=probes, folds=cross_fit, seed=seed,
-            n_components=n_components, device=device, progress=progress, batch_size=eval_bs)  # fmt: skip
+        given, true, index, suggested, margin, layer, probe_name, selection, chosen_by = _suggest.issues_suggest(
+            model, train_set, choose, layers=layers, probes=probes, folds=cross_fit, seed=seed, device=device,
+            progress=progress, n_components=n_components, batch_size=eval_bs, **rule)  # fmt: skip
     else:
-        # No controls: nothing here shows them. Every candidate layer competes, the raw input too when it is one
-        # (the paper models' probe points start with it): this chooses where to relabel from, not what training
-        # added, so the input is no control here.
+        # No controls: nothing here shows them; no selection of the runner's own (this one chooses the layer).
         runner = ProbeRunner(model, layers=layers, probes=("masc",), labels=labels, n_components=n_components,
-                             device=device, progress=progress, train_accuracy=False, controls=())  # fmt: skip
+                             device=device, progress=progress, train_accuracy=False, controls=(), select="none",
+                             profile=False)  # fmt: skip
         runner.fit(_loader(train_set, eval_bs))
-        report = runner.evaluate(_loader(select, eval_bs))
-        best = report.best_layer("masc", labels, include_input=True)
-        layer, selection = best["layer"], best["test_accuracy"]
+        layer, selection, chosen_by = _suggest.masc_layer(
+            runner, choose, labels=labels, rule=select_rule, corruption=corruption, num_classes=num_classes,
+            seed=select_seed, batch_size=eval_bs)  # fmt: skip
         in_sample = runner.estimators_[(layer, "masc", labels)] if cross_fit == 1 else None
-        given, true, index, suggested, margin = _suggest(
+        given, true, index, suggested, margin = _suggest.masc_suggest(
             model, runner, layer, train_set, eval_bs, labels=labels, folds=cross_fit, seed=seed,
             in_sample=in_sample, n_components=n_components, device=device, progress=progress)  # fmt: skip
 
@@ -203,20 +221,20 @@ def relabel(
 
         twin = copy.deepcopy(model)
         _, upper_epoch = _fine_tune(
-            twin, _Relabeled(train_set, true), _loader(select, eval_bs), optimizer=opt_name, lr=lr,
+            twin, _Relabeled(train_set, true), _loader(choose, eval_bs), optimizer=opt_name, lr=lr,
             momentum=momentum, batch_size=min(batch_size, len(train_set)), max_epochs=max_epochs,
             patience=patience, seed=seed, device=device)  # fmt: skip
         upper = _accuracy(twin, _loader(held_out, eval_bs), device)
         del twin
     history, best_epoch = _fine_tune(
-        model, _Relabeled(train_set, suggested), _loader(select, eval_bs), optimizer=opt_name, lr=lr,
+        model, _Relabeled(train_set, suggested), _loader(choose, eval_bs), optimizer=opt_name, lr=lr,
         momentum=momentum, batch_size=min(batch_size, len(train_set)), max_epochs=max_epochs, patience=patience,
         seed=seed, device=device)  # fmt: skip
     after = _accuracy(model, _loader(held_out, eval_bs), device)
     result = RelabelResult(
         output_dir=str(out), layer=layer, labels=labels, oracle=oracle, cross_fit=cross_fit,
         selection_accuracy=selection, detector=detector if not oracle else "masc", probe=probe_name,
-        accuracy_ceiling=upper, ceiling_best_epoch=upper_epoch,
+        accuracy_ceiling=upper, ceiling_best_epoch=upper_epoch, choosing_labels=chosen_by,
         n_train=len(given), n_changed=int((suggested != given).sum()), repaired=repaired, broken=broken,
         accuracy_before=before, accuracy_after=after, best_epoch=best_epoch, history=history)  # fmt: skip
     _atomic.write_text(out / "relabel.json", json.dumps(result.to_dict(), indent=2))
@@ -306,61 +324,6 @@ class _Relabeled(Dataset):
         if isinstance(row, dict):
             return {**row, "label": self.labels[i]}
         return (row[0], self.labels[i], *row[2:])
-
-
-def _suggest(model: nn.Module, runner: Any, layer: str, dataset: Any, batch_size: int, *, labels: str, folds: int,
-             seed: int, in_sample: Any, n_components: float | int, device: torch.device,
-             progress: bool) -> tuple[Any, ...]:  # fmt: skip
-    """Given labels, true labels (or None), indices, MASC suggestions and cosine margins, in dataset order.
-
-    One pass reads *layer*'s rows (*model* through the runner's reducer) into the label-issue machinery's row
-    cache. With ``folds`` > 1 each sample is then scored by the MASC fitted on the other folds: the stratified, seeded
-    folds of :func:`~masc_probe.pipeline.label_issues.find_label_issues` (stratified by the given labels, so that
-    both detectors split the samples alike), fitted on the *labels* set. With ``folds`` = 1, by *in_sample*.
-    """
-    import tempfile
-
-    from masc_probe.pipeline import _oof
-    from masc_probe.probes import check_max_memory
-
-    classes = np.asarray(runner.classes_)
-    with tempfile.TemporaryDirectory(prefix="masc-relabel-") as spill:
-        rows = _oof.collect(model, dataset, [layer], runner.reducer, device, progress=progress,
-                            batch_size=batch_size, root=spill, desc="relabel")  # fmt: skip
-        try:
-            fit_on = rows.given if labels == "corrupted" else rows.true
-            if fit_on is None:
-                raise InputError("oracle relabeling needs true labels in the training batches, got none")
-            X = rows[layer]
-            if in_sample is not None:
-                S = np.concatenate([_oof.class_scores(in_sample, "masc", np.asarray(X[i:i + 4096]))
-                                    for i in range(0, len(X), 4096)])
-            else:
-                fold = _oof.stratified_folds(rows.given, folds, seed)
-                kwargs = _oof.probe_kwargs(("masc",), None, check_max_memory(None), device, n_components)
-                S = _oof.out_of_fold_scores("masc", X, fit_on, fold, classes, kwargs["masc"])[0]
-        finally:
-            rows.close()
-    S = S.astype(np.float64)
-    top = np.sort(S, axis=1)[:, ::-1][:, : min(2, S.shape[1])]
-    suggested = classes[S.argmax(axis=1)].astype(np.int64)  # ties to the lowest class, as MASC's predict
-    return rows.given, rows.true, rows.index, suggested, top[:, 0] - top[:, -1]
-
-
-def _issues_suggest(model: nn.Module, train_set: Any, select: Any, *, layers: list[str] | None,
-                    probes: tuple[str, ...], folds: int, seed: int, n_components: float | int, device: Any,
-                    progress: bool, batch_size: int) -> tuple[Any, ...]:  # fmt: skip
-    """find_label_issues' suggestions: given, true (or None), index, suggested, the chosen probe's gap between its
-    two best class scores, the layer, the probe and its accuracy on *select*."""
-    from masc_probe.pipeline.label_issues import find_label_issues
-
-    issues = find_label_issues(model, train_set, layers=layers, probes=probes, folds=folds, seed=seed,
-                               device=device, progress=progress, select=select, n_components=n_components,
-                               batch_size=batch_size)  # fmt: skip
-    top = np.sort(issues.class_scores, axis=1)
-    gap = (top[:, -1] - top[:, -2]).astype(np.float64)
-    return (issues.given_label, issues.true_label, issues.index, issues.suggested_label.astype(np.int64), gap,
-            issues.layer, issues.probe, issues.select_accuracy)
 
 
 def _write_csv(path: Path, index: np.ndarray, given: np.ndarray, suggested: np.ndarray, margin: np.ndarray) -> None:
