@@ -46,7 +46,7 @@ def probe_order(epochs: list[int]) -> list[int]:
     every one already taken (ties: the earlier epoch), so that a time limit leaves an even grid.
 
     >>> probe_order([0, 2, 4, 6, 8, 10, 20])
-    [20, 0, 10, 4, 6, 2, 8]
+    [20, 0, 10, 4, 2, 6, 8]
     """
     left = sorted(set(epochs))
     if not left:
@@ -221,6 +221,7 @@ def run(argv: list[str], out_dir: Path, budget_s: float | None, command: str) ->
         write(path, head, entries, config, time.perf_counter() - t0)
         print(f"epoch {epoch}: model {entry['model_test_accuracy']:.3f}, train (given labels) "
               f"{entry['train_accuracy_given']:.4f}, {entry['seconds']:.1f} s", flush=True)
+    write(path, head, entries, config, time.perf_counter() - t0)  # with the skipped epochs, if any
     plot(path)
     return path
 
