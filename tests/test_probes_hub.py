@@ -264,7 +264,9 @@ def test_run_pushed_with_probes_gives_the_report_back(hub: FakeHub, run_with_pro
     weights = _safetensors(files)
     assert len(weights) == len(json.loads((run / "probes" / "runner.json").read_text())["estimators"]) == 2 * 3 * 2
     assert {"model.safetensors", "masc/report.json", "README.md", "masc/probes/runner.json"} <= set(files)
-    assert hub.lfs_files("me/run") == weights | {"model.safetensors", "masc/accuracy_by_layer.png"}
+    # The binaries go by LFS: the weights, the fitted probes and the run folder's two plots (the profile's too).
+    assert hub.lfs_files("me/run") == weights | {"model.safetensors", "masc/accuracy_by_layer.png",
+                                                 "masc/profile.png"}
     assert {p for p, kind in hub.committed[0].items() if kind == "lfsFile"} == hub.lfs_files("me/run")
     assert "ProbeRunner.from_pretrained" in files["README.md"].decode()
 
