@@ -132,7 +132,8 @@ def timed_in_run() -> dict[str, float]:
 
 
 def masc_shapes(runner, class_counts: dict[str, np.ndarray]) -> list[dict]:
-    """Per fitted MASC (layer, label set): d, per class the matrix size m, k_c, scoring columns and form."""
+    """Per fitted MASC (layer, label set): d, per class the matrix size m, k_c, scoring columns and form; with a
+    profile, each class's profile columns kmax (the top k of its largest kept size) and their sum."""
     out = []
     for (layer, probe, labels), est in runner.estimators_.items():
         if probe != "masc":
@@ -141,31 +142,39 @@ def masc_shapes(runner, class_counts: dict[str, np.ndarray]) -> list[dict]:
         W, _, flip = est._solution.stacked
         solvers = list(est._solution.solvers)
         ks = [int(k) for k in est.n_components_]
+        profile = getattr(est._solution, "profile", None)
+        kmax = [int(k) for k in profile.kmax] if profile is not None else [None] * len(ks)
         counts = class_counts[labels]
         classes = []
         for c, (k, f, form) in enumerate(zip(ks, flip.tolist(), solvers, strict=True)):
             m = int(counts[c]) if form == "gram" else d
             classes.append({"m": m, "k": k, "columns": d - k if f else k, "complement": bool(f), "form": form,
-                            "n_c": int(counts[c])})
-        out.append({"layer": layer, "labels": labels, "d": d, "columns": int(W.shape[1]), "classes": classes})
+                            "n_c": int(counts[c]), "kmax": kmax[c]})
+        out.append({"layer": layer, "labels": labels, "d": d, "columns": int(W.shape[1]), "classes": classes,
+                    "profile_columns": None if profile is None else int(profile.W.shape[1]),
+                    "profile_sizes": None if profile is None else list(profile.sizes),
+                    "profile_dropped": None if profile is None else list(profile.dropped)})
     return out
 
 
-def floor_alone(shapes: list[dict], n_scored: int, floor_rows: int, device: torch.device) -> dict:
+def floor_alone(shapes: list[dict], n_scored: int, floor_rows: int, device: torch.device,
+                n_test: int | None = None) -> dict:
     """Time the floor's MASC parts alone on random inputs of the run's sizes (one class per distinct (m, k, form)
-    timed, the others counted; prediction on floor_rows rows, scaled to n_scored)."""
+    timed, the others counted; prediction on floor_rows rows, scaled to n_scored). Shapes with a profile (kmax)
+    add its products under "profile" (see profile_floor); *n_test* of the n_scored rows are test rows."""
     from masc_probe.probes._eigen import decompose
     from masc_probe.probes._linalg import matmul
 
     gen = torch.Generator().manual_seed(0)
-    seen: dict[tuple, tuple[float, float]] = {}
+    seen: dict[tuple, tuple[float, ...]] = {}
     dec = basis = pred = basis_direct = pred_direct = 0.0
     per_layer: dict[str, dict[str, float]] = {}
+    prof = {"basis": 0.0, "prediction": 0.0, "replaces": 0.0}
     for fitted in shapes:
         d = fitted["d"]
         row = per_layer.setdefault(fitted["layer"], {"decompositions": 0.0, "basis": 0.0, "prediction": 0.0})
         for cls in fitted["classes"]:
-            key = (cls["m"], cls["k"], cls["complement"], cls["form"], d)
+            key = (cls["m"], cls["k"], cls["complement"], cls["form"], d, cls.get("kmax"))
             if key not in seen:
                 a = torch.randn(cls["m"], cls["m"] + 8, generator=gen).to(device)
                 mat = a @ a.T
@@ -182,13 +191,17 @@ def floor_alone(shapes: list[dict], n_scored: int, floor_rows: int, device: torc
                     del vectors
                     vectors = eigen.vectors(cls["k"])
                 seen[key] = (t1 - t0, t2 - t1, _sync(device) - t2 if cls["complement"] else t2 - t1)
+                if cls.get("kmax"):  # the profile's columns beyond those already mapped back
+                    seen[key] += (_profile_basis(eigen, cls, rows, device) + (seen[key][2] if cls["complement"]
+                                                                              else 0.0),)
                 del mat, eigen, vectors, rows
-            t_dec, t_basis, t_direct = seen[key]
+            t_dec, t_basis, t_direct = seen[key][:3]
             dec += t_dec
             basis += t_basis
             basis_direct += t_direct
             row["decompositions"] += t_dec
             row["basis"] += t_basis
+            prof["basis"] += seen[key][3] if len(seen[key]) > 3 else 0.0
         if fitted["columns"]:
             rows = torch.randn(min(floor_rows, n_scored), d, generator=gen).to(device)
             W = torch.randn(d, fitted["columns"], generator=gen).to(device)
@@ -205,18 +218,53 @@ def floor_alone(shapes: list[dict], n_scored: int, floor_rows: int, device: torc
                 pred_direct += (_sync(device) - t) * n_scored / len(rows)
             else:
                 pred_direct += t_pred
+            if fitted.get("profile_columns") and n_test:  # test rows: the profile's columns instead
+                prof["replaces"] += t_pred * n_test / n_scored
+                W = torch.randn(d, fitted["profile_columns"], generator=gen).to(device)
+                t = _sync(device)
+                matmul(rows, W).square_()
+                prof["prediction"] += (_sync(device) - t) * n_test / len(rows)
             del rows, W
-    return {"decompositions": dec, "basis": basis, "prediction": pred, "per_layer": per_layer,
-            "without_complements": {"basis": basis_direct, "prediction": pred_direct}}
+    out = {"decompositions": dec, "basis": basis, "prediction": pred, "per_layer": per_layer,
+           "without_complements": {"basis": basis_direct, "prediction": pred_direct}}
+    if any(fitted.get("profile_columns") for fitted in shapes) and n_test:
+        out["profile"] = prof
+    return out
+
+
+def _profile_basis(eigen, cls: dict, rows: torch.Tensor | None, device: torch.device) -> float:
+    """Seconds to map back the profile's top kmax eigenvectors beyond the k already mapped back (all kmax where
+    the fitted columns are the complement: the caller adds the top k's time), with the Gram form's product."""
+    from masc_probe.probes._linalg import matmul
+
+    have = 0 if cls["complement"] else cls["k"]
+    t = _sync(device)
+    if cls["kmax"] > cls["k"] or cls["complement"]:
+        new = eigen.vectors(cls["kmax"])[:, min(have, cls["kmax"]):]
+        if rows is not None and new.shape[1]:
+            matmul(rows.T, new.to(device))
+    return _sync(device) - t
+
+
+def profile_floor(floor: dict, t_bare: float) -> float:
+    """The floor with the profile: forward, decompositions, the basis with the profile's extra columns (its top
+    kmax_c per class beyond the fitted top k_c, all kmax_c where the fitted columns are the complement; Gram
+    form: their X_cᵀU), and prediction with every test row projected on the profile's columns instead of the
+    fitted ones (the fitted size is read from the same projection; training-accuracy rows keep the fitted ones)."""
+    prof = floor["profile"]
+    return (t_bare + floor["decompositions"] + floor["basis"] + prof["basis"] + floor["prediction"]
+            - prof["replaces"] + prof["prediction"])
 
 
 def probe_pass(model: torch.nn.Module, train: RandomImages, test: RandomImages, args, device: torch.device,
-               controls: tuple[str, ...] = ()):
-    """fit + evaluate of masc + ncm; returns (runner, report, seconds fit, seconds fit + evaluate)."""
+               controls: tuple[str, ...] = (), profile: bool | None = None):
+    """fit + evaluate of masc + ncm (MASC's profile on or off: ``args.profile`` unless given); returns (runner,
+    report, seconds fit, seconds fit + evaluate)."""
     from masc_probe.runner import ProbeRunner
 
     runner = ProbeRunner(model, LAYERS, probes=("masc", "ncm"), labels=args.labels, device=device,
-                         max_memory=args.max_memory, progress=not args.quiet, controls=controls)
+                         max_memory=args.max_memory, progress=not args.quiet, controls=controls,
+                         profile=args.profile if profile is None else profile)
     t = time.perf_counter()
     runner.fit(train)
     t_fit = _sync(device) - t
@@ -252,6 +300,39 @@ def with_controls(model: torch.nn.Module, train: RandomImages, test: RandomImage
         row["over_without"] = row["fit_evaluate"] / base_total
         row["parts_over_without"] = {k: v / base[k] if base[k] else None for k, v in row["parts"].items()}
     return out
+
+
+def profile_rounds(model: torch.nn.Module, train: RandomImages, test: RandomImages, args, device: torch.device,
+                   shapes: list[dict], n_scored: int, first: dict) -> dict:
+    """MASC's profile on and off, side by side, ``--profile-rounds`` times: round 1 is the main pass (profile on,
+    its bare forward and floor) and one pass with the profile off; every later round times the bare forward and
+    the floor's parts again, then both passes, the order alternating (on/off, off/on, ...) so that a drift of the
+    machine's load does not fall on one side. Each round's ratios are over that round's own floor; the summary
+    holds their medians."""
+    rounds = [first]
+    for r in range(args.profile_rounds):
+        if r:
+            t_bare = bare_forward(model, train, test, device=device)
+            floor = floor_alone(shapes, n_scored, args.floor_rows, device, n_test=args.n_test)
+            row = {"bare_forward": t_bare, "floor_off": t_bare + floor["decompositions"] + floor["basis"]
+                   + floor["prediction"], "floor_on": profile_floor(floor, t_bare), "floor_parts": floor}
+            rounds.append(row)
+        row = rounds[r]
+        for on in ((False,) if r == 0 else (True, False) if r % 2 == 0 else (False, True)):
+            runner, _, t_fit, t_fit_eval = probe_pass(model, train, test, args, device, profile=on)
+            side = "on" if on else "off"
+            row[f"pass_{side}"], row[f"parts_{side}"] = t_fit_eval, _parts(runner.timings_)
+            row[f"fit_{side}"], row[f"spilled_{side}"] = t_fit, len(getattr(runner.estimators_, "spilled", []))
+            runner.close()
+        row["order"] = ["on", "off"] if r % 2 == 0 else ["off", "on"]
+        row["ratios"] = {"on_over_floor_on": row["pass_on"] / row["floor_on"],
+                         "off_over_floor_off": row["pass_off"] / row["floor_off"],
+                         "on_over_off": row["pass_on"] / row["pass_off"]}
+    keys = ("on_over_floor_on", "off_over_floor_off", "on_over_off")
+    median = {k: float(np.median([row["ratios"][k] for row in rounds])) for k in keys}
+    for k in ("pass_on", "pass_off", "floor_on", "floor_off", "bare_forward"):
+        median[k] = float(np.median([row[k] for row in rounds]))
+    return {"rounds": rounds, "median": median, "loadavg_after": os.getloadavg()}
 
 
 def cpu_reference(args) -> dict:
@@ -292,11 +373,19 @@ def main() -> None:
     p.add_argument("--controls", type=lambda t: [v for v in t.split(",") if v and v != "none"],
                    default=["init+input"], metavar="V,…",
                    help="control sets timed beside the pass without: init+input (default), init, input; none to skip")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                   help="MASC's profile (every subspace size from one fit) in the main pass, as the runner's default")
+    p.add_argument("--profile-rounds", type=int, default=0, metavar="N",
+                   help="N rounds of the pass with the profile on and off side by side, each against its own floor "
+                        "(round 1 reuses the main pass); medians reported")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
 
     device = torch.device(args.device)
+    if args.profile_rounds and not (args.profile and args.floor):
+        raise SystemExit("bench_probe: --profile-rounds needs the profile and the floor (--profile --floor), got "
+                         f"--profile={args.profile} --floor={args.floor}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_probe: --device cuda needs a CUDA device; torch sees none")
 
@@ -328,7 +417,7 @@ def main() -> None:
                     "label": np.bincount(train.y_true, minlength=args.classes)}
     shapes = masc_shapes(runner, class_counts)
     n_scored = args.n_test + runner.n_train_scored_
-    floor = floor_alone(shapes, n_scored, args.floor_rows, device) if args.floor else None
+    floor = floor_alone(shapes, n_scored, args.floor_rows, device, n_test=args.n_test) if args.floor else None
 
     forward = tm.get("forward", 0.0) + tm.get("evaluate_forward", 0.0)
     # statistics: the pass's partial_fit calls and row-cache writes, and the deferred layers' partial_fit from the
@@ -354,6 +443,10 @@ def main() -> None:
                             "without_complements": floor["without_complements"]}
         ratios["fit_evaluate_over_floor"] = t_fit_eval / total
         ratios["fit_evaluate_over_forward_plus_decompositions"] = t_fit_eval / (t_bare + floor["decompositions"])
+        if "profile" in floor:  # the pass kept MASC's profile: its products too (profile_floor)
+            seconds["floor"]["profile"] = floor["profile"]
+            seconds["floor"]["sum_with_profile"] = profile_floor(floor, t_bare)
+            ratios["fit_evaluate_over_floor_with_profile"] = t_fit_eval / seconds["floor"]["sum_with_profile"]
     budget_gb = runner.max_memory / 1e9
     result = {
         "command": "python benchmarks/bench_probe.py " + " ".join(os.sys.argv[1:]),
@@ -379,7 +472,13 @@ def main() -> None:
                         "within_target": rss_probe <= budget_gb + model_gb + 1.5},
         "best": report.to_dict()["best"],
     }
+    spilled = len(getattr(runner.estimators_, "spilled", []))
     runner.close()
+    if args.profile_rounds:
+        first = {"bare_forward": t_bare, "floor_off": total, "floor_on": seconds["floor"]["sum_with_profile"],
+                 "floor_parts": floor, "pass_on": t_fit_eval, "parts_on": _parts(tm), "fit_on": t_fit,
+                 "spilled_on": spilled}
+        result["profile"] = profile_rounds(model, train, test, args, device, shapes, n_scored, first)
     if args.controls:
         first = {"fit": t_fit, "fit_evaluate": t_fit_eval, "parts": _parts(tm), "layers": list(LAYERS),
                  "fitted_probes": fitted}

@@ -6,6 +6,10 @@
 #      -> OUT_DIR/paper_table.json (cells as in benchmarks/results/paper_table.json), OUT_DIR/results*.json
 #   2. MASC fitted on the GPU against MASC fitted on the CPU, from the same activations of that run
 #      -> OUT_DIR/masc_check.json (per layer: prediction agreement, k_c of both, seconds of both)
+#   2b. (GPU only) MASC's profile and the runner's selection on the GPU against the CPU, from the same features:
+#      benchmarks/profile_device_check.py (k_c and predict_profile at every subspace size, a ProbeRunner report's
+#      profile rows and selection block) -> OUT_DIR/profile_check.json. Left out of the dry run (its step list is
+#      fixed by the CI test); tests/test_bench_device.py runs the same command on the CPU.
 #   3. A ResNet-18 ProbeRunner pass: benchmarks/bench_probe.py --device cuda (images/s of the bare forward and the
 #      probe pass, the floor table, and the CPU's images/s on 1,000 images beside) -> OUT_DIR/bench_probe.json
 #   4. Training at the hardware's speed: benchmarks/bench_train.py --device cuda on ResNet-18, all of CIFAR-10, the
@@ -44,14 +48,14 @@ if [ "$DRY" = 1 ]; then
   export OMP_NUM_THREADS=1
   SIZE=(--subset 300 --test-subset 200 --max-epochs 2)
   BENCH=(--n-train 200 --n-test 100 --batch-size 100 --quiet)
-  B_TRAIN=35 B_PROBE=50 B_MASC=25 B_RESNET=35 B_TRAIN_BENCH=60 B_MASC_BENCH=0
+  B_TRAIN=35 B_PROBE=50 B_MASC=25 B_RESNET=35 B_TRAIN_BENCH=60 B_MASC_BENCH=0 B_PROFILE=0
   TRAIN_BENCH=(--n-train 64 --n-test 64 --batch-size 32 --epochs 1 --repeats 1 --data mnist)
 else
   # getconf, not nproc: nproc follows OMP_NUM_THREADS
   DEVICE=cuda THREADS="$(getconf _NPROCESSORS_ONLN)" DEADLINE_S="${DEADLINE_S:-450}"
   SIZE=()
   BENCH=(--n-train 10000 --n-test 2000 --quiet --cpu-reference 1000)
-  B_TRAIN=180 B_PROBE=200 B_MASC=40 B_RESNET=60 B_TRAIN_BENCH=150 B_MASC_BENCH=40
+  B_TRAIN=180 B_PROBE=200 B_MASC=40 B_RESNET=60 B_TRAIN_BENCH=150 B_MASC_BENCH=40 B_PROFILE=45
   TRAIN_BENCH=(--epochs 2 --repeats 2)
 fi
 RP=("$PY" benchmarks/reproduce_paper.py --row mlp-mnist --rates 0.8 --seeds 0 --preset fast --device "$DEVICE"
@@ -60,7 +64,7 @@ RP=("$PY" benchmarks/reproduce_paper.py --row mlp-mnist --rates 0.8 --seeds 0 --
 if [ -n "${STEP_BUDGET_S:-}" ]; then  # one budget for every step (the tests' dry run: correctness, not speed)
   B_TRAIN=$STEP_BUDGET_S B_PROBE=$STEP_BUDGET_S B_MASC=$STEP_BUDGET_S B_RESNET=$STEP_BUDGET_S
   B_TRAIN_BENCH=$STEP_BUDGET_S
-  [ "$DRY" = 1 ] || B_MASC_BENCH=$STEP_BUDGET_S
+  [ "$DRY" = 1 ] || { B_MASC_BENCH=$STEP_BUDGET_S; B_PROFILE=$STEP_BUDGET_S; }
 fi
 # The MASC benchmark (tests/test_bench_device.py runs it on the CPU at a smaller --scale).
 MASC_BENCH=("$PY" benchmarks/bench_masc.py --device "$DEVICE" --threads "$THREADS" --repeats 1 --ref-repeats 0
@@ -101,6 +105,8 @@ fi
 # The cell is written as soon as the trained network is probed, and again with the random-init control.
 step probe "$B_PROBE" "${RP[@]}" --stage probe --out "$OUT_DIR/results.json"
 step masc-check "$B_MASC" "${RP[@]}" --stage masc-check --out "$OUT_DIR/masc_check.json"
+[ "$DRY" = 1 ] || step profile-check "$B_PROFILE" "$PY" benchmarks/profile_device_check.py --device "$DEVICE" \
+  --threads "$THREADS" --json "$OUT_DIR/profile_check.json"
 step resnet18-probe "$B_RESNET" "$PY" benchmarks/bench_probe.py --device "$DEVICE" --threads "$THREADS" --no-linear \
   "${BENCH[@]}" --json "$OUT_DIR/bench_probe.json"
 step train-bench "$B_TRAIN_BENCH" "$PY" benchmarks/bench_train.py --workloads resnet18-cifar10 --device "$DEVICE" \

@@ -27,7 +27,7 @@ def test_bench_probe_floor_table(tmp_path: Path) -> None:
     out = tmp_path / "probe.json"
     proc = _run(["benchmarks/bench_probe.py", "--device", "cpu", "--threads", "1", "--n-train", "120",
                  "--n-test", "40", "--batch-size", "40", "--classes", "2", "--no-linear", "--quiet",
-                 "--max-memory", str(2 * 1024**3), "--json", str(out)])
+                 "--max-memory", str(2 * 1024**3), "--profile-rounds", "2", "--json", str(out)])
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     floor = result["seconds"]["floor"]
@@ -41,6 +41,22 @@ def test_bench_probe_floor_table(tmp_path: Path) -> None:
     assert result["ratios"]["fit_evaluate_over_floor"] == pytest.approx(result["seconds"]["fit_evaluate"]
                                                                         / floor["sum"])
     assert set(floor["per_layer"]) == set(result["workload"]["layers"])
+    # The main pass kept MASC's profile: its floor adds the profile's basis and swaps the test rows' product.
+    prof = floor["profile"]
+    assert floor["sum_with_profile"] == pytest.approx(floor["sum"] + prof["basis"] - prof["replaces"]
+                                                      + prof["prediction"])
+    assert result["ratios"]["fit_evaluate_over_floor_with_profile"] == pytest.approx(
+        result["seconds"]["fit_evaluate"] / floor["sum_with_profile"])
+    # Profile on and off side by side: round 1 is the main pass, the order alternates, medians of the rounds.
+    rounds = result["profile"]["rounds"]
+    assert [r["order"] for r in rounds] == [["on", "off"], ["off", "on"]]
+    assert rounds[0]["pass_on"] == result["seconds"]["fit_evaluate"]
+    assert rounds[0]["floor_on"] == floor["sum_with_profile"] and rounds[0]["floor_off"] == floor["sum"]
+    for r in rounds:
+        assert r["ratios"]["on_over_off"] == pytest.approx(r["pass_on"] / r["pass_off"])
+        assert r["ratios"]["on_over_floor_on"] == pytest.approx(r["pass_on"] / r["floor_on"])
+    median = result["profile"]["median"]
+    assert median["on_over_off"] == pytest.approx(sum(r["ratios"]["on_over_off"] for r in rounds) / 2)
     images = result["images_per_second"]
     assert images["bare_forward"] > 0 and images["probe_pass"] > 0
     memory = result["peak_rss_gb"]
@@ -93,6 +109,28 @@ def test_the_floor_times_every_class_once_and_scales_prediction_to_the_scored_ro
     assert floor["without_complements"] == {"basis": 6.0, "prediction": 3 * scale}
 
 
+def test_the_profile_floor_adds_its_columns_and_swaps_the_test_rows_product(
+        bench_script, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same counting clock, with a profile on every fitted MASC: per class one more basis step (two where the
+    fitted columns are the complement, whose top k_c were not mapped back: plain x3, flipped x1, Gram x2 = 7), and
+    per fitted MASC the test rows' product on the profile's columns (60 of 300 scored rows, timed on 100: 0.6)
+    replacing the fitted product's share of them (one tick scaled to 300 rows, 60 of them: 0.6)."""
+    bench = bench_script("bench_probe")
+    ticks = itertools.count()
+    monkeypatch.setattr(bench, "_sync", lambda device: float(next(ticks)))
+    shapes = _shapes()
+    for fitted, width in zip(shapes, (10, 10, 6), strict=True):
+        fitted["profile_columns"] = width
+        for cls in fitted["classes"]:
+            cls["kmax"] = cls["k"] + 1
+    floor = bench.floor_alone(shapes, 300, 100, torch.device("cpu"), n_test=60)
+    assert (floor["decompositions"], floor["basis"], floor["prediction"]) == (6.0, 6.0, 9.0)
+    assert floor["profile"] == pytest.approx({"basis": 7.0, "prediction": 1.8, "replaces": 1.8})
+    assert bench.profile_floor(floor, 10.0) == pytest.approx(10 + 6 + 6 + 7 + 9 - 1.8 + 1.8)
+    without = bench.floor_alone(_shapes(), 300, 100, torch.device("cpu"), n_test=60)
+    assert "profile" not in without
+
+
 def test_bench_masc_as_gpu_check_calls_it(tmp_path: Path) -> None:
     out = tmp_path / "masc.json"
     proc = _run(["benchmarks/bench_masc.py", "--device", "cpu", "--threads", "1", "--repeats", "1",
@@ -112,3 +150,76 @@ def test_device_cuda_without_cuda_says_so(script: str) -> None:
     proc = _run([f"benchmarks/{script}", "--device", "cuda"], timeout=300)
     assert proc.returncode != 0
     assert "needs a CUDA device" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_profile_device_check_as_gpu_check_calls_it(tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    proc = _run(["benchmarks/profile_device_check.py", "--device", "cpu", "--threads", "1", "--n-test", "600",
+                 "--json", str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["ok"] is True and result["device"] == "cpu"
+    assert (result["masc"]["d512"]["solver"], result["masc"]["d96"]["solver"]) == ("gram", "scatter")
+    runner = result["runner"]
+    # two layers and the raw input, two label sets, every size of the profile (14)
+    assert runner["profile_rows"] == 3 * 2 * 14 and runner["choices_equal"] and runner["selection_equal"]
+    assert {c["network"] for c in runner["choices_cpu"]} == {"trained", "input"}
+
+
+def _report(accuracy: float, size: float | int) -> dict:
+    profile = [{"layer": "a", "labels": "true", "control": None, "size": 0.9, "accuracy": accuracy, "k": [3, 4]},
+               {"layer": "a", "labels": "true", "control": None, "size": 5, "accuracy": 0.5, "k": [5, 5]}]
+    return {"profile": profile, "selection": {"choices": [{"network": "trained", "layer": "a", "size": size}]}}
+
+
+def test_the_report_comparison_tolerates_rows_only_up_to_its_tolerance(bench_script) -> None:
+    """Hand-built reports of 100 test rows: 2 rows apart passes a tolerance of 2, 3 rows apart does not; another
+    chosen size fails whatever the profile says."""
+    check = bench_script("profile_device_check")
+    assert check.compare_reports(_report(0.70, 0.9), _report(0.70, 0.9), n_test=100, row_tolerance=2)["ok"]
+    near = check.compare_reports(_report(0.70, 0.9), _report(0.72, 0.9), n_test=100, row_tolerance=2)
+    assert near["ok"] and near["profile_rows_differing"] == [{"row": ["a", "true", None, "0.9"], "rows_apart": 2,
+                                                             "k_equal": True}]
+    assert not check.compare_reports(_report(0.70, 0.9), _report(0.73, 0.9), n_test=100, row_tolerance=2)["ok"]
+    other = check.compare_reports(_report(0.70, 0.9), _report(0.70, 5), n_test=100, row_tolerance=2)
+    assert not other["ok"] and not other["choices_equal"]
+
+
+def test_the_masc_comparison_counts_a_flipped_clear_row_and_forgives_a_tie(bench_script) -> None:
+    """The device side is the CPU's own frozen MASC with one prediction changed: on the zero row (every cosine 0:
+    a tie) it passes; on the row whose top two cosines are farthest apart it fails."""
+    import numpy as np
+
+    from masc_probe.probes import MinimumAngleSubspaceClassifier as MASC
+    from masc_probe.probes.masc import PROFILE_SIZES
+
+    check = bench_script("profile_device_check")
+    X, y = check.features(600, 96, seed=1)
+    Xt, _ = check.features(80, 96, seed=2)
+    X, Xt = np.maximum(X, 0), np.maximum(Xt, 0)
+    Xt[0] = 0.0
+    fit = MASC(0.99).fit(X, y)
+    frozen = fit.frozen(profile=PROFILE_SIZES)
+    at = PROFILE_SIZES.index(0.9)
+    cos = np.sort(np.asarray(fit.cosines(Xt, n_components=0.9)), axis=1)
+    clear = int(np.argmax(cos[:, -1] - cos[:, -2]))
+
+    class Flipped:
+        def __init__(self, row: int) -> None:
+            self.row = row
+            self.profile_sizes_ = frozen.profile_sizes_
+
+        def profile_components_(self):
+            return frozen.profile_components_()
+
+        def predict_profile(self, X):
+            pred = np.array(frozen.predict_profile(X))
+            pred[at, self.row] = (pred[at, self.row] + 1) % check.CLASSES
+            return pred
+
+    same = check.compare_masc(fit, frozen, frozen, Xt, tie=1e-4, ratio_tol=1e-5)
+    assert same["ok"] and same["agreement"] == 1.0
+    tie = check.compare_masc(fit, frozen, Flipped(0), Xt, tie=1e-4, ratio_tol=1e-5)
+    assert tie["ok"] and (tie["rows_differing_at_ties"], tie["rows_differing_otherwise"]) == (1, 0)
+    flipped = check.compare_masc(fit, frozen, Flipped(clear), Xt, tie=1e-4, ratio_tol=1e-5)
+    assert not flipped["ok"] and flipped["rows_differing_otherwise"] == 1
