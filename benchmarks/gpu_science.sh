@@ -8,21 +8,25 @@
 #      controls fitted once) within its own --budget-s, final and first checkpoint first, then an even grid
 #      -> OUT_DIR/<run>/dynamics.json, dynamics.png, metrics.jsonl, config.json
 #   3. plot: the figure redrawn from dynamics.json when step 2 was cut off before drawing it.
-# OUT_DIR/gpu_science.json lists the steps with their exit codes and seconds. The run folder (weights, checkpoints)
-# goes to WORK_DIR, never under OUT_DIR. DRY_RUN=1 does the same on the CPU at a digits-like size (1,500 training and
-# 500 test images, 6 epochs) in about a minute; tests/test_gpu_science.py runs it.
+# OUT_DIR/gpu_science.json lists the steps with their exit codes and seconds; the run folder (weights, checkpoints)
+# goes to WORK_DIR. DRY_RUN=1 does the same on the CPU at a digits-like size (1,500 training and 500 test images,
+# 6 epochs) in about a minute; tests/test_gpu_science.py runs it.
 #
 #   bash benchmarks/gpu_science.sh [OUT_DIR]       # OUT_DIR: default $OUT when set, else runs/gpu_science
 # Environment: DRY_RUN (1: the CPU dry run), PYTHON (default .venv/bin/python, else python3), DATA_ROOT (default
 # ../shared/data beside the checkout, else ./shared/data: on the device machine ../shared does not travel, so copy
-# mnist/ into an ignored ./shared/data and carry it), WORK_DIR (default OUT_DIR/runs; on the device machine a
-# folder outside $OUT, e.g. /tmp/gpu_science), DEADLINE_S (overall seconds; default 470, dry run 150), STEP_BUDGET_S
-# (one time limit for the training and the dynamics steps).
+# mnist/ into an ignored ./shared/data and carry it), WORK_DIR (the run folder's parent; default
+# ${TMPDIR:-/tmp}/gpu_science-runs, dry run OUT_DIR/runs), DEADLINE_S (overall seconds; default 470, dry run 150),
+# STEP_BUDGET_S (one time limit for the training and the dynamics steps).
+# To publish: copy OUT_DIR/<run>/ under benchmarks/results/dynamics/ (dynamics.py --plot redraws its figure).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY="${DRY_RUN:-0}"
 OUT_DIR="${1:-${OUT:-runs/gpu_science}}"
-WORK_DIR="${WORK_DIR:-$OUT_DIR/runs}"
+# The run folder (weights, one checkpoint per kept epoch) stays out of OUT_DIR on the GPU: the device machine sends
+# back only a few small files from $OUT.
+if [ "$DRY" = 1 ]; then WORK_DIR="${WORK_DIR:-$OUT_DIR/runs}"
+else WORK_DIR="${WORK_DIR:-${TMPDIR:-/tmp}/gpu_science-runs}"; fi
 mkdir -p "$OUT_DIR" "$WORK_DIR"
 PY="${PYTHON:-.venv/bin/python}"
 [ -x "$PY" ] || PY="$(command -v python3)"
@@ -30,7 +34,10 @@ DATA_ROOT="${DATA_ROOT:-}"
 if [ -z "$DATA_ROOT" ]; then
   for d in ../shared/data shared/data; do [ -d "$d/mnist" ] && DATA_ROOT="$d" && break; done
 fi
-[ -n "$DATA_ROOT" ] || { echo "gpu_science: no mnist/ under ../shared/data or ./shared/data; set DATA_ROOT" >&2; exit 2; }
+if [ -z "$DATA_ROOT" ]; then
+  echo "gpu_science: no mnist/ under ../shared/data or ./shared/data; set DATA_ROOT" >&2
+  exit 2
+fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TQDM_DISABLE=1
 
 if [ "$DRY" = 1 ]; then
