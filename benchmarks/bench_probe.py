@@ -151,7 +151,7 @@ def masc_shapes(runner, class_counts: dict[str, np.ndarray]) -> list[dict]:
             classes.append({"m": m, "k": k, "columns": d - k if f else k, "complement": bool(f), "form": form,
                             "n_c": int(counts[c]), "kmax": kmax[c]})
         out.append({"layer": layer, "labels": labels, "d": d, "columns": int(W.shape[1]), "classes": classes,
-                    "profile_columns": None if profile is None else int(profile.W.shape[1]),
+                    "profile_columns": None if profile is None else int(profile.kmax.sum()),
                     "profile_sizes": None if profile is None else list(profile.sizes),
                     "profile_dropped": None if profile is None else list(profile.dropped)})
     return out

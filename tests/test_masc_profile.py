@@ -101,17 +101,26 @@ def test_segments_cut_each_class_at_its_distinct_sizes() -> None:
     assert hi.tolist() == [[1, 2, 4], [2, 2, 4], [1, 2, 3]]
 
 
-def test_a_class_with_no_columns_and_sizes_sharing_k_score_as_the_definition() -> None:
-    """A profile rebuilt by hand from known orthonormal columns: class 1 has none (k = 0: cos = 0, never chosen
-    over a positive cosine), sizes 0 and 1 share class 0's k; predictions against norms computed here in float64."""
+@pytest.mark.parametrize("from_stack", [False, True])
+def test_a_class_with_no_columns_and_sizes_sharing_k_score_as_the_definition(from_stack: bool) -> None:
+    """A profile built by hand from known orthonormal vectors: class 1 has none (k = 0: cos = 0, never chosen over
+    a positive cosine), sizes 0 and 1 share class 0's k. Held whole as rows, or partly read from a fitted stack
+    (class 0's top 2 and class 2's top 1 there, class 1's stack columns a complement the profile must not read):
+    predictions against norms computed here in float64."""
     from masc_probe.probes._profile import _Profile
 
     rng = np.random.default_rng(3)
     d = 6
     Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
-    W = torch.from_numpy(np.concatenate([Q[:, :3], Q[:, 3:5]], axis=1).astype(np.float32))  # class 0: 3, class 2: 2
-    ks = np.array([[2, 0, 1], [2, 0, 2], [3, 0, 2]])
-    profile = _Profile(W, np.array([3, 0, 2]), [0.5, 0.9, 3], ks, [])
+    f32 = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    kmax, ks = np.array([3, 0, 2]), np.array([[2, 0, 1], [2, 0, 2], [3, 0, 2]])
+    if from_stack:
+        stack = (f32(np.concatenate([Q[:, :2], Q[:, 5:6], Q[:, 3:4]], axis=1)), np.array([2, 1, 1]))
+        shared, rows = np.array([2, 0, 1]), f32(np.stack([Q[:, 2], Q[:, 4]]))
+    else:
+        stack, shared = (f32(np.zeros((d, 0))), np.array([0, 0, 0])), np.array([0, 0, 0])
+        rows = f32(np.concatenate([Q[:, :3], Q[:, 3:5]], axis=1).T)
+    profile = _Profile(stack, shared, rows, kmax, [0.5, 0.9, 3], ks, [])
     X = rng.normal(size=(200, d)).astype(np.float32)
     X[7] = 0.0
     got = profile.predict(torch.from_numpy(X)).numpy()
@@ -121,6 +130,7 @@ def test_a_class_with_no_columns_and_sizes_sharing_k_score_as_the_definition() -
         inside2 = np.sum((x64 @ Q[:, 3 : 3 + ks[s, 2]]) ** 2, axis=1)
         want = np.where(inside2 > inside0, 2, 0)
         clear = np.abs(inside2 - inside0) > 1e-4 * np.sum(x64**2, axis=1)
+        assert clear.mean() > 0.9
         np.testing.assert_array_equal(got[s][clear], want[clear])
         assert got[s][7] == 0
     assert set(np.unique(got)) <= {0, 2}
@@ -148,3 +158,17 @@ def test_the_runner_reads_the_fitted_size_from_the_profile_and_scores_other_size
             acc = float((direct.predict(test_feats[r["layer"]].numpy()) == yt.numpy()).mean())
             assert r["test_accuracy"] == pytest.approx(acc), (n_components, r["layer"])
         runner.close()
+
+
+def test_a_profile_saved_whole_before_it_read_the_stack_loads_and_predicts_the_same() -> None:
+    """Files written before the profile read its top vectors from the fitted stack hold every vector in
+    profile_basis and no "shared": such a file (rebuilt here from the fitted MASC's own basis) predicts as now."""
+    X, y, Xt = _data("gram", seed=4)
+    masc = MASC(0.9).fit(X, y)
+    frozen = masc.frozen(profile=PROFILE_SIZES)
+    arrays, meta = frozen.to_state()
+    kmax = meta["profile"]["kmax"]
+    arrays["profile_basis"] = torch.cat([s.basis_rows(0, k) for s, k in zip(masc._solved().subspaces, kmax)])
+    del meta["profile"]["shared"]
+    old = MASC.from_state(arrays, meta, torch.device("cpu"))
+    np.testing.assert_array_equal(old.predict_profile(Xt), frozen.predict_profile(Xt))

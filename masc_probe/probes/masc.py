@@ -20,7 +20,8 @@ __all__ = ["PROFILE_SIZES", "MinimumAngleSubspaceClassifier"]
 
 # The subspace sizes a profile scores from one fit: variance fractions, then counts per class (clipped to the rank).
 PROFILE_SIZES: tuple[float | int, ...] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99, 0.999, 1, 2, 5, 10, 20, 50, 100)
-# Basis columns a profile may keep beyond the fitted stack: sizes whose columns do not fit are left out (recorded).
+# Bytes of a profile's Σ k_max_c basis vectors (4 d each, counted whole though it reads the fitted stack's share
+# from the stack): sizes whose vectors do not fit are left out (recorded).
 PROFILE_MAX_BYTES = 256 * 1024**2
 
 
@@ -52,6 +53,19 @@ class _Subspace:
                 vectors = matmul(self._rows.T, vectors.to(self._rows.device)).to(vectors.device) * scale
             self._basis = torch.cat([self._basis, vectors], dim=1) if have else vectors
         return self._basis[:, :k]
+
+    def basis_rows(self, lo: int, hi: int) -> torch.Tensor:
+        """Basis vectors lo .. hi - 1 as rows, (hi - lo, d) float32, computed without extending the cached prefix
+        (a profile's vectors beyond the fitted ones; the Gram form's u_iᵀ X_c / sqrt(λ_i) comes out as rows)."""
+        if hi <= lo or self.eigen is None:
+            return torch.zeros(0, self.d, dtype=torch.float32, device=self._basis.device)
+        if hi <= self._basis.shape[1]:
+            return self._basis[:, lo:hi].T.contiguous()
+        vectors = self.eigen.vectors(hi)[:, lo:hi]
+        if self._rows is None:
+            return vectors.T.contiguous().to(self._basis.device)
+        scale = torch.from_numpy(self.eigen.values[lo:hi]).to(self._rows.device).rsqrt().float()
+        return (matmul(vectors.to(self._rows.device).T, self._rows) * scale[:, None]).to(self._basis.device)
 
     def scores_from_complement(self, k: int) -> bool:
         """Whether ‖B_c x‖² is cheaper as ‖x‖² − ‖B_c^⊥ x‖²: the scatter form (its eigenvectors span all d
@@ -245,8 +259,10 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
         shell = super().frozen(device)
         if profile is not None:
             sizes = tuple(check_n_components(s) for s in profile)
-            shell._solution.profile = _Profile.build(self._solved().subspaces, sizes, self.n_components,
-                                                     max_bytes=profile_max_bytes, device=shell._solution.stacked[0].device)
+            solution = self._solved()
+            shell._solution.profile = _Profile.build(solution.subspaces, shell._solution.stacked, solution.ks, sizes,
+                                                     self.n_components, max_bytes=profile_max_bytes,
+                                                     device=shell._solution.stacked[0].device)
         return shell
 
     @property
@@ -289,8 +305,8 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
                 if isinstance(solution, _FrozenSolution):
                     raise InputError(f"a frozen MASC scores only its kept profile {self.profile_sizes_}, got "
                                      f"sizes {list(sizes)}")
-                profile = _Profile.build(solution.subspaces, sizes, self.n_components, max_bytes=1 << 62,
-                                         device=solution.stacked[0].device)
+                profile = _Profile.build(solution.subspaces, solution.stacked, solution.ks, sizes, self.n_components,
+                                         max_bytes=1 << 62, device=solution.stacked[0].device)
         with limited_threads(threads_for(X)):
             Xt = _check_X(self, X, reset=False, device=_resolve_device(self.device, X, self._stats.device))
             idx = profile.predict(Xt)
@@ -307,9 +323,11 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
         arrays = {"components": W.T.detach().cpu()}
         profile = getattr(solution, "profile", None)
         if profile is not None:
+            # profile_basis: the vectors the stack does not hold, as rows; each class's first shared_c are the
+            # stack's (files without "shared" hold every vector there).
             meta["profile"] = {"sizes": profile.sizes, "ks": profile.ks.tolist(), "kmax": profile.kmax.tolist(),
-                               "dropped": profile.dropped}
-            arrays["profile_basis"] = profile.W.T.detach().cpu()
+                               "dropped": profile.dropped, "shared": profile.shared.tolist()}
+            arrays["profile_basis"] = profile.rows.detach().cpu()
         return arrays
 
     def _solution_from_state(self, arrays: dict[str, torch.Tensor], meta: dict[str, Any],
@@ -322,9 +340,13 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
         solution = _FrozenSolution(rows.to(device).T.contiguous(), meta["ks"], meta["solvers"], meta.get("complement"))
         if "profile" in meta:
             info = meta["profile"]
-            W = arrays["profile_basis"].to(device).T.contiguous()
             ks = np.asarray(info["ks"], dtype=np.int64).reshape(len(info["sizes"]), len(meta["ks"]))
-            solution.profile = _Profile(W, np.asarray(info["kmax"], np.int64), list(info["sizes"]), ks,
+            stack, _, flip = solution.stacked
+            d = stack.shape[0]
+            counts = np.where(flip.cpu().numpy(), d - solution.ks, solution.ks)
+            shared = np.asarray(info.get("shared", [0] * len(meta["ks"])), np.int64)
+            solution.profile = _Profile((stack, counts), shared, arrays["profile_basis"].to(device).contiguous(),
+                                        np.asarray(info["kmax"], np.int64), list(info["sizes"]), ks,
                                         list(info.get("dropped", [])))
         return solution
 
