@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState, is_initialized
+from accelerate.state import AcceleratorState, GradientState, PartialState, is_initialized
+from torch.utils.data import Dataset
 
 from _training_helpers import tuple_data
 from masc_probe.errors import InputError
+from masc_probe.training import _loop
 from masc_probe.training import preset_config, train
 
 
@@ -63,3 +65,33 @@ def test_settings_the_users_accelerator_cannot_take_are_one_line_and_change_noth
     assert "bf16" in text and "mixed_precision" in text and "\n" not in text, text
     assert user.mixed_precision == "bf16" and user.state.initialized
     assert not (tmp_path / "c").exists()  # refused before the run folder was touched
+
+
+class _FailsLater(Dataset):
+    """The digits rows, until *calls* reads have been made; then every read raises (mid-training, not at setup)."""
+
+    def __init__(self, rows: Dataset, calls: int) -> None:
+        self.rows, self.left = rows, calls
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> object:
+        self.left -= 1
+        if self.left < 0:
+            raise RuntimeError("disk gone mid-run")
+        return self.rows[i]
+
+
+def test_a_run_that_fails_mid_training_leaves_no_state_behind(tmp_path: Path) -> None:
+    # 64 rows: the first batch read before training (32), the realized noise rate (64), epoch 1's steps (64) and its
+    # accuracy pass (at most 64) take at most 224 reads, so the failure comes in epoch 2 or later (asserted below);
+    # labels 80% corrupted are not all learned in so few epochs.
+    config = preset_config("mlp", "digits", preset="fast", num_classes=10, output_dir=str(tmp_path / "d"),
+                           max_epochs=20, target_accuracy=1.0, batch_size=32, cpu=True, progress=False)
+    with pytest.raises(RuntimeError, match="disk gone mid-run"):  # the run's own error, not one from the cleanup
+        train("mlp", _FailsLater(tuple_data(64), calls=256), config=config)
+    assert (tmp_path / "d" / "resume").is_dir()  # epoch 1 was done: the failure came inside the training loop
+    assert not is_initialized() and not PartialState._shared_state and _loop._MADE is None
+    user = Accelerator(cpu=True, mixed_precision="bf16")  # so other settings may be chosen right after
+    assert user.mixed_precision == "bf16"

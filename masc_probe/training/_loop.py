@@ -111,9 +111,19 @@ def train(
 
         result = train("mlp", loader, config=preset_config("mlp", "digits", preset="fast"))
     """
+    accelerator, made_state = _accelerator(config)
+    try:
+        return _train(accelerator, model, train_data, config=config, test_data=test_data)
+    finally:  # a run that fails or is interrupted releases the state it made, too
+        if made_state:
+            _release_state()
+
+
+def _train(accelerator: Any, model: nn.Module | str, train_data: Any, *, config: TrainConfig,
+           test_data: Any) -> TrainResult:
+    """:func:`train`'s run on *accelerator*."""
     from accelerate.utils import set_seed
 
-    accelerator, made_state = _accelerator(config)
     world, main = accelerator.num_processes, accelerator.is_main_process
     if config.batch_size % world:
         raise InputError(f"batch_size={config.batch_size} must be divisible by the {world} processes")
@@ -269,14 +279,13 @@ def train(
         write_metrics(run_dir, history)
     accelerator.wait_for_everyone()
     rows = [{k: v for k, v in h.items() if not k.startswith("_")} for h in history]
-    if made_state:
-        _release_state()
     return TrainResult(run_dir=run_dir, history=rows, stopped=stopped or "max_epochs")
 
 
 # ------------------------------------------------------------------------------------------------- the loop parts
-# The process-wide Accelerate state train() made itself and has not released (a run that failed leaves it behind):
-# the values it held, and whether train() made the PartialState under it too.
+# The process-wide Accelerate state train() made itself and has not released (train() releases it in a finally; a
+# state left all the same is released by the next run): the values it held, and whether train() made the
+# PartialState under it too.
 _MADE: dict[str, Any] | None = None
 
 
