@@ -45,12 +45,6 @@ def _comparison(block: dict[str, Any], control: str, labels: str) -> dict[str, A
                 None)
 
 
-def _paired(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
-    from masc_probe.report._compare import paired_difference
-
-    return paired_difference(int(np.sum(a & ~b)), int(np.sum(~a & b)), len(a))
-
-
 def summarize(reports: dict[str, Any]) -> dict[str, Any]:
     """One run's numbers from its reports under each rule (the same split, so the same evaluation images)."""
     noisy = reports["noisy"].selection
@@ -247,8 +241,61 @@ def markdown(table: dict[str, Any]) -> str:
                          + " | ".join(_diff(d.get(k)) for k in ("noisy/init", "noisy/input", "clean/init",
                                                                "clean/input")) + " |")
         lines.append("")
+    lines += _summary(table)
     lines.append(END)
     return "\n".join(lines)
+
+
+def _cell(entry: dict[str, Any]) -> str:
+    return f"{entry['row']} p={entry['rate']:g} n={entry['n_train']:,}"
+
+
+def _summary(table: dict[str, Any]) -> list[str]:
+    """Over seeds per cell (corrupted-label subspaces, the noisy choice): mean ± sd of each network's accuracy and of
+    trained − control, with the verdicts counted; and how often the noisy choice is the oracle's."""
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for entry in table.values():
+        cells.setdefault(_cell(entry), []).append(entry)
+    lines = ["**Over seeds, corrupted-label subspaces, the noisy choice** (mean ± sd over the seeds run; verdicts: "
+             "added / no difference / removed):", "",
+             "| cell | seeds | trained | init | input | trained − init | verdicts | trained − input | verdicts |",
+             "|---|---:|---:|---:|---:|---:|---|---:|---|"]
+
+    def ms(values: list[float], signed: bool = False) -> str:
+        if not values:
+            return "–"
+        mean = float(np.mean(values))
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else None
+        text = f"{mean:+.3f}" if signed else f"{mean:.3f}"
+        return (text + (f" ± {sd:.3f}" if sd is not None else "")).replace("-", "−")
+
+    def verdicts(entries: list[dict[str, Any]], key: str) -> str:
+        got = [e["series"]["corrupted"]["differences"].get(key, {}).get("verdict") for e in entries]
+        return " / ".join(str(sum(v == w for v in got)) for w in ("added", "no difference", "removed"))
+
+    for cell, entries in cells.items():
+        entries = [e for e in entries if "corrupted" in e["series"]]
+        if not entries:
+            continue
+        acc = {n: [e["series"]["corrupted"][n]["noisy"]["accuracy"] for e in entries
+                   if "noisy" in e["series"]["corrupted"].get(n, {})] for n in ("trained", "init", "input")}
+        diff = {k: [e["series"]["corrupted"]["differences"][k]["difference"] for e in entries
+                    if k in e["series"]["corrupted"]["differences"]] for k in ("noisy/init", "noisy/input")}
+        lines.append(f"| {cell} | {len(entries)} | {ms(acc['trained'])} | {ms(acc['init'])} | {ms(acc['input'])} | "
+                     f"{ms(diff['noisy/init'], True)} | {verdicts(entries, 'noisy/init')} | "
+                     f"{ms(diff['noisy/input'], True)} | {verdicts(entries, 'noisy/input')} |")
+    same = close = total = 0
+    for entry in table.values():
+        for series in entry["series"].values():
+            for network in ("trained", "init", "input"):
+                e = series.get(network, {})
+                if "noisy" in e and "oracle" in e:
+                    total += 1
+                    same += (e["noisy"]["layer"], e["noisy"]["size"]) == (e["oracle"]["layer"], e["oracle"]["size"])
+                    close += e["oracle"]["accuracy"] - e["noisy"]["accuracy"] <= 0.01
+    lines += ["", f"The noisy choice is the oracle's (layer and size) in {same} of {total} network × label-set cases, "
+              f"and within 0.01 of the oracle's accuracy in {close} of {total}.", ""]
+    return lines
 
 
 def write_markdown() -> None:
