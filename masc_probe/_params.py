@@ -20,10 +20,11 @@ from typing import Any
 from masc_probe._choices import PROBE_NAMES
 from masc_probe.errors import InputError, UnknownNameError, closest
 
-__all__ = ["DEFAULT_MAX_MEMORY", "check_choice", "check_folds", "check_max_memory", "check_n_components",
-           "check_probes", "parse_number"]
+__all__ = ["DEFAULT_MAX_MEMORY", "DEFAULT_N_COMPONENTS", "check_choice", "check_folds", "check_max_memory",
+           "check_n_components", "check_probes", "parse_number"]
 
 DEFAULT_MAX_MEMORY = 4 * 1024**3  # bytes of statistics a probe, or a whole ProbeRunner, holds in memory
+DEFAULT_N_COMPONENTS = 0.99  # MASC's subspace size wherever none is given: the variance fraction the paper keeps
 
 # Binary units: the budget is compared with allocations.
 _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb": 2**20, "mib": 2**20,

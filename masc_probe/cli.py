@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from masc_probe._version import __version__
-from masc_probe._params import check_folds, check_max_memory, check_n_components, check_probes, parse_number
+from masc_probe._params import (
+    DEFAULT_N_COMPONENTS,
+    check_folds,
+    check_max_memory,
+    check_n_components,
+    check_probes,
+    parse_number,
+)
 from masc_probe._choices import (
     CHECKPOINT_POLICIES,
     CONTROLS,
@@ -178,7 +185,7 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
     g.add_argument("--labels", choices=PIPELINE_LABELS, default=None,
                    help="label sets to fit subspaces on (default both)")
     g.add_argument("--n-components", type=_n_components, default=None, metavar="T|K",
-                   help="MASC subspace size: variance fraction in (0,1) or a count (default 0.99)")
+                   help=f"MASC subspace size: variance fraction in (0,1) or a count (default {DEFAULT_N_COMPONENTS})")
     g.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE",
                    help="memory budget of the probes, e.g. 4GB (decides the exact solver per layer)")
     g.add_argument("--reducer", type=_reducer, default=None, metavar="NAME|LAYER=NAME,…",
@@ -331,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     issues.add_argument("--reducer", choices=REDUCERS, default=None,
                         help="how a layer's value becomes rows: flatten (default), cls, mean, gap or auto")
     issues.add_argument("--n-components", type=_n_components, default=None, metavar="T|K",
-                        help="MASC threshold (default 0.99)")
+                        help=f"MASC threshold (default {DEFAULT_N_COMPONENTS})")
     issues.add_argument("--max-memory", type=_memory, default=None, metavar="SIZE", help="memory budget, e.g. 4GB")
     issues.add_argument("--out", "--output-dir", dest="output_dir", default=None, metavar="DIR",
                         help="where label_issues.csv, .json and .png go (default RUN/label-issues)")

@@ -22,7 +22,7 @@ import numpy as np
 
 from masc_probe import _atomic
 from masc_probe._choices import ISSUE_PROBES
-from masc_probe._params import check_folds
+from masc_probe._params import DEFAULT_N_COMPONENTS, check_folds
 from masc_probe.errors import InputError
 from masc_probe.pipeline import _oof
 from masc_probe.pipeline._gallery import GALLERY_NAME, gallery_summary, write_gallery
@@ -41,7 +41,8 @@ OUTPUT_FOLDER = ISSUES_DIR  # the run folder's file names are defined once, in r
 def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,
                      corrupt_mode: str | None = None, seed: int | None = None, layers: Sequence[str] | None = None,
                      probes: Sequence[str] = ISSUE_PROBES, folds: int = 2,
-                     threshold: float | None = None, method: str = "probe", n_components: float | int = 0.99,
+                     threshold: float | None = None, method: str = "probe",
+                     n_components: float | int = DEFAULT_N_COMPONENTS,
                      max_memory: int | None = None, device: str | None = None, batch_size: int | None = None,
                      image_column: str | None = None, label_column: str | None = None, revision: str | None = None,
                      output_dir: str | os.PathLike[str] | None = None, progress: bool = True,

@@ -39,6 +39,7 @@ from masc_probe._choices import (
     PROTOCOLS,
     TIMM_PREFIX,
 )
+from masc_probe._params import DEFAULT_N_COMPONENTS
 from masc_probe.errors import InputError, UnknownNameError, closest
 from masc_probe.probes import check_n_components
 from masc_probe.report import ProbeReport
@@ -133,7 +134,8 @@ def run_experiment(*, model: str = "mlp", dataset: str = "digits", corrupt: floa
                    corrupt_mode: str = "random", seed: int = 0, preset: str = "auto", max_epochs: int | None = None,
                    batch_size: int | None = None, mixed_precision: str | None = None,
                    layers: Sequence[str] | None = None,
-                   probes: Sequence[str] = DEFAULT_PROBES, labels: str = "both", n_components: float | int = 0.99,
+                   probes: Sequence[str] = DEFAULT_PROBES, labels: str = "both",
+                   n_components: float | int = DEFAULT_N_COMPONENTS,
                    max_memory: int | None = None, device: str | None = None, image_column: str | None = None,
                    label_column: str | None = None, revision: str | None = None,
                    output_dir: str | os.PathLike[str] | None = None, progress: bool = True,
@@ -348,7 +350,8 @@ def _subset_key(data: RunData) -> dict[str, Any]:
 def probe_source(source: str | os.PathLike[str], *, dataset: str | None = None, corrupt: float | None = None,
                  corrupt_mode: str | None = None, seed: int | None = None, all_checkpoints: bool = False,
                  layers: Sequence[str] | None = None, probes: Sequence[str] = DEFAULT_PROBES, labels: str = "both",
-                 n_components: float | int = 0.99, max_memory: int | None = None, device: str | None = None,
+                 n_components: float | int = DEFAULT_N_COMPONENTS, max_memory: int | None = None,
+                 device: str | None = None,
                  batch_size: int | None = None, image_column: str | None = None, label_column: str | None = None,
                  revision: str | None = None, pretrained: bool = False,
                  output_dir: str | os.PathLike[str] | None = None, progress: bool = True,

@@ -47,6 +47,7 @@ from torch import nn
 
 from masc_probe import quality
 from masc_probe._choices import ISSUE_FLAGS, ISSUE_PROBES
+from masc_probe._params import DEFAULT_N_COMPONENTS
 from masc_probe.errors import InputError, UnknownNameError, closest
 from masc_probe.pipeline import _oof
 from masc_probe.probes import check_max_memory, check_n_components
@@ -166,7 +167,7 @@ def find_label_issues(
     model: nn.Module | str | os.PathLike[str] | None, data: Any, *, layers: Sequence[str] | None = None,
     probes: Sequence[str] = ISSUE_PROBES, folds: int = 2, seed: int = 0, threshold: float | None = None,
     max_memory: int | None = None, device: str | torch.device | None = None, progress: bool = True,
-    margins: Any = None, select: Any = None, n_components: float | int = 0.99,
+    margins: Any = None, select: Any = None, n_components: float | int = DEFAULT_N_COMPONENTS,
     probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None, batch_size: int = 256, keep_scores: bool = False,
     method: str = "probe", reducer: str | Mapping[str, str] | None = None, ranking: str = "auto",
     flag: str = "rank", corruption_mode: str | None = None, select_by: str = "accuracy",

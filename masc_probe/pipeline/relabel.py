@@ -41,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from masc_probe import _atomic
 from masc_probe._choices import ISSUE_PROBES, OPTIMIZERS
+from masc_probe._params import DEFAULT_N_COMPONENTS
 from masc_probe.data._batches import EpochSampler, make_loader, split_batch
 from masc_probe.errors import InputError
 from masc_probe.models import load_model, read_config, save_model
@@ -88,7 +89,7 @@ def relabel(
     oracle: bool = False,
     output_dir: str | os.PathLike[str] | None = None,
     layers: list[str] | None = None,
-    n_components: float | int = 0.99,
+    n_components: float | int = DEFAULT_N_COMPONENTS,
     optimizer: str | None = None,
     lr: float | None = None,
     batch_size: int | None = None,

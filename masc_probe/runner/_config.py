@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from masc_probe._choices import PROTOCOLS, RUNNER_LABELS
-from masc_probe._params import check_max_memory, check_n_components, check_probes
+from masc_probe._params import DEFAULT_N_COMPONENTS, check_max_memory, check_n_components, check_probes
 from masc_probe.errors import InputError, UnknownNameError, closest
 
 Key = tuple[str, str, str]  # (layer, probe, label set)
@@ -27,7 +27,7 @@ class RunnerConfig:
     layers: tuple[str, ...] | None  # resolved names (None only for a runner without a model, before load fills them)
     probes: tuple[str, ...]  # registry names, in the order results are reported
     labels: str = "both"
-    n_components: float | int = 0.99  # plain Python number (numpy scalars are converted)
+    n_components: float | int = DEFAULT_N_COMPONENTS  # plain Python number (numpy scalars are converted)
     reducer: str | Mapping[str, str] | None = None  # one for every layer, or layer -> reducer
     max_memory: int = field(default_factory=lambda: check_max_memory(None))  # the whole runner's budget in bytes
     device: torch.device | None = None  # None: the model's device

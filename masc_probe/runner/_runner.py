@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from masc_probe._choices import DEFAULT_PROBES
+from masc_probe._params import DEFAULT_N_COMPONENTS
 from masc_probe.errors import InputError, UnknownNameError
 from masc_probe.layers import FeatureTap, LayerReducer
 from masc_probe.report import ProbeReport
@@ -116,8 +118,8 @@ class ProbeRunner:
     """
 
     def __init__(self, model: nn.Module | None, layers: Sequence[str] | None = None,
-                 probes: Sequence[str] = ("masc", "ncm", "linear"), *, labels: str = "both",
-                 n_components: float | int = 0.99, reducer: str | Mapping[str, str] | None = None,
+                 probes: Sequence[str] = DEFAULT_PROBES, *, labels: str = "both",
+                 n_components: float | int = DEFAULT_N_COMPONENTS, reducer: str | Mapping[str, str] | None = None,
                  max_memory: int | str | None = None,
                  device: str | torch.device | None = None, cache_dir: str | os.PathLike[str] | None = None,
                  progress: bool = True, probe_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
