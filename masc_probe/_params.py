@@ -32,8 +32,9 @@ _UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "kib": 2**10, "m": 2**20, "mb"
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z]*)\s*")
 
 
-def check_choice(what: str, value: Any, valid: Iterable[str]) -> str:
-    """*value* when it is one of the *valid* names, else a one-line error naming them (and the closest ones).
+def check_choice(what: str, value: Any, valid: Iterable[str], *, also: str = "") -> str:
+    """*value* when it is one of the *valid* names, else a one-line error naming them (and the closest ones);
+    *also* names other accepted forms in the message (``"or 'random:D'"``) when they are checked elsewhere.
 
     Raises:
         UnknownNameError: Any other value.
@@ -45,7 +46,8 @@ def check_choice(what: str, value: Any, valid: Iterable[str]) -> str:
     if isinstance(value, str) and value in valid:
         return value
     hint = closest(str(value), valid)
-    raise UnknownNameError(f"{what} must be one of {', '.join(valid)}; got {value!r} ({hint})")
+    other = f" ({also})" if also else ""
+    raise UnknownNameError(f"{what} must be one of {', '.join(valid)}{other}; got {value!r} ({hint})")
 
 
 def parse_number(text: str) -> int | float:
@@ -135,6 +137,5 @@ def check_probes(names: Any) -> tuple[str, ...]:
     if not names:
         raise InputError("probes is empty; name at least one of " + ", ".join(PROBE_NAMES))
     for name in names:
-        if name not in PROBE_NAMES:
-            raise UnknownNameError(f"unknown probe {name!r}; {closest(str(name), list(PROBE_NAMES))}")
+        check_choice("probe", name, PROBE_NAMES)
     return names

@@ -189,7 +189,7 @@ def _one_line_error(code: int, out: str, err: str, *, exit_code: int = 2) -> str
     (["--model", "timm/resnet1888"], "did you mean: resnet18"),
     (["--dataset", "digitz"], "did you mean: digits?"),
     (["--layers", "fc9"], "unknown layer 'fc9'"),
-    (["--probes", "masc,nope"], "unknown probe 'nope'"),
+    (["--probes", "masc,nope"], "probe must be one of masc, ncm, linear, velpic, knn, lda, qda; got 'nope'"),
     (["--batch-size", "5000"], "at most the 1438 training samples"),
     (["--push-to-hub", "not a repo"], "repo_id must look like 'user/name', got 'not a repo'"),
     (["probe", "mlp"], "expected a dataset"),

@@ -515,7 +515,7 @@ def test_a_reducer_that_does_not_fit_the_layer_is_one_line(layer: str, reducer: 
     with pytest.raises(InputError) as err:
         runner.features(torch.zeros(4, 3, 16, 16))
     assert message in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(UnknownNameError, match="unknown reducer 'token'"):
+    with pytest.raises(UnknownNameError, match=r"reducer must be one of .*\(or 'random:D' .*\); got 'token'"):
         ProbeRunner(_timm_vit(), [layer], reducer={layer: "token"})
 
 

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from masc_probe._choices import CORRUPTION_MODES
-from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe._params import check_choice
+from masc_probe.errors import InputError
 
 __all__ = ["CIFAR10_ASYMMETRIC", "MODES", "corrupt_labels", "corruption_summary", "report_corruption"]
 
@@ -75,9 +76,7 @@ def _check_rate(rate: float) -> float:
 
 
 def _check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise UnknownNameError(f"unknown corruption mode {mode!r}; valid modes: {', '.join(MODES)}")
-    return mode
+    return check_choice("corruption mode", mode, MODES)
 
 
 def _check_seed(seed: int) -> int:
@@ -93,8 +92,7 @@ def _resolve_mapping(mapping: Mapping[int, int] | str | None, num_classes: int) 
             "CIFAR-10 pairs (it is never guessed for other datasets)"
         )
     if isinstance(mapping, str):
-        if mapping not in _NAMED_MAPPINGS:
-            raise UnknownNameError(f"unknown named mapping {mapping!r}; {closest(mapping, tuple(_NAMED_MAPPINGS))}")
+        check_choice("named mapping", mapping, _NAMED_MAPPINGS)
         if num_classes != 10:
             raise InputError(f"mapping={mapping!r} is for 10 classes, got labels with {num_classes} classes")
         return dict(_NAMED_MAPPINGS[mapping])

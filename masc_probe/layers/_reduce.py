@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from masc_probe._choices import REDUCERS
-from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe._params import check_choice
+from masc_probe.errors import InputError
 from masc_probe.layers._trace import INPUT
 
 __all__ = ["REDUCERS", "LayerReducer", "reduce_activation"]
@@ -54,8 +55,8 @@ def reduce_activation(value: torch.Tensor, reducer: str, *, layer: str = "?") ->
         value = value.float().mean(dim=1)
     elif reducer == "gap" and value.dim() > 2:
         value = value.float().mean(dim=tuple(range(2, value.dim())))
-    elif reducer not in ("flatten", "gap"):
-        raise UnknownNameError(f"unknown reducer {reducer!r}; {closest(str(reducer), list(REDUCERS))}")
+    elif reducer != "gap":  # the concrete reducers, "auto" resolved before
+        check_choice("reducer", reducer, tuple(_TAKES))
     return value.reshape(shape[0], -1).float()
 
 
@@ -87,9 +88,7 @@ class LayerReducer:
                              f"got {type(spec).__name__}")
         names = [spec] if isinstance(spec, str) else list(dict(spec).values()) if spec is not None else []
         for name in names:
-            if name not in REDUCERS:
-                raise UnknownNameError(f"unknown reducer {name!r}; {closest(str(name), list(REDUCERS))} "
-                                       "(or 'random:D' for a seeded projection)")
+            check_choice("reducer", name, REDUCERS, also="or 'random:D' for a seeded projection")
         self._given = spec if not isinstance(spec, Mapping) else dict(spec)
         self.seed = int(seed)
         self.chosen: dict[str, str] = {}

@@ -37,6 +37,7 @@ from masc_probe.layers._defaults import PASS_THROUGH, _default_layers
 from masc_probe.layers._hooks import HookTaps
 from masc_probe.layers._trace import INPUT, LayerIndex, Tap, build_extractor, trace
 from masc_probe.layers._values import describe, first_batched, is_container, select, spell, split_name, stack
+from masc_probe._params import check_choice
 from masc_probe.errors import InputError, UnknownNameError, closest
 
 __all__ = ["FeatureTap", "default_layers", "list_layers"]
@@ -157,10 +158,8 @@ class FeatureTap:
                  device: torch.device | str | None = None,
                  method: Literal["auto", "fx", "hooks"] = "auto", mode: Literal["eval", "train"] = "eval") -> None:
         self.model = _check_model(model)
-        if method not in ("auto", "fx", "hooks"):
-            raise UnknownNameError(f"method must be 'auto', 'fx' or 'hooks', not {method!r}")
-        if mode not in ("eval", "train"):
-            raise UnknownNameError(f"mode must be 'eval' or 'train', not {mode!r}")
+        check_choice("method", method, ("auto", "fx", "hooks"))
+        check_choice("mode", mode, ("eval", "train"))
         self.mode = mode
         self.device = torch.device(device) if device is not None else None
         index = trace(model)

@@ -39,8 +39,8 @@ from masc_probe._choices import (
     PROTOCOLS,
     TIMM_PREFIX,
 )
-from masc_probe._params import DEFAULT_N_COMPONENTS
-from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe._params import DEFAULT_N_COMPONENTS, check_choice
+from masc_probe.errors import InputError
 from masc_probe.probes import check_n_components
 from masc_probe.report import ProbeReport
 
@@ -239,8 +239,7 @@ class _TrainPlan:
 
         model, preset, dataset, seed = run.model, run.preset, source.dataset, source.seed
         check_device(run.device)
-        if preset not in PIPELINE_PRESETS:
-            raise UnknownNameError(f"unknown preset {preset!r}; " + closest(str(preset), PIPELINE_PRESETS))
+        check_choice("preset", preset, PIPELINE_PRESETS)
         architecture = Path(os.fspath(model)).is_dir() and is_architecture_folder(Path(os.fspath(model)))
         if not (model in PAPER_MODELS or str(model).startswith(TIMM_PREFIX) or architecture):
             # Training starts from an architecture; a run folder or hf-hub: model is probed (or relabeled) instead.
@@ -300,8 +299,7 @@ class _ProbePlan:
         from masc_probe.runner import ProbeRunner
 
         probe = replace(probe, n_components=check_n_components(probe.n_components))
-        if probe.labels not in PIPELINE_LABELS:
-            raise UnknownNameError(f"unknown label set {probe.labels!r}; " + closest(probe.labels, PIPELINE_LABELS))
+        check_choice("labels", probe.labels, PIPELINE_LABELS)
         if probe.labels == "corrupted" and not data.corrupted:
             raise InputError("expected corrupted training labels for labels='corrupted', got clean data (corrupt=0)")
         options = probe.runner_options(progress=progress)
@@ -513,8 +511,7 @@ def relabel_run(run_dir: str | os.PathLike[str], *, dataset: str | None = None, 
     """
     from masc_probe.pipeline.relabel import relabel
 
-    if protocol not in PROTOCOLS:
-        raise UnknownNameError(f"unknown protocol {protocol!r}; " + closest(str(protocol), PROTOCOLS))
+    check_choice("protocol", protocol, PROTOCOLS)
     src = resolve_source(run_dir, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
                          revision=None, all_checkpoints=False)
     if src.kind == "spec":

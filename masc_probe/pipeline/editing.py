@@ -19,6 +19,7 @@ from torch import nn
 
 from masc_probe._choices import FIT_LABELS
 from masc_probe.data._batches import make_loader, split_batch
+from masc_probe._params import check_choice
 from masc_probe.errors import InputError, UnknownNameError, closest
 from masc_probe.runner._forward import model_device
 
@@ -90,8 +91,7 @@ def edit_with_velpic(
     """
     from masc_probe.probes import VeLPIC
 
-    if labels not in FIT_LABELS:
-        raise UnknownNameError(f"unknown labels {labels!r}; valid: {', '.join(FIT_LABELS)}")
+    check_choice("labels", labels, FIT_LABELS)
     name, linear = final_linear(model, layer)
     device = torch.device(device) if device is not None else model_device(model)
     probe = VeLPIC()

@@ -47,8 +47,8 @@ from torch import nn
 
 from masc_probe import quality
 from masc_probe._choices import ISSUE_FLAGS, ISSUE_PROBES
-from masc_probe._params import DEFAULT_N_COMPONENTS
-from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe._params import DEFAULT_N_COMPONENTS, check_choice
+from masc_probe.errors import InputError
 from masc_probe.pipeline import _oof
 from masc_probe.probes import check_max_memory, check_n_components
 from masc_probe.report._files import ISSUES_CSV, ISSUES_JSON
@@ -225,8 +225,7 @@ def find_label_issues(
     for value, allowed, what in ((method, ("probe", "aum"), "method"), (ranking, ("auto", *quality.RANKINGS),
                                  "ranking"), (flag, FLAGS, "flag"), (select_by, ("accuracy", "detection"),
                                                                      "select_by")):
-        if value not in allowed:
-            raise UnknownNameError(f"unknown {what} {value!r}; " + closest(str(value), list(allowed)))
+        check_choice(what, value, allowed)
     if method == "aum" and margins is None:
         raise InputError("method='aum' needs margins= (per-sample training margins, e.g. the margins.safetensors "
                          "of a run trained with record_margins / --record-margins), got none")

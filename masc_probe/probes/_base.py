@@ -9,8 +9,8 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
-from masc_probe._params import check_max_memory
-from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe._params import check_choice, check_max_memory
+from masc_probe.errors import InputError
 from masc_probe.probes._inputs import (
     _check_min_classes,
     _check_X,
@@ -254,9 +254,7 @@ class StatisticProbe(ClassifierMixin, BaseEstimator):
 
     # -- internals -------------------------------------------------------------------------------------------------
     def _check_params(self) -> None:
-        if not isinstance(self.solver, str) or self.solver not in SOLVERS:
-            hint = closest(str(self.solver), SOLVERS)
-            raise UnknownNameError(f"solver must be one of {SOLVERS}; got {self.solver!r} ({hint})")
+        check_choice("solver", self.solver, SOLVERS)
         check_max_memory(self.max_memory)
 
     def _new_stats(self, d: int, device: torch.device, classes: np.ndarray | None) -> ClassStats:

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 
 from masc_probe._choices import PROBE_NAMES
-from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe._params import check_choice
+from masc_probe.errors import InputError
 from masc_probe.probes._sklearn import (
     KNeighborsClassifier,
     LinearDiscriminantAnalysis,
@@ -40,11 +41,7 @@ def make_probe(name: str, **kwargs: Any) -> Any:
     Raises:
         UnknownNameError: the name is not in ``PROBES``; the message lists the closest names.
     """
-    factory = PROBES.get(name)
-    if factory is None:
-        hint = closest(name, list(PROBES))
-        raise UnknownNameError(f"probe must be one of the registry's names; got {name!r} ({hint})")
-    return factory(**kwargs)
+    return PROBES[check_choice("probe", name, PROBES)](**kwargs)
 
 
 def probe_from_state(arrays: dict[str, torch.Tensor], meta: dict[str, Any], device: torch.device) -> Any:

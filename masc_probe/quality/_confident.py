@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from masc_probe._choices import CL_FILTERS, UNIFORM_MODES
-from masc_probe.errors import UnknownNameError, closest
+from masc_probe._params import check_choice
 from masc_probe.quality._rank import check_probabilities
 
 __all__ = ["FILTERS", "UNIFORM_MODES", "confident_joint", "corruption_rate_from_share", "estimate_joint",
@@ -78,8 +78,7 @@ def corruption_rate_from_share(share: float, n_classes: int, mode: str | None) -
 
 def find_issues(pred_probs: Any, labels: Any, filter_by: str = "prune_by_noise_rate") -> np.ndarray:
     """(n,) bool: the samples flagged by confident learning's *filter_by* (module docstring: the methods)."""
-    if filter_by not in FILTERS:
-        raise UnknownNameError(f"unknown filter {filter_by!r}; {closest(str(filter_by), list(FILTERS))}")
+    check_choice("filter_by", filter_by, FILTERS)
     p, y = check_probabilities(pred_probs, labels)
     n, K = p.shape
     if filter_by == "predicted_neq_given":

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 
 from masc_probe._choices import ISSUE_RANKINGS
-from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe._params import check_choice
+from masc_probe.errors import InputError
 
 __all__ = ["RANKINGS", "calibrated_probabilities", "choose_ranking", "label_quality_scores"]
 
@@ -62,8 +63,7 @@ def label_quality_scores(pred_probs: Any, labels: Any, method: str = "self_confi
     Raises:
         UnknownNameError: *method* is not one of :data:`RANKINGS`. InputError: bad probabilities or labels.
     """
-    if method not in RANKINGS:
-        raise UnknownNameError(f"unknown ranking {method!r}; {closest(str(method), list(RANKINGS))}")
+    check_choice("ranking method", method, RANKINGS)
     p, y = check_probabilities(pred_probs, labels)
     rows = np.arange(len(y))
     own = p[rows, y]
@@ -94,14 +94,13 @@ def calibrated_probabilities(scores: Any, labels: Any, *, kind: str,
     from scipy.optimize import minimize_scalar
     from scipy.special import log_softmax
 
+    check_choice("score kind", kind, ("log", "shares", "similarity"))
     S = np.asarray(scores, dtype=np.float64)
     if kind == "shares":
         S = np.clip(S, 1e-12, None)
         return S / S.sum(axis=1, keepdims=True), None
     if kind == "log":
         return np.exp(log_softmax(S, axis=1)), None
-    if kind != "similarity":
-        raise UnknownNameError(f"unknown score kind {kind!r}; expected 'log', 'shares' or 'similarity'")
     if temperature is not None:
         return np.exp(log_softmax(S / temperature, axis=1)), float(temperature)
     rows, y = np.arange(len(S)), np.asarray(labels, dtype=np.int64)

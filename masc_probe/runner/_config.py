@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from masc_probe._choices import PROTOCOLS, RUNNER_LABELS
-from masc_probe._params import DEFAULT_N_COMPONENTS, check_max_memory, check_n_components, check_probes
-from masc_probe.errors import InputError, UnknownNameError, closest
+from masc_probe._params import DEFAULT_N_COMPONENTS, check_choice, check_max_memory, check_n_components, check_probes
+from masc_probe.errors import InputError
 
 Key = tuple[str, str, str]  # (layer, probe, label set)
 
@@ -76,10 +76,8 @@ class RunnerConfig:
         select, select_split, select_seed = check_select(select, select_split, select_seed)
         if select_size is not None:
             select_size = check_n_components(select_size)
-        if protocol not in PROTOCOLS:
-            raise UnknownNameError(f"unknown protocol {protocol!r}; {closest(str(protocol), PROTOCOLS)}")
-        if labels not in RUNNER_LABELS:
-            raise UnknownNameError(f"unknown label set {labels!r}; {closest(str(labels), RUNNER_LABELS)}")
+        check_choice("protocol", protocol, PROTOCOLS)
+        check_choice("labels", labels, RUNNER_LABELS)
         if isinstance(train_accuracy, int) and not isinstance(train_accuracy, bool) and train_accuracy < 1:
             raise InputError(f"train_accuracy must be True, False or a row count >= 1, got {train_accuracy}")
         unknown = set(probe_kwargs or {}) - set(probes)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from masc_probe._choices import CHECKPOINT_POLICIES, MIXED_PRECISION, OPTIMIZERS, PRESETS, PROTOCOLS
+from masc_probe._params import check_choice
 from masc_probe.errors import InputError, UnknownNameError, closest
 
 LR_SCHEDULES = ("constant", "plateau")
@@ -87,21 +88,11 @@ class TrainConfig:
     subset: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise UnknownNameError(f"unknown optimizer {self.optimizer!r}; " + closest(str(self.optimizer), OPTIMIZERS))
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise UnknownNameError(
-                f"unknown mixed_precision {self.mixed_precision!r}; "
-                + closest(str(self.mixed_precision), MIXED_PRECISION)
-            )
-        if self.protocol not in PROTOCOLS:
-            raise UnknownNameError(f"unknown protocol {self.protocol!r}; " + closest(str(self.protocol), PROTOCOLS))
-        if self.keep_checkpoints not in CHECKPOINT_POLICIES:
-            raise UnknownNameError(f"unknown keep_checkpoints {self.keep_checkpoints!r}; "
-                                   + closest(str(self.keep_checkpoints), CHECKPOINT_POLICIES))
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise UnknownNameError(f"unknown lr_schedule {self.lr_schedule!r}; " + closest(str(self.lr_schedule),
-                                                                                           LR_SCHEDULES))
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("mixed_precision", self.mixed_precision, MIXED_PRECISION)
+        check_choice("protocol", self.protocol, PROTOCOLS)
+        check_choice("keep_checkpoints", self.keep_checkpoints, CHECKPOINT_POLICIES)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if not (isinstance(self.lr_decay, (int, float)) and 0 < self.lr_decay <= 1):
             raise InputError(f"expected 0 < lr_decay <= 1, got {self.lr_decay!r}")
         if not (isinstance(self.lr_min_delta, (int, float)) and 0 <= self.lr_min_delta < 1):
@@ -282,8 +273,7 @@ def preset_config(model: str, dataset: str | None = None, *, preset: str = "pape
     >>> preset_config("mlp", "mnist", preset="fast").target_accuracy
     0.999
     """
-    if preset not in PRESETS:
-        raise UnknownNameError(f"unknown training preset {preset!r}; " + closest(str(preset), PRESETS))
+    check_choice("training preset", preset, PRESETS)
     family = _DATASET_FAMILY.get((dataset or "").lower())
     values: dict[str, Any] = {"model": model, "dataset": dataset, "target_accuracy": _TARGETS.get(family or "", 1.0)}
     if preset == "paper" and model in _PAPER_OPTIM:
