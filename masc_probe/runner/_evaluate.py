@@ -80,6 +80,7 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
     # and whether the model was scored on it (the last two columns).
     hits: list[torch.Tensor] = []
     indices: list[Any] = []
+    row_keys: list[Any] = []  # several processes, batches without sample indices: a digest of each row's input
     timings = fitted.timings
     try:
         with ControlledForward(model, controls, list(config.layers or []), reducer, device, want_logits=True,
@@ -107,6 +108,8 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
                     hit[:, -1] = 1
                 hits.append(hit)
                 indices.append(index if index is not None and len(index) == len(y) else None)
+                if world.distributed and indices[-1] is None:  # no sample indices: key the rows by their input
+                    row_keys.append(content_keys(x, len(y)))
                 labels.append(y)
                 if cache is not None:
                     for layer in cached_layers:
@@ -154,7 +157,7 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
         got = int(total[len(keys) + 2 * j + 1])
         control_acc[name] = int(total[len(keys) + 2 * j]) / got if got == n else None
     b, c = total[width:width + len(paired)], total[width + len(paired):width + 2 * len(paired)]
-    profiles = _gather_profiles(world, profile_meta, profile_preds, labels, indices, keep)
+    profiles = _gather_profiles(world, profile_meta, profile_preds, labels, indices, row_keys, keep)
     return {"n": n, "correct": {key: int(total[i]) for i, key in enumerate(keys)}, "profiles": profiles,
             "model_accuracy": int(total[width - 2]) / scored if scored == n else None,
             "control_accuracy": control_acc,
@@ -186,27 +189,47 @@ def _profile_rows(est: Any, rows: torch.Tensor, key: Key, meta: dict[Key, Any]) 
     return pred.detach().to("cpu", torch.int64) if isinstance(pred, torch.Tensor) else torch.as_tensor(pred)
 
 
-def _gather_profiles(world: dist.World, meta: dict[Key, Any], preds: dict[Key, list[torch.Tensor]], labels: list[torch.Tensor],
-                     indices: list[Any], keep: np.ndarray) -> dict[str, Any] | None:
-    """Every MASC key's profile predictions on the kept rows of every process, with the rows' labels and stable
-    indices (the dataset's, or the row order when any batch came without them)."""
+def content_keys(x: Any, n: int) -> np.ndarray:
+    """A stable key per row from its input's bytes (a 56-bit BLAKE2b digest), for rows that came without sample
+    indices: the choosing / evaluation split then depends on the images, not on their order or on how the batches
+    were shared among processes."""
+    import hashlib
+
+    tensor = x if isinstance(x, torch.Tensor) else next(v for v in x.values() if isinstance(v, torch.Tensor))
+    rows = tensor.detach().to("cpu").contiguous().reshape(n, -1).numpy()
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=7).digest(), "little") for r in rows],
+                    dtype=np.int64)
+
+
+def _gather_profiles(world: dist.World, meta: dict[Key, Any], preds: dict[Key, list[torch.Tensor]],
+                     labels: list[torch.Tensor], indices: list[Any], row_keys: list[Any],
+                     keep: np.ndarray) -> dict[str, Any] | None:
+    """Every MASC key's profile predictions on the kept rows of every process, with the rows' labels and stable keys:
+    the sample indices the batches carry; without them, the rows' positions in one process, or a digest of each row's
+    input across several (whose batches arrive in no one order)."""
     if not preds or not labels:
         return None
     y = torch.cat(labels).numpy()[keep]
     known = all(i is not None for i in indices)
-    index = np.concatenate([np.asarray(i) for i in indices])[keep] if known else None
-    local = {"y": y, "index": index,
+    if known:
+        keys = np.concatenate([np.asarray(i) for i in indices])[keep].astype(np.int64)
+    elif world.distributed:
+        keys = np.concatenate(row_keys)[keep]
+    else:
+        keys = np.arange(len(y), dtype=np.int64)  # one process: the rows' order in the test data
+    local = {"y": y, "index": keys, "known": known,
              "preds": {k: torch.cat(v, dim=1).numpy()[:, keep].astype(np.int32) for k, v in preds.items() if v}}
     parts = dist.all_gather_objects(world, local) if world.distributed else [local]
-    y_all = np.concatenate([p["y"] for p in parts])
-    have_index = all(p["index"] is not None for p in parts)
-    index_all = np.concatenate([p["index"] for p in parts]).astype(np.int64) if have_index else np.arange(len(y_all))
+    if not all(p["known"] for p in parts) and any(p["known"] for p in parts):
+        raise InputError("every process's test batches must carry sample indices, or none")
     out = {}
     for key in preds:
         if key in meta:
-            sizes, ks, _ = meta[key]
+            sizes, ks = meta[key][0], meta[key][1]
             out[key] = (sizes, np.concatenate([p["preds"][key] for p in parts], axis=1), ks)
-    return {"y": y_all, "index": index_all, "by_key": out}
+    return {"y": np.concatenate([p["y"] for p in parts]), "index": np.concatenate([p["index"] for p in parts]),
+            "index_kind": "dataset" if parts[0]["known"] else "content" if world.distributed else "position",
+            "by_key": out}
 
 
 def _first_rows(world: dist.World, indices: list[Any], n_rows: int) -> np.ndarray:
@@ -294,6 +317,9 @@ def _selection_block(config: RunnerConfig, profiles: Mapping[str, Any] | None,
     rows, block = select(by_network, profiles["y"], profiles["index"], rule=config.select,
                          split=config.select_split, seed=config.select_seed, corruption=corruption,
                          num_classes=num_classes, fixed_size=config.select_size, crossfit=config.select_crossfit)
+    if block is not None:
+        # "dataset": sample indices; "position": row order (one process); "content": digests of the rows' inputs
+        block["index_kind"] = profiles["index_kind"]
     return {"profile": rows, **({"selection": block} if block is not None else {})}
 
 
