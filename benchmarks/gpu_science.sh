@@ -60,26 +60,9 @@ START=$(date +%s)
 STEPS=()
 LAST_RC=0
 
-# step NAME BUDGET_S COMMAND...: run COMMAND under min(BUDGET_S, time left before the deadline); record rc, seconds.
-step() {
-  local name=$1 budget=$2; shift 2
-  local left=$(( DEADLINE_S - ($(date +%s) - START) ))
-  (( budget > left )) && budget=$left
-  if (( budget < 5 )); then
-    echo "gpu_science: $name skipped, deadline reached" >&2
-    STEPS+=("{\"name\": \"$name\", \"rc\": null, \"seconds\": 0, \"timed_out\": false, \"skipped\": true}")
-    LAST_RC=skipped
-    return 0
-  fi
-  echo "gpu_science: $name (up to ${budget}s)" >&2
-  local t0=$(date +%s)
-  timeout --kill-after=10 "$budget" "$@"
-  local rc=$?
-  local took=$(( $(date +%s) - t0 ))
-  local timed=false; { [ $rc = 124 ] || [ $rc = 137 ]; } && timed=true
-  STEPS+=("{\"name\": \"$name\", \"rc\": $rc, \"seconds\": $took, \"timed_out\": $timed, \"skipped\": false}")
-  LAST_RC=$rc
-}
+STEP_TAG=gpu_science
+# shellcheck source=benchmarks/_step.sh
+source benchmarks/_step.sh  # step NAME BUDGET_S COMMAND... (the working folder is the repository root)
 
 step train "$B_TRAIN" "${RP[@]}" --stage train --out "$OUT_DIR/results-train.json"
 if [ "$LAST_RC" = 124 ] || [ "$LAST_RC" = 137 ]; then

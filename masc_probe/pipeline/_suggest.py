@@ -23,21 +23,24 @@ from masc_probe.errors import InputError
 from masc_probe.pipeline import _oof
 
 
-class _Chosen(Dataset):
-    """Map-style rows whose labels (given and true alike) are the choosing labels: a probe's test accuracy on them is
-    its accuracy against those labels."""
+class WithLabels(Dataset):
+    """Map-style rows with their given label replaced (dict rows: ``label``; tuple rows: the second item), and with
+    ``true=True`` their true label too (``true_label``; the third item), so that a probe's test accuracy on them is
+    its accuracy against *labels*."""
 
-    def __init__(self, base: Any, labels: np.ndarray) -> None:
-        self.base, self.labels = base, torch.as_tensor(labels, dtype=torch.int64)
+    def __init__(self, base: Any, labels: np.ndarray, *, true: bool = False) -> None:
+        self.base, self.labels, self.true = base, torch.as_tensor(labels, dtype=torch.int64), true
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int) -> Any:
-        row = self.base[i]
+        row, label = self.base[i], self.labels[i]
         if isinstance(row, dict):
-            return {**row, "label": self.labels[i], **({"true_label": self.labels[i]} if "true_label" in row else {})}
-        return (row[0], self.labels[i], *([self.labels[i]] if len(row) > 2 else []), *row[3:])
+            return {**row, "label": label, **({"true_label": label} if self.true and "true_label" in row else {})}
+        if self.true and len(row) > 2:
+            return (row[0], label, label, *row[3:])
+        return (row[0], label, *row[2:])
 
 
 def _labels_and_index(data: Any, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -64,7 +67,7 @@ def masc_layer(runner: Any, select: Any, *, labels: str, rule: str, corruption: 
     classes = np.asarray(runner.classes_)
     k = int(num_classes) if num_classes else int(max(classes.max(), y.max())) + 1
     chosen, record = _oof.choice_labels(y, index, rule, corruption, k, seed)
-    report = runner.evaluate(make_loader(_Chosen(select, chosen), batch_size=batch_size, strict=False)[0])
+    report = runner.evaluate(make_loader(WithLabels(select, chosen, true=True), batch_size=batch_size, strict=False)[0])
     best = report.best_layer("masc", labels, include_input=True)
     return best["layer"], best["test_accuracy"], record
 

@@ -222,13 +222,13 @@ def relabel(
 
         twin = copy.deepcopy(model)
         _, upper_epoch = _fine_tune(
-            twin, _Relabeled(train_set, true), _loader(choose, eval_bs), optimizer=opt_name, lr=lr,
+            twin, _suggest.WithLabels(train_set, true), _loader(choose, eval_bs), optimizer=opt_name, lr=lr,
             momentum=momentum, batch_size=min(batch_size, len(train_set)), max_epochs=max_epochs,
             patience=patience, seed=seed, device=device)  # fmt: skip
         upper = _accuracy(twin, _loader(held_out, eval_bs), device)
         del twin
     history, best_epoch = _fine_tune(
-        model, _Relabeled(train_set, suggested), _loader(choose, eval_bs), optimizer=opt_name, lr=lr,
+        model, _suggest.WithLabels(train_set, suggested), _loader(choose, eval_bs), optimizer=opt_name, lr=lr,
         momentum=momentum, batch_size=min(batch_size, len(train_set)), max_epochs=max_epochs, patience=patience,
         seed=seed, device=device)  # fmt: skip
     after = _accuracy(model, _loader(held_out, eval_bs), device)
@@ -309,22 +309,6 @@ def _map_style(data: Any, name: str) -> Dataset:
 
 def _loader(dataset: Any, batch_size: int) -> Any:
     return make_loader(dataset, batch_size=batch_size, strict=False)[0]
-
-
-class _Relabeled(Dataset):
-    """The training rows with their given label replaced by the suggested one (true labels kept)."""
-
-    def __init__(self, base: Any, labels: np.ndarray) -> None:
-        self.base, self.labels = base, torch.as_tensor(labels, dtype=torch.int64)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> Any:
-        row = self.base[i]
-        if isinstance(row, dict):
-            return {**row, "label": self.labels[i]}
-        return (row[0], self.labels[i], *row[2:])
 
 
 def _write_csv(path: Path, index: np.ndarray, given: np.ndarray, suggested: np.ndarray, margin: np.ndarray) -> None:
