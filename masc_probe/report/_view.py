@@ -267,9 +267,8 @@ def build_view(report: Any, *, config: Mapping[str, Any] | None = None) -> Repor
     Raises:
         InputError: *report* is not a ProbeReport, or its ``profile`` / ``selection`` rows lack their keys.
     """
-    from masc_probe.report._report import ProbeReport
-
-    if not isinstance(report, ProbeReport):
+    # Duck-typed, so that the view does not import the report class that renders through it (no import cycle).
+    if not all(hasattr(report, name) for name in ("results", "headline", "best_layer", "extra")):
         raise InputError(f"expected a ProbeReport (ProbeReport.from_dict reads report.json's dict), got "
                          f"{type(report).__name__}")
     selection = read_selection(selection_of(report))  # checked before the headline reads it
