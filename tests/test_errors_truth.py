@@ -64,7 +64,7 @@ def test_a_batch_that_does_not_fit_the_first_layer_is_a_shape_error() -> None:
 def test_hub_errors_translates_the_hub_clients_errors_only() -> None:
     from huggingface_hub.utils import validate_repo_id
 
-    from masc_probe.models._hub import hub_errors
+    from masc_probe._hub import hub_errors
 
     with pytest.raises(ValueError, match="our own bug") as err:
         with hub_errors("me/x", revision=None, token=None, what="download"):

@@ -1,6 +1,6 @@
 """Publish a run (memorizing checkpoint + MASC report + model card) to the Hugging Face Hub, and pull reports back.
 
-A push is ONE ``HfApi.create_commit`` (:func:`masc_probe.models._hub.commit_files`): never ``upload_folder`` (with hf_xet
+A push is ONE ``HfApi.create_commit`` (:func:`masc_probe._hub.commit_files`): never ``upload_folder`` (with hf_xet
 it may split a push into several commits) nor timm's ``push_to_hf_hub`` (its own commit, and a pickled
 ``pytorch_model.bin`` by default). Only a fixed list of files leaves the run folder — never ``resume/``, never a
 pickle; with ``with_probes`` also the fitted probes' JSON and safetensors (``_probes``) — and nothing in the run
@@ -28,10 +28,10 @@ from huggingface_hub import ModelCard, hf_hub_download
 
 from masc_probe import _atomic
 from masc_probe._version import __version__
-from masc_probe.models._hub import check_repo_id as _validate
-from masc_probe.models._hub import commit_files
-from masc_probe.models._hub import hub_errors as _hub_errors
-from masc_probe.models._hub import one_line as _one_line
+from masc_probe._hub import check_repo_id as _validate
+from masc_probe._hub import commit_files
+from masc_probe._hub import hub_errors as _hub_errors
+from masc_probe._hub import one_line as _one_line
 from masc_probe.hub._card import build_card as _render_card
 from masc_probe.hub._card import read_json, read_metrics
 from masc_probe.hub._probes import PROBES_DIR, PROBES_WHAT, probe_files

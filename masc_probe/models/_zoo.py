@@ -36,7 +36,7 @@ from masc_probe import _atomic
 from masc_probe._choices import HUB_PREFIX, TIMM_PREFIX
 from masc_probe.models._paper import PAPER_MODELS, PaperModel
 from masc_probe.models import _transformers
-from masc_probe.models._hub import check_repo_id, hub_errors
+from masc_probe._hub import check_repo_id, hub_errors
 from masc_probe.errors import HubError, InputError, UnknownNameError, UnsafeCheckpointError, closest
 
 logger = logging.getLogger(__name__)
@@ -406,7 +406,7 @@ def _hub_repo(spec: str, revision: str | None) -> tuple[str, str | None]:
 def _download_checkpoint(repo_id: str, revision: str | None, hub: _HubOptions) -> Path:
     """Download ``config.json`` and ``model.safetensors`` of a Hub model repo; return the local snapshot folder.
 
-    All Hub downloads of weights go through here, and every Hub call in it through :func:`~._hub.hub_errors`.
+    All Hub downloads of weights go through here, and every Hub call in it through :func:`masc_probe._hub.hub_errors`.
     Pickled weights are refused, never downloaded.
 
     Raises:

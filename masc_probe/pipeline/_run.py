@@ -28,7 +28,7 @@ from masc_probe.pipeline._inputs import (
     load_run_data,
     resolve_source,
 )
-from masc_probe.models._hub import check_repo_id  # the one check of a repo id, for every Hub call
+from masc_probe._hub import check_repo_id  # the one check of a repo id, for every Hub call
 from masc_probe.pipeline._outputs import save_probes as _save_probes
 from masc_probe.pipeline._outputs import write_outputs
 from masc_probe._choices import (

@@ -32,7 +32,7 @@ import torch
 from masc_probe import _atomic
 from masc_probe._version import __version__
 from masc_probe._choices import HUB_PREFIX
-from masc_probe.models._hub import check_repo_id, commit_files, hub_errors, one_line
+from masc_probe._hub import check_repo_id, commit_files, hub_errors, one_line
 from masc_probe.errors import InputError
 from masc_probe.probes import probe_from_state
 from masc_probe.runner._cache import Reducer
