@@ -269,59 +269,21 @@ def build_section(results: dict[str, Any], table: dict[str, Any]) -> str:
         best = [b[0] for e in init if (b := _best(e, "masc", "corrupted"))]
         out += ["", f"Best hidden layer, MASC on the corrupted labels: {_ms(best)} over {len(best)} seeds "
                 f"(per seed: {', '.join(_f(b) for b in best)}).", ""]
-    trained = {k: v for k, v in results.items() if k.startswith("trained-s")}
-    cells = table.get("cells", {})
-    headline = [c for c in cells.values() if c.get("row") == "mlp-mnist" and c.get("p") == 0.8
-                and c.get("n_train") == 60000 and c.get("protocol", "clean") == "clean"]
-    rows = []
-    for c in headline:
-        for seed, run in sorted(c.get("runs", {}).items()):
-            masc = run.get("probes", {}).get("masc/corrupted", {}).get("without_input") or {}
-            ctl = (run.get("controls", {}).get("random_init", {}).get("probes", {}).get("masc/corrupted", {})
-                   .get("without_input") or {})
-            rows.append((f"{seed} (paper table, all six probes)", run.get("epochs"), run.get("model_test_accuracy"),
-                         masc.get("accuracy"), masc.get("layer"), ctl.get("accuracy"), ctl.get("layer")))
-    for name, e in sorted(trained.items()):
-        b, i = _best(e, "masc", "corrupted"), _best(results.get(f"init-s{e['seed']}", {"scores": {}}), "masc",
-                                                     "corrupted")
-        rows.append((f"{e['seed']} (this script, MASC/NCM)", e.get("epochs"), e.get("model_test_accuracy"),
-                     b[0] if b else None, b[1] if b else None, i[0] if i else None, i[1] if i else None))
-    if rows:
-        out += ["**The headline per seed** (fast preset, memorized; best hidden layer, MASC on the corrupted labels):",
-                "", "| seed | epochs | model | memorizer | layer | same network at init | layer | memorizer − init |",
-                "|---|---:|---:|---:|---|---:|---|---:|"]
-        for seed, epochs, model, m, ml, i, il in rows:
-            diff = f"{m - i:+.3f}" if m is not None and i is not None else "—"
-            out.append(f"| {seed} | {epochs or '—'} | {_f(model)} | {_f(m)} | {ml or '—'} | {_f(i)} | {il or '—'} | "
-                       f"{diff} |")
-        out.append("")
     rates = sorted((e["rate"], e) for k, e in results.items() if k.startswith("init-s0"))
     if len(rates) > 1:
         out += ["**The seed-0 init network under other corruption rates** (best hidden layer; the true-label "
-                "subspaces do not depend on p; p = 0 reads the clean labels), beside the network trained at that p "
-                "(seed 0, fast preset, when its run has finished and been probed here; p = 0.8: the paper table's "
-                "memorizer):", "",
+                "subspaces do not depend on p; p = 0 reads the clean labels), beside the network trained at that p where "
+                "this script probed one (p = 0: trained on clean labels, the upper reference):", "",
                 "| p | realized | init: MASC | layer | init: NCM | trained: model | trained: MASC | layer |",
                 "|---:|---:|---:|---|---:|---:|---:|---|"]
-        head0 = next((r for r in rows if r[0].startswith("0 ")), None)
         for p, e in rates:
             labels = "true" if p == 0 else "corrupted"
             b, n = _best(e, "masc", labels), _best(e, "ncm", labels)
             t = results.get(f"trained-p{p:g}-s0")
             tb = _best(t, "masc", labels) if t else None
-            model, tm, tl = (t["model_test_accuracy"], tb[0] if tb else None, tb[1] if tb else "—") if t else \
-                ((head0[2], head0[3], head0[4]) if p == 0.8 and head0 else (None, None, "—"))
             out.append(f"| {p:g} | {e['realized_rate']:.3f} | {_f(b[0] if b else None)} | {b[1] if b else '—'} | "
-                       f"{_f(n[0] if n else None)} | {_f(model)} | {_f(tm)} | {tl} |")
-        out.append("")
-    sweep = {k: v for k, v in results.items() if k in ("init-s0", "init-s1", "init-s2") or k.startswith("trained-s")}
-    if sweep:
-        out += ["**Threshold** (MASC on the corrupted labels, best hidden layer, one fit per network):", "",
-                "| network | " + " | ".join(f"t = {t:g}" for t in THRESHOLDS) + " |",
-                "|---|" + "---:|" * len(THRESHOLDS)]
-        for k, e in sorted(sweep.items()):
-            vals = [_best(e, "masc", "corrupted", f"{t:g}") for t in THRESHOLDS]
-            out.append(f"| {k} | " + " | ".join(f"{v[0]:.3f} ({v[1]})" if v else "—" for v in vals) + " |")
+                       f"{_f(n[0] if n else None)} | {_f(t['model_test_accuracy'] if t else None)} | "
+                       f"{_f(tb[0] if tb else None)} | {tb[1] if tb else '—'} |")
         out.append("")
     shape = [("1× (init-s0)", results.get("init-s0"))] + [
         (f"{w:g}×", results.get(f"width-{w:g}-s0")) for w in (0.25, 0.5, 2.0)] + [
@@ -363,23 +325,14 @@ def build_section(results: dict[str, Any], table: dict[str, Any]) -> str:
             out.append(f"| `{layer}` | {_f(c.get('masc', {}).get('0.99'))} | {_f(t.get('masc', {}).get('0.99'))} | "
                        f"{_f(c.get('ncm'))} | {_f(c.get('qda'))} |")
         out.append("")
-    missing = [k for k in experiments(rp.DATA_ROOT) if k not in results]
-    if missing:
-        out += [f"Not run yet (queued in `memorization_controls.py`): {', '.join(missing)}.", ""]
     return "\n".join([*out, MARK_END])
 
 
 def write_markdown(md_path: Path) -> None:
-    results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    table = json.loads((HERE / "results" / "paper_table.json").read_text())
-    section = build_section(results, table)
-    text = md_path.read_text()
-    if MARK_BEGIN in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    md_path.write_text(text)
+    """The controls are one part of the section benchmarks/memorization.py writes: rebuild that whole section."""
+    import memorization
+
+    memorization.write_markdown(md_path)
 
 
 def run_progress(work: Path) -> dict[str, Any]:
