@@ -17,21 +17,21 @@ import torch
 from torch import nn
 
 from masc_probe._version import __version__
-from masc_probe._choices import TENSOR_PROBES
 from masc_probe.errors import InputError
 from masc_probe.models import model_spec
+from masc_probe.probes._registry import SPECS
 from masc_probe.report import ProbeReport
 from masc_probe.runner import _distributed as dist
 from masc_probe.runner._cache import Reducer, RowCache, split_batch
 from masc_probe.runner._config import Key, RunnerConfig
 from masc_probe.runner._controls import INPUT, ControlledForward, ControlModel, control_key, split_key
-from masc_probe.runner._fit import FitResult
+from masc_probe.runner._fit_state import FitResult
 from masc_probe.runner._forward import batches, model_device, release_free_memory, sync
 
 
 def predict_rows(probe: str, est: Any, rows: torch.Tensor) -> torch.Tensor:
     """The predicted labels of *est* (a fitted *probe*) for rows (B, D), as a CPU int64 tensor."""
-    pred = est.predict(rows if probe in TENSOR_PROBES else rows.detach().cpu().numpy())
+    pred = est.predict(SPECS[probe].inputs(rows))
     if isinstance(pred, torch.Tensor):
         return pred.detach().to("cpu", torch.int64)
     return torch.as_tensor(np.asarray(pred), dtype=torch.int64)
@@ -67,7 +67,7 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
     keys = list(store)
     spilled = set(getattr(store, "spilled", []))
     live = {k: store[k] for k in keys if k not in spilled}
-    profiled = [k for k in keys if k[1] == "masc"] if config.profile else []
+    profiled = [k for k in keys if SPECS[k[1]].profile] if config.profile else []
     profile_preds: dict[Key, list[torch.Tensor]] = {k: [] for k in profiled}
     profile_meta: dict[Key, tuple[list[Any], list[list[int]]]] = {}
     cache = RowCache.temporary(config.cache_dir) if spilled else None
@@ -283,7 +283,7 @@ def build_report(config: RunnerConfig, reducer: Reducer, fitted: FitResult, coun
         if epoch is not None:
             res["epoch"] = int(epoch)
         results.append(res)
-    solvers = {s for (_, p, _), s in fitted.solvers.items() if p == "masc"}
+    solvers = {s for (_, p, _), s in fitted.solvers.items() if SPECS[p].subspaces}  # MASC's form
     provenance = {"masc_probe": __version__, "torch": torch.__version__, "timm": _version("timm"),
                   "data_fingerprint": fitted.data_fingerprint,
                   "solver": solvers.pop() if len(solvers) == 1 else ("mixed" if solvers else None)}

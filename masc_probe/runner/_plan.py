@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from masc_probe._choices import SECOND_MOMENT_PROBES, STATISTIC_PROBES
+from masc_probe.probes._registry import SPECS
 from masc_probe.runner._config import RunnerConfig
 
 # Bytes per d² entry of one scatter-form class, as the probes count it against their max_memory: the float64
@@ -36,8 +36,8 @@ def make_plan(config: RunnerConfig, dims: dict[str, int], n_classes: int, n_sets
     with d = 4,096, n_c = 5,000, 10 classes: a 2 GiB allowance (8 scatter + 2 Gram classes) peaked 0.85 GiB higher
     and solved 25% slower than a 3 GiB one (all scatter).
     """
-    second = [p for p in config.probes if p in SECOND_MOMENT_PROBES]
-    feature = [p for p in config.probes if p not in STATISTIC_PROBES]
+    second = [p for p in config.probes if SPECS[p].moments == 2]
+    feature = [p for p in config.probes if not SPECS[p].streams]
     plan = Plan(deferred_memory=max(1, 3 * config.max_memory // 4))
     used = 0
     for layer in sorted(dims, key=lambda name: dims[name]):

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from masc_probe import _atomic
-from masc_probe.probes import probe_from_state
+from masc_probe.probes._registry import SPECS, probe_from_state
 
 Key = tuple[str, str, str]
 
@@ -63,9 +63,10 @@ def read_probe(prefix: Path, device: torch.device) -> Any:
 def probe_info(probe: str, est: Any) -> dict[str, Any]:
     """What the report needs without loading a spilled probe: MASC's k_c per class and the solver's form."""
     info: dict[str, Any] = {}
-    if probe == "masc":
+    entry = SPECS[probe]
+    if entry.subspaces:
         info["n_components"] = [int(k) for k in est.n_components_]
-    solver = getattr(est, "solver_", None) if probe in ("masc", "velpic") else None
+    solver = getattr(est, "solver_", None) if entry.moments == 2 else None
     if solver:
         info["solver"] = solver
     return info
