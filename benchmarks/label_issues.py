@@ -304,7 +304,7 @@ def run_cell(dataset: str, X: np.ndarray, y: np.ndarray, test: tuple[np.ndarray,
              folds: int, *, mode: str = "random", probes: tuple[str, ...] = ("masc", "ncm", "lda", "qda"),
              select_by: str = "accuracy") -> dict[str, Any]:  # fmt: skip
     from masc_probe.data.corruption import corrupt_labels
-    from masc_probe.pipeline._oof import stratified_folds
+    from masc_probe.label_issues._oof import stratified_folds
 
     classes = int(y.max()) + 1
     given = corrupt_labels(y, p, num_classes=classes, mode=mode, seed=seed,

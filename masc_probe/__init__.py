@@ -22,7 +22,7 @@ _EXPORTS = {
     "ProbeReport": "masc_probe.report",
     "load_model": "masc_probe.models",
     "load_data": "masc_probe.data",
-    "find_label_issues": "masc_probe.pipeline",
+    "find_label_issues": "masc_probe.label_issues",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from masc_probe.data import load_data
     from masc_probe.layers import list_layers
     from masc_probe.models import load_model
-    from masc_probe.pipeline import find_label_issues
+    from masc_probe.label_issues import find_label_issues
     from masc_probe.probes import PROBES, LinearProbe, MinimumAngleSubspaceClassifier, NearestClassMean, VeLPIC
     from masc_probe.report import ProbeReport
     from masc_probe.runner import ProbeRunner

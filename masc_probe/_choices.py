@@ -12,8 +12,6 @@ LABEL_SETS = ("corrupted", "true", "label")
 RUNNER_LABELS = ("both", *LABEL_SETS)
 # What the pipeline and the CLI accept (their data always carries true labels beside the given ones).
 PIPELINE_LABELS = ("both", "corrupted", "true")
-# Label sets a fitted edit or relabeling can use.
-FIT_LABELS = ("corrupted", "true")
 
 CORRUPTION_MODES = ("random", "symmetric", "shuffle", "asymmetric", "authors")
 
@@ -30,14 +28,8 @@ PIPELINE_PRESETS = ("auto", *PRESETS)  # auto: fast on the built-in datasets, pa
 OPTIMIZERS = ("sgd", "adam")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
-# Probe names of masc_probe.probes.PROBES, in registry order.
+# Probe names of masc_probe.probes.PROBES, in registry order; what each can do is its ProbeSpec there.
 PROBE_NAMES = ("masc", "ncm", "linear", "velpic", "knn", "lda", "qda")
-# Probes whose fit is a sum of per-class statistics (they stream with partial_fit and merge across processes).
-STATISTIC_PROBES = ("masc", "ncm", "velpic")
-# Statistic probes that need second moments (per-class scatter matrices or rows).
-SECOND_MOMENT_PROBES = ("masc", "velpic")
-# Probes that take torch tensors; the others are scikit-learn's and take numpy arrays.
-TENSOR_PROBES = ("masc", "ncm", "velpic", "linear")
 DEFAULT_PROBES = ("masc", "ncm", "linear")
 # Candidate probes of label-issue detection (find_label_issues, masc-probe label-issues). QDA is left out: one d x d
 # eigendecomposition per class and fold made it the bulk of the time on the MLP's 2048-wide layers (over 10 minutes on

@@ -24,8 +24,7 @@ from masc_probe.data._batches import TensorBatches
 from masc_probe.data.corruption import corrupt_labels
 from masc_probe.errors import InputError, UnknownNameError
 from masc_probe import quality
-from masc_probe.pipeline import _oof
-from masc_probe.pipeline import label_issues as li
+from masc_probe.label_issues import LabelIssues, _oof
 from masc_probe.probes import MinimumAngleSubspaceClassifier, NearestClassMean
 from masc_probe.probes._sklearn import LinearDiscriminantAnalysis, QuadraticDiscriminantAnalysis
 
@@ -48,7 +47,7 @@ def noisy(digits) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def result(noisy) -> li.LabelIssues:
+def result(noisy) -> LabelIssues:
     X, given, true = noisy
     return find_label_issues(None, _batches(X, given, true), progress=False, keep_scores=True)
 

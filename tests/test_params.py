@@ -56,8 +56,7 @@ def _sites() -> list[tuple[str, Callable[[], Any], str]]:
     from masc_probe.layers import FeatureTap, LayerReducer
     from masc_probe.layers._reduce import reduce_activation
     from masc_probe.pipeline import relabel_run
-    from masc_probe.pipeline.editing import edit_with_velpic
-    from masc_probe.pipeline.label_issues import find_label_issues
+    from masc_probe.label_issues import find_label_issues
     from masc_probe.probes import MinimumAngleSubspaceClassifier
     from masc_probe.probes._registry import make_probe
     from masc_probe.runner import ProbeRunner
@@ -88,8 +87,6 @@ def _sites() -> list[tuple[str, Callable[[], Any], str]]:
         ("make_probe", lambda: make_probe("mac"), "probe must be one of masc, ncm, "),
         ("solver", lambda: MinimumAngleSubspaceClassifier(solver="grm").fit(X, [0, 1, 0, 1, 0, 1]),
          "solver must be one of auto, scatter, gram; got 'grm' (did you mean: gram?)"),
-        ("editing", lambda: edit_with_velpic(net, [], labels="noisy"),
-         "labels must be one of corrupted, true; got 'noisy'"),
         ("issues", lambda: find_label_issues(net, [], flag="top"), "flag must be one of rank, "),
         ("relabel protocol", lambda: relabel_run("nowhere", protocol="author"),
          "protocol must be one of clean, authors; got 'author'"),

@@ -1,4 +1,4 @@
-"""Tests of masc_probe.pipeline.relabel and .editing: on a real memorized run (300 digits, p=0.8), and on data
+"""Tests of masc_probe.pipeline.relabel: on a real memorized run (300 digits, p=0.8), and on data
 whose classes lie in separate subspaces, where the suggestions must repair every corrupted label."""
 
 from __future__ import annotations
@@ -14,89 +14,9 @@ from sklearn.model_selection import StratifiedKFold
 from torch import nn
 
 from _training_helpers import MemorizedRun
-from masc_probe.errors import InputError, UnknownNameError
+from masc_probe.errors import InputError
 from masc_probe.models import load_model
-from masc_probe.pipeline.editing import edit_with_velpic, final_linear
 from masc_probe.pipeline.relabel import probe_checkpoints, relabel
-
-
-def _head_inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What the model feeds its final layer, read here with a hook of our own."""
-    seen: list[torch.Tensor] = []
-    handle = model.head.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
-    with torch.no_grad():
-        model.eval()(x)
-    handle.remove()
-    return seen[0]
-
-
-def _velpic_reference(features: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """VeLPIC in float64 from its definition: top eigenvector of each X_cᵀX_c, signed by the mean of x·v_c.
-
-    The top eigenvector of X_cᵀX_c is X_c's top right singular vector; the SVD of the small (n_c × d) X_c avoids a
-    d × d eigendecomposition.
-    """
-    vectors = []
-    for c in range(k):
-        xc = features[labels == c]
-        v = np.linalg.svd(xc, full_matrices=False)[2][0]
-        vectors.append(-v if (features @ v).mean() < 0 else v)
-    return np.stack(vectors)
-
-
-def test_velpic_editing_makes_the_model_predict_as_velpic(memorizer: MemorizedRun) -> None:
-    from masc_probe.probes import VeLPIC
-
-    run = memorizer
-    model = load_model(run.run_dir)
-    train_x, test_x = run.train.x, run.test.x
-    given = run.train.label.numpy()
-    features = _head_inputs(model, train_x)
-    probe = VeLPIC().fit(features.numpy(), given)
-    expected = probe.predict(_head_inputs(model, test_x).numpy())
-
-    edited = edit_with_velpic(model, run.train)
-    assert edited is model and final_linear(model)[0] == "head"
-    torch.testing.assert_close(model.head.weight, torch.as_tensor(probe.coef_))
-    with torch.no_grad():
-        pred = model(test_x).argmax(1).numpy()
-    assert (pred == expected).all()
-    # The same predictions from a float64 VeLPIC written here (up to float32 near-ties).
-    ref = _velpic_reference(features.double().numpy(), given, 10)
-    scores = _head_inputs(model, test_x).double().numpy() @ ref.T
-    top2 = np.sort(scores, axis=1)[:, -2:]
-    clear = top2[:, 1] - top2[:, 0] > 1e-4 * np.abs(top2[:, 1])
-    assert clear.mean() > 0.95
-    assert (pred[clear] == scores.argmax(1)[clear]).all()
-
-
-def test_velpic_editing_errors(memorizer: MemorizedRun) -> None:
-    model = load_model("mlp", num_classes=10, in_chans=1, input_size=8)
-    run = memorizer
-    with pytest.raises(UnknownNameError, match="head"):
-        edit_with_velpic(model, run.train, layer="haed")
-    with pytest.raises(InputError, match="nn.Linear"):
-        edit_with_velpic(model, run.train, layer="fc1")
-    few = torch.utils.data.TensorDataset(run.train.x[:5], run.train.label[:5])
-    with pytest.raises(InputError, match="every class"):
-        edit_with_velpic(model, few)
-
-
-def test_velpic_editing_of_a_model_without_parameters_runs_on_its_buffers_device(
-        memorizer: MemorizedRun) -> None:
-    run = memorizer
-    model = load_model(run.run_dir)
-    for module in list(model.modules()):  # every weight a buffer: a frozen export, say; parameters() is empty
-        for name, param in list(module.named_parameters(recurse=False)):
-            delattr(module, name)
-            module.register_buffer(name, param.detach().clone())
-    assert list(model.parameters()) == []
-    from masc_probe.probes import VeLPIC
-
-    features = _head_inputs(model, run.train.x)
-    edit_with_velpic(model, run.train)
-    expected = VeLPIC().fit(features.numpy(), run.train.label.numpy()).coef_
-    torch.testing.assert_close(model.head.weight, torch.as_tensor(expected))
 
 
 def test_relabel_shares_match_the_known_corruption(tmp_path: Path, memorizer: MemorizedRun) -> None:

@@ -49,7 +49,7 @@ from masc_probe import quality
 from masc_probe._choices import ISSUE_FLAGS, ISSUE_PROBES
 from masc_probe._params import DEFAULT_N_COMPONENTS, check_choice
 from masc_probe.errors import InputError
-from masc_probe.pipeline import _oof
+from masc_probe.label_issues import _choose, _oof
 from masc_probe.probes import check_max_memory, check_n_components
 from masc_probe.report._files import ISSUES_CSV, ISSUES_JSON
 
@@ -186,7 +186,7 @@ def find_label_issues(
             ``StratifiedKFold(shuffle=True)`` over data order) and of the held-out re-labeling.
         threshold: Flag the samples whose ranking score is below it (overrides *flag*).
         max_memory: Bytes for one probe's statistics (default 4 GiB); the rows wait on disk (the row cache).
-        device: Where the model and the statistic probes run (the model is moved there); None: the model's.
+        device: Where the model and the torch probes run (the model is moved there); None: the model's.
         progress: Progress bars over the batches.
         margins: Per-sample training margins for AUM, indexed by the data's ``index``: (N,) AUMs, (epochs, N)
             margins (averaged), or a mapping index -> AUM.
@@ -220,8 +220,8 @@ def find_label_issues(
             model, bad margins, a layer whose width changes between batches, or no candidate that could be fitted.
         UnknownNameError: An unknown probe, layer, reducer, ranking or flag.
     """
-    probes = _oof.check_args(probes, folds, seed, threshold, batch_size)
-    select_rule, select_seed = _oof.check_choice_rule(select_rule, select_seed)
+    probes = _choose.check_args(probes, folds, seed, threshold, batch_size)
+    select_rule, select_seed = _choose.check_choice_rule(select_rule, select_seed)
     for value, allowed, what in ((method, ("probe", "aum"), "method"), (ranking, ("auto", *quality.RANKINGS),
                                  "ranking"), (flag, FLAGS, "flag"), (select_by, ("accuracy", "detection"),
                                                                      "select_by")):
@@ -253,7 +253,7 @@ def find_label_issues(
                 raise InputError(f"folds={folds} needs at least {folds} samples of every class; class "
                                  f"{int(classes[np.argmin(counts)])} has {int(counts.min())}")
             fold = _oof.stratified_folds(rows.given, folds, seed)
-            aum = _oof.aum(margins, rows.index) if margins is not None else None
+            aum = _choose.aum(margins, rows.index) if margins is not None else None
             scored, candidates = _oof.score_candidates(rows, held, probes, fold, classes, kwargs)
         finally:
             rows.close()
@@ -266,12 +266,12 @@ def find_label_issues(
         raise InputError(f"no probe could be fitted on any layer; first failure: {candidates[0].get('error')}")
     y = np.searchsorted(classes, given)
 
-    choices: dict[tuple[str, str], _oof.RankChoice] = {}
+    choices: dict[tuple[str, str], _choose.RankChoice] = {}
 
-    def choice(c: dict[str, Any]) -> _oof.RankChoice:  # once per candidate: the chosen one is asked twice
+    def choice(c: dict[str, Any]) -> _choose.RankChoice:  # once per candidate: the chosen one is asked twice
         at = (c["layer"], c["probe"])
         if at not in choices:
-            choices[at] = _oof.rank_choice(*scored[at], y, None if held is None else held.given, classes,
+            choices[at] = _choose.rank_choice(*scored[at], y, None if held is None else held.given, classes,
                                            c["probe"], ranking, seed)
         return choices[at]
 
@@ -286,12 +286,13 @@ def find_label_issues(
     probs, temperature, noise, ranking, auroc = choice(best)
     score = quality.label_quality_scores(probs, y, ranking)
     suggested = classes[probs.argmax(axis=1)]
-    flagged = _oof.flags(score, threshold, flag, noise, probs, y)
+    flagged = _choose.flags(score, threshold, flag, noise, probs, y)
     logger.info("label issues: chose %s at %s (%s %.4f), ranking %s, noise share %.3f, %d flagged", best["probe"],
                 best["layer"], key, best[key], ranking, noise, int(flagged.sum()))
     metrics = None
     if true is not None:
-        metrics = _oof.score_methods(given != true, candidates, fitted, scored, y, classes, ranking, score, flagged, aum)
+        metrics = _choose.score_methods(given != true, candidates, fitted, scored, y, classes, ranking, score, flagged,
+                                        aum)
     if method == "aum":
         assert aum is not None  # checked at the door
         score = aum
@@ -316,11 +317,11 @@ def find_label_issues(
 
 def _choosing(held: _oof.Rows, train_given: np.ndarray, data: Any, rule: str, seed: int,
               corruption: Mapping[str, Any] | None) -> tuple[np.ndarray, dict[str, Any]]:
-    """The select rows' labels every choice is made against, and their record (``_oof.choice_labels``): the true
+    """The select rows' labels every choice is made against, and their record (``_choose.choice_labels``): the true
     labels of the select data (its ``true_label``, else its labels), re-drawn by the training data's recipe under
     ``"noisy"``. K: the classes the data's record declares, else those the labels show."""
-    recorded, k = _oof.data_corruption(data)
+    recorded, k = _choose.data_corruption(data)
     corruption = corruption if corruption is not None else recorded
     y = held.true if held.true is not None else held.given
     k = int(k) if k else int(max(train_given.max(), y.max())) + 1
-    return _oof.choice_labels(y, held.index, rule, corruption, k, seed)
+    return _choose.choice_labels(y, held.index, rule, corruption, k, seed)

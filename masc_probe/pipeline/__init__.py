@@ -2,8 +2,8 @@
 (``run_experiment``, ``train_model``, ``probe_source``, ``relabel_run``, ``layer_table``); ``_inputs`` checks and
 loads everything before the first file is written; ``_outputs`` writes the report files all or nothing;
 ``_config`` holds the frozen settings (``DataConfig``, ``RunConfig``, ``ProbeConfig``) the parts pass on;
-``relabel`` is the paper's relabeling experiment, ``label_issues`` label-issue detection (``_issues`` runs it on a
-run folder for ``masc-probe label-issues``) and ``editing`` VeLPIC weight editing. This is the top of the
+``relabel`` is the paper's relabeling experiment and ``_issues`` runs label-issue detection
+(:mod:`masc_probe.label_issues`) on a run folder for ``masc-probe label-issues``. This is the top of the
 package: it composes data, models, training, the runner, reports and the hub; only the CLI imports it.
 """
 
@@ -20,8 +20,7 @@ from masc_probe.pipeline._run import (
     train_model,
 )
 from masc_probe.pipeline._issues import label_issues_run
-from masc_probe.pipeline.label_issues import LabelIssues, find_label_issues
 
-__all__ = ["DataConfig", "LabelIssues", "ProbeConfig", "RunConfig", "RunResult", "default_run_dir",
-           "find_label_issues", "label_issues_run", "layer_table", "probe_source", "relabel_run", "run_experiment",
+__all__ = ["DataConfig", "ProbeConfig", "RunConfig", "RunResult", "default_run_dir",
+           "label_issues_run", "layer_table", "probe_source", "relabel_run", "run_experiment",
            "train_model"]

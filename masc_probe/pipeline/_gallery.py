@@ -1,4 +1,4 @@
-"""The label-issue gallery: the top-k suspected samples of a :class:`~masc_probe.pipeline.label_issues.LabelIssues`
+"""The label-issue gallery: the top-k suspected samples of a :class:`~masc_probe.label_issues.LabelIssues`
 as a grid of images, each with its index, given and suggested label, score and (when the truth is known) whether
 the given label was really wrong.
 
@@ -29,7 +29,7 @@ from masc_probe.report._files import GALLERY_PNG
 if TYPE_CHECKING:
     from pathlib import Path
 
-# A LabelIssues (pipeline.label_issues), which imports this module lazily: named, not imported, so that the two
+# A LabelIssues (masc_probe.label_issues), which imports this module lazily: named, not imported, so that the two
 # modules do not import each other even for type checking.
 LabelIssues = Any
 

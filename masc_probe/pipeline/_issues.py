@@ -1,4 +1,4 @@
-"""``masc-probe label-issues``: :func:`~masc_probe.pipeline.label_issues.find_label_issues` on a run folder, an
+"""``masc-probe label-issues``: :func:`~masc_probe.label_issues.find_label_issues` on a run folder, an
 ``hf-hub:`` repo or a model spec, on the data it was trained on (or another), with the files written atomically.
 
 A run folder supplies its dataset, corruption and preprocessing (``config.json``) and, when it was trained with
@@ -24,10 +24,11 @@ from masc_probe import _atomic
 from masc_probe._choices import ISSUE_PROBES
 from masc_probe._params import DEFAULT_N_COMPONENTS, check_folds
 from masc_probe.errors import InputError
-from masc_probe.pipeline import _oof
+from masc_probe.label_issues import LabelIssues, find_label_issues
+from masc_probe.label_issues._choose import check_choice_rule
+from masc_probe.label_issues._find import CSV_NAME, JSON_NAME
 from masc_probe.pipeline._gallery import GALLERY_NAME, gallery_summary, write_gallery
 from masc_probe.pipeline._inputs import check_device, default_run_dir, load_run_data, resolve_source
-from masc_probe.pipeline.label_issues import CSV_NAME, JSON_NAME, LabelIssues, find_label_issues
 from masc_probe.report import write_run_html
 from masc_probe.report._files import ISSUES_DIR
 
@@ -85,7 +86,7 @@ def label_issues_run(source: str | os.PathLike[str], *, dataset: str | None = No
     if isinstance(gallery, bool) or not isinstance(gallery, int) or gallery < 0:
         raise InputError(f"expected gallery to be an int >= 0 (samples shown; 0 for none), got {gallery!r}")
     check_device(device)
-    _oof.check_choice_rule(select, select_seed)
+    check_choice_rule(select, select_seed)
     src = resolve_source(source, dataset=dataset, corrupt=corrupt, corrupt_mode=corrupt_mode, seed=seed,
                          revision=revision, all_checkpoints=False)
     if src.kind == "folder" and not (Path(src.text) / "model.safetensors").is_file():

@@ -77,7 +77,7 @@ def save_probes(runner: Any, out: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------- label issues
 def issues_summary(issues: Any) -> dict[str, Any]:
-    """A :class:`~masc_probe.pipeline.label_issues.LabelIssues`'s numbers (no per-sample arrays), JSON-ready."""
+    """A :class:`~masc_probe.label_issues.LabelIssues`'s numbers (no per-sample arrays), JSON-ready."""
     import numpy as np
 
     known = issues.true_label is not None

@@ -2,7 +2,7 @@
 
 The layer is chosen on the choosing part of the test set (never on the training rows: the network memorized their
 labels, and a choice made on them falls on its most memorized layer) against the labels the report's rule gives
-that part (``_oof.choice_labels``: by default re-drawn by the training data's corruption recipe with a recorded
+that part (``_choose.choice_labels``: by default re-drawn by the training data's corruption recipe with a recorded
 seed, the true ones on request). The suggestions are out-of-fold MASC predictions at that layer (``masc_suggest``),
 or label issues' chosen layer x probe (``issues_suggest``, which chooses by the same rule).
 """
@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 
 from masc_probe.data._batches import make_loader, split_batch
 from masc_probe.errors import InputError
-from masc_probe.pipeline import _oof
+from masc_probe.label_issues import _choose, _oof
+from masc_probe.probes._registry import SPECS
 
 
 class WithLabels(Dataset):
@@ -66,7 +67,7 @@ def masc_layer(runner: Any, select: Any, *, labels: str, rule: str, corruption: 
     y, index = _labels_and_index(select, batch_size)
     classes = np.asarray(runner.classes_)
     k = int(num_classes) if num_classes else int(max(classes.max(), y.max())) + 1
-    chosen, record = _oof.choice_labels(y, index, rule, corruption, k, seed)
+    chosen, record = _choose.choice_labels(y, index, rule, corruption, k, seed)
     report = runner.evaluate(make_loader(WithLabels(select, chosen, true=True), batch_size=batch_size, strict=False)[0])
     best = report.best_layer("masc", labels, include_input=True)
     return best["layer"], best["test_accuracy"], record
@@ -79,7 +80,7 @@ def masc_suggest(model: nn.Module, runner: Any, layer: str, dataset: Any, batch_
 
     One pass reads *layer*'s rows (*model* through the runner's reducer) into the label-issue machinery's row
     cache. With ``folds`` > 1 each sample is then scored by the MASC fitted on the other folds: the stratified, seeded
-    folds of :func:`~masc_probe.pipeline.label_issues.find_label_issues` (stratified by the given labels, so that
+    folds of :func:`~masc_probe.label_issues.find_label_issues` (stratified by the given labels, so that
     both detectors split the samples alike), fitted on the *labels* set. With ``folds`` = 1, by *in_sample*.
     """
     from masc_probe.probes import check_max_memory
@@ -94,7 +95,7 @@ def masc_suggest(model: nn.Module, runner: Any, layer: str, dataset: Any, batch_
                 raise InputError("oracle relabeling needs true labels in the training batches, got none")
             X = rows[layer]
             if in_sample is not None:
-                S = np.concatenate([_oof.class_scores(in_sample, "masc", np.asarray(X[i:i + 4096]))
+                S = np.concatenate([SPECS["masc"].class_scores(in_sample, np.asarray(X[i:i + 4096]))
                                     for i in range(0, len(X), 4096)])
             else:
                 fold = _oof.stratified_folds(rows.given, folds, seed)
@@ -112,7 +113,7 @@ def issues_suggest(model: nn.Module, train_set: Any, select: Any, **kwargs: Any)
     """find_label_issues' suggestions (*kwargs*: its arguments, the choosing rule among them): given, true (or
     None), index, suggested, the chosen probe's gap between its two best class scores, the layer, the probe, its
     accuracy on *select* against the choosing labels, and their record."""
-    from masc_probe.pipeline.label_issues import find_label_issues
+    from masc_probe.label_issues import find_label_issues
 
     issues = find_label_issues(model, train_set, select=select, **kwargs)
     top = np.sort(issues.class_scores, axis=1)

@@ -10,14 +10,14 @@ Relabeling (:func:`relabel`):
 3. relabel the training set with that layer's MASC predictions from *corrupted-label* subspaces (true-label subspaces
    leak the answer: they are allowed only as an oracle bound, ``oracle=True``, and the result says so), cross-fitted
    so that no sample is labelled by a subspace fitted on itself (on the stratified folds of label issues,
-   ``pipeline._oof``: both detectors split the samples alike), and write ``relabel.csv`` (index, given label,
+   ``label_issues._oof``: both detectors split the samples alike), and write ``relabel.csv`` (index, given label,
    suggested label, margin between the two best cosines);
 4. fine-tune the memorized network on the suggested labels with a fresh optimizer of the same kind and lr, up to
    30 epochs, stopping early on the 20% part (patience 3) and keeping its best epoch;
 5. report the accuracy on the 80% part, the share of corrupted samples whose label was repaired and the share of
    clean samples that were broken (against the known corruption, when the batches carry true labels).
 
-``detector="issues"`` replaces steps 2-3 by :func:`~masc_probe.pipeline.label_issues.find_label_issues`: every layer x
+``detector="issues"`` replaces steps 2-3 by :func:`~masc_probe.label_issues.find_label_issues`: every layer x
 probe scored out of fold, the one most accurate on the 20% part (by the same rule) chosen, its out-of-fold
 predictions the suggestions.
 ``ceiling=True`` also fine-tunes the memorized network, the same way, on the true labels: the accuracy a perfect
@@ -124,13 +124,14 @@ def relabel(
         patience: Epochs without a better 20%-part accuracy before stopping (3).
         cross_fit: Folds K of the suggestions: each training sample is labelled by subspaces fitted on the other
             K-1 folds (scikit-learn's ``StratifiedKFold(K, shuffle=True, random_state=seed)`` over the given labels,
-            as :func:`~masc_probe.pipeline.label_issues.find_label_issues`). ``1`` predicts in-sample, with subspaces fitted on the sample itself — which on small data
-            hands back the given label (each class subspace spans its own training points: on 300 digits with
-            the 2048-wide layers none of the 300 labels changed), so K=2 is the default.
+            as :func:`~masc_probe.label_issues.find_label_issues`). ``1`` predicts in-sample, with subspaces fitted
+            on the sample itself — which on small data hands back the given label (each class subspace spans its
+            own training points: on 300 digits with the 2048-wide layers none of the 300 labels changed), so K=2
+            is the default.
         device: Where everything runs; default the model's device (that of its first parameter or buffer).
         progress: Progress bars of the probe passes.
         detector: ``"masc"`` (the paper's experiment) or ``"issues"``: the suggestions of
-            :func:`~masc_probe.pipeline.label_issues.find_label_issues` over *layers* x *probes*, chosen on the 20%
+            :func:`~masc_probe.label_issues.find_label_issues` over *layers* x *probes*, chosen on the 20%
             part (``cross_fit`` folds, at least 2).
         probes: The candidate probes of ``detector="issues"``.
         ceiling: Also fine-tune a copy of the memorized network on the true labels (needs them in the batches).
@@ -149,11 +150,12 @@ def relabel(
             with fewer training samples than ``cross_fit``, or a model without trainable parameters (there is
             nothing to fine-tune).
     """
-    from masc_probe.pipeline import _oof, _suggest
+    from masc_probe.label_issues import _choose
+    from masc_probe.pipeline import _suggest
     from masc_probe.runner import ProbeRunner
     from masc_probe.runner._forward import model_device
 
-    select_rule, select_seed = _oof.check_choice_rule(select, select_seed)
+    select_rule, select_seed = _choose.check_choice_rule(select, select_seed)
     model, masc, out = _resolve_source(source, oracle, output_dir)
     training = masc.get("training") or {}
     opt_name = optimizer or training.get("optimizer", "adam")
@@ -184,7 +186,7 @@ def relabel(
         raise InputError("ceiling=True fine-tunes on the true labels: expected them in the training batches, got none")
 
     # Steps 2-3: the best layer on the 20% part against its choosing labels, and its predictions on the training set.
-    recorded, num_classes = _oof.data_corruption(train_set)
+    recorded, num_classes = _choose.data_corruption(train_set)
     corruption = corruption if corruption is not None else recorded if recorded is not None else masc.get("corruption")
     rule = {"select_rule": select_rule, "select_seed": select_seed, "corruption": corruption}
     probe_name = "masc"
