@@ -43,7 +43,7 @@ def test_every_n_components_default_is_the_papers_threshold() -> None:
     # The entry points a user calls are among them (a scan that found nothing would pass vacuously).
     for name in ("masc_probe.runner._runner.ProbeRunner", "masc_probe.runner._config.RunnerConfig",
                  "masc_probe.pipeline._run.run_experiment", "masc_probe.pipeline._probe.probe_source",
-                 "masc_probe.label_issues.find_label_issues", "masc_probe.pipeline.relabel.relabel",
+                 "masc_probe.label_issues._find.find_label_issues", "masc_probe.pipeline.relabel.relabel",
                  "masc_probe.probes.masc.MinimumAngleSubspaceClassifier"):
         assert name in defaults, name
     # scikit-learn's LDA names its projection's dimension n_components: another quantity, default None.

