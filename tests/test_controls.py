@@ -18,7 +18,7 @@ from masc_probe import ProbeReport, ProbeRunner, load_model
 from masc_probe.errors import InputError
 from masc_probe.report._compare import paired_difference
 from masc_probe.runner import ControlModel
-from masc_probe.runner._controls import reinitialized
+from masc_probe.runner._reinit import reinitialized
 from masc_probe.training._init import run_initial_model, state_sha256
 
 @pytest.fixture(autouse=True, scope="module")

@@ -14,7 +14,7 @@ from torch import nn
 from masc_probe import ProbeRunner
 from masc_probe.cli import main
 from masc_probe.errors import DataUnavailableError, HubError, InputError, ModelError
-from masc_probe.runner._controls import reinitialized
+from masc_probe.runner._reinit import reinitialized
 
 
 class Asserting(nn.Module):

@@ -36,12 +36,13 @@ from torch import nn
 from masc_probe._choices import DEFAULT_PROBES
 from masc_probe._params import DEFAULT_N_COMPONENTS
 from masc_probe.errors import InputError, UnknownNameError
-from masc_probe.layers import FeatureTap, LayerReducer
+from masc_probe.layers import LayerReducer
 from masc_probe.report import ProbeReport
 from masc_probe.runner import _persist
 from masc_probe.runner._cache import Reducer
-from masc_probe.runner._config import Key, RunnerConfig
-from masc_probe.runner._controls import INPUT, ControlModel, resolve, split_key
+from masc_probe.runner._config import Key, RunnerConfig, Settings
+from masc_probe.runner._controls import INPUT, ControlModel, bind_layers, resolve, split_key
+from masc_probe.runner._data import data_record, num_classes_of
 from masc_probe.runner._evaluate import build_report, evaluate_pass, model_name_of, predict_rows
 from masc_probe.runner._fit import FitResult, fit
 from masc_probe.runner._forward import Forward, model_device, report_notes
@@ -50,7 +51,7 @@ from masc_probe.runner._store import ProbeStore
 __all__ = ["ProbeRunner"]
 
 
-class ProbeRunner:
+class ProbeRunner(Settings):
     """Probe every named layer of a model with several probes, for every label set its batches carry.
 
     Args:
@@ -90,7 +91,7 @@ class ProbeRunner:
         controls: What the trained network is compared with, probed in the same passes at the same layers with
             the same probes, labels, reducers and ``n_components``: ``"init"`` (the same architecture at its
             initial weights: a re-initialized copy built the library's own way from *seed*, see
-            :func:`masc_probe.runner._controls.reinitialized`; the pipeline passes a run's exact epoch-0 weights),
+            :func:`masc_probe.runner._reinit.reinitialized`; the pipeline passes a run's exact epoch-0 weights),
             ``"input"`` (the raw input, probed as the layer ``"input"`` and added to *layers* when missing), or a
             mapping name → model to pass any control model by name (``{"init": model0, "clean": clean_model,
             "input": None}``; a :class:`~masc_probe.runner.ControlModel` also says where its weights came from).
@@ -128,86 +129,51 @@ class ProbeRunner:
                      "init", "input"), select: str = "noisy", select_split: float = 0.5, select_seed: int = 0,
                  select_size: float | int | None = None, select_crossfit: bool = False,
                  profile: bool = True) -> None:
-        names, self.control_models, self.controls_skipped_ = resolve(controls, model, seed=int(seed))
-        self.config = RunnerConfig.make(
+        config = RunnerConfig.make(
             layers=layers, probes=probes, labels=labels, n_components=n_components, reducer=reducer,
             max_memory=max_memory, device=device, cache_dir=cache_dir, progress=progress, probe_kwargs=probe_kwargs,
-            train_accuracy=train_accuracy, seed=seed, protocol=protocol, controls=names, select=select,
+            train_accuracy=train_accuracy, seed=seed, protocol=protocol, controls=(), select=select,
             select_split=select_split, select_seed=select_seed, select_size=select_size,
             select_crossfit=select_crossfit, profile=profile)
+        self._setup(model, config, controls)
+
+    @classmethod
+    def from_config(cls, model: nn.Module | None, config: RunnerConfig, *,
+                    controls: Sequence[str] | Mapping[str, nn.Module | ControlModel | None] | None = None,
+                    ) -> ProbeRunner:
+        """A runner with settings validated once elsewhere, by :meth:`RunnerConfig.make
+        <masc_probe.runner._config.RunnerConfig.make>` (the constructor's arguments, as one object).
+
+        Args:
+            model: As in the constructor.
+            config: The settings; ``config.controls`` names the controls.
+            controls: The controls of this runner, as the constructor's ``controls=`` (e.g. a mapping that gives a
+                run's own epoch-0 network as ``"init"``); default: ``config.controls``, each built as the
+                constructor builds it.
+
+        Example::
+
+            runner = ProbeRunner.from_config(model, RunnerConfig.make(probes=("masc",), controls=("input",)))
+        """
+        runner = cls.__new__(cls)
+        runner._setup(model, config, config.controls if controls is None else controls)
+        return runner
+
+    def _setup(self, model: nn.Module | None, config: RunnerConfig, controls: Any) -> None:
+        names, self.control_models, self.controls_skipped_ = resolve(controls, model, seed=config.seed)
+        self.config = dataclasses.replace(config, controls=names)
         self.model = model
         self.reducer: Reducer | LayerReducer = (
-            Reducer(reducer, seed=seed) if isinstance(reducer, str) and reducer.startswith("random:")
-            else LayerReducer(reducer, model=model, seed=seed))
+            Reducer(config.reducer, seed=config.seed)
+            if isinstance(config.reducer, str) and config.reducer.startswith("random:")
+            else LayerReducer(config.reducer, model=model, seed=config.seed))
         if model is not None:
-            if self.config.device is not None:
-                model.to(self.config.device)
-            with FeatureTap(model, self.config.layers) as tap:  # validates names now, not after hours of data loading
-                resolved = tuple(tap.layers)
-            if INPUT in names and INPUT not in resolved:
-                resolved = (INPUT, *resolved)  # the raw input is a control: probed beside the layers
-            hidden = [layer for layer in resolved if layer != INPUT]
-            if not hidden:  # only the raw input probed: a control model has no layer to read
-                self.control_models = {}
-                names = tuple(n for n in names if n == INPUT)
-            self.config = dataclasses.replace(self.config, layers=resolved, controls=names)
-            for name, control in self.control_models.items():
-                if self.config.device is not None:
-                    control.model.to(self.config.device)
-                try:
-                    FeatureTap(control.model, hidden).close()
-                except UnknownNameError as exc:
-                    raise UnknownNameError(f"control {name!r} must have the probed layers {hidden}; {exc}") from None
+            self.config, self.control_models = bind_layers(model, self.config, self.control_models)
         self.estimators_: Mapping[Key, Any] = {}  # a ProbeStore once fitted
         self.failed_: list[dict[str, str]] = []
         self.timings_: dict[str, float] = {}
         self._fitted: FitResult | None = None
         self._forward: Forward | None = None
-
-    # The settings, as the constructor took them (read-only: they live in the frozen ``config``).
-    @property
-    def layers(self) -> list[str] | None:
-        return list(self.config.layers) if self.config.layers is not None else None
-
-    @property
-    def probes(self) -> tuple[str, ...]:
-        return self.config.probes
-
-    @property
-    def labels(self) -> str:
-        return self.config.labels
-
-    @property
-    def n_components(self) -> float | int:
-        return self.config.n_components
-
-    @property
-    def max_memory(self) -> int:
-        return self.config.max_memory
-
-    @property
-    def device(self) -> torch.device | None:
-        return self.config.device
-
-    @property
-    def seed(self) -> int:
-        return self.config.seed
-
-    @property
-    def cache_dir(self) -> str | os.PathLike[str] | None:
-        return self.config.cache_dir
-
-    @property
-    def progress(self) -> bool:
-        return self.config.progress
-
-    @property
-    def probe_kwargs(self) -> Mapping[str, Mapping[str, Any]]:
-        return self.config.probe_kwargs
-
-    @property
-    def train_accuracy(self) -> bool | int:
-        return self.config.train_accuracy
 
     # ------------------------------------------------------------------------------------------------ fitting
     def fit(self, train: Iterable[Any], *, num_classes: int | None = None, shard: bool = False) -> ProbeRunner:
@@ -234,12 +200,9 @@ class ProbeRunner:
         if isinstance(self.estimators_, ProbeStore):
             self.estimators_.close()
         self.estimators_, self.timings_, self._fitted = {}, {}, None
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 2):
-            raise InputError(f"num_classes must be an int >= 2 or None, got {num_classes!r}")
-        result = fit(self.config, self.reducer, model, train, num_classes=num_classes or _dataset_classes(train),
+        result = fit(self.config, self.reducer, model, train, num_classes=num_classes_of(train, num_classes),
                      shard=shard, controls=self._control_nets())
-        result.data = _data_record(train)
+        result.data = data_record(train)
         self._set_fitted(result)
         return self
 
@@ -302,28 +265,16 @@ class ProbeRunner:
             corruption: The report's ``corruption`` (``mode``, ``rate``, ``seed``, ``realized_rate``; default: the
                 training data's own, when it came from :func:`masc_probe.load_data`; None for clean labels).
             extra: More top-level report keys.
-            select, select_split, select_seed, select_size, select_crossfit: This evaluation's choice of layer and subspace size
-                (default: the constructor's; see there).
+            select, select_split, select_seed, select_size, select_crossfit: This evaluation's choice of layer and
+                subspace size (default: the constructor's; see there).
 
         Returns:
             The report: one result per layer × probe × label set, MASC's ``profile`` and the ``selection``.
         """
         model = self._need_model()
         fitted = self._need_fitted()
-        config = self.config
-        asked = {"select": select, "select_split": select_split, "select_seed": select_seed,
-                 "select_size": select_size, "select_crossfit": select_crossfit}
-        if any(v is not None for v in asked.values()):
-            from masc_probe.runner._select import check_select
-
-            merged = {k: getattr(config, k) if v is None else v for k, v in asked.items()}
-            rule, split, seed = check_select(merged["select"], merged["select_split"], merged["select_seed"])
-            if merged["select_size"] not in (None, *config.profile_sizes()):
-                raise InputError(f"select_size must be a size of the fitted profile {list(config.profile_sizes())}; "
-                                 f"got {merged['select_size']!r}")
-            config = dataclasses.replace(config, select=rule, select_split=split, select_seed=seed,
-                                         select_size=merged["select_size"],
-                                         select_crossfit=bool(merged["select_crossfit"]))
+        config = self.config.with_selection(select=select, select_split=select_split, select_seed=select_seed,
+                                            select_size=select_size, select_crossfit=select_crossfit)
         counts = evaluate_pass(config, self.reducer, fitted, model, test, shard=shard,
                                controls=self._control_nets())
         return build_report(config, self.reducer, fitted, counts, epoch=epoch, controls=self.control_models,
@@ -416,7 +367,9 @@ class ProbeRunner:
                 score rows (``predict({layer: rows})``) only.
             revision, token, cache_dir: For a Hub repo, as in ``huggingface_hub.hf_hub_download``.
             subfolder: The folder in the repo (default ``masc/probes``).
-            device, progress: As in :meth:`load`.
+            device: Where the probes (and the model) run; None: the model's device, as in the constructor (the CPU
+                without a model).
+            progress: As in the constructor.
 
         Returns:
             The fitted runner.
@@ -493,26 +446,4 @@ class ProbeRunner:
     def __repr__(self) -> str:
         state = f"{len(self.estimators_)} fitted probes" if self.estimators_ else "not fitted"
         return f"ProbeRunner(layers={self.layers}, probes={list(self.probes)}, labels={self.labels!r}, {state})"
-
-
-def _data_record(data: Any) -> dict[str, Any]:
-    """``{"dataset", "corruption"}`` from the record :func:`masc_probe.load_data` attached to *data* (or its
-    loader's dataset); empty when it has none."""
-    from masc_probe.data import describe_data
-    from masc_probe.data.corruption import report_corruption
-
-    try:
-        record = describe_data(getattr(data, "dataset", data))
-    except InputError:
-        return {}
-    return {"dataset": record.get("spec"), "corruption": report_corruption(record.get("corruption"))}
-
-
-def _dataset_classes(data: Any) -> int | None:
-    """The number of classes a datasets.ClassLabel column declares, when *data* (or its loader's dataset) has one."""
-    dataset = getattr(data, "dataset", data)
-    features = getattr(dataset, "features", None)
-    label = features.get("label") if isinstance(features, Mapping) else None
-    n = getattr(label, "num_classes", None)
-    return int(n) if isinstance(n, int) and n > 1 else None
 
