@@ -5,8 +5,8 @@ the training labels, train the network until it memorizes them (the preset's sto
 probe it. The probe stage runs ONE ProbeRunner per network with the probes masc, ncm, lda, qda, knn and linear,
 fitted once on the corrupted and once on the true labels and scored on the clean test set; per probe and label set
 it keeps the best layer with and without the raw input in the layer set. Controls in every cell: the same probes on
-the package's init control (``masc_probe.pipeline._run.init_control``: the run's own epoch-0 weights, rebuilt from the
-seed and SHA-256 its config records and verified; for runs trained before that record, the copy the package
+the package's init control (``masc_probe.runner._controls.init_control``: the run's own epoch-0 weights, rebuilt from
+the seed and SHA-256 its config records and verified; for runs trained before that record, the copy the package
 re-initializes from the run's seed, which for the paper's models is the same set_seed + constructor, so the same
 weights) and on the raw input. Reports are cached in the run folder (``report.json``, ``report-init.json``), so a rerun does not re-probe.
 
@@ -553,7 +553,7 @@ def run_one(args: argparse.Namespace, job: Job, test_batches: Any, n_test: int,
         if control is None:
             # Published without the control first: a time limit that stops the control leaves the trained numbers.
             publish({**result, "seconds_total": round(time.perf_counter() - t0, 1)})
-            from masc_probe.pipeline._run import init_control
+            from masc_probe.runner._controls import init_control
 
             fresh = init_control(path, net, seed=job.seed).model  # the package's init control of this run
             control = probe(fresh, hidden, source, test_batches, args=args, job=job, num_classes=num_classes,

@@ -85,7 +85,7 @@ def probe_run(run_dir: Path, net: Any, train: Any, test: Any, *, seed: int, num_
     """Fit MASC (with the init and input controls unless *controls* is False) once; evaluate under each rule; the
     reports by rule. Without controls, *layers* should leave out ``input`` (the raw input is a control)."""
     from masc_probe import ProbeRunner
-    from masc_probe.pipeline._run import init_control
+    from masc_probe.runner._controls import init_control
 
     chosen = {"init": init_control(run_dir, net, seed=seed), "input": None} if controls else ()
     runner = ProbeRunner(net, layers=layers, probes=("masc",), labels="both", controls=chosen,

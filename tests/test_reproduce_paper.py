@@ -227,7 +227,7 @@ def test_random_init_control_is_the_runs_epoch_zero(tmp_path: Path, model: str) 
     assert not all(torch.equal(epoch0[k], other[k]) for k in epoch0)
     # What the script probes as the control is the package's init control: the run's recorded epoch 0, verified.
     from masc_probe import load_model
-    from masc_probe.pipeline._run import init_control
+    from masc_probe.runner._controls import init_control
 
     init = init_control(tmp_path / "spec", load_model(tmp_path / "spec"), seed=3)
     assert init.source == "run epoch 0" and init.seed == 3

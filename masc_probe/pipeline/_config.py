@@ -1,17 +1,17 @@
-"""The pipeline's settings as frozen dataclasses: what data, how to train, what to probe.
+"""The pipeline's training settings as frozen dataclasses: what data, how to train.
 
-The public functions (``run_experiment``, ``train_model``, ``probe_source``) keep their keyword arguments; each
-builds these once and hands them on, so no list of a dozen keywords is forwarded twice. They hold no defaults of
-their own: a value comes from the function's signature, and what belongs to training or probing is composed from
-:class:`~masc_probe.training.TrainConfig` (``RunConfig.train``) or handed to :class:`~masc_probe.ProbeRunner`
-(``ProbeConfig``), whose defaults are the ones that count. The CLI passes only the flags a user gave, so its
-defaults are these too (tests/test_cli_defaults.py).
+The public functions (``run_experiment``, ``train_model``) keep their keyword arguments; each builds these once and
+hands them on. They hold no defaults of their own: a value comes from the function's signature, and what belongs to
+training is composed from :class:`~masc_probe.training.TrainConfig` (``RunConfig.train``), whose defaults are the
+ones that count. Probing's settings are the runner's own :class:`~masc_probe.runner._config.RunnerConfig`
+(``pipeline._probe.probe_config``). The CLI passes only the flags a user gave, so its defaults are these too
+(tests/test_cli_defaults.py).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,30 +53,3 @@ class RunConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", {k: v for k, v in self.train.items() if v is not None})
 
-
-@dataclass(frozen=True)
-class ProbeConfig:
-    """What a run probes: :class:`masc_probe.ProbeRunner`'s keywords (see it for each meaning and default)."""
-
-    layers: Sequence[str] | None  # None: the model's probe points
-    probes: Sequence[str]
-    labels: str
-    n_components: float | int
-    max_memory: int | None
-    protocol: str  # how layers are read: eval mode, or (authors) train mode one sample at a time
-    # How each layer's value becomes rows: None/flatten (the paper's), cls, mean, gap, auto, or {layer: name}
-    reducer: str | Mapping[str, str] | None
-    # What the trained network is compared with: "init" (a run's own epoch-0 weights when it recorded them, else a
-    # re-initialized copy) and "input" (the raw input); () for none (ProbeRunner's controls=)
-    controls: Sequence[str]
-    # How each network chooses its (layer, subspace size) without the images that judge it: the ProbeRunner keywords
-    # select, select_split, select_seed, select_size and select_crossfit that the call gave (the rest: the runner's).
-    selection: Mapping[str, Any] = field(default_factory=dict)
-
-    def runner_options(self, *, progress: bool) -> dict[str, Any]:
-        """The ProbeRunner keyword arguments these settings stand for."""
-        return {"layers": list(self.layers) if self.layers is not None else None, "probes": tuple(self.probes),
-                "labels": self.labels, "n_components": self.n_components, "max_memory": self.max_memory,
-                "progress": progress, "protocol": self.protocol, "reducer": self.reducer,
-                "controls": tuple(self.controls),
-                **{k: v for k, v in self.selection.items() if v is not None}}

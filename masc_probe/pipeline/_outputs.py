@@ -1,4 +1,5 @@
-"""The report files of a pipeline call, written so that a reader never meets a half-written one."""
+"""The report files of a pipeline call, written so that a reader never meets a half-written one, and what the call
+returns (:class:`RunResult`)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import csv
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,25 @@ from masc_probe.report._view import profile_of
 
 REPORT_FILES = (REPORT_JSON, REPORT_MD, LAYER_PLOT)
 PROBES_DIR = "probes"  # the fitted probes of a run folder (``--save-probes``; ``push --with-probes`` publishes them)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a pipeline call produced.
+
+    Attributes:
+        output_dir: The folder the report files went to (the run folder for ``run``).
+        report: The probe report (None for :func:`~masc_probe.pipeline.train_model`).
+        training: The training outcome (None when nothing was trained).
+        files: ``{name: path}`` of the files written (``report.json``, ``report.md``, plots, ``README.md``).
+        pushed: The Hub commit URL when the run was pushed.
+    """
+
+    output_dir: Path
+    report: ProbeReport | None = None
+    training: Any = None  # masc_probe.training.TrainResult
+    files: dict[str, Path] = field(default_factory=dict)
+    pushed: str | None = None
 
 
 def write_outputs(report: ProbeReport, out: Path, *, card: bool, dynamics: bool = False,
