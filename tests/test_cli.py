@@ -60,6 +60,16 @@ def test_run_prints_the_layer_table_and_where_the_files_are(first_run: tuple[Pat
     assert "epoch 1:" in out  # training progress goes to stdout, keeping stderr for problems
 
 
+def test_the_summary_is_the_headline_then_the_layer_table(first_run: tuple[Path, int, str, str]) -> None:
+    folder, code, out, _ = first_run
+    assert code == 0
+    headline = ProbeReport.from_json_file(folder / "report.json").headline()
+    assert headline and out.index(headline[0]) < out.index("| layer |")
+    # The control table lives in report.md (and report.html), the internal plan only behind --verbose.
+    assert "Controls at each layer" in (folder / "report.md").read_text() and "Controls at each layer" not in out
+    assert "plan: stream" not in out
+
+
 def test_quiet_prints_only_the_output_folder(capsys: pytest.CaptureFixture[str], run_dir: Path) -> None:
     code, out, err = _main(capsys, "probe", run_dir, "--layers", "input", "--probes", "ncm", "--quiet",
                            "--output-dir", run_dir / "again")

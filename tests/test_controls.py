@@ -177,7 +177,7 @@ def _compared(trained: nn.Module, init: nn.Module) -> ProbeReport:
 
 
 def _what_people_read(report: ProbeReport, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, str]:
-    from masc_probe.cli import _show_report
+    from masc_probe._cli._summary import show_report as _show_report
     from masc_probe.hub._card import build_card
     from masc_probe.pipeline import RunResult
 

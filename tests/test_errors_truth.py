@@ -98,7 +98,7 @@ def _run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, er
     def fail(ns: Any) -> int:
         raise error
 
-    monkeypatch.setitem(cli._COMMANDS, "report", fail)
+    monkeypatch.setitem(cli.COMMANDS, "report", fail)
     if debug is None:
         monkeypatch.delenv("MASC_PROBE_DEBUG", raising=False)
     else:

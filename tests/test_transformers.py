@@ -213,7 +213,7 @@ def test_runner_reads_the_models_own_accuracy_from_its_model_output() -> None:
 
 
 def test_cli_reducer_flag_takes_a_name_or_a_per_layer_map(capsys: pytest.CaptureFixture[str]) -> None:
-    from masc_probe.cli import _reducer
+    from masc_probe._cli._values import reducer as _reducer
 
     assert _reducer("cls") == "cls" and _reducer("random:8") == "random:8"
     assert _reducer("blocks.0=cls,blocks.3=mean") == {"blocks.0": "cls", "blocks.3": "mean"}
