@@ -74,6 +74,24 @@ def test_save_pretrained_round_trip_scores_identically(fitted: ProbeRunner, tmp_
     assert torch.equal(rows_only.predict(feats)[("4", "masc", "true")], fitted.predict(xt)[("4", "masc", "true")])
 
 
+def test_save_and_load_are_the_pretrained_methods_under_other_names(fitted: ProbeRunner, tmp_path: Path) -> None:
+    """One implementation, one set of defaults: the aliases are the very same functions, they write the same bytes,
+    and what they load predicts alike and sits where a fitted runner keeps its probes (the model's device)."""
+    assert ProbeRunner.__dict__["save"] is ProbeRunner.__dict__["save_pretrained"]
+    assert ProbeRunner.__dict__["load"] is ProbeRunner.__dict__["from_pretrained"]
+    a, b = fitted.save(tmp_path / "a"), fitted.save_pretrained(tmp_path / "b")
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file()) and len(files) > 1
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+    model = mlp()
+    one, two = ProbeRunner.load(a, model), ProbeRunner.from_pretrained(b, model)
+    _assert_scores_equal(one, two, _new_inputs())
+    device = next(model.parameters()).device
+    assert one.estimators_.device == two.estimators_.device == fitted.estimators_.device == device
+    assert ProbeRunner.load(a).estimators_.device == torch.device("cpu")  # no model: the CPU
+    assert ProbeRunner.load(a, model, device="cpu").estimators_.device == torch.device("cpu")
+
+
 def test_saved_metadata_is_the_whole_config_classes_and_widths(fitted: ProbeRunner, tmp_path: Path) -> None:
     saved = json.loads((fitted.save_pretrained(tmp_path / "s") / "runner.json").read_text())
     # Every RunnerConfig field but where/how a process runs: a field added later is saved without touching _persist.

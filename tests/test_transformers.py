@@ -1,5 +1,5 @@
 """Hugging Face ``transformers`` image classifiers: loading from folders and the Hub (safetensors only, never remote
-code), saving with the run's metadata, logits from a ``ModelOutput``, probing and training through the CLI."""
+code), saving with the run's metadata, probing and training through the CLI."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import pytest
 import torch
 from huggingface_hub import CommitOperationAdd, HfApi
 from transformers import ViTConfig, ViTForImageClassification  # the test extra has it: no skip
-from transformers.modeling_outputs import ImageClassifierOutput
 
 from _hub_server import FakeHub, patched_hub
 from masc_probe.cli import main
 from masc_probe.errors import HubError, InputError, UnsafeCheckpointError
-from masc_probe.models import load_model, model_logits, model_spec, read_config, save_model
+from masc_probe.models import load_model, model_spec, read_config, save_model
 
 TOKEN = "hf_testSECRETtoken0123456789abcdef"
 
@@ -125,15 +124,6 @@ def test_config_only_folder_is_an_architecture_built_for_the_data(tmp_path: Path
     model = load_model(tmp_path / "arch", num_classes=3, in_chans=3, input_size=(3, 16, 16))
     assert (model.config.num_labels, model.config.num_channels, model.config.image_size) == (3, 3, 16)
     assert model(torch.zeros(2, 3, 16, 16)).logits.shape == (2, 3)
-
-
-def test_model_logits_reads_tensors_model_outputs_and_dicts() -> None:
-    t = torch.randn(2, 3)
-    assert model_logits(t) is t
-    assert model_logits(ImageClassifierOutput(logits=t)) is t
-    assert model_logits({"logits": t}) is t
-    with pytest.raises(InputError, match="expected the model to return logits"):
-        model_logits((t,))
 
 
 # ----------------------------------------------------------------------------------------------------------- Hub

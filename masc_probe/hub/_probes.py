@@ -12,7 +12,8 @@ from pathlib import Path
 
 from masc_probe.errors import InputError
 from masc_probe.report import ProbeReport
-from masc_probe.runner._persist import HUB_FOLDER, read_settings, runner_files
+from masc_probe.runner._persist import read_settings
+from masc_probe.runner._pretrained import HUB_FOLDER, runner_files
 
 PROBES_DIR = HUB_FOLDER
 PROBES_WHAT = ("the fitted probes (`runner.json` + one safetensors file per probe): "

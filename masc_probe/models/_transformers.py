@@ -1,4 +1,4 @@
-"""Hugging Face ``transformers`` image classifiers: recognize their folders, load them safely, save them, read logits.
+"""Hugging Face ``transformers`` image classifiers: recognize their folders, load them safely, save them.
 
 Optional: ``pip install 'masc-probe[transformers]'``. A folder (or ``hf-hub:`` snapshot) is a ``transformers`` one when
 its ``config.json`` has a ``model_type`` and no timm ``architecture`` key; it is built with
@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from masc_probe.errors import InputError, MascProbeError
@@ -29,8 +28,7 @@ from masc_probe.errors import InputError, MascProbeError
 logger = logging.getLogger(__name__)
 
 __all__ = ["TRANSFORMERS_PREFIX", "is_architecture_folder", "is_transformers_config", "is_transformers_model",
-           "load_transformers_folder", "model_logits", "new_transformers_model", "save_transformers_model",
-           "transformers_spec"]
+           "load_transformers_folder", "new_transformers_model", "save_transformers_model", "transformers_spec"]
 
 TRANSFORMERS_PREFIX = "transformers/"  # model_spec of a transformers model: "transformers/<architecture class>"
 _INSTALL_HINT = "pip install 'masc-probe[transformers]'"
@@ -180,18 +178,3 @@ def _no_bars() -> Iterator[None]:
     finally:
         if shown:
             hf_logging.enable_progress_bar()
-
-
-def model_logits(output: Any) -> torch.Tensor:
-    """The logits in a model's output: the tensor itself, or the ``logits`` of a ``ModelOutput`` / dict.
-
-    Raises:
-        InputError: The output is neither (e.g. a backbone's hidden states).
-    """
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise InputError(f"expected the model to return logits (a tensor, or an output with .logits), "
-                     f"got {type(output).__name__}")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from masc_probe.errors import InputError, MascProbeError, ModelError
+from masc_probe.models._logits import LOOKED_FOR, logits_of
 from masc_probe.runner._distributed import World
 from masc_probe.runner._cache import Reducer
 
@@ -35,18 +36,6 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def logits_of(output: Any) -> torch.Tensor | None:
-    """The class scores in a model's output: the tensor itself, ``.logits``, ``["logits"]`` or the first element."""
-    if isinstance(output, torch.Tensor):
-        return output
-    value = getattr(output, "logits", None)
-    if value is None and isinstance(output, dict):
-        value = output.get("logits")
-    if value is None and isinstance(output, (tuple, list)) and output:
-        value = output[0]
-    return value if isinstance(value, torch.Tensor) else None
-
-
 def why_no_accuracy(output: Any, logits: torch.Tensor | None) -> str | None:
     """Why the model's own accuracy cannot be read from *output* (None when *logits* are class scores (B, K))."""
     if logits is not None and logits.ndim == 2:
@@ -57,8 +46,8 @@ def why_no_accuracy(output: Any, logits: torch.Tensor | None) -> str | None:
     what = type(output).__name__
     if isinstance(output, dict):
         what += f" with keys {list(output)[:5]}"
-    return (f"the model returns a {what}, with no class scores where they are looked for (a tensor, .logits, "
-            "['logits'] or a tuple's first element), so its own accuracy is not computed")
+    return (f"the model returns a {what}, with no class scores where they are looked for ({LOOKED_FOR}), so its own "
+            "accuracy is not computed")
 
 
 # Why a model's accuracy was not computed, by model, as the last Forward over it found (the report says it).

@@ -1,12 +1,11 @@
-"""A fitted ProbeRunner on disk and on the Hub: ``runner.json`` (settings, results of the fit, one entry per probe)
+"""A fitted ProbeRunner on disk, both ways: ``runner.json`` (settings, results of the fit, one entry per probe)
 and ``probes/eNNNN.safetensors`` (each probe's arrays). Nothing is pickled: every probe saves itself (``to_state``).
 
 ``runner.json`` holds the whole RunnerConfig (read field by field, so a setting added later is saved too), the class
 list, the layer names and each layer's row width. Loading checks all of it at the door, each failure one line: a
 newer format or a setting this version does not know, a file missing or outside the folder, arrays that do not fit
-their metadata, a model without the saved layers, and (on the first batch) a layer whose rows have another width.
-On the Hub the folder lies under ``masc/probes/`` (a run pushed with its probes, or :func:`push_runner`);
-:func:`download_runner` fetches only ``runner.json`` and the safetensors files it names, from one commit.
+their metadata, a model without the saved layers, and (on the first batch) a layer whose rows have another width
+(:mod:`._checks`). Where a saved runner is found (a folder or a Hub repo) and how it is published: :mod:`._pretrained`.
 
 Only the trained network's probes are saved (the raw input's among them): a control model's probes describe another
 network, and no control model travels with the saved runner, so its settings record at most the ``"input"`` control.
@@ -22,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,10 @@ import torch
 
 from masc_probe import _atomic
 from masc_probe._version import __version__
-from masc_probe._choices import HUB_PREFIX
-from masc_probe._hub import check_repo_id, commit_files, hub_errors, one_line
+from masc_probe._hub import one_line
 from masc_probe.errors import InputError
-from masc_probe.probes import probe_from_state
 from masc_probe.runner._cache import Reducer
+from masc_probe.runner._checks import entry_path, rebuilt_probe
 from masc_probe.runner._config import RunnerConfig
 from masc_probe.runner._controls import INPUT, split_key
 from masc_probe.runner._fit import FitResult
@@ -44,7 +42,6 @@ from masc_probe.runner._store import ProbeStore, probe_state, write_tensors
 
 FORMAT = "masc-probe/probe-runner"
 FORMAT_VERSION = 1
-HUB_FOLDER = "masc/probes"  # where a repo keeps a fitted runner (a run pushed with --with-probes, or push_runner)
 SETTINGS = "runner.json"
 _RUNTIME = ("device", "cache_dir", "progress")  # where and how a process runs, not what was fitted
 
@@ -175,19 +172,6 @@ def runner_arguments(saved: dict[str, Any]) -> dict[str, Any]:
             "seed": saved["reducer"]["seed"], "protocol": saved.get("protocol", "clean")}
 
 
-def check_projections(saved: dict[str, Any], reducer: Reducer) -> None:
-    """Refuse a random reducer whose projections regenerate differently here than where they were saved.
-
-    Raises:
-        InputError: A projection of another shape or sum.
-    """
-    for layer, (d, out_dim, total) in saved["reducer"].get("projections", {}).items():
-        p = reducer.projection(layer, d)
-        if p.shape != (d, out_dim) or not np.isclose(float(p.double().sum()), total, rtol=0, atol=1e-6):
-            raise InputError(f"the random projection of layer {layer!r} regenerated differently here (torch "
-                             f"{torch.__version__}); save with reducer=None or 'gap' to move across versions")
-
-
 def load_fitted(saved: dict[str, Any], directory: Path, config: RunnerConfig, device: torch.device) -> FitResult:
     """The fitted probes and the fit's results, read back from *directory* onto *device*.
 
@@ -210,201 +194,11 @@ def load_fitted(saved: dict[str, Any], directory: Path, config: RunnerConfig, de
         except Exception as exc:  # safetensors raises its own error type for a file that does not parse
             raise InputError(f"{path} must be a safetensors file, got one that does not load: "
                              f"{one_line(str(exc))}") from None
-        store.put(key, _rebuilt(key, arrays, entry, device, width=saved.get("widths", {}).get(key[0]),
-                                classes=classes))
+        store.put(key, rebuilt_probe(key, arrays, entry, device, width=saved.get("widths", {}).get(key[0]),
+                                     classes=classes))
     plan = Plan(**{k: saved["memory_plan"].get(k, []) for k in ("stream", "deferred", "cached")})
     return FitResult(store=store, classes=np.asarray(classes), label_sets=saved["label_sets"],
                      train_accuracy={(t["layer"], t["probe"], t["labels"]): t["scores"]
                                      for t in saved["train_accuracy"]},
                      n_train=saved["n_train"], n_train_scored=saved["n_train_scored"],
                      data_fingerprint=saved["data_fingerprint"], plan=plan, data=dict(saved.get("data") or {}))
-
-
-def entry_path(directory: Path, entry: Mapping[str, Any]) -> Path:
-    """The safetensors file a ``runner.json`` entry names, checked to lie inside *directory* and to exist.
-
-    Raises:
-        InputError: A name outside the folder, not ending in ``.safetensors``, or a file that is missing.
-    """
-    name = entry.get("file")
-    if not isinstance(name, str) or not name.endswith(".safetensors"):
-        raise InputError(f"runner.json must name .safetensors files, got {name!r}")
-    # A lexical check, not resolve(): the huggingface_hub cache keeps each file as a symlink into its blobs/ folder.
-    folder = Path(os.path.normpath(os.path.abspath(directory)))
-    path = Path(os.path.normpath(folder / name))
-    if folder not in path.parents:
-        raise InputError(f"runner.json must name files inside {str(directory)!r}, got {name!r}")
-    if not path.is_file():
-        raise InputError(f"runner.json names {name}, which is missing in {str(directory)!r}")
-    return path
-
-
-def _rebuilt(key: tuple[str, str, str], arrays: dict[str, torch.Tensor], entry: dict[str, Any], device: torch.device,
-             *, width: int | None, classes: Collection[Any]) -> Any:
-    """The probe *entry* describes, rebuilt from *arrays* and checked by one prediction on a row of ones."""
-    from masc_probe.runner._evaluate import predict_rows
-
-    what = f"the saved probe {key} ({entry.get('file')})"
-    try:
-        est = probe_from_state(arrays, entry, device)
-        d = int(est.n_features_in_)
-        predict_rows(key[1], est, torch.ones(1, d, device=device))
-    except InputError as exc:
-        raise InputError(f"{what} must load as its metadata says, got: {exc}") from None
-    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-        raise InputError(f"{what} must hold arrays that fit its metadata, got {type(exc).__name__}: "
-                         f"{one_line(str(exc))}") from None
-    if width is not None and d != width:
-        raise InputError(f"{what} must read rows of the layer's saved width {width}, got a probe of width {d}")
-    extra = [c for c in np.asarray(est.classes_).tolist() if c not in set(classes)]
-    if extra:
-        raise InputError(f"{what} must predict the saved classes {list(classes)}, got also {extra}")
-    return est
-
-
-class WidthCheck:
-    """A runner's reducer that refuses rows of another width than the saved probes of their layer were fitted on.
-
-    A loaded runner wraps its reducer in this, so that a model whose layers carry the saved names but other shapes
-    (another architecture, input size or reducer) fails on the first batch with one line naming the layer, not
-    deep inside a probe.
-    """
-
-    def __init__(self, reducer: Reducer, widths: Mapping[str, int]) -> None:
-        self._reducer, self._widths = reducer, dict(widths)
-
-    def __call__(self, layer: str, act: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        rows = self._reducer(layer, act, *args, **kwargs)
-        want = self._widths.get(layer)
-        if want is not None and rows.shape[-1] != want:
-            raise InputError(f"layer {layer!r} must give rows of width {want} (what the saved probes were fitted "
-                             f"on), got width {rows.shape[-1]} from activations of shape {tuple(act.shape)}: "
-                             "another model or input size")
-        return rows
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reducer, name)
-
-
-# ---------------------------------------------------------------------------------------------------------- the Hub
-def find_runner(repo_or_dir: str | os.PathLike[str], *, subfolder: str | None, revision: str | None,
-                token: str | None, cache_dir: str | os.PathLike[str] | None) -> Path:
-    """The local folder of a saved runner: *repo_or_dir* itself when it is a folder (see :func:`local_folder`),
-    else the download of a Hub repo's ``subfolder`` (default ``masc/probes``; see :func:`download_runner`).
-
-    Raises:
-        InputError: A folder without a saved runner, a file, or a string that is neither a folder nor a repo id.
-        HubError: As :func:`download_runner`.
-    """
-    text = os.fspath(repo_or_dir)
-    local = Path(text)
-    if local.is_dir():
-        folder = local_folder(local / subfolder if subfolder else local)
-        if folder is None:
-            raise InputError(f"expected runner.json in {text!r} (or its probes/ or masc/probes/), got none")
-        return folder
-    if local.exists():
-        raise InputError(f"expected a folder or a Hub repo id, got the file {text!r}")
-    repo_id = text.removeprefix(HUB_PREFIX)
-    try:
-        check_repo_id(repo_id)
-    except InputError:
-        raise InputError(f"expected a saved runner's folder or a Hub repo id 'user/name', got {text!r}, which is "
-                         "neither (no such folder)") from None
-    return download_runner(repo_id, subfolder=HUB_FOLDER if subfolder is None else subfolder, revision=revision,
-                           token=token, cache_dir=cache_dir)
-
-
-def push_fitted(config: RunnerConfig, reducer: Reducer, fitted: FitResult, repo_id: str, *, path_in_repo: str,
-                title: str | None, private: bool, revision: str | None, token: str | None, create_pr: bool) -> str:
-    """See :meth:`ProbeRunner.push_to_hub`: the runner saved in a temporary folder, then :func:`push_runner`."""
-    import tempfile
-
-    check_repo_id(repo_id)
-    with tempfile.TemporaryDirectory(prefix="masc-probe-push-") as tmp:
-        folder = save_runner(config, reducer, fitted, Path(tmp))
-        saved = sum(split_key(key[0])[0] is None for key in fitted.store)
-        title = title or f"masc-probe: {saved} fitted probes, {len(config.layers or [])} layers"
-        return push_runner(folder, repo_id, path_in_repo=path_in_repo, title=title, private=private,
-                           revision=revision, token=token, create_pr=create_pr)
-
-
-def local_folder(path: Path) -> Path | None:
-    """The saved runner in *path*: the folder itself, a run folder's ``probes/``, or a repo copy's ``masc/probes/``."""
-    for folder in (path, path / "probes", path / HUB_FOLDER):
-        if (folder / SETTINGS).is_file():
-            return folder
-    return None
-
-
-def download_runner(repo_id: str, *, subfolder: str = HUB_FOLDER, revision: str | None = None,
-                    token: str | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Fetch ``<subfolder>/runner.json`` of *repo_id* and the safetensors files it names (nothing else, all from the
-    one commit runner.json came from) into the huggingface_hub cache.
-
-    Returns:
-        The local folder holding ``runner.json``.
-
-    Raises:
-        InputError: A malformed repo id, or a runner.json naming files outside its folder.
-        HubError: A missing repo, revision or file, or a Hub that cannot be reached (one line).
-    """
-    from huggingface_hub import hf_hub_download, snapshot_download
-
-    check_repo_id(repo_id)
-    sub = subfolder.strip("/")
-    options: dict[str, Any] = {"token": token, "cache_dir": cache_dir, "library_name": "masc-probe",
-                               "library_version": __version__}
-    settings = f"{sub}/{SETTINGS}" if sub else SETTINGS
-    with hub_errors(repo_id, revision=revision, token=token, what="download", filename=settings):
-        path = Path(hf_hub_download(repo_id, settings, revision=revision, **options))
-    folder = path.parent
-    root = folder.parents[len(Path(sub).parts) - 1] if sub else folder  # snapshots/<commit>
-    saved = read_settings(folder)
-    names = []
-    for entry in saved["estimators"]:
-        name = entry.get("file")
-        if not isinstance(name, str) or not name.endswith(".safetensors") or ".." in Path(name).parts \
-                or Path(name).is_absolute() or any(c in name for c in "*?[]"):
-            raise InputError(f"runner.json must name .safetensors files inside its folder, got {name!r}")
-        names.append(f"{sub}/{name}" if sub else name)
-    if names:
-        with hub_errors(repo_id, revision=revision, token=token, what="download", filename=f"{sub}/probes/"):
-            snapshot_download(repo_id, revision=root.name, allow_patterns=names, **options)
-    for name in names:
-        if not (root / name).is_file():
-            raise InputError(f"{repo_id} must hold {name}, which its {settings} names; the repo lacks it")
-    return folder
-
-
-def push_runner(folder: Path, repo_id: str, *, path_in_repo: str = HUB_FOLDER, title: str, private: bool = False,
-                revision: str | None = None, token: str | None = None, create_pr: bool = False) -> str:
-    """Upload a saved runner *folder* (``runner.json`` and the files it names) under *path_in_repo*, in one commit
-    that also deletes whatever else lay there.
-
-    Returns:
-        The commit URL, or the pull-request URL with *create_pr*.
-
-    Raises:
-        InputError: A malformed repo id. HubError: The Hub refuses or fails (one line).
-    """
-    check_repo_id(repo_id)
-    files = runner_files(folder, path_in_repo)
-    return commit_files(repo_id, files, replace_under=path_in_repo.strip("/") + "/", title=title,
-                        description=f"Fitted probes saved by masc-probe {__version__} (safetensors + JSON).",
-                        private=private, revision=revision, token=token, create_pr=create_pr)
-
-
-def runner_files(folder: Path, path_in_repo: str = HUB_FOLDER) -> dict[str, Path]:
-    """``{path in repo: local file}`` of a saved runner: ``runner.json`` and every safetensors file it names.
-
-    Raises:
-        InputError: If *folder* holds no saved runner, or one naming a missing file.
-    """
-    saved = read_settings(folder)
-    prefix = path_in_repo.strip("/") + "/" if path_in_repo.strip("/") else ""
-    files = {f"{prefix}{SETTINGS}": folder / SETTINGS}
-    for entry in saved["estimators"]:
-        entry_path(folder, entry)
-        files[f"{prefix}{entry['file']}"] = folder / entry["file"]
-    return files

@@ -35,13 +35,13 @@ from torch import nn
 
 from masc_probe._choices import DEFAULT_PROBES
 from masc_probe._params import DEFAULT_N_COMPONENTS
-from masc_probe.errors import InputError, UnknownNameError
+from masc_probe.errors import InputError
 from masc_probe.layers import LayerReducer
 from masc_probe.report import ProbeReport
-from masc_probe.runner import _persist
+from masc_probe.runner import _persist, _pretrained
 from masc_probe.runner._cache import Reducer
 from masc_probe.runner._config import Key, RunnerConfig, Settings
-from masc_probe.runner._controls import INPUT, ControlModel, bind_layers, resolve, split_key
+from masc_probe.runner._controls import ControlModel, bind_layers, resolve, split_key
 from masc_probe.runner._data import data_record, num_classes_of
 from masc_probe.runner._evaluate import build_report, evaluate_pass, model_name_of, predict_rows
 from masc_probe.runner._fit import FitResult, fit
@@ -284,77 +284,38 @@ class ProbeRunner(Settings):
                             extra=report_notes(self.controls_skipped_, model, counts, extra))
 
     # ------------------------------------------------------------------------------------------------ persistence
-    def save(self, directory: str | os.PathLike[str]) -> Path:
+    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
         """Write the fitted probes: ``probes/eNNNN.safetensors`` (one per probe) and ``runner.json`` (the settings,
-        the class list, each layer's row width, the fit's results).
+        the class list, each layer's row width, the fit's results), the layout :meth:`from_pretrained` and
+        :meth:`push_to_hub` read. :meth:`save` is the same method under another name.
 
         Nothing is pickled. kNN keeps its training rows (it has no other state); LDA and QDA keep the arrays their
         predictions use.
 
         Args:
-            directory: Folder to write (created; the two files are replaced atomically).
+            save_directory: Folder to write (created; the two files are replaced atomically).
 
         Returns:
             The folder.
 
         Raises:
             InputError: If the runner is not fitted, or a probe cannot be saved without pickle.
-        """
-        return _persist.save_runner(self.config, self.reducer, self._need_fitted(), Path(directory))
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str], model: nn.Module | None = None, *,
-             device: str | torch.device | None = None, progress: bool = True) -> ProbeRunner:
-        """Rebuild a runner saved by :meth:`save`; it predicts exactly as the saved one.
-
-        Args:
-            directory: Folder written by :meth:`save`.
-            model: The same model (for :meth:`predict` on inputs and :meth:`evaluate`); None to score rows only.
-            device: Where the probes (and the model) run; default: the CPU.
-            progress: As in the constructor.
-
-        Raises:
-            InputError: If the folder holds no saved runner, a newer format, missing or malformed files, or a model
-                without the saved layers (or, on its first batch, with other widths).
-        """
-        folder = Path(directory)
-        saved = _persist.read_settings(folder)
-        arguments = _persist.runner_arguments(saved)
-        # Saved probes are the trained network's (and the raw input's): no control model comes back with them.
-        arguments["controls"] = tuple(c for c in arguments.get("controls") or () if c == INPUT)
-        if model is None:
-            arguments["layers"] = None  # not checked against a model; filled in below
-        try:
-            runner = cls(model, device=device, progress=progress, **arguments)
-        except UnknownNameError as exc:
-            if model is None:
-                raise
-            raise UnknownNameError(f"the model must have the layers the probes were fitted on, {saved['layers']}; "
-                                   f"{exc}") from None
-        runner.config = dataclasses.replace(runner.config, layers=tuple(saved["layers"]))
-        _persist.check_projections(saved, runner.reducer)
-        if saved.get("widths"):
-            runner.reducer = _persist.WidthCheck(runner.reducer, saved["widths"])  # type: ignore[assignment]
-        target = torch.device(device) if device is not None else torch.device("cpu")
-        runner._set_fitted(_persist.load_fitted(saved, folder, runner.config, target))
-        return runner
-
-    def save_pretrained(self, save_directory: str | os.PathLike[str]) -> Path:
-        """Write the fitted probes as :meth:`save` does (``runner.json`` + safetensors, never pickle), in the layout
-        :meth:`from_pretrained` and :meth:`push_to_hub` read.
 
         Example::
 
             runner.save_pretrained("probes/")
         """
-        return self.save(save_directory)
+        return _persist.save_runner(self.config, self.reducer, self._need_fitted(), Path(save_directory))
+
+    save = save_pretrained  # an alias: one method, one set of defaults
 
     @classmethod
     def from_pretrained(cls, repo_or_dir: str | os.PathLike[str], model: nn.Module | None = None, *,
                         revision: str | None = None, token: str | None = None,
                         cache_dir: str | os.PathLike[str] | None = None, subfolder: str | None = None,
                         device: str | torch.device | None = None, progress: bool = True) -> ProbeRunner:
-        """Load fitted probes from a folder or a Hub repo; they score new data without refitting.
+        """Load fitted probes from a folder or a Hub repo; they predict exactly as the saved ones, without refitting.
+        :meth:`load` is the same method under another name.
 
         A folder may be one :meth:`save_pretrained` wrote, a run folder holding them in ``probes/`` (``masc-probe
         run/probe --save-probes``) or a copy of a repo (``masc/probes/``). A repo (``"user/name"`` or
@@ -384,9 +345,10 @@ class ProbeRunner(Settings):
             net = load_model("hf-hub:me/mlp-digits")
             runner = ProbeRunner.from_pretrained("me/mlp-digits", model=net)
         """
-        folder = _persist.find_runner(repo_or_dir, subfolder=subfolder, revision=revision, token=token,
-                                      cache_dir=cache_dir)
-        return cls.load(folder, model, device=device, progress=progress)
+        return _pretrained.load_runner(cls, repo_or_dir, model, revision=revision, token=token, cache_dir=cache_dir,
+                                       subfolder=subfolder, device=device, progress=progress)
+
+    load = from_pretrained  # an alias: one method, one set of defaults
 
     def push_to_hub(self, repo_id: str, *, path_in_repo: str = "masc/probes", private: bool = False,
                     revision: str | None = None, token: str | None = None, commit_message: str | None = None,
@@ -406,9 +368,9 @@ class ProbeRunner(Settings):
             InputError: Not fitted, a malformed repo id, or a probe that cannot be saved without pickle.
             HubError: The Hub refuses or fails (one line).
         """
-        return _persist.push_fitted(self.config, self.reducer, self._need_fitted(), repo_id,
-                                    path_in_repo=path_in_repo, title=commit_message, private=private,
-                                    revision=revision, token=token, create_pr=create_pr)
+        return _pretrained.push_fitted(self.config, self.reducer, self._need_fitted(), repo_id,
+                                       path_in_repo=path_in_repo, title=commit_message, private=private,
+                                       revision=revision, token=token, create_pr=create_pr)
 
     def close(self) -> None:
         """Release the fitted probes, deleting any kept on disk (the runner must be fitted again to be used).
