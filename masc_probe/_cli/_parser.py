@@ -72,6 +72,14 @@ def _add_subset(p: argparse.ArgumentParser) -> None:
                    help="score on a stratified subset of N test samples (drawn by --seed, recorded)")
 
 
+def _add_size_and_memory(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--n-components`` (MASC's subspace size) and ``--max-memory`` (the probes' budget)."""
+    p.add_argument("--n-components", type=values.n_components, default=None, metavar="T|K",
+                   help=f"MASC subspace size: variance fraction in (0,1) or a count (default {DEFAULT_N_COMPONENTS})")
+    p.add_argument("--max-memory", type=values.memory, default=None, metavar="SIZE",
+                   help="memory budget of the probes, e.g. 4GB (decides the exact solver per layer)")
+
+
 def _add_probe(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("probing")
     g.add_argument("--layers", type=values.names, default=None, metavar="A,B,…",
@@ -80,10 +88,7 @@ def _add_probe(p: argparse.ArgumentParser) -> None:
                    help=f"probes: {', '.join(PROBE_NAMES)} (default {','.join(DEFAULT_PROBES)})")
     g.add_argument("--labels", choices=PIPELINE_LABELS, default=None,
                    help="label sets to fit subspaces on (default both)")
-    g.add_argument("--n-components", type=values.n_components, default=None, metavar="T|K",
-                   help=f"MASC subspace size: variance fraction in (0,1) or a count (default {DEFAULT_N_COMPONENTS})")
-    g.add_argument("--max-memory", type=values.memory, default=None, metavar="SIZE",
-                   help="memory budget of the probes, e.g. 4GB (decides the exact solver per layer)")
+    _add_size_and_memory(g)
     g.add_argument("--reducer", type=values.reducer, default=None, metavar="NAME|LAYER=NAME,…",
                    help="how a layer's value becomes rows: flatten (default, the paper's), cls or mean (token maps "
                         "(B,T,D)), gap (conv maps), auto (cls for transformer blocks, flatten elsewhere); one for "
@@ -238,10 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "the lowest-ranked; or a confident-learning filter)")
     issues.add_argument("--reducer", choices=REDUCERS, default=None,
                         help="how a layer's value becomes rows: flatten (default), cls, mean, gap or auto")
-    issues.add_argument("--n-components", type=values.n_components, default=None, metavar="T|K",
-                        help=f"MASC threshold (default {DEFAULT_N_COMPONENTS})")
-    issues.add_argument("--max-memory", type=values.memory, default=None, metavar="SIZE",
-                        help="memory budget, e.g. 4GB")
+    _add_size_and_memory(issues)
     issues.add_argument("--out", "--output-dir", dest="output_dir", default=None, metavar="DIR",
                         help="where label_issues.csv, .json and .png go (default RUN/label-issues)")
     issues.add_argument("--device", default=None, help="cpu, cuda, cuda:1, …")
