@@ -92,6 +92,17 @@ def test_save_and_load_are_the_pretrained_methods_under_other_names(fitted: Prob
     assert ProbeRunner.load(a, model, device="cpu").estimators_.device == torch.device("cpu")
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: the model's device must differ from the CPU")
+def test_probes_load_onto_the_models_device_by_default(fitted: ProbeRunner, tmp_path: Path) -> None:
+    folder = fitted.save(tmp_path / "saved")
+    model = mlp().to("cuda")
+    for load in (ProbeRunner.load, ProbeRunner.from_pretrained):
+        loaded = load(folder, model)
+        assert loaded.estimators_.device == next(model.parameters()).device
+        assert torch.equal(loaded.predict(_new_inputs())[("4", "masc", "true")].cpu(),
+                           fitted.predict(_new_inputs())[("4", "masc", "true")].cpu())
+
+
 def test_saved_metadata_is_the_whole_config_classes_and_widths(fitted: ProbeRunner, tmp_path: Path) -> None:
     saved = json.loads((fitted.save_pretrained(tmp_path / "s") / "runner.json").read_text())
     # Every RunnerConfig field but where/how a process runs: a field added later is saved without touching _persist.
