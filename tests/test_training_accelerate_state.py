@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from _training_helpers import tuple_data
 from masc_probe.errors import InputError
-from masc_probe.training import _loop
+from masc_probe.training import _accelerate
 from masc_probe.training import preset_config, train
 
 
@@ -92,6 +92,6 @@ def test_a_run_that_fails_mid_training_leaves_no_state_behind(tmp_path: Path) ->
     with pytest.raises(RuntimeError, match="disk gone mid-run"):  # the run's own error, not one from the cleanup
         train("mlp", _FailsLater(tuple_data(64), calls=256), config=config)
     assert (tmp_path / "d" / "resume").is_dir()  # epoch 1 was done: the failure came inside the training loop
-    assert not is_initialized() and not PartialState._shared_state and _loop._MADE is None
+    assert not is_initialized() and not PartialState._shared_state and _accelerate._MADE is None
     user = Accelerator(cpu=True, mixed_precision="bf16")  # so other settings may be chosen right after
     assert user.mixed_precision == "bf16"

@@ -2,6 +2,9 @@
 
 Batches are dicts ``{"image" | "pixel_values" | "x": (B, C, H, W), "label": (B,), "true_label": (B,), "index": (B,)}``
 or tuples ``(x, y)`` / ``(x, y, y_true)`` / ``(x, y, y_true, index)``; ``y`` is the given (possibly corrupted) label.
+
+Data whose batches are the same every epoch (:func:`fixed_bytes`) can be decoded once into :class:`TensorBatches`
+and batched by index, which takes the same steps as a DataLoader over it without decoding every epoch.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler, TensorDataset, default_collate
 
 from masc_probe.errors import InputError
 
@@ -171,6 +174,8 @@ def make_loader(
     elif _is_iterable_dataset(data):
         return DataLoader(data, batch_size=batch_size), None, None
     elif not (hasattr(data, "__getitem__") and hasattr(data, "__len__")) or isinstance(data, (list, tuple)):
+        if isinstance(data, (list, tuple)):  # batches in memory: counting their labels costs nothing
+            return data, None, sum(len(split_batch(b).y) for b in data) or None
         if isinstance(data, Iterable):
             return data, None, None
         raise InputError(f"expected {name} as a DataLoader, a dataset or an iterable of batches, got {type(data)}")
@@ -181,6 +186,54 @@ def make_loader(
         raise InputError(f"batch_size={batch_size} is larger than the {name} ({n} samples)")
     sampler = EpochSampler(n, shuffle_seed) if shuffle_seed is not None else None
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **kwargs), sampler, n
+
+
+def fixed_bytes(data: Any) -> int | None:
+    """The bytes *data* takes decoded into tensors, when its batches are known to be the same every epoch; else None.
+
+    Known to be fixed: a list or tuple of batches of one size (the last may be smaller), a ``TensorDataset``, a
+    ``datasets.Dataset`` as :func:`~masc_probe.data.load_data` returns it (its preprocessing draws nothing at random)
+    or in a torch/numpy format, and a DataLoader over one of those datasets with the default collate function. Any
+    other dataset may draw at random when an item is read (augmentations), so it is not known to be fixed.
+
+    >>> fixed_bytes([(torch.zeros(4, 3), torch.zeros(4, dtype=torch.int64))] * 2)
+    128
+    >>> fixed_bytes([(torch.zeros(2, 3), torch.zeros(2)), (torch.zeros(4, 3), torch.zeros(4))]) is None
+    True
+    """
+    if isinstance(data, (list, tuple)):
+        sizes = [len(split_batch(b).y) for b in data]
+        if not sizes or any(s != sizes[0] for s in sizes[:-1]) or sizes[-1] > sizes[0]:
+            return None
+        return sum(_nbytes(b) for b in data)
+    dataset = data
+    if isinstance(data, DataLoader):
+        if data.collate_fn is not default_collate:
+            return None
+        dataset = data.dataset
+    if not _fixed_dataset(dataset) or len(dataset) < 1:
+        return None
+    return _nbytes(dataset[0]) * len(dataset)
+
+
+def _fixed_dataset(dataset: Any) -> bool:
+    """Whether reading an item of *dataset* gives the same values every time (see :func:`fixed_bytes`)."""
+    if type(dataset) is TensorDataset:  # a subclass may read its items otherwise
+        return True
+    if not type(dataset).__module__.startswith("datasets.") or _is_iterable_dataset(dataset):
+        return False
+    from masc_probe.data._preprocess import BatchTransform
+
+    fmt = dataset.format
+    if fmt["type"] == "custom":
+        return isinstance(fmt["format_kwargs"].get("transform"), BatchTransform)
+    return fmt["type"] in ("torch", "numpy")
+
+
+def _nbytes(item: Any) -> int:
+    """The bytes of the tensors and arrays in one batch or item (a dict, tuple or list of them)."""
+    values = item.values() if isinstance(item, Mapping) else item if isinstance(item, (tuple, list)) else [item]
+    return sum(int(torch.as_tensor(v).nbytes) for v in values if hasattr(v, "shape"))
 
 
 def _is_iterable_dataset(data: Any) -> bool:

@@ -10,6 +10,7 @@ a rerun; ``config.json`` carries the run's metadata under its ``"masc_probe"`` k
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -23,6 +24,8 @@ from masc_probe import _atomic
 from masc_probe.errors import InputError
 from masc_probe.models import save_model
 from masc_probe.training._config import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.jsonl"
 MARGINS_NAME = "margins.safetensors"
@@ -200,6 +203,19 @@ def read_margins(run_dir: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarra
     if margins.shape != (len(epoch), len(index)):
         raise InputError(f"expected margins of shape ({len(epoch)}, {len(index)}) in {path}, got {margins.shape}")
     return epoch, index, margins
+
+
+def resumed_margins(run_dir: Path, history: list[dict[str, Any]]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The recorded margins of the epochs in *history* (a resumed run's): ``[(epoch, index, margins)]``."""
+    saved = read_margins(run_dir) if history else None
+    if saved is None:
+        if history:
+            logger.warning("%s has no %s for its %d finished epochs; margins are recorded from here on", run_dir,
+                           MARGINS_NAME, len(history))
+        return []
+    epoch, index, margins = saved
+    done = {row["epoch"] for row in history}
+    return [(int(e), index, m) for e, m in zip(epoch.tolist(), margins) if e in done]
 
 
 def remove(path: Path) -> None:
