@@ -11,7 +11,13 @@ over the whole split with seed 0, then a stratified subset, decoded once and hel
   epoch and the time memorizing would take at ``--memorize-epochs``.
 
 The bare loop is what an epoch cannot do without: over the seeded order train() uses (``epoch_order``), per batch
-zero_grad, forward, cross-entropy, backward, step. train() runs as reproduce_paper.py runs it (no test data, only the
+zero_grad, forward, cross-entropy, backward, step.
+
+``--inputs`` names the forms train() is handed the same training data in (issue 30), each timed in every repeat
+beside the bare loop, the order rotating: ``tensors`` (``TensorBatches``), ``dataloader`` (a ``DataLoader`` over
+the ``load_data`` dataset, batch ``batch_size``: train() takes it in the same seeded order) and ``list`` (a list of
+batch dicts in data order, which train() takes as it is every epoch; its weights are compared with a bare loop over
+the same list, run once after the repeats). train() runs as reproduce_paper.py runs it (no test data, only the
 final checkpoint kept, the resume state written every epoch) and is stopped from outside after ``--epochs`` epochs,
 so no end-of-run evaluation falls in the timed window. After each pair the two networks' weights are compared: the
 bare loop takes exactly train()'s steps.
@@ -24,6 +30,7 @@ per epoch at each evaluation schedule is given.
 
     python benchmarks/bench_train.py --workloads mlp-mnist cnn-cifar10 --threads 1 --json out.json
     python benchmarks/bench_train.py --workloads resnet18-cifar10 --device cuda --epochs 2 --repeats 2
+    python benchmarks/bench_train.py --workloads mlp-mnist --inputs tensors dataloader list --threads 1 --epochs 2
 """
 
 from __future__ import annotations
@@ -55,9 +62,10 @@ WORKLOADS: dict[str, tuple[str, str, int | None, str]] = {
     "resnet18-cifar10": ("resnet18-cifar", "cifar10", None, "paper"),
 }
 RATE, SEED = 0.8, 0
+INPUTS = ("tensors", "dataloader", "list")  # the forms of training data handed to train(), see --inputs
 # The loop module's functions timed inside train(), by part (names missing in a version of the loop are skipped).
 # evaluate and scan are told apart by their data: the pass over the training data, or the test pass.
-PARTS = {"_epoch": "steps", "stop_pass": "stop_pass", "realized_rate": "setup", "skip_pass": "test_pass",
+PARTS = {"epoch_steps": "steps", "stop_pass": "stop_pass", "realized_rate": "setup", "skip_pass": "test_pass",
          "save_checkpoint": "checkpoints", "save_model": "checkpoints", "save_resume": "resume_state",
          "write_metrics": "metrics_file", "write_margins": "margins", "_margin_row": "margins"}
 BY_DATA = ("evaluate", "scan")
@@ -104,7 +112,7 @@ def load(workload: str, args: argparse.Namespace) -> dict[str, Any]:
     config = preset_config(model, rp._family(dataset), preset=preset, **overrides)
     init = rp.initial_model(model, SEED, info["num_classes"], input_size)
     return {"workload": workload, "model": model, "dataset": dataset, "n_train": train.num_samples,
-            "n_test": test.num_samples, "train": train, "test": test, "config": config,
+            "n_test": test.num_samples, "train": train, "test": test, "config": config, "train_dataset": train_data,
             "init": {k: v.detach().clone() for k, v in init.state_dict().items()}, "net": init,
             "seconds_data": round(time.perf_counter() - t0, 1), "device": device}
 
@@ -119,6 +127,18 @@ def train_options(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def train_input(work: dict[str, Any], form: str) -> Any:
+    """The workload's training data in the form *form* of :data:`INPUTS`."""
+    bs = work["config"].batch_size
+    if form == "dataloader":
+        from torch.utils.data import DataLoader
+
+        return DataLoader(work["train_dataset"], batch_size=bs)
+    if form == "list":
+        return list(work["train"].with_batches(bs))
+    return work["train"]
+
+
 def fresh(work: dict[str, Any]) -> torch.nn.Module:
     """The workload's initial network (the same weights every time)."""
     net = copy.deepcopy(work["net"])
@@ -127,9 +147,12 @@ def fresh(work: dict[str, Any]) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------------------------ the bare loop
-def bare_loop(work: dict[str, Any], epochs: int) -> tuple[list[float], list[float], dict[str, torch.Tensor]]:
-    """Seconds of each epoch of the bare loop (wall clock, and this process's CPU time), and its final weights. The arithmetic is train()'s (per-sample losses
-    averaged, the optimizer made by make_optimizer, the memory format and autocast train() chooses), nothing else."""
+def bare_loop(work: dict[str, Any], epochs: int, batches: list[dict[str, torch.Tensor]] | None = None,
+              ) -> tuple[list[float], list[float], dict[str, torch.Tensor]]:
+    """Seconds of each epoch of the bare loop (wall clock, and this process's CPU time), and its final weights. The
+    arithmetic is train()'s (per-sample losses averaged, the optimizer made by make_optimizer, the memory format and
+    autocast train() chooses), nothing else. Over *batches* as they are every epoch when given, else over the
+    seeded order."""
     from masc_probe.data._batches import epoch_order
     from masc_probe.training import make_optimizer
 
@@ -147,9 +170,12 @@ def bare_loop(work: dict[str, Any], epochs: int) -> tuple[list[float], list[floa
         t, c = _sync(device), time.process_time()
         net.train()
         order = epoch_order(n, config.seed, epoch).to(device)
-        for start in range(0, n, bs):
-            pick = order[start:start + bs]
-            x, y = x_all[pick], y_all[pick]
+        for start in range(0, n, bs) if batches is None else range(len(batches)):
+            if batches is None:
+                pick = order[start:start + bs]
+                x, y = x_all[pick], y_all[pick]
+            else:
+                x, y = batches[start]["image"].to(device), batches[start]["label"].to(device)
             if fmt is not None:
                 x = x.contiguous(memory_format=fmt)
             with autocast():
@@ -201,7 +227,7 @@ def instrumented(work: dict[str, Any], epochs: int) -> Iterator[dict[str, Any]]:
     def timed(name: str, fn: Callable[..., Any], part: Callable[..., str]) -> Callable[..., Any]:
         def wrapper(*a: Any, **kw: Any) -> Any:
             t = _sync(device)
-            if name == "_epoch" and rec["first_step"] is None:
+            if name == "epoch_steps" and rec["first_step"] is None:
                 rec["first_step"], rec["first_cpu"] = t, time.process_time()
             try:
                 return fn(*a, **kw)
@@ -258,10 +284,10 @@ class _TimedLogger:
         return call
 
 
-def timed_train(work: dict[str, Any], epochs: int, folder: Path) -> tuple[list[float], list[float], dict[str, Any],
-                                                                           dict[str, torch.Tensor]]:
-    """Seconds of each of train()'s first *epochs* epochs (wall clock, and CPU time), its parts, and its weights
-    after them."""
+def timed_train(work: dict[str, Any], epochs: int, folder: Path, data: Any = None,
+                ) -> tuple[list[float], list[float], dict[str, Any], dict[str, torch.Tensor]]:
+    """Seconds of each of train()'s first *epochs* epochs (wall clock, and CPU time) on *data* (default: the
+    workload's tensors), its parts, and its weights after them."""
     from masc_probe.training import train
 
     net = fresh(work)
@@ -269,7 +295,7 @@ def timed_train(work: dict[str, Any], epochs: int, folder: Path) -> tuple[list[f
     t0 = _sync(work["device"])
     with instrumented(work, epochs) as rec:
         try:
-            train(net, work["train"], config=config)
+            train(net, work["train"] if data is None else data, config=config)
         except _Stop:
             pass
     ends = [rec["first_step"], *rec["epoch_ends"]]
@@ -313,29 +339,46 @@ def default_eval_every() -> int | None:
 # ---------------------------------------------------------------------------------------------------------- run
 def run_workload(workload: str, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     work = load(workload, args)
+    forms = args.inputs
     log(f"{workload}: {work['n_train']} training images ({work['seconds_data']} s to load), {args.repeats} x "
-        f"{args.epochs} epochs each of the bare loop and train(), alternating")
-    pairs = []
+        f"{args.epochs} epochs each of the bare loop and train() on {', '.join(forms)}, the order rotating")
+    pairs, lists = [], {}
     for r in range(args.repeats):
-        order = ("bare", "train") if r % 2 == 0 else ("train", "bare")
-        pair: dict[str, Any] = {"order": list(order)}
+        runs = ["bare", *forms]
+        order = runs[r % len(runs):] + runs[:r % len(runs)]
+        pair: dict[str, Any] = {"order": order, "inputs": {}}
         weights = {}
         for which in order:
             if which == "bare":
                 pair["bare"], pair["bare_cpu"], weights["bare"] = bare_loop(work, args.epochs)
-            else:
-                pair["train"], pair["train_cpu"], pair["train_info"], weights["train"] = timed_train(
-                    work, args.epochs, scratch / f"{workload}-{r}")
-        pair["same_weights"] = all(torch.equal(weights["bare"][k], weights["train"][k]) for k in weights["bare"])
-        pair["max_abs_weight_difference"] = max(float((weights["bare"][k].double() - weights["train"][k].double())
-                                                      .abs().max()) for k in weights["bare"] if weights["bare"][k].numel())
-        pair["ratio"] = statistics.mean(pair["train"]) / statistics.mean(pair["bare"])
-        pair["ratio_cpu"] = statistics.mean(pair["train_cpu"]) / statistics.mean(pair["bare_cpu"])
-        log(f"  repeat {r} ({' then '.join(order)}): bare {_fmt_list(pair['bare'])} s/epoch "
-            f"(CPU {_fmt_list(pair['bare_cpu'])}), train() {_fmt_list(pair['train'])} s/epoch "
-            f"(CPU {_fmt_list(pair['train_cpu'])}), ratio {pair['ratio']:.3f} (CPU time {pair['ratio_cpu']:.3f}), "
-            f"same weights {pair['same_weights']}")
+                continue
+            data = train_input(work, which)
+            seconds, cpu, info, weights[which] = timed_train(work, args.epochs, scratch / f"{workload}-{r}-{which}",
+                                                             data)  # fmt: skip
+            pair["inputs"][which] = {"train": seconds, "train_cpu": cpu, "train_info": info}
+            if which == "list":
+                lists[r] = data
+        for which, form in pair["inputs"].items():
+            form["ratio"] = statistics.mean(form["train"]) / statistics.mean(pair["bare"])
+            form["ratio_cpu"] = statistics.mean(form["train_cpu"]) / statistics.mean(pair["bare_cpu"])
+            if which != "list":  # the list's own order: compared with a bare loop over it below
+                form.update(_compare(weights["bare"], weights[which]))
+            log(f"  repeat {r} ({' then '.join(order)}): bare {_fmt_list(pair['bare'])} s/epoch "
+                f"(CPU {_fmt_list(pair['bare_cpu'])}), train() on {which} {_fmt_list(form['train'])} s/epoch "
+                f"(CPU {_fmt_list(form['train_cpu'])}), ratio {form['ratio']:.3f} (CPU time {form['ratio_cpu']:.3f})"
+                + (f", same weights {form['same_weights']}" if "same_weights" in form else ""))
+        pair.update(pair["inputs"][forms[0]])  # the first form's numbers, where results before --inputs had them
         pairs.append(pair)
+    if lists:  # the list's weights against a bare loop over the same list (the last repeat's train() weights)
+        _, _, bare_list = bare_loop(work, args.epochs, batches=lists[max(lists)])
+        same = _compare(bare_list, weights["list"])
+        for pair in pairs:
+            if "list" in pair["inputs"]:
+                pair["inputs"]["list"].update(same)
+        log(f"  list: same weights as a bare loop over the same list: {same['same_weights']}")
+    for pair in pairs:
+        pair.update({k: pair["inputs"][forms[0]][k] for k in ("same_weights", "max_abs_weight_difference")})
+    weights["train"] = weights[forms[0]]
     net = fresh(work)
     net.load_state_dict(weights["train"])
     passes = alone(work, net)
@@ -354,6 +397,16 @@ def run_workload(workload: str, args: argparse.Namespace, scratch: Path) -> dict
     trained_cpu = statistics.median(statistics.mean(p["train_cpu"]) for p in pairs)
     scheduled_cpu = {str(e): (trained_cpu + (passes["train_pass_cpu"] + passes["test_pass_cpu"]) / e) / bare_cpu
                      for e in every}
+    inputs = {}
+    for which in forms:
+        mine = [p["inputs"][which] for p in pairs]
+        wall = statistics.median(statistics.mean(m["train"]) for m in mine)
+        cpu = statistics.median(statistics.mean(m["train_cpu"]) for m in mine)
+        inputs[which] = {"seconds_per_epoch": wall, "cpu_seconds_per_epoch": cpu, "ratio_of_medians": wall / bare,
+                         "ratio_cpu_of_medians": cpu / bare_cpu,
+                         "ratio_median": statistics.median(m["ratio"] for m in mine),
+                         "ratio_cpu_median": statistics.median(m["ratio_cpu"] for m in mine),
+                         "same_weights": all(m["same_weights"] for m in mine)}
     result = {
         "workload": workload, "model": work["model"], "dataset": work["dataset"], "n_train": work["n_train"],
         "n_test": work["n_test"], "config": {key: v for key, v in work["config"].to_dict().items()
@@ -373,6 +426,7 @@ def run_workload(workload: str, args: argparse.Namespace, scratch: Path) -> dict
         "ratio_cpu_with_evaluation_every": scheduled_cpu,
         "eval_every_default": k,
         "seconds_data": work["seconds_data"],
+        "inputs": inputs,
     }
     if workload == "resnet18-cifar10":
         e = args.memorize_epochs
@@ -393,11 +447,23 @@ def show(result: dict[str, Any]) -> None:
         + ", ".join(f"k={k}: {v:.3f}" for k, v in result["ratio_with_evaluation_every"].items())
         + " (CPU time: " + ", ".join(f"k={k}: {v:.3f}" for k, v in result["ratio_cpu_with_evaluation_every"].items())
         + ")")
+    if len(result["inputs"]) > 1:
+        log(f"  by input (median of {len(result['repeats'])} repeats; ratio to the bare loop's median, wall / CPU): "
+            + ", ".join(f"{k} {v['seconds_per_epoch']:.2f} s/epoch, {v['ratio_of_medians']:.3f} / "
+                        f"{v['ratio_cpu_of_medians']:.3f} (same weights {v['same_weights']})"
+                        for k, v in result["inputs"].items()))
     if "memorize_estimate" in result:
         m = result["memorize_estimate"]
         log(f"  {result['model']} on {Path(result['dataset']).name} (paper preset): {s['train']:.1f} s per epoch with "
             f"train(); memorizing in {m['epochs']} epochs takes about {m['hours']:.2f} h ({m['hours_at_500']:.2f} h "
             "at the 500-epoch cap)")
+
+
+def _compare(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Whether two networks' weights are the same bits, and their largest difference."""
+    return {"same_weights": all(torch.equal(a[k], b[k]) for k in a),
+            "max_abs_weight_difference": max(float((a[k].double() - b[k].double()).abs().max())
+                                              for k in a if a[k].numel())}
 
 
 def _fmt_list(values: list[float]) -> str:
@@ -422,6 +488,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per run (default 3)")
     p.add_argument("--repeats", type=int, default=3, help="pairs of runs, alternating which goes first (default 3)")
+    p.add_argument("--inputs", nargs="+", choices=INPUTS, default=["tensors"],
+                   help="the forms train() is handed the training data in, each timed beside the bare loop "
+                        "(default: tensors)")
     p.add_argument("--n-train", type=int, default=None, help="training images (default: the workload's)")
     p.add_argument("--n-test", type=int, default=None, help="test images (default: all)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's)")
