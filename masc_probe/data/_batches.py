@@ -197,7 +197,7 @@ def fixed_bytes(data: Any) -> int | None:
     other dataset may draw at random when an item is read (augmentations), so it is not known to be fixed.
 
     >>> fixed_bytes([(torch.zeros(4, 3), torch.zeros(4, dtype=torch.int64))] * 2)
-    128
+    160
     >>> fixed_bytes([(torch.zeros(2, 3), torch.zeros(2)), (torch.zeros(4, 3), torch.zeros(4))]) is None
     True
     """
