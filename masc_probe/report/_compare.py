@@ -28,10 +28,41 @@ from masc_probe.report._format import fmt, size_text
 METHOD = "Tango score interval; exact McNemar p-value"
 VERDICTS = ("added", "no difference", "removed")
 _LEVEL = 0.95
+_Z95 = 1.959963984540054  # two-sided 95% normal quantile
 _LABELS_TEXT = {"corrupted": "corrupted-label subspaces", "true": "true-label subspaces",
                 "label": "training-label subspaces"}
 _PROBE_TEXT = {"masc": "MASC", "ncm": "nearest class mean", "linear": "the linear probe", "velpic": "VeLPIC",
                "knn": "kNN", "lda": "LDA", "qda": "QDA"}
+
+
+def wilson_interval(accuracy: float, n: int, *, z: float = _Z95) -> list[float]:
+    """Wilson score interval of a proportion.
+
+    Args:
+        accuracy: Observed proportion of successes, in [0, 1].
+        n: Number of trials (> 0).
+        z: Normal quantile; the default gives a two-sided 95% interval.
+
+    Returns:
+        ``[low, high]``, clipped to [0, 1].
+
+    Raises:
+        InputError: If *n* is not positive or *accuracy* is outside [0, 1].
+
+    >>> [round(v, 4) for v in wilson_interval(0.5, 100)]
+    [0.4038, 0.5962]
+    """
+    if n <= 0:
+        raise InputError(f"a Wilson interval needs n > 0 trials, got n={n}")
+    if not 0.0 <= accuracy <= 1.0:
+        raise InputError(f"accuracy must lie in [0, 1], got {accuracy}")
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (accuracy + z2 / (2 * n)) / denom
+    half = z / denom * math.sqrt(accuracy * (1 - accuracy) / n + z2 / (4 * n * n))
+    low = 0.0 if accuracy == 0.0 else max(0.0, center - half)  # exact at the edges, where rounding would leak
+    high = 1.0 if accuracy == 1.0 else min(1.0, center + half)
+    return [low, high]
 
 
 def _tango_score(b: int, c: int, n: int, delta: float) -> float:

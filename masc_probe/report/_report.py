@@ -12,7 +12,6 @@ test images (``_compare``). Version-1 reports are read as they are.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,47 +20,17 @@ from typing import Any
 from masc_probe import _atomic
 from masc_probe.errors import InputError
 from masc_probe.report import _aggregate, _compare, _views
+from masc_probe.report._compare import wilson_interval
 
 SCHEMA_VERSION = 2
 _READABLE_VERSIONS = (1, 2)  # 1: before the controls (issue 18); read as written
 INPUT_LAYER = "input"  # the raw input: a control beside the layers, never a candidate for the best hidden layer
-_Z95 = 1.959963984540054  # two-sided 95% normal quantile
 _KNOWN_KEYS = ("schema_version", "model", "dataset", "corruption", "provenance", "model_test_accuracy", "results",
                "best", "n_test")
 # The top-level n_components of reports written before 0.1.0's release was the threshold MASC was asked for, the
 # same word as each result's per-class counts; it is read under its own name now.
 _THRESHOLD_KEY = "masc_n_components"
 _REQUIRED_RESULT_KEYS = ("layer", "probe", "labels", "test_accuracy")
-
-
-def wilson_interval(accuracy: float, n: int, *, z: float = _Z95) -> list[float]:
-    """Wilson score interval of a proportion.
-
-    Args:
-        accuracy: Observed proportion of successes, in [0, 1].
-        n: Number of trials (> 0).
-        z: Normal quantile; the default gives a two-sided 95% interval.
-
-    Returns:
-        ``[low, high]``, clipped to [0, 1].
-
-    Raises:
-        InputError: If *n* is not positive or *accuracy* is outside [0, 1].
-
-    >>> [round(v, 4) for v in wilson_interval(0.5, 100)]
-    [0.4038, 0.5962]
-    """
-    if n <= 0:
-        raise InputError(f"a Wilson interval needs n > 0 trials, got n={n}")
-    if not 0.0 <= accuracy <= 1.0:
-        raise InputError(f"accuracy must lie in [0, 1], got {accuracy}")
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    center = (accuracy + z2 / (2 * n)) / denom
-    half = z / denom * math.sqrt(accuracy * (1 - accuracy) / n + z2 / (4 * n * n))
-    low = 0.0 if accuracy == 0.0 else max(0.0, center - half)  # exact at the edges, where rounding would leak
-    high = 1.0 if accuracy == 1.0 else min(1.0, center + half)
-    return [low, high]
 
 
 def _key(result: Mapping[str, Any]) -> tuple[Any, ...]:
