@@ -358,3 +358,47 @@ def test_best_layer_takes_hidden_layers_and_the_input_view_is_one_argument_away(
     with pytest.raises(InputError, match="unique"):
         ProbeReport([rows[3], rows[3]])
     assert ControlModel(mlp()).record() == {"source": "user model", "seed": None, "init_sha256": None}
+
+
+def test_layer_keys_are_spelled_control_colon_colon_layer_outside_the_runner_and_read_back() -> None:
+    from masc_probe.runner._controls import LayerKey, public_key
+
+    assert [str(LayerKey("fc1")), str(LayerKey("blocks.0.mlp", "init"))] == ["fc1", "init::blocks.0.mlp"]
+    assert LayerKey.parse("init::blocks.0.mlp") == LayerKey("blocks.0.mlp", "init") != LayerKey("blocks.0.mlp")
+    assert LayerKey.parse("input") == LayerKey("input") and LayerKey.parse("clean::x").control == "clean"
+    assert public_key((LayerKey("2", "clean"), "masc", "true")) == ("clean::2", "masc", "true")
+
+
+def test_a_control_models_probes_are_keyed_init_colon_colon_layer_and_fit_on_its_own_rows() -> None:
+    from masc_probe.layers import FeatureTap
+    from masc_probe.probes import MinimumAngleSubspaceClassifier
+
+    x, yc, y = data(120)
+    xt, _, _ = data(40, seed=1)
+    runner = ProbeRunner(mlp(), ["2"], probes=("masc",), labels="true", progress=False, train_accuracy=True)
+    runner.fit(tuples(x, yc, y, 40))
+    assert list(runner.estimators_) == [("input", "masc", "true"), ("2", "masc", "true"), ("init::2", "masc", "true")]
+    assert set(runner.train_accuracy_) == set(runner.estimators_) and set(runner.predict(xt)) == {
+        ("input", "masc", "true"), ("2", "masc", "true")}  # predict: the trained network's probes
+    assert runner.plan_.stream == ["input", "2", "init::2"] and runner.plan_.to_dict()["stream"] == runner.plan_.stream
+    init = runner.control_models["init"].model
+    with FeatureTap(init, ["2"]) as tap:
+        train_rows, test_rows = (tap(v)["2"].reshape(len(v), -1).float().numpy() for v in (x, xt))
+    direct = MinimumAngleSubspaceClassifier(0.99).fit(train_rows, y.numpy())
+    est = runner.estimators_[("init::2", "masc", "true")]
+    np.testing.assert_array_equal(est.n_components_, direct.n_components_)
+    np.testing.assert_array_equal(np.asarray(est.predict(torch.from_numpy(test_rows))), direct.predict(test_rows))
+    assert runner.train_accuracy_[("init::2", "masc", "true")]["true"] == pytest.approx(
+        float((direct.predict(train_rows) == y.numpy()).mean()))
+
+
+def test_control_probes_spilled_to_disk_score_as_those_kept_in_memory(tmp_path: Path) -> None:
+    x, yc, y = data(120)
+    xt, _, yt = data(40, seed=1)
+    roomy = ProbeRunner(mlp(), ["2"], probes=("masc",), progress=False).fit(tuples(x, yc, y, 40))
+    tiny = ProbeRunner(mlp(), ["2"], probes=("masc",), max_memory=2048, cache_dir=tmp_path, progress=False)
+    tiny.fit(tuples(x, yc, y, 40))
+    assert ("init::2", "masc", "true") in tiny.estimators_.spilled and not roomy.estimators_.spilled
+    got, want = (_rows(r.evaluate([(xt, yt)]), "init") for r in (tiny, roomy))  # scatter and Gram forms: same picks
+    assert {k: r["test_accuracy"] for k, r in got.items()} == {k: r["test_accuracy"] for k, r in want.items()} != {}
+    tiny.close()

@@ -139,9 +139,10 @@ class RowCache:
         return cls(Path(tempfile.mkdtemp(prefix="masc-probe-rows-", dir=parent)))
 
     @staticmethod
-    def _name(layer: str) -> str:
-        # Layer names hold dots and may hold slashes; a digest keeps file names safe and unique.
-        return hashlib.sha1(layer.encode()).hexdigest()[:16]
+    def _name(layer: Any) -> str:
+        # Layer names (a pass's row keys: _controls.LayerKey) hold dots and may hold slashes; a digest of their
+        # spelling keeps file names safe and unique.
+        return hashlib.sha1(str(layer).encode()).hexdigest()[:16]
 
     def append(self, layer: str, rows: torch.Tensor) -> None:
         """Append (B, d) rows of *layer* (any device; stored as float32)."""

@@ -14,9 +14,6 @@ from masc_probe._choices import CONTROLS, DEFAULT_PROBES, PROTOCOLS, RUNNER_LABE
 from masc_probe._params import DEFAULT_N_COMPONENTS, check_choice, check_max_memory, check_n_components, check_probes
 from masc_probe.errors import InputError
 
-Key = tuple[str, str, str]  # (layer, probe, label set)
-
-
 @dataclass(frozen=True)
 class RunnerConfig:
     """What a :class:`~masc_probe.runner.ProbeRunner` was asked to do (see its arguments for each meaning).
@@ -51,8 +48,8 @@ class RunnerConfig:
     profile: bool = True  # False: MASC at the fitted size only (no profile, hence no selection)
 
     @property
-    def row_layers(self) -> tuple[str, ...]:
-        """Every row key of a pass: the trained layers, then each control model's (``_controls.control_key``)."""
+    def row_layers(self) -> tuple[Any, ...]:
+        """Every row key of a pass (``_controls.LayerKey``): the trained layers, then each control model's."""
         from masc_probe.runner._controls import control_layers
 
         return tuple(control_layers(self.layers or (), self.controls))

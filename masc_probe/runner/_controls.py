@@ -13,8 +13,10 @@ runner probes, beside the trained model,
   labels as the upper reference).
 
 Each control model runs in the same fit and evaluate passes, one more forward per batch; its rows travel under the
-key ``"<name>::<layer>"`` (:func:`control_key`) beside the trained layers, so that the plan, the row cache, the
-probes and the store treat them as more layers, and every test image is scored by both sides of each comparison.
+key ``LayerKey(layer, name)`` (:class:`LayerKey`) beside the trained layers' ``LayerKey(layer)``, so that the plan,
+the row cache, the probes and the store treat them as more layers, and every test image is scored by both sides of
+each comparison. Outside the runner (``estimators_``, the report's memory plan and failures, runner.json) a key is
+spelled ``"<name>::<layer>"``: ``str(key)`` writes it, :meth:`LayerKey.parse` reads it, nothing else does either.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -73,23 +75,42 @@ class ControlModel:
         return out
 
 
-def control_key(name: str, layer: str) -> str:
-    """The key a control's rows of *layer* travel under inside a pass."""
-    return f"{name}{_SEP}{layer}"
+class LayerKey(NamedTuple):
+    """The key a layer's rows travel under inside a pass: the trained network's ``LayerKey("fc1")`` (the raw input
+    is its ``LayerKey("input")``), a control model's ``LayerKey("fc1", "init")``.
+
+    >>> str(LayerKey("fc1", "init")), LayerKey.parse("fc1")
+    ('init::fc1', LayerKey(layer='fc1', control=None))
+    """
+
+    layer: str
+    control: str | None = None  # the control model's name; None: the trained network
+
+    def __str__(self) -> str:
+        """The spelling outside the runner: ``"fc1"``, or ``"init::fc1"`` for a control model's layer."""
+        return self.layer if self.control is None else f"{self.control}{_SEP}{self.layer}"
+
+    @classmethod
+    def parse(cls, text: str) -> LayerKey:
+        """The key ``str()`` spelled as *text*."""
+        control, sep, layer = text.partition(_SEP)
+        return cls(layer, control) if sep else cls(text)
 
 
-def split_key(key: str) -> tuple[str | None, str]:
-    """``(control name or None, layer)`` of a pass's row key."""
-    name, sep, layer = key.partition(_SEP)
-    return (name, layer) if sep else (None, key)
+Key = tuple[LayerKey, str, str]  # a fitted probe's (layer, probe, label set)
 
 
-def control_layers(layers: Sequence[str], names: Iterable[str]) -> list[str]:
+def public_key(key: Key) -> tuple[str, str, str]:
+    """*key* as ``estimators_``, ``train_accuracy_`` and ``predict`` spell it: ``("init::fc1", "masc", "true")``."""
+    return (str(key[0]), key[1], key[2])
+
+
+def control_layers(layers: Sequence[str], names: Iterable[str]) -> list[LayerKey]:
     """Every row key of a pass: the trained layers, then each control model's (all but the raw input)."""
-    out = list(layers)
+    out = [LayerKey(layer) for layer in layers]
     for name in names:
         if name != INPUT:
-            out += [control_key(name, layer) for layer in layers if layer != INPUT]
+            out += [LayerKey(layer, name) for layer in layers if layer != INPUT]
     return out
 
 
@@ -255,8 +276,8 @@ def run_controls(names: Sequence[str], source: str | os.PathLike[str] | None, ne
 class ControlledForward:
     """The trained model's :class:`~masc_probe.runner._forward.Forward` and one per control model, as one call.
 
-    ``forward(x)`` returns the trained model's ``(rows, logits)`` with every control's rows added under
-    :func:`control_key`; each control's logits (when asked) are in :attr:`control_logits` after the call.
+    ``forward(x)`` returns the trained model's ``(rows, logits)``, rows by :class:`LayerKey`, every control's
+    among them; each control's logits (when asked) are in :attr:`control_logits` after the call.
     """
 
     def __init__(self, model: nn.Module, controls: Mapping[str, nn.Module], layers: Sequence[str], reducer: Any,
@@ -276,12 +297,13 @@ class ControlledForward:
             raise
         self.control_logits: dict[str, torch.Tensor | None] = {}
 
-    def __call__(self, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-        rows, logits = self.main(x)
+    def __call__(self, x: torch.Tensor) -> tuple[dict[LayerKey, torch.Tensor], torch.Tensor | None]:
+        trained, logits = self.main(x)
+        rows = {LayerKey(layer): value for layer, value in trained.items()}
         self.control_logits = {}
         for name, forward in self.others.items():
             more, self.control_logits[name] = forward(x)
-            rows.update({control_key(name, layer): value for layer, value in more.items()})
+            rows.update({LayerKey(layer, name): value for layer, value in more.items()})
         return rows, logits
 
     def close(self) -> None:

@@ -23,8 +23,8 @@ from masc_probe.probes._registry import SPECS
 from masc_probe.report import ProbeReport
 from masc_probe.runner import _distributed as dist
 from masc_probe.runner._cache import Reducer, RowCache, split_batch
-from masc_probe.runner._config import Key, RunnerConfig
-from masc_probe.runner._controls import INPUT, ControlledForward, ControlModel, control_key, split_key
+from masc_probe.runner._config import RunnerConfig
+from masc_probe.runner._controls import INPUT, ControlledForward, ControlModel, Key, LayerKey
 from masc_probe.runner._fit_state import FitResult
 from masc_probe.runner._forward import batches, model_device, release_free_memory, sync
 
@@ -43,10 +43,10 @@ def pairs(keys: list[Key], controls: Iterable[str]) -> list[tuple[int, int, str]
     index = {key: i for i, key in enumerate(keys)}
     out = []
     for i, (layer, probe, labels) in enumerate(keys):
-        if split_key(layer)[0] is not None or layer == INPUT:
+        if layer.control is not None or layer.layer == INPUT:
             continue
         for name in controls:
-            partner = (INPUT if name == INPUT else control_key(name, layer), probe, labels)
+            partner = (LayerKey(INPUT) if name == INPUT else layer._replace(control=name), probe, labels)
             if partner in index:
                 out.append((i, index[partner], name))
     return out
@@ -71,7 +71,7 @@ def evaluate_pass(config: RunnerConfig, reducer: Reducer, fitted: FitResult, mod
     profile_preds: dict[Key, list[torch.Tensor]] = {k: [] for k in profiled}
     profile_meta: dict[Key, tuple[list[Any], list[list[int]]]] = {}
     cache = RowCache.temporary(config.cache_dir) if spilled else None
-    cached_layers = sorted({k[0] for k in spilled})
+    cached_layers = sorted({k[0] for k in spilled}, key=str)
     labels: list[torch.Tensor] = []
     controls = dict(controls or {})
     names = list(controls)
@@ -266,8 +266,7 @@ def build_report(config: RunnerConfig, reducer: Reducer, fitted: FitResult, coun
     n = counts["n"]
     results = []
     for key in fitted.store:
-        name, layer = split_key(key[0])
-        probe, labels = key[1], key[2]
+        (layer, name), probe, labels = key
         res: dict[str, Any] = {"layer": layer, "probe": probe, "labels": labels,
                                "test_accuracy": counts["correct"][key] / n}
         if name is not None:
@@ -310,8 +309,7 @@ def _selection_block(config: RunnerConfig, profiles: Mapping[str, Any] | None,
     if not profiles:
         return {}
     by_network = {}
-    for (row_layer, _, labels), value in profiles["by_key"].items():
-        name, layer = split_key(row_layer)
+    for ((layer, name), _, labels), value in profiles["by_key"].items():
         network = name if name is not None else (INPUT_NET if layer == INPUT else TRAINED)
         by_network[(network, layer, labels)] = value
     rows, block = select(by_network, profiles["y"], profiles["index"], rule=config.select,
@@ -338,7 +336,7 @@ def _controls_block(config: RunnerConfig, counts: dict[str, Any], controls: Mapp
             block[name] = {**controls[name].record(), "model_test_accuracy": counts["control_accuracy"].get(name)}
     comparisons = []
     for trained, control, name, b, c in counts.get("pairs", []):
-        comp = {"layer": trained[0], "probe": trained[1], "labels": trained[2], "control": name,
+        comp = {"layer": trained[0].layer, "probe": trained[1], "labels": trained[2], "control": name,
                 "trained": counts["correct"][trained] / n, "control_accuracy": counts["correct"][control] / n,
                 **paired_difference(b, c, n), "n": n}
         if epoch is not None:

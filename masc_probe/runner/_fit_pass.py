@@ -17,7 +17,7 @@ from masc_probe.errors import InputError
 from masc_probe.probes._registry import SPECS
 from masc_probe.runner import _distributed as dist
 from masc_probe.runner._cache import split_batch
-from masc_probe.runner._controls import ControlledForward
+from masc_probe.runner._controls import ControlledForward, LayerKey
 from masc_probe.runner._fit_state import INDEX, FitState, new_estimator
 from masc_probe.runner._forward import batches, model_device, release_free_memory, sync
 from masc_probe.runner._plan import make_plan
@@ -35,7 +35,7 @@ def _select_sets(sets: dict[str, torch.Tensor], wanted: str) -> list[str]:
     raise InputError(f"labels={wanted!r} needs batches that carry it, got batches with {sorted(sets)}")
 
 
-def _setup(state: FitState, sets: dict[str, torch.Tensor], rows: dict[str, torch.Tensor],
+def _setup(state: FitState, sets: dict[str, torch.Tensor], rows: dict[LayerKey, torch.Tensor],
            logits: torch.Tensor | None) -> None:
     config = state.config
     state.label_sets = _select_sets(sets, config.labels)
@@ -53,8 +53,7 @@ def _setup(state: FitState, sets: dict[str, torch.Tensor], rows: dict[str, torch
                 budget = state.plan.stream_memory.get(layer) if moments == 2 else None
                 for labels in state.label_sets:
                     state.estimators[(layer, probe, labels)] = new_estimator(config, probe, state.device, budget)
-    logger.debug("plan: stream %s, from the row cache %s, cached rows %s", state.plan.stream, state.plan.deferred,
-                 state.plan.cached)
+    logger.debug("plan: %s", state.plan.to_dict())
 
 
 class _Blocks:

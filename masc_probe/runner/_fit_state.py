@@ -14,7 +14,8 @@ import torch
 from masc_probe.probes._registry import SPECS
 from masc_probe.runner import _distributed as dist
 from masc_probe.runner._cache import Reducer, RowCache
-from masc_probe.runner._config import Key, RunnerConfig
+from masc_probe.runner._config import RunnerConfig
+from masc_probe.runner._controls import Key, LayerKey
 from masc_probe.runner._forward import sync
 from masc_probe.runner._plan import Plan
 from masc_probe.runner._store import ProbeStore
@@ -75,7 +76,7 @@ class FitState:
     num_classes: int | None
     device: torch.device = torch.device("cpu")
     label_sets: list[str] = field(default_factory=list)
-    dims: dict[str, int] = field(default_factory=dict)
+    dims: dict[LayerKey, int] = field(default_factory=dict)
     plan: Plan = field(default_factory=Plan)
     estimators: dict[Key, Any] = field(default_factory=dict)
     n_local: int = 0

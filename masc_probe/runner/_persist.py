@@ -35,7 +35,7 @@ from masc_probe.errors import InputError
 from masc_probe.runner._cache import Reducer
 from masc_probe.runner._checks import entry_path, rebuilt_probe
 from masc_probe.runner._config import RunnerConfig
-from masc_probe.runner._controls import INPUT, split_key
+from masc_probe.runner._controls import INPUT, Key, LayerKey, public_key
 from masc_probe.runner._fit import FitResult
 from masc_probe.runner._plan import Plan
 from masc_probe.runner._store import ProbeStore, probe_state, write_tensors
@@ -83,15 +83,16 @@ def _plain(value: Any) -> Any:
 def save_runner(config: RunnerConfig, reducer: Reducer, fitted: FitResult, directory: Path) -> Path:
     """See :meth:`ProbeRunner.save`."""
     entries, widths = [], {}
-    trained = [key for key in fitted.store if split_key(key[0])[0] is None]
+    trained = [key for key in fitted.store if key[0].control is None]
     for i, key in enumerate(trained):
         # One file per probe: saving never holds more than one probe's arrays (a spilled one is read back here).
         est = fitted.store[key]
-        arrays, meta = probe_state(key[1], est)
-        widths[key[0]] = int(est.n_features_in_)
+        layer, probe, labels = public_key(key)
+        arrays, meta = probe_state(probe, est)
+        widths[layer] = int(est.n_features_in_)
         write_tensors(directory / "probes" / f"e{i:04d}.safetensors", arrays)
         del arrays, est
-        entries.append({"layer": key[0], "probe": key[1], "labels": key[2], "file": f"probes/e{i:04d}.safetensors",
+        entries.append({"layer": layer, "probe": probe, "labels": labels, "file": f"probes/e{i:04d}.safetensors",
                         **meta})
     # Any reducer kind records itself (to_config); a random one also the checksum of each projection it generated.
     projections = {layer: [int(p.shape[0]), int(p.shape[1]), float(p.double().sum())]
@@ -105,8 +106,8 @@ def save_runner(config: RunnerConfig, reducer: Reducer, fitted: FitResult, direc
         "max_memory": config.max_memory, "protocol": config.protocol,
         "n_train": fitted.n_train, "n_train_scored": fitted.n_train_scored,
         "data_fingerprint": fitted.data_fingerprint, "data": fitted.data, "memory_plan": fitted.plan.to_dict(),
-        "train_accuracy": [{"layer": k[0], "probe": k[1], "labels": k[2], "scores": v}
-                           for k, v in fitted.train_accuracy.items() if split_key(k[0])[0] is None],
+        "train_accuracy": [{"layer": str(k[0]), "probe": k[1], "labels": k[2], "scores": v}
+                           for k, v in fitted.train_accuracy.items() if k[0].control is None],
         "config": config_record(config), "classes": [_plain(c) for c in fitted.classes], "widths": widths,
         "estimators": entries,
     }
@@ -184,21 +185,26 @@ def load_fitted(saved: dict[str, Any], directory: Path, config: RunnerConfig, de
     store = ProbeStore(config.max_memory // 8, None, device)
     classes = saved.get("classes", list(range(saved["num_classes"])))
     for entry in saved["estimators"]:
-        key = (entry.get("layer"), entry.get("probe"), entry.get("labels"))
-        if key[0] not in saved["layers"]:
+        named = (entry.get("layer"), entry.get("probe"), entry.get("labels"))
+        if named[0] not in saved["layers"]:
             raise InputError(f"runner.json's probes must read the saved layers {saved['layers']}, got one on "
-                             f"{key[0]!r}")
+                             f"{named[0]!r}")
         path = entry_path(directory, entry)
         try:
             arrays = load_file(path)
         except Exception as exc:  # safetensors raises its own error type for a file that does not parse
             raise InputError(f"{path} must be a safetensors file, got one that does not load: "
                              f"{one_line(str(exc))}") from None
-        store.put(key, rebuilt_probe(key, arrays, entry, device, width=saved.get("widths", {}).get(key[0]),
-                                     classes=classes))
-    plan = Plan(**{k: saved["memory_plan"].get(k, []) for k in ("stream", "deferred", "cached")})
+        store.put(_key(entry), rebuilt_probe(named, arrays, entry, device,
+                                             width=saved.get("widths", {}).get(named[0]), classes=classes))
+    plan = Plan(**{k: [LayerKey.parse(layer) for layer in saved["memory_plan"].get(k, [])]
+                   for k in ("stream", "deferred", "cached")})
     return FitResult(store=store, classes=np.asarray(classes), label_sets=saved["label_sets"],
-                     train_accuracy={(t["layer"], t["probe"], t["labels"]): t["scores"]
-                                     for t in saved["train_accuracy"]},
+                     train_accuracy={_key(t): t["scores"] for t in saved["train_accuracy"]},
                      n_train=saved["n_train"], n_train_scored=saved["n_train_scored"],
                      data_fingerprint=saved["data_fingerprint"], plan=plan, data=dict(saved.get("data") or {}))
+
+
+def _key(entry: Mapping[str, Any]) -> Key:
+    """The fit's key of a runner.json entry (a probe, or its training accuracy)."""
+    return (LayerKey.parse(entry["layer"]), entry["probe"], entry["labels"])

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from masc_probe.probes._registry import SPECS
 from masc_probe.runner._config import RunnerConfig
+from masc_probe.runner._controls import LayerKey
 
 # Bytes per d² entry of one scatter-form class, as the probes count it against their max_memory: the float64
 # accumulator and, once solved, its float32 decomposition factors (masc_probe.probes._stats).
@@ -15,19 +17,30 @@ _SCATTER_BYTES = 16
 
 @dataclass
 class Plan:
-    """Where each layer's second-moment statistics live (see ``ProbeRunner``'s ``max_memory``)."""
+    """Where each layer's second-moment statistics live (see ``ProbeRunner``'s ``max_memory``).
 
-    stream: list[str] = field(default_factory=list)  # accumulated during the pass
-    deferred: list[str] = field(default_factory=list)  # fitted after the pass from the cache, one probe at a time
-    cached: list[str] = field(default_factory=list)  # layers whose rows go to the disk cache
-    stream_memory: dict[str, int] = field(default_factory=dict)  # max_memory of each streaming probe, per layer
+    Layers are the pass's row keys (``_controls.LayerKey``); :meth:`named` spells them as ``ProbeRunner.plan_``
+    and the report do.
+    """
+
+    stream: list[Any] = field(default_factory=list)  # accumulated during the pass
+    deferred: list[Any] = field(default_factory=list)  # fitted after the pass from the cache, one probe at a time
+    cached: list[Any] = field(default_factory=list)  # layers whose rows go to the disk cache
+    stream_memory: dict[Any, int] = field(default_factory=dict)  # max_memory of each streaming probe, per layer
     deferred_memory: int = 0
 
+    def named(self) -> Plan:
+        """This plan with every layer as its string (``"fc1"``, ``"init::fc1"``)."""
+        return dataclasses.replace(
+            self, stream=[str(k) for k in self.stream], deferred=[str(k) for k in self.deferred],
+            cached=[str(k) for k in self.cached], stream_memory={str(k): v for k, v in self.stream_memory.items()})
+
     def to_dict(self) -> dict[str, Any]:
-        return {"stream": self.stream, "deferred": self.deferred, "cached": self.cached}
+        named = self.named()
+        return {"stream": named.stream, "deferred": named.deferred, "cached": named.cached}
 
 
-def make_plan(config: RunnerConfig, dims: dict[str, int], n_classes: int, n_sets: int) -> Plan:
+def make_plan(config: RunnerConfig, dims: dict[LayerKey, int], n_classes: int, n_sets: int) -> Plan:
     """Stream the layers whose scatter matrices fit half the budget (narrowest first); defer the others.
 
     A deferred probe is fitted alone, with three quarters of the budget; fitted probes kept in memory take an eighth

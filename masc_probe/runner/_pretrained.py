@@ -29,7 +29,7 @@ from masc_probe.errors import InputError, UnknownNameError
 from masc_probe.runner._cache import Reducer
 from masc_probe.runner._checks import WidthCheck, check_projections, entry_path
 from masc_probe.runner._config import RunnerConfig
-from masc_probe.runner._controls import INPUT, split_key
+from masc_probe.runner._controls import INPUT
 from masc_probe.runner._fit import FitResult
 from masc_probe.runner._forward import model_device
 from masc_probe.runner._persist import SETTINGS, load_fitted, read_settings, runner_arguments, save_runner
@@ -111,7 +111,7 @@ def push_fitted(config: RunnerConfig, reducer: Reducer, fitted: FitResult, repo_
     check_repo_id(repo_id)
     with tempfile.TemporaryDirectory(prefix="masc-probe-push-") as tmp:
         folder = save_runner(config, reducer, fitted, Path(tmp))
-        saved = sum(split_key(key[0])[0] is None for key in fitted.store)
+        saved = sum(key[0].control is None for key in fitted.store)
         title = title or f"masc-probe: {saved} fitted probes, {len(config.layers or [])} layers"
         return push_runner(folder, repo_id, path_in_repo=path_in_repo, title=title, private=private,
                            revision=revision, token=token, create_pr=create_pr)

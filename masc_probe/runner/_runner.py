@@ -40,13 +40,13 @@ from masc_probe.layers import LayerReducer
 from masc_probe.report import ProbeReport
 from masc_probe.runner import _persist, _pretrained
 from masc_probe.runner._cache import Reducer
-from masc_probe.runner._config import Key, RunnerConfig, Settings
-from masc_probe.runner._controls import ControlModel, bind_layers, resolve, split_key
+from masc_probe.runner._config import RunnerConfig, Settings
+from masc_probe.runner._controls import ControlModel, bind_layers, public_key, resolve
 from masc_probe.runner._data import data_record, num_classes_of
 from masc_probe.runner._evaluate import build_report, evaluate_pass, model_name_of, predict_rows
 from masc_probe.runner._fit import FitResult, fit
 from masc_probe.runner._forward import Forward, model_device, report_notes
-from masc_probe.runner._store import ProbeStore
+from masc_probe.runner._store import NamedProbes
 
 __all__ = ["ProbeRunner"]
 
@@ -169,7 +169,7 @@ class ProbeRunner(Settings):
             else LayerReducer(config.reducer, model=model, seed=config.seed))
         if model is not None:
             self.config, self.control_models = bind_layers(model, self.config, self.control_models)
-        self.estimators_: Mapping[Key, Any] = {}  # a ProbeStore once fitted
+        self.estimators_: Mapping[tuple[str, str, str], Any] = {}  # NamedProbes once fitted
         self.failed_: list[dict[str, str]] = []
         self.timings_: dict[str, float] = {}
         self._fitted: FitResult | None = None
@@ -197,8 +197,8 @@ class ProbeRunner(Settings):
             InputError: Batches of an unknown form, labels out of range, a requested label set missing, or no data.
         """
         model = self._need_model()
-        if isinstance(self.estimators_, ProbeStore):
-            self.estimators_.close()
+        if self._fitted is not None:
+            self._fitted.store.close()
         self.estimators_, self.timings_, self._fitted = {}, {}, None
         result = fit(self.config, self.reducer, model, train, num_classes=num_classes_of(train, num_classes),
                      shard=shard, controls=self._control_nets())
@@ -207,17 +207,18 @@ class ProbeRunner(Settings):
         return self
 
     def _set_fitted(self, result: FitResult) -> None:
+        # The fit's keys leave the runner here, spelled as users spell them (``_controls.public_key``).
         self._fitted = result
-        self.estimators_ = result.store
+        self.estimators_ = NamedProbes(result.store)
         self.classes_ = result.classes
         self.label_sets_ = result.label_sets
-        self.train_accuracy_ = result.train_accuracy
+        self.train_accuracy_ = {public_key(k): v for k, v in result.train_accuracy.items()}
         self.n_train_ = result.n_train
         self.n_train_scored_ = result.n_train_scored
         self.data_fingerprint_ = result.data_fingerprint
-        self.solvers_ = result.solvers
+        self.solvers_ = {public_key(k): v for k, v in result.solvers.items()}
         self.failed_ = result.failed
-        self.plan_ = result.plan
+        self.plan_ = result.plan.named()
         self.timings_ = result.timings
 
     # ------------------------------------------------------------------------------------------------ scoring
@@ -232,7 +233,7 @@ class ProbeRunner(Settings):
         rows, _ = self._forward(x)
         return rows
 
-    def predict(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[Key, torch.Tensor]:
+    def predict(self, x: torch.Tensor | Mapping[str, torch.Tensor]) -> dict[tuple[str, str, str], torch.Tensor]:
         """Predictions of every fitted probe for one batch.
 
         Args:
@@ -244,8 +245,8 @@ class ProbeRunner(Settings):
         """
         fitted = self._need_fitted()
         rows = dict(x) if isinstance(x, Mapping) else self.features(x)
-        return {key: predict_rows(key[1], fitted.store[key], rows[key[0]]) for key in fitted.store
-                if split_key(key[0])[0] is None}
+        return {public_key(key): predict_rows(key[1], fitted.store[key], rows[key[0].layer]) for key in fitted.store
+                if key[0].control is None}
 
     def evaluate(self, test: Iterable[Any], *, epoch: int | None = None, shard: bool = False,
                  model_name: str | None = None, dataset: str | None = None,
@@ -377,8 +378,8 @@ class ProbeRunner(Settings):
 
         ``with ProbeRunner(...) as runner:`` calls this on leaving the block, also after an error.
         """
-        if isinstance(self.estimators_, ProbeStore):
-            self.estimators_.close()
+        if self._fitted is not None:
+            self._fitted.store.close()
         self.estimators_ = {}
         self._fitted = None
         if self._forward is not None:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from masc_probe.errors import InputError
 from masc_probe.probes._registry import SPECS
 from masc_probe.runner import _distributed as dist
-from masc_probe.runner._config import Key
+from masc_probe.runner._controls import Key, public_key
 from masc_probe.runner._fit_state import CHUNK_BYTES, INDEX, FitState, freeze, new_estimator
 from masc_probe.runner._forward import release_free_memory
 from masc_probe.runner._store import read_probe, write_probe
@@ -44,7 +44,7 @@ def finish_fit(state: FitState) -> None:
     world, config = state.world, state.config
     _agree(state)
     classes = np.arange(state.num_classes or 0)
-    stream_keys = sorted(state.estimators)
+    stream_keys = sorted(state.estimators, key=public_key)  # the same order in every process
     jobs = [(layer, probe, labels) for layer in state.plan.deferred for probe in config.probes
             if SPECS[probe].moments == 2 for labels in state.label_sets]
     jobs += [(layer, probe, labels) for layer in config.row_layers for probe in config.probes
@@ -80,7 +80,7 @@ def finish_fit(state: FitState) -> None:
             # left out of the report, the others stand.
             logger.warning("probe %s on layer %s (%s labels) failed and is left out: %s", key[1], key[0], key[2],
                            exc)
-            state.failed.append({"layer": key[0], "probe": key[1], "labels": key[2], "error": str(exc)})
+            state.failed.append({"layer": str(key[0]), "probe": key[1], "labels": key[2], "error": str(exc)})
         state.tick("deferred" if SPECS[key[1]].streams else "feature_probes", t)
     failed = dist.all_gather_objects(world, state.failed)
     state.failed = [f for part in failed for f in part]
@@ -89,7 +89,7 @@ def finish_fit(state: FitState) -> None:
         # Every process ends with every probe: each wrote its own share to the shared folder; now all read them.
         dist.barrier(world)
         for i, key in enumerate(every):
-            if key not in gone:
+            if public_key(key) not in gone:
                 state.store.put(key, read_probe(shared / f"{i:05d}", state.device))
         dist.barrier(world)  # nobody removes the folder while another process still reads it
     layers, probes = list(config.row_layers), list(config.probes)

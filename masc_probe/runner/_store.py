@@ -23,8 +23,7 @@ import torch
 
 from masc_probe import _atomic
 from masc_probe.probes._registry import SPECS, probe_from_state
-
-Key = tuple[str, str, str]
+from masc_probe.runner._controls import Key, public_key
 
 
 def probe_state(probe: str, est: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -148,3 +147,34 @@ class ProbeStore(Mapping[Key, Any]):
         if self._finalizer is not None:
             self._finalizer()
         self._dir, self._finalizer = None, None
+
+
+class NamedProbes(Mapping[tuple[str, str, str], Any]):
+    """``ProbeRunner.estimators_``: a fitted :class:`ProbeStore` under the keys users spell, ``(layer, probe, label
+    set)`` with a control model's layer as ``"<control>::<layer>"`` (``_controls.public_key``).
+
+    >>> runner.estimators_[("fc1", "masc", "true")].predict(rows)  # doctest: +SKIP
+    """
+
+    def __init__(self, store: ProbeStore) -> None:
+        self.store = store
+        self._keys = {public_key(key): key for key in store}
+
+    def __getitem__(self, key: tuple[str, str, str]) -> Any:
+        return self.store[self._keys[key]]
+
+    def __iter__(self) -> Iterator[tuple[str, str, str]]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def device(self) -> torch.device:
+        """Where spilled probes are loaded."""
+        return self.store.device
+
+    @property
+    def spilled(self) -> list[tuple[str, str, str]]:
+        """The probes kept on disk."""
+        return [public_key(key) for key in self.store.spilled]

@@ -3,12 +3,14 @@ every label set, each process taking its share of the probes."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from masc_probe.runner import _distributed as dist
-from masc_probe.runner._config import Key
+from masc_probe.runner._controls import Key
 from masc_probe.runner._evaluate import predict_rows
 from masc_probe.runner._fit_state import CHUNK_BYTES, FitState
 from masc_probe.runner._forward import release_free_memory
@@ -25,7 +27,7 @@ def train_accuracy(state: FitState) -> dict[Key, dict[str, float]]:
     index = np.arange(n) if cap == n else np.sort(np.random.default_rng(config.seed).choice(n, cap, replace=False))
     truth = {name: cache.labels(name)[index] for name in state.label_sets}
     keys = list(store)
-    counts: dict[str, int] = {}
+    counts: dict[tuple[Any, ...], int] = {}  # (*key, label set) -> rows right
     for ki in tqdm(world.share(len(keys)), desc="fit: training accuracy", leave=False,
                    disable=None if config.progress and world.main else True):
         key = keys[ki]
@@ -39,13 +41,12 @@ def train_accuracy(state: FitState) -> dict[Key, dict[str, float]]:
                 correct[s] += int((pred == truth[s][start:start + step]).sum())
         del est
         release_free_memory()
-        counts.update({"\x1f".join((*key, s)): v for s, v in correct.items()})
-    merged: dict[str, int] = {}
+        counts.update({(*key, s): v for s, v in correct.items()})
+    merged: dict[tuple[Any, ...], int] = {}
     for part in dist.all_gather_objects(world, counts):
         merged.update(part)
     out: dict[Key, dict[str, float]] = {}
-    for joined, value in merged.items():
-        layer, probe, labels, s = joined.split("\x1f")
+    for (layer, probe, labels, s), value in merged.items():
         out.setdefault((layer, probe, labels), {})[s] = value / cap
     state.n_train_scored = cap
     return out
