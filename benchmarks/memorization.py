@@ -85,7 +85,7 @@ def six_probe_table(runs: list[dict[str, Any]]) -> list[str]:
                 cells.append(f"{_f(acc)} {layer}" if acc is not None else "—")
             first = name == "memorizer"
             out.append(f"| {run['seed'] if first else ''} | {run['epochs'] if first else ''} | "
-                       f"{_f(run['model_test_accuracy']) if first else _f(run['controls']['random_init'].get('model_test_accuracy'))} | "
+                       f"{_f(run['model_test_accuracy'] if first else (run.get('controls') or {}).get('random_init', {}).get('model_test_accuracy'))} | "
                        f"{name} | " + " | ".join(cells) + " |")
         out.append("| | | | raw input | " + " | ".join(_f(raw.get(f"{p}/corrupted")) for p in PROBES) + " |")
     return out
@@ -106,6 +106,17 @@ def six_probe_summary(runs: list[dict[str, Any]]) -> list[str]:
             cells.append(_ms(diffs, sign=True))
         out.append(f"| {labels} | " + " | ".join(cells) + " |")
     return out
+
+
+def _same_trainings(runs: list[dict[str, Any]], sel: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Which seeds of the six-probe table are the very trainings the selection table probed (same epoch count)."""
+    chosen = {e["seed"]: e["epochs"] for _, e in sel if e["n_train"] in (60000, None) and e["rate"] == 0.8}
+    differ = [f"seed {r['seed']} ({r['epochs']} epochs here, {chosen[r['seed']]} there)" for r in runs
+              if r["seed"] in chosen and chosen[r["seed"]] != r["epochs"]]
+    if not differ:
+        return []
+    return [f"Two trainings of the same recipe, run with the code of different dates, stand for "
+            f"{', '.join(differ)} in this table and the next; the other seeds are the same trainings in both.", ""]
 
 
 # --------------------------------------------------------------------------- chosen without clean labels vs 0.99
@@ -235,6 +246,7 @@ def build_section() -> str:
                 "--threads 1 --work-dir runs/paper` (train, then `--stage probe`). Corrupted-label subspaces, best "
                 "hidden layer chosen on the test images (the paper's protocol; the next table removes that choice); "
                 "the init network is the run's own epoch 0.", "", *six_probe_table(runs), "",
+                *_same_trainings(runs, sel),
                 "Memorizer − init, best hidden layer each, mean ± std over "
                 f"{len(runs)} seed{'s' if len(runs) > 1 else ''}:", "", *six_probe_summary(runs), ""]
     if sel:
