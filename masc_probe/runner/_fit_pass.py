@@ -53,7 +53,8 @@ def _setup(state: FitState, sets: dict[str, torch.Tensor], rows: dict[LayerKey, 
                 budget = state.plan.stream_memory.get(layer) if moments == 2 else None
                 for labels in state.label_sets:
                     state.estimators[(layer, probe, labels)] = new_estimator(config, probe, state.device, budget)
-    logger.debug("plan: %s", state.plan.to_dict())
+    named = state.plan.named()
+    logger.debug("plan: stream %s, from the row cache %s, cached rows %s", named.stream, named.deferred, named.cached)
 
 
 class _Blocks:

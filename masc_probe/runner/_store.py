@@ -153,7 +153,10 @@ class NamedProbes(Mapping[tuple[str, str, str], Any]):
     """``ProbeRunner.estimators_``: a fitted :class:`ProbeStore` under the keys users spell, ``(layer, probe, label
     set)`` with a control model's layer as ``"<control>::<layer>"`` (``_controls.public_key``).
 
-    >>> runner.estimators_[("fc1", "masc", "true")].predict(rows)  # doctest: +SKIP
+    Example::
+
+        runner.estimators_[("fc1", "masc", "true")].predict(rows)
+        runner.estimators_[("init::fc1", "masc", "true")]  # the init control's probe at fc1
     """
 
     def __init__(self, store: ProbeStore) -> None:
