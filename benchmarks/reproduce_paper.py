@@ -842,7 +842,7 @@ def build_section(table: dict[str, Any], *, plot_name: str | None = "results/dat
     out += [
         "Built from `benchmarks/results/paper_table.json` by `python benchmarks/reproduce_paper.py --markdown`; the "
         "cells come from `reproduce_paper.py --stage probe` on runs trained by `benchmarks/paper_queue.sh` (and "
-        "`--full --device cuda` where a GPU was at hand). Each number is the mean over the cell's seeds (± sample "
+        "`--full --device cuda` on a GPU). Each number is the mean over the cell's seeds (± sample "
         "std when there are several); paper numbers are in parentheses. Best layer = best test accuracy over the "
         "probed layers; *+input* = the raw input counts as a layer, *hidden* = it does not. MASC fitted on the "
         "corrupted labels vs. on the true labels; test labels are always clean. CIFAR-10 is the JPEG re-encoded copy "
