@@ -22,7 +22,8 @@ from masc_probe.cli import main
 from masc_probe.errors import InputError
 from masc_probe.hub import write_dry_run
 from masc_probe.label_issues import _find as label_issues
-from masc_probe.pipeline import _gallery, _issues, _outputs
+from masc_probe.label_issues import _gallery
+from masc_probe.pipeline import _issues, _outputs
 from masc_probe.report import SCHEMA_VERSION, ProbeReport, _files, _html, report_html, run_html, write_run_html
 
 LAYERS = ["input", "fc1", "fc2"]

@@ -129,20 +129,20 @@ class LabelIssues:
     def summary(self) -> dict[str, Any]:
         """The numbers (no per-sample arrays), JSON-ready: the choice (with ``choosing_labels``: which labels it
         was made against), the estimates, the metrics."""
-        from masc_probe.pipeline._outputs import issues_summary
+        from masc_probe.label_issues._files import issues_summary
 
         return issues_summary(self)
 
     def write_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write the per-sample table, most suspect first (atomically): index, given_label, suggested_label, score,
         flagged, rank, fold, then true_label and aum when known."""
-        from masc_probe.pipeline._outputs import write_issues_csv
+        from masc_probe.label_issues._files import write_issues_csv
 
         return write_issues_csv(self, path)
 
     def write_summary(self, path: str | os.PathLike[str]) -> Path:
         """Write :meth:`summary` as JSON (atomically)."""
-        from masc_probe.pipeline._outputs import write_issues_summary
+        from masc_probe.label_issues._files import write_issues_summary
 
         return write_issues_summary(self, path)
 
@@ -152,13 +152,13 @@ class LabelIssues:
 
     def plot_gallery(self, data: Any, k: int = 32, ax: Any = None) -> Any:
         """The top *k* suspects as a grid of images, each with its index, score, given and suggested label and,
-        with true labels, a red (wrong) or green (right) frame (``masc_probe.pipeline._gallery``). *data*: the
+        with true labels, a red (wrong) or green (right) frame (``masc_probe.label_issues._gallery``). *data*: the
         map-style data the issues were found on. Returns the matplotlib Figure (no pyplot when *ax* is given).
 
         Raises:
             InputError: *k* < 1, data that is not map-style, or not the data the issues were found on.
         """
-        from masc_probe.pipeline._gallery import plot_gallery
+        from masc_probe.label_issues._gallery import plot_gallery
 
         return plot_gallery(self, data, k=k, ax=ax)
 

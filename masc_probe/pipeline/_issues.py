@@ -27,7 +27,7 @@ from masc_probe.errors import InputError
 from masc_probe.label_issues import LabelIssues, find_label_issues
 from masc_probe.label_issues._choose import check_choice_rule
 from masc_probe.label_issues._find import CSV_NAME, JSON_NAME
-from masc_probe.pipeline._gallery import GALLERY_NAME, gallery_summary, write_gallery
+from masc_probe.label_issues._gallery import GALLERY_NAME, gallery_summary, write_gallery
 from masc_probe.pipeline._inputs import check_device, default_run_dir, load_run_data, resolve_source
 from masc_probe.report import write_run_html
 from masc_probe.report._files import ISSUES_DIR
