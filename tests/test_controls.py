@@ -361,7 +361,7 @@ def test_best_layer_takes_hidden_layers_and_the_input_view_is_one_argument_away(
 
 
 def test_layer_keys_are_spelled_control_colon_colon_layer_outside_the_runner_and_read_back() -> None:
-    from masc_probe.runner._controls import LayerKey, public_key
+    from masc_probe.runner._keys import LayerKey, public_key
 
     assert [str(LayerKey("fc1")), str(LayerKey("blocks.0.mlp", "init"))] == ["fc1", "init::blocks.0.mlp"]
     assert LayerKey.parse("init::blocks.0.mlp") == LayerKey("blocks.0.mlp", "init") != LayerKey("blocks.0.mlp")

@@ -50,7 +50,7 @@ class RunnerConfig:
     @property
     def row_layers(self) -> tuple[Any, ...]:
         """Every row key of a pass (``_controls.LayerKey``): the trained layers, then each control model's."""
-        from masc_probe.runner._controls import control_layers
+        from masc_probe.runner._keys import control_layers
 
         return tuple(control_layers(self.layers or (), self.controls))
 
@@ -74,7 +74,7 @@ class RunnerConfig:
             config = RunnerConfig.make(probes=("masc",), controls=("input",))
             runner = ProbeRunner.from_config(model, config)
         """
-        from masc_probe.runner._controls import check_names
+        from masc_probe.runner._keys import check_names
         from masc_probe.runner._select import check_select
 
         probes = check_probes(probes)

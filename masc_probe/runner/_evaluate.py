@@ -24,7 +24,8 @@ from masc_probe.report import ProbeReport
 from masc_probe.runner import _distributed as dist
 from masc_probe.runner._cache import Reducer, RowCache, split_batch
 from masc_probe.runner._config import RunnerConfig
-from masc_probe.runner._controls import INPUT, ControlledForward, ControlModel, Key, LayerKey
+from masc_probe.runner._controls import ControlledForward, ControlModel
+from masc_probe.runner._keys import INPUT, Key, LayerKey
 from masc_probe.runner._fit_state import FitResult
 from masc_probe.runner._forward import batches, model_device, release_free_memory, sync
 

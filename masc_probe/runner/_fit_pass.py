@@ -17,7 +17,8 @@ from masc_probe.errors import InputError
 from masc_probe.probes._registry import SPECS
 from masc_probe.runner import _distributed as dist
 from masc_probe.runner._cache import split_batch
-from masc_probe.runner._controls import ControlledForward, LayerKey
+from masc_probe.runner._controls import ControlledForward
+from masc_probe.runner._keys import LayerKey
 from masc_probe.runner._fit_state import INDEX, FitState, new_estimator
 from masc_probe.runner._forward import batches, model_device, release_free_memory, sync
 from masc_probe.runner._plan import make_plan

@@ -15,7 +15,7 @@ from masc_probe.probes._registry import SPECS
 from masc_probe.runner import _distributed as dist
 from masc_probe.runner._cache import Reducer, RowCache
 from masc_probe.runner._config import RunnerConfig
-from masc_probe.runner._controls import Key, LayerKey
+from masc_probe.runner._keys import Key, LayerKey
 from masc_probe.runner._forward import sync
 from masc_probe.runner._plan import Plan
 from masc_probe.runner._store import ProbeStore

@@ -35,7 +35,7 @@ from masc_probe.errors import InputError
 from masc_probe.runner._cache import Reducer
 from masc_probe.runner._checks import entry_path, rebuilt_probe
 from masc_probe.runner._config import RunnerConfig
-from masc_probe.runner._controls import INPUT, Key, LayerKey, public_key
+from masc_probe.runner._keys import INPUT, Key, LayerKey, public_key
 from masc_probe.runner._fit import FitResult
 from masc_probe.runner._plan import Plan
 from masc_probe.runner._store import ProbeStore, probe_state, write_tensors

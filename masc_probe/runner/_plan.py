@@ -8,7 +8,7 @@ from typing import Any
 
 from masc_probe.probes._registry import SPECS
 from masc_probe.runner._config import RunnerConfig
-from masc_probe.runner._controls import LayerKey
+from masc_probe.runner._keys import LayerKey
 
 # Bytes per d² entry of one scatter-form class, as the probes count it against their max_memory: the float64
 # accumulator and, once solved, its float32 decomposition factors (masc_probe.probes._stats).

@@ -29,7 +29,7 @@ from masc_probe.errors import InputError, UnknownNameError
 from masc_probe.runner._cache import Reducer
 from masc_probe.runner._checks import WidthCheck, check_projections, entry_path
 from masc_probe.runner._config import RunnerConfig
-from masc_probe.runner._controls import INPUT
+from masc_probe.runner._keys import INPUT
 from masc_probe.runner._fit import FitResult
 from masc_probe.runner._forward import model_device
 from masc_probe.runner._persist import SETTINGS, load_fitted, read_settings, runner_arguments, save_runner

@@ -41,7 +41,8 @@ from masc_probe.report import ProbeReport
 from masc_probe.runner import _persist, _pretrained
 from masc_probe.runner._cache import Reducer
 from masc_probe.runner._config import RunnerConfig, Settings
-from masc_probe.runner._controls import ControlModel, bind_layers, public_key, resolve
+from masc_probe.runner._controls import ControlModel, bind_layers, resolve
+from masc_probe.runner._keys import public_key
 from masc_probe.runner._data import data_record, num_classes_of
 from masc_probe.runner._evaluate import build_report, evaluate_pass, model_name_of, predict_rows
 from masc_probe.runner._fit import FitResult, fit

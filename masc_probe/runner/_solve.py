@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from masc_probe.errors import InputError
 from masc_probe.probes._registry import SPECS
 from masc_probe.runner import _distributed as dist
-from masc_probe.runner._controls import Key, public_key
+from masc_probe.runner._keys import Key, public_key
 from masc_probe.runner._fit_state import CHUNK_BYTES, INDEX, FitState, freeze, new_estimator
 from masc_probe.runner._forward import release_free_memory
 from masc_probe.runner._store import read_probe, write_probe

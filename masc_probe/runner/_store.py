@@ -23,7 +23,7 @@ import torch
 
 from masc_probe import _atomic
 from masc_probe.probes._registry import SPECS, probe_from_state
-from masc_probe.runner._controls import Key, public_key
+from masc_probe.runner._keys import Key, public_key
 
 
 def probe_state(probe: str, est: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

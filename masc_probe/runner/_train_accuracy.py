@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from masc_probe.runner import _distributed as dist
-from masc_probe.runner._controls import Key
+from masc_probe.runner._keys import Key
 from masc_probe.runner._evaluate import predict_rows
 from masc_probe.runner._fit_state import CHUNK_BYTES, FitState
 from masc_probe.runner._forward import release_free_memory
