@@ -193,6 +193,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="checkpoints kept: the final one (default), or dense (epochs 0, 2, …, 20, then every 5th: "
                         "for MASC over training, e.g. `masc-probe probe RUN --all-checkpoints`)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default: the preset's)")
+    p.add_argument("--mixed-precision", choices=("no", "bf16"), default="no",
+                   help="autocast for training (default no, fp32): bf16 changes the numbers, so its run folders get a "
+                        "'-bf16' suffix and its cells their own key")
     p.add_argument("--subset", type=int, default=None,
                    help="train on N training images (stratified by true class, seeded by --subset-seed)")
     p.add_argument("--test-subset", type=int, default=None, help="score on N test images (default: all)")
@@ -345,7 +348,13 @@ def run_dir(args: argparse.Namespace, job: Job) -> Path:
     batch = f"-b{args.batch_size}" if args.batch_size else ""
     protocol = "" if args.protocol == "clean" else f"-{args.protocol}"
     return Path(args.work_dir) / f"{job.model}-{job.data_name}-{args.preset}{batch}-{subset}-p{job.rate:g}-s{job.seed}" \
-        f"{protocol}"
+        f"{protocol}{precision_suffix(args)}"
+
+
+def precision_suffix(args: argparse.Namespace) -> str:
+    """"" for fp32 training (every run before the flag existed), else "-bf16": a run folder's and a cell key's tail."""
+    precision = getattr(args, "mixed_precision", "no")
+    return "" if precision == "no" else f"-{precision}"
 
 
 def corruption_seed(args: argparse.Namespace, job: Job) -> int:
@@ -378,6 +387,8 @@ def train_config(args: argparse.Namespace, job: Job, num_classes: int, preproces
         overrides["max_epochs"] = max_epochs or args.max_epochs
     if args.batch_size is not None:
         overrides["batch_size"] = args.batch_size
+    if getattr(args, "mixed_precision", "no") != "no":
+        overrides["mixed_precision"] = args.mixed_precision
     return preset_config(job.model, job.family, preset=args.preset, **overrides)
 
 
@@ -506,7 +517,8 @@ def run_one(args: argparse.Namespace, job: Job, test_batches: Any, n_test: int,
         "training": {"preset": args.preset, "optimizer": config.optimizer, "lr": config.lr,
                      **({"momentum": config.momentum} if config.optimizer == "sgd" else {}),
                      "batch_size": config.batch_size, "lr_schedule": config.lr_schedule, "lr_last": last.get("lr"),
-                     "max_epochs": saved["training"]["max_epochs"] if saved else config.max_epochs},
+                     "max_epochs": saved["training"]["max_epochs"] if saved else config.max_epochs,
+                     "mixed_precision": config.mixed_precision},
         # seconds_data: loading, corrupting and (tensors) decoding the data; seconds_train includes it
         "seconds_data": round(t_data, 1), "seconds_train": round(t_train, 1),
     }
@@ -1118,7 +1130,7 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 def publish_run(table_path: Path, args: argparse.Namespace, job: Job, command: str, result: dict[str, Any]) -> None:
     """Merge one probed run into its cell of the table."""
     result = {**result, "paper_row": job.paper_row, "command": command}
-    key = cell_key(job.row, job.rate, result["n_train"], args.protocol, args.preset)
+    key = cell_key(job.row, job.rate, result["n_train"], args.protocol, args.preset) + precision_suffix(args)
     update_table(table_path, [(key, make_cell(job, args, result), {str(job.seed): result})])
 
 

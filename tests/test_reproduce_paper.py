@@ -179,6 +179,18 @@ def test_n_sweep_runs_are_the_training_queues_folders(shared_mnist: Path) -> Non
     assert (rp.run_dir(args, job).name, job.row, job.family) == ("mlp-mnist-fast-n1500-p0.8-s2", "mlp-mnist", "mnist")
 
 
+def test_bf16_runs_get_their_own_folder_config_and_cell(shared_mnist: Path) -> None:
+    # bf16 autocast changes the numbers: its runs never land in an fp32 folder (which train() would resume) or cell.
+    base = ["--dataset", str(shared_mnist), "--rates", "0.8", "--seeds", "1", "--preset", "fast"]
+    fp32, bf16 = rp.parse_args(base), rp.parse_args([*base, "--mixed-precision", "bf16"])
+    (job,) = rp.plan(bf16)
+    assert rp.run_dir(fp32, job).name == "mlp-mnist-fast-nall-p0.8-s1"
+    assert rp.run_dir(bf16, job).name == "mlp-mnist-fast-nall-p0.8-s1-bf16"
+    assert rp.train_config(fp32, job, 10, None).mixed_precision == "no"
+    assert rp.train_config(bf16, job, 10, None).mixed_precision == "bf16"
+    assert (rp.precision_suffix(fp32), rp.precision_suffix(bf16)) == ("", "-bf16")
+
+
 def test_full_set_covers_every_row_rate_and_seed() -> None:
     args = rp.parse_args(["--full", "--device", "cpu"])
     assert args.run_set == "full"
