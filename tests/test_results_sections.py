@@ -44,3 +44,40 @@ def test_memorization_section_quotes_its_results_file() -> None:
     section = _between(mem.BEGIN, mem.END)
     row = next(line for line in section.splitlines() if line.startswith("| 0 | ") and "memorizer" in line)
     assert f"{entry['accuracy']:.3f} {entry['layer']}" in row
+
+
+def _synthetic_run(rate: float, base: float) -> dict:
+    """A paper_table.json run of the headline recipe at *rate*: probe p reads base + i/100 after training and
+    base − i/1000 at init (layer fc2 / fc4), so every memorizer − init difference is known by construction."""
+    probes = ("masc", "ncm", "lda", "qda", "knn", "linear")
+    trained = {f"{p}/{lab}": {"without_input": {"layer": "fc2", "accuracy": base + i / 100}}
+               for i, p in enumerate(probes) for lab in ("corrupted", "true")}
+    init = {f"{p}/{lab}": {"without_input": {"layer": "fc4", "accuracy": base - i / 1000}}
+            for i, p in enumerate(probes) for lab in ("corrupted", "true")}
+    return {"seed": 0, "rate": rate, "epochs": 90, "memorized": True, "model_test_accuracy": 0.5, "probes": trained,
+            "controls": {"random_init": {"model_test_accuracy": 0.1, "probes": init},
+                         "raw_input": {f"{p}/corrupted": 0.7 for p in probes}}}
+
+
+def test_rate_runs_table_and_gaps_follow_the_table() -> None:
+    mem = importlib.import_module("memorization")
+    table = {"cells": {f"mlp-mnist/p{r:g}/n60000/clean/fast": {"runs": {"0": _synthetic_run(r, 0.6 + r / 10)}}
+                       for r in (0.4, 0.2)}}
+    runs = mem.rate_runs(table)
+    assert [r["rate"] for r in runs] == [0.2, 0.4]  # by rate, whatever the table's order
+    rows = mem.six_probe_table(runs, column="rate")
+    assert rows[0].startswith("| p | epochs |")
+    first = next(line for line in rows if line.startswith("| 0.2 | 90 |"))
+    assert "0.620 fc2" in first and "0.670 fc2" in first  # masc (i = 0) and linear (i = 5) at base 0.62
+    gaps = mem.rate_gap_table(runs)
+    # masc: 0 - 0 = 0; linear: 5/100 + 5/1000 = +0.055
+    assert "| 0.4 | 0 | corrupted | +0.000 | +0.011 | +0.022 | +0.033 | +0.044 | +0.055 |" in gaps
+    line = next(s for s in mem.conclusion([], [], runs) if "The same protocol at" in s)
+    assert "p = 0.2, 0.4" in line and "memorized at epochs 90, 90" in line and "+0.000, +0.000" in line
+
+
+def test_controls_rate_table_falls_back_to_the_tables_trained_run() -> None:
+    mc = importlib.import_module("memorization_controls")
+    table = {"cells": {"mlp-mnist/p0.4/n60000/clean/fast": {"runs": {"0": _synthetic_run(0.4, 0.8)}}}}
+    assert mc._table_trained(table, 0.4, "corrupted") == (0.5, (0.8, "fc2"))
+    assert mc._table_trained(table, 0.6, "corrupted") == (None, None)
