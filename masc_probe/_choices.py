@@ -31,6 +31,16 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 # Probe names of masc_probe.probes.PROBES, in registry order; what each can do is its ProbeSpec there.
 PROBE_NAMES = ("masc", "ncm", "linear", "velpic", "knn", "lda", "qda")
 DEFAULT_PROBES = ("masc", "ncm", "linear")
+# How the report's sentences and the model card name each probe: (in a sentence, in the card's list of baselines).
+PROBE_TEXT = {
+    "masc": ("MASC", "MASC (minimum angle to each class's subspace)"),
+    "ncm": ("nearest class mean", "nearest class mean (cosine)"),
+    "linear": ("the linear probe", "a linear probe (logistic regression)"),
+    "velpic": ("VeLPIC", "VeLPIC (top eigenvector per class)"),
+    "knn": ("kNN", "k-nearest neighbours (cosine, k=5)"),
+    "lda": ("LDA", "LDA"),
+    "qda": ("QDA", "QDA"),
+}
 # Candidate probes of label-issue detection (find_label_issues, masc-probe label-issues). QDA is left out: one d x d
 # eigendecomposition per class and fold made it the bulk of the time on the MLP's 2048-wide layers (over 10 minutes on
 # digits on one thread, against about one for the other three).

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy.special import softmax
 
-from masc_probe._choices import DEFAULT_PROBES, ISSUE_PROBES, PROBE_NAMES
+from masc_probe._choices import DEFAULT_PROBES, ISSUE_PROBES, PROBE_NAMES, PROBE_TEXT
 from masc_probe.probes import PROBES
 from masc_probe.probes._base import StatisticProbe
 from masc_probe.probes._registry import SPECS, spec
@@ -32,6 +32,7 @@ def blobs() -> tuple[np.ndarray, np.ndarray]:
 def test_the_registry_holds_the_names_the_cli_offers_in_their_order() -> None:
     assert tuple(SPECS) == PROBE_NAMES == tuple(PROBES)
     assert set(DEFAULT_PROBES) <= set(PROBE_NAMES) and set(ISSUE_PROBES) <= set(PROBE_NAMES)
+    assert tuple(PROBE_TEXT) == PROBE_NAMES  # every probe has its sentence name and card description, in order
     assert all(SPECS[name].name == name and PROBES[name] is SPECS[name].factory for name in PROBE_NAMES)
 
 

@@ -12,16 +12,15 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from masc_probe._version import __version__
-from masc_probe._choices import TIMM_PREFIX
+from masc_probe._choices import PROBE_TEXT, TIMM_PREFIX
 from masc_probe.errors import InputError
 from masc_probe.report import ProbeReport, ReportView, build_view, fmt
 from masc_probe.report import _markdown
 
 TEMPLATE = Path(__file__).parent / "templates" / "modelcard.md"
 TAGS = ["masc-probe", "memorization", "label-noise"]
-_BASELINES = {"ncm": "nearest class mean (cosine)", "linear": "a linear probe (logistic regression)",
-              "velpic": "VeLPIC (top eigenvector per class)", "knn": "k-nearest neighbours (cosine, k=5)",
-              "lda": "LDA", "qda": "QDA"}
+# The baselines beside MASC, as the card lists them.
+_BASELINES = {name: described for name, (_, described) in PROBE_TEXT.items() if name != "masc"}
 # Bookkeeping that does not change the weights: left out of the card's training table (config.json keeps it).
 _NOT_TRAINING = {"checkpoint_dense_until", "checkpoint_every", "eval_batch_size", "keep_checkpoints", "num_classes",
                  "progress"}

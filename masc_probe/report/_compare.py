@@ -22,6 +22,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from masc_probe._choices import PROBE_TEXT
 from masc_probe.errors import InputError
 from masc_probe.report._format import fmt, size_text
 
@@ -31,8 +32,7 @@ _LEVEL = 0.95
 _Z95 = 1.959963984540054  # two-sided 95% normal quantile
 _LABELS_TEXT = {"corrupted": "corrupted-label subspaces", "true": "true-label subspaces",
                 "label": "training-label subspaces"}
-_PROBE_TEXT = {"masc": "MASC", "ncm": "nearest class mean", "linear": "the linear probe", "velpic": "VeLPIC",
-               "knn": "kNN", "lda": "LDA", "qda": "QDA"}
+_PROBE_TEXT = {name: text for name, (text, _) in PROBE_TEXT.items()}  # how a sentence names a probe
 
 
 def wilson_interval(accuracy: float, n: int, *, z: float = _Z95) -> list[float]:
