@@ -152,7 +152,10 @@ def run_rows(argv: list[str]) -> None:
                         corruption=run["corruption"], layers=rp.probe_layers(net),
                         extra={"training": {"epochs": metrics[-1]["epoch"]}})
         _copy_run_files(path, got["reports"]["noisy"])
+        precision = json.loads((path / "config.json").read_text()).get("masc_probe", {}).get("training", {}).get(
+            "mixed_precision", "no")
         entry = {"row": job.row, "rate": job.rate, "n_train": run["n_train"], "seed": job.seed,
+                 **({"mixed_precision": precision} if precision != "no" else {}),
                  "epochs": metrics[-1]["epoch"], "model_test_accuracy": got["reports"]["noisy"].model_test_accuracy,
                  "seconds_fit": got["seconds_fit"], "seconds_total": got["seconds_total"],
                  **summarize(got["reports"])}
@@ -202,7 +205,14 @@ def _diff(d: dict[str, Any] | None) -> str:
     return f"{d['difference']:+.3f} [{low:+.3f}, {high:+.3f}]".replace("-", "−")
 
 
+def fp32_entries(table: dict[str, Any]) -> dict[str, Any]:
+    """The entries of runs trained in fp32 (every run but those of reproduce_paper.py --mixed-precision bf16, which
+    memorization.py sets beside their fp32 twins instead of counting them as further memorizers)."""
+    return {k: e for k, e in table.items() if e.get("mixed_precision", "no") == "no"}
+
+
 def markdown(table: dict[str, Any]) -> str:
+    table = fp32_entries(table)
     lines = [BEGIN, "### Choosing without clean labels (selection.py)", "",
              "Built by `python benchmarks/selection.py --markdown` from `benchmarks/results/selection.json`. Each "
              "run: MASC fitted once on the training labels (corrupted-label and true-label subspaces) for the "

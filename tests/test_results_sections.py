@@ -81,3 +81,26 @@ def test_controls_rate_table_falls_back_to_the_tables_trained_run() -> None:
     table = {"cells": {"mlp-mnist/p0.4/n60000/clean/fast": {"runs": {"0": _synthetic_run(0.4, 0.8)}}}}
     assert mc._table_trained(table, 0.4, "corrupted") == (0.5, (0.8, "fc2"))
     assert mc._table_trained(table, 0.6, "corrupted") == (None, None)
+
+
+def _selection_entry(acc: float, precision: str | None = None) -> dict:
+    pick = {"accuracy": acc, "layer": "fc2", "size": 0.7}
+    series = {"trained": {"noisy": pick, "rule_0.99": pick}, "init": {"noisy": pick, "rule_0.99": pick},
+              "input": {"noisy": pick, "rule_0.99": pick},
+              "differences": {"noisy/init": {"difference": 0.0, "ci": [-0.01, 0.01], "verdict": "no difference"}}}
+    entry = {"row": "mlp-mnist", "rate": 0.8, "n_train": 15000, "seed": 0, "epochs": 79, "model_test_accuracy": 0.3,
+             "series": {"corrupted": series}}
+    return {**entry, "mixed_precision": precision} if precision else entry
+
+
+def test_bf16_runs_sit_beside_their_fp32_twin_and_count_nowhere_else() -> None:
+    mem, sel = importlib.import_module("memorization"), importlib.import_module("selection")
+    table = {"a-s0": _selection_entry(0.8), "a-s0-bf16": _selection_entry(0.7, "bf16"), "b-s1": _selection_entry(0.6)}
+    assert list(sel.fp32_entries(table)) == ["a-s0", "b-s1"]
+    assert [k for k, _ in mem.mnist_selection(table)] == ["a-s0", "b-s1"]
+    (pair,) = mem.precision_pairs(table)
+    assert (pair[0][0], pair[1][0]) == ("a-s0", "a-s0-bf16")
+    rows = mem.precision_table([pair])
+    assert "| a-s0 | fp32 |" in rows[2] and "0.800 fc2 t = 0.7" in rows[2]
+    assert "| a-s0 | bf16 |" in rows[3] and "0.700 fc2 t = 0.7" in rows[3]
+    assert "a-s0-bf16" not in sel.markdown(table)  # the selection section counts fp32 memorizers only
