@@ -172,3 +172,19 @@ def test_a_profile_saved_whole_before_it_read_the_stack_loads_and_predicts_the_s
     del meta["profile"]["shared"]
     old = MASC.from_state(arrays, meta, torch.device("cpu"))
     np.testing.assert_array_equal(old.predict_profile(Xt), frozen.predict_profile(Xt))
+
+
+def test_column_runs_sum_as_index_add_does() -> None:
+    # Runs of equal consecutive entries (a stack's classes, a profile's segments), a skipped dummy among them and
+    # an output column fed by two separate runs: the same sums as index_add_ over the columns, in float64.
+    from masc_probe.probes._base import add_column_runs, column_runs
+
+    index = np.array([0, 0, 0, 3, 3, 1, 5, 5, 5, 5, 0, 2, 2, 5], dtype=np.int64)
+    runs = column_runs(torch.from_numpy(index), skip=5)
+    assert runs == [(0, 3, 0), (3, 5, 3), (5, 6, 1), (10, 11, 0), (11, 13, 2)]
+    values = torch.randn(7, len(index), dtype=torch.float64)
+    expected = torch.zeros(7, 6, dtype=torch.float64).index_add_(1, torch.from_numpy(index), values)
+    expected[:, 5] = 0  # the skipped segment stays as it was
+    got = add_column_runs(torch.zeros(7, 6, dtype=torch.float64), values, runs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    assert column_runs(np.zeros(0, np.int64)) == []

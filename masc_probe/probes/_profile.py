@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from masc_probe.probes._base import row_blocks
+from masc_probe.probes._base import add_column_runs, column_runs, row_blocks
 from masc_probe.probes._linalg import matmul
 
 __all__: list[str] = []  # internal module
@@ -49,9 +49,10 @@ class _Profile:
         self.ks = np.asarray(ks, np.int64).reshape(len(self.sizes), len(self.kmax))
         cuts, lo, hi = _layout(self.kmax, self.ks)
         self._n_segments = int(lo[-1])
-        # Segment of each stack column (the dummy last segment where the profile does not read it) and each row.
-        self._from_stack = _stack_segments(cuts, lo, self.counts, self.shared)
-        self._from_rows = _row_segments(cuts, lo, self.kmax, self.shared)
+        # Segment of each stack column (the dummy last segment where the profile does not read it) and each row,
+        # as runs of consecutive columns with the dummy segment's left out: what predict sums.
+        self._stack_runs = column_runs(_stack_segments(cuts, lo, self.counts, self.shared), skip=self._n_segments)
+        self._row_runs = column_runs(_row_segments(cuts, lo, self.kmax, self.shared), skip=self._n_segments)
         self._use_stack = bool(self.shared.any())
         # Column of the segments' cumulative sum (leading zero column) that ends class c's top-k_c at each size,
         # and the one where class c starts.
@@ -106,16 +107,15 @@ class _Profile:
         out = torch.empty(S, X.shape[0], dtype=torch.int64)
         dev = X.device
         stack, rows = self.stack.to(dev), self.rows.to(dev)
-        from_stack, from_rows = self._from_stack.to(dev), self._from_rows.to(dev)
         hi, lo, whole = self._hi.to(dev), self._lo.to(dev), self._whole.to(dev).view(1, S, C)
         blocks = row_blocks(X.shape[0], max(stack.shape[1] if self._use_stack else 0, rows.shape[0]))
         for start in blocks:
             block = X[start : start + blocks.step]
             parts = torch.zeros(block.shape[0], self._n_segments + 1, dtype=torch.float32, device=dev)
             if self._use_stack:
-                parts.index_add_(1, from_stack, matmul(block, stack).square_())
+                add_column_runs(parts, matmul(block, stack).square_(), self._stack_runs)
             if rows.shape[0]:
-                parts.index_add_(1, from_rows, matmul(block, rows.T).square_())
+                add_column_runs(parts, matmul(block, rows.T).square_(), self._row_runs)
             cum = torch.nn.functional.pad(torch.cumsum(parts[:, :-1].double(), dim=1), (1, 0))
             inside = (cum[:, hi].view(-1, S, C) - cum[:, lo].view(-1, 1, C)).clamp_(min=0.0)
             norm2 = torch.sum(block * block, dim=1, dtype=torch.float64).view(-1, 1, 1)

@@ -9,7 +9,7 @@ import torch
 
 from masc_probe._params import check_n_components
 from masc_probe.errors import InputError
-from masc_probe.probes._base import StatisticProbe, row_blocks
+from masc_probe.probes._base import StatisticProbe, add_column_runs, column_runs, row_blocks
 from masc_probe.probes._eigen import Eigen, decompose
 from masc_probe.probes._inputs import _check_X, _output, _resolve_device
 from masc_probe.probes._linalg import gram, matmul
@@ -390,12 +390,13 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
         segment = segment.to(X.device)
         flip = flip.to(X.device)
         any_flip = bool(flip.any())
+        runs = column_runs(segment)  # the stack holds each class's columns side by side
         blocks = row_blocks(X.shape[0], W.shape[1])
         for start in blocks:
             block = X[start : start + blocks.step]
             projected = matmul(block, W)
             sq = torch.zeros(block.shape[0], n_classes, dtype=torch.float32, device=X.device)
-            sq.index_add_(1, segment, projected.square_())
+            add_column_runs(sq, projected.square_(), runs)
             norm2 = torch.sum(block * block, dim=1, keepdim=True)
             if any_flip:
                 # Classes scored from the complement: ‖Bx‖² = ‖x‖² − ‖B^⊥x‖² (an orthonormal basis of R^d splits
