@@ -335,9 +335,11 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
         rows = arrays["components"]
         if rows.numel() == 0:
             rows = torch.zeros(0, int(meta["n_features"]))
-        # One (d, Σ columns) copy, contiguous as the stack of a fitted MASC, and nothing else kept. Files written
-        # before complements existed have no "complement" entry: every class there is its basis.
-        solution = _FrozenSolution(rows.to(device).T.contiguous(), meta["ks"], meta["solvers"], meta.get("complement"))
+        # One copy, the file's (Σ columns, d) rows, scored through its transpose: BLAS reads a transposed operand
+        # as fast (1,000 x 4,096 by 4,096 x 7,867 on one thread: the same time either way), and a transposing copy
+        # took as long as that product. Files written before complements existed have no "complement" entry: every
+        # class there is its basis.
+        solution = _FrozenSolution(rows.to(device).T, meta["ks"], meta["solvers"], meta.get("complement"))
         if "profile" in meta:
             info = meta["profile"]
             ks = np.asarray(info["ks"], dtype=np.int64).reshape(len(info["sizes"]), len(meta["ks"]))

@@ -36,19 +36,27 @@ def probe_state(probe: str, est: Any) -> tuple[dict[str, torch.Tensor], dict[str
     return arrays, {"probe": probe, **meta}
 
 
-def write_tensors(path: Path, arrays: dict[str, torch.Tensor]) -> None:
-    """Arrays to one safetensors file, atomically."""
+def write_tensors(path: Path, arrays: dict[str, torch.Tensor], *, durable: bool = True) -> None:
+    """Arrays to one safetensors file: atomically (flushed to disk, then renamed) when *durable*, else written in
+    place (a file only this process reads back, in its own temporary folder)."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
-    _atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp)))
+    if durable:
+        _atomic.write_with(path, lambda tmp: save_file(tensors, str(tmp)))
+    else:
+        save_file(tensors, str(path))
 
 
-def write_probe(prefix: Path, probe: str, est: Any) -> None:
-    """One probe to ``prefix.safetensors`` + ``prefix.json``."""
+def write_probe(prefix: Path, probe: str, est: Any, *, durable: bool = True) -> None:
+    """One probe to ``prefix.safetensors`` + ``prefix.json`` (*durable*: see :func:`write_tensors`)."""
     arrays, meta = probe_state(probe, est)
-    write_tensors(prefix.with_suffix(".safetensors"), arrays)
-    _atomic.write_text(prefix.with_suffix(".json"), json.dumps(meta, indent=1) + "\n")
+    write_tensors(prefix.with_suffix(".safetensors"), arrays, durable=durable)
+    text = json.dumps(meta, indent=1) + "\n"
+    if durable:
+        _atomic.write_text(prefix.with_suffix(".json"), text)
+    else:
+        prefix.with_suffix(".json").write_text(text)
 
 
 def read_probe(prefix: Path, device: torch.device) -> Any:
@@ -107,7 +115,8 @@ class ProbeStore(Mapping[Key, Any]):
             self._dir = Path(tempfile.mkdtemp(prefix="masc-probe-fitted-", dir=self.parent))
             self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._dir), True)
         prefix = self._dir / f"p{len(self._spilled):05d}"
-        write_probe(prefix, key[1], est)
+        # The spill folder is this store's own, read only by this process after the write returns: no fsync.
+        write_probe(prefix, key[1], est, durable=False)
         self._spilled[key] = prefix
 
     def reorder(self, keys: list[Key]) -> None:

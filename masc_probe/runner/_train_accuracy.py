@@ -19,7 +19,8 @@ from masc_probe.runner._forward import release_free_memory
 def train_accuracy(state: FitState) -> dict[Key, dict[str, float]]:
     """Accuracy of each probe on the training rows against every label set (a seeded subset when capped).
 
-    Probe by probe (a spilled probe is read from disk once), each over its layer's rows in blocks.
+    Probe by probe (a spilled probe is read from disk once), each over its layer's rows in blocks; the probes of
+    one layer come one after another, so a layer whose rows fit one block reads them from the cache once.
     """
     config, world, cache, store = state.config, state.world, state.cache, state.store
     n = state.n_train
@@ -28,6 +29,8 @@ def train_accuracy(state: FitState) -> dict[Key, dict[str, float]]:
     truth = {name: cache.labels(name)[index] for name in state.label_sets}
     keys = list(store)
     counts: dict[tuple[Any, ...], int] = {}  # (*key, label set) -> rows right
+    last: tuple[Any, ...] | None = None  # (layer, start, stop) of the block read last, kept for the next probe
+    X = torch.zeros(0)
     for ki in tqdm(world.share(len(keys)), desc="fit: training accuracy", leave=False,
                    disable=None if config.progress and world.main else True):
         key = keys[ki]
@@ -35,7 +38,9 @@ def train_accuracy(state: FitState) -> dict[Key, dict[str, float]]:
         step = max(1, CHUNK_BYTES // (4 * state.dims[key[0]]))
         correct = dict.fromkeys(state.label_sets, 0)
         for start in range(0, cap, step):
-            X = torch.from_numpy(cache.rows(key[0], index[start:start + step])).to(state.device)
+            if last != (key[0], start, start + step):
+                X = torch.from_numpy(cache.rows(key[0], index[start:start + step])).to(state.device)
+                last = (key[0], start, start + step)
             pred = predict_rows(key[1], est, X).numpy()
             for s in state.label_sets:
                 correct[s] += int((pred == truth[s][start:start + step]).sum())
