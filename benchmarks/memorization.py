@@ -68,12 +68,21 @@ def headline_runs(table: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def rate_runs(table: dict[str, Any]) -> list[dict[str, Any]]:
-    """The 60,000-image runs of the headline's recipe at p = 0.2, 0.4, 0.6 in paper_table.json, by rate then seed."""
+    """The 60,000-image runs of the headline's recipe at p = 0.2, 0.4, 0.6 in paper_table.json, by rate then seed:
+    the fp32 cell's where there is one, else the bf16 cell's (``reproduce_paper.py --mixed-precision bf16``)."""
     out: list[dict[str, Any]] = []
+    cells = table.get("cells", {})
     for rate in OTHER_RATES:
-        cell = table.get("cells", {}).get(RATE_CELL.format(rate=rate), {})
+        key = RATE_CELL.format(rate=rate)
+        cell = cells.get(key) or cells.get(f"{key}-bf16", {})
         out += [run for _, run in sorted(cell.get("runs", {}).items(), key=lambda kv: int(kv[0]))]
     return out
+
+
+def _precision(run: dict[str, Any]) -> str:
+    """fp32, or the autocast a run trained under (its ``training.mixed_precision``)."""
+    mp = (run.get("training") or {}).get("mixed_precision", "no")
+    return "fp32" if mp in (None, "no") else mp
 
 
 def _best(probes: dict[str, Any], key: str) -> tuple[float | None, str | None]:
@@ -97,7 +106,8 @@ def six_probe_table(runs: list[dict[str, Any]], column: str = "seed") -> list[st
                 acc, layer = _best(probes, f"{p}/corrupted")
                 cells.append(f"{_f(acc)} {layer}" if acc is not None else "—")
             first = name == "memorizer"
-            name_cell = (f"{run[column]:g}" if column == "rate" else run[column]) if first else ""
+            name_cell = (f"{run[column]:g}" + (f" ({_precision(run)})" if _precision(run) != "fp32" else "")
+                         if column == "rate" else run[column]) if first else ""
             out.append(f"| {name_cell} | {run['epochs'] if first else ''} | "
                        f"{_f(run['model_test_accuracy'] if first else (run.get('controls') or {}).get('random_init', {}).get('model_test_accuracy'))} | "
                        f"{name} | " + " | ".join(cells) + " |")
@@ -288,7 +298,9 @@ def conclusion(runs: list[dict[str, Any]], sel: list[tuple[str, dict[str, Any]]]
                      or "no baseline") + " read more after training on every seed.")
     if rates_run:
         gaps = [_init_gap(r, "masc") for r in rates_run]
-        lines.append("The same protocol at p = " + ", ".join(f"{r['rate']:g}" for r in rates_run) + " (60,000 images, "
+        lines.append("The same protocol at p = " + ", ".join(
+                         f"{r['rate']:g}" + (f" ({_precision(r)})" if _precision(r) != "fp32" else "")
+                         for r in rates_run) + " (60,000 images, "
                      "seed " + ", ".join(str(r["seed"]) for r in rates_run) + "; " + (
                          "memorized at epochs " if all(r.get("memorized") for r in rates_run) else
                          "not all memorized, epochs ") +
@@ -382,7 +394,8 @@ def build_section() -> str:
                 "The same recipe and protocol as the table above at p = " + ", ".join(
                     f"{r:g}" for r in sorted({o['rate'] for o in others})) + ": `python benchmarks/reproduce_paper.py "
                 "--row mlp-mnist --rates P --seeds 0 --preset fast --threads 1 --work-dir runs/paper` (train, then "
-                "`--stage probe`). Corrupted-label subspaces, best hidden layer chosen on the test images.", "",
+                "`--stage probe`; a rate marked bf16 trained with `--mixed-precision bf16`, see the bf16 pair "
+                "below). Corrupted-label subspaces, best hidden layer chosen on the test images.", "",
                 *six_probe_table(others, column="rate"), "", "Memorizer − init, best hidden layer each:", "",
                 *rate_gap_table(others), ""]
     if sel:

@@ -242,7 +242,9 @@ def _ms(values: list[float]) -> str:
 def _table_trained(table: dict[str, Any], p: float, labels: str) -> tuple[float | None, tuple[float, str] | None]:
     """The seed-0 60,000-image run at rate *p* in the paper table: its model's test accuracy and MASC's best hidden
     layer at 0.99 on *labels* (None, None where the table has no such run)."""
-    run = table.get("cells", {}).get(f"mlp-mnist/p{p:g}/n60000/clean/fast", {}).get("runs", {}).get("0")
+    cells = table.get("cells", {})
+    key = f"mlp-mnist/p{p:g}/n60000/clean/fast"
+    run = (cells.get(key) or cells.get(f"{key}-bf16", {})).get("runs", {}).get("0")
     if not run:
         return None, None
     best = run.get("probes", {}).get(f"masc/{labels}", {}).get("without_input")

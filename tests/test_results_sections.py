@@ -74,6 +74,14 @@ def test_rate_runs_table_and_gaps_follow_the_table() -> None:
     assert "| 0.4 | 0 | corrupted | +0.000 | +0.011 | +0.022 | +0.033 | +0.044 | +0.055 |" in gaps
     line = next(s for s in mem.conclusion([], [], runs) if "The same protocol at" in s)
     assert "p = 0.2, 0.4" in line and "memorized at epochs 90, 90" in line and "+0.000, +0.000" in line
+    # A rate trained only with bf16 autocast is read from its own cell and marked so wherever it is named.
+    bf16 = _synthetic_run(0.6, 0.7) | {"training": {"mixed_precision": "bf16"}}
+    table["cells"]["mlp-mnist/p0.6/n60000/clean/fast-bf16"] = {"runs": {"0": bf16}}
+    runs = mem.rate_runs(table)
+    assert [r["rate"] for r in runs] == [0.2, 0.4, 0.6]
+    assert any(row.startswith("| 0.6 (bf16) | 90 |") for row in mem.six_probe_table(runs, column="rate"))
+    line = next(s for s in mem.conclusion([], [], runs) if "The same protocol at" in s)
+    assert "p = 0.2, 0.4, 0.6 (bf16)" in line
 
 
 def test_controls_rate_table_falls_back_to_the_tables_trained_run() -> None:
