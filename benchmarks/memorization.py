@@ -156,9 +156,10 @@ def _same_trainings(runs: list[dict[str, Any]], sel: list[tuple[str, dict[str, A
 
 # --------------------------------------------------------------------------- chosen without clean labels vs 0.99
 def mnist_selection(selection: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The fp32 MLP-MNIST runs (bf16 ones are set beside their fp32 twins by precision_table)."""
-    rows = [(k, v) for k, v in selection.items() if v.get("row") == "mlp-mnist"
-            and v.get("mixed_precision", "no") == "no"]
+    """The MLP-MNIST runs, each once (a bf16 run with an fp32 twin is set beside it by precision_table instead)."""
+    import selection as sel
+
+    rows = [(k, v) for k, v in sel.counted_entries(selection).items() if v.get("row") == "mlp-mnist"]
     return sorted(rows, key=lambda kv: (kv[1]["n_train"] or 0, kv[1]["rate"], kv[1]["seed"]))
 
 
@@ -177,7 +178,8 @@ def selection_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
         d = s["differences"].get("noisy/init") or {}
         ci = d.get("ci")
         rule = s["trained"]["rule_0.99"]["accuracy"] - s["init"]["rule_0.99"]["accuracy"]
-        out.append(f"| {e['n_train']:,} | {e['rate']:g} | {e['seed']} | {e['epochs']} | "
+        mp = "" if e.get("mixed_precision", "no") == "no" else f" ({e['mixed_precision']})"
+        out.append(f"| {e['n_train']:,} | {e['rate']:g}{mp} | {e['seed']} | {e['epochs']} | "
                    f"{_f(e['model_test_accuracy'])} | {_pick(s['trained']['noisy'])} | "
                    f"{_pick(s['trained']['rule_0.99'])} | {_pick(s['init']['noisy'])} | {_pick(s['init']['rule_0.99'])} | "
                    f"{_pick(s['input']['noisy'])} | {_pick(s['input']['rule_0.99'])} | "
@@ -333,7 +335,8 @@ def conclusion(runs: list[dict[str, Any]], sel: list[tuple[str, dict[str, Any]]]
         def rule(e: dict[str, Any]) -> float:
             s = e["series"]["corrupted"]
             return s["trained"]["rule_0.99"]["accuracy"] - s["init"]["rule_0.99"]["accuracy"]
-        lines.append("At p = " + ", ".join(f"{e['rate']:g}" for e in rates) + " (n = " + ", ".join(
+        lines.append("At p = " + ", ".join(f"{e['rate']:g}" + ("" if e.get("mixed_precision", "no") == "no" else
+                                                            f" ({e['mixed_precision']})") for e in rates) + " (n = " + ", ".join(
             f"{e['n_train']:,}" for e in rates) + "), trained − init at each network's choice: " + ", ".join(
             f"{e['series']['corrupted']['differences']['noisy/init']['difference']:+.3f}" for e in rates) + " (" +
             ", ".join(e["series"]["corrupted"]["differences"]["noisy/init"]["verdict"] for e in rates) +

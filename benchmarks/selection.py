@@ -205,14 +205,20 @@ def _diff(d: dict[str, Any] | None) -> str:
     return f"{d['difference']:+.3f} [{low:+.3f}, {high:+.3f}]".replace("-", "−")
 
 
-def fp32_entries(table: dict[str, Any]) -> dict[str, Any]:
-    """The entries of runs trained in fp32 (every run but those of reproduce_paper.py --mixed-precision bf16, which
-    memorization.py sets beside their fp32 twins instead of counting them as further memorizers)."""
-    return {k: e for k, e in table.items() if e.get("mixed_precision", "no") == "no"}
+def counted_entries(table: dict[str, Any]) -> dict[str, Any]:
+    """Every run once: a run trained with autocast (reproduce_paper.py --mixed-precision bf16) whose fp32 twin (the
+    same name without the suffix) is in the table is left out here (memorization.py sets the two side by side); one
+    without a twin counts, its precision named beside its row."""
+    return {k: e for k, e in table.items() if e.get("mixed_precision", "no") == "no"
+            or k.removesuffix(f"-{e['mixed_precision']}") not in table}
+
+
+def _precision(entry: dict[str, Any]) -> str:
+    return "" if entry.get("mixed_precision", "no") == "no" else f" ({entry['mixed_precision']})"
 
 
 def markdown(table: dict[str, Any]) -> str:
-    table = fp32_entries(table)
+    table = counted_entries(table)
     lines = [BEGIN, "### Choosing without clean labels (selection.py)", "",
              "Built by `python benchmarks/selection.py --markdown` from `benchmarks/results/selection.json`. Each "
              "run: MASC fitted once on the training labels (corrupted-label and true-label subspaces) for the "
@@ -237,7 +243,8 @@ def markdown(table: dict[str, Any]) -> str:
                     continue
                 same = e.get("noisy") and e.get("oracle") and (e["noisy"]["layer"], e["noisy"]["size"]) == (
                     e["oracle"]["layer"], e["oracle"]["size"])
-                lines.append(f"| {entry['row']} p={entry['rate']:g} | {entry['n_train']:,} | {entry['seed']} | "
+                lines.append(f"| {entry['row']} p={entry['rate']:g}{_precision(entry)} | {entry['n_train']:,} | "
+                             f"{entry['seed']} | "
                              f"{network} | {_fmt(e.get('noisy'))} | {_fmt(e.get('clean'))} | "
                              f"{_fmt(e.get('rule_0.99'))} | {_fmt(e.get('oracle'))} | {'yes' if same else 'no'} |")
         lines += ["", f"**Paired differences, {title}** (trained − control, each at its own choice):", "",
@@ -247,7 +254,8 @@ def markdown(table: dict[str, Any]) -> str:
             d = entry["series"].get(labels, {}).get("differences")
             if not d:
                 continue
-            lines.append(f"| {entry['row']} p={entry['rate']:g} n={entry['n_train']:,} | {entry['seed']} | "
+            lines.append(f"| {entry['row']} p={entry['rate']:g} n={entry['n_train']:,}{_precision(entry)} | "
+                         f"{entry['seed']} | "
                          + " | ".join(_diff(d.get(k)) for k in ("noisy/init", "noisy/input", "clean/init",
                                                                "clean/input")) + " |")
         lines.append("")
@@ -257,7 +265,7 @@ def markdown(table: dict[str, Any]) -> str:
 
 
 def _cell(entry: dict[str, Any]) -> str:
-    return f"{entry['row']} p={entry['rate']:g} n={entry['n_train']:,}"
+    return f"{entry['row']} p={entry['rate']:g} n={entry['n_train']:,}{_precision(entry)}"
 
 
 def _summary(table: dict[str, Any]) -> list[str]:

@@ -103,9 +103,12 @@ def _selection_entry(acc: float, precision: str | None = None) -> dict:
 
 def test_bf16_runs_sit_beside_their_fp32_twin_and_count_nowhere_else() -> None:
     mem, sel = importlib.import_module("memorization"), importlib.import_module("selection")
-    table = {"a-s0": _selection_entry(0.8), "a-s0-bf16": _selection_entry(0.7, "bf16"), "b-s1": _selection_entry(0.6)}
-    assert list(sel.fp32_entries(table)) == ["a-s0", "b-s1"]
-    assert [k for k, _ in mem.mnist_selection(table)] == ["a-s0", "b-s1"]
+    table = {"a-s0": _selection_entry(0.8), "a-s0-bf16": _selection_entry(0.7, "bf16"), "b-s1": _selection_entry(0.6),
+             "c-s0-bf16": _selection_entry(0.5, "bf16")}
+    # the twin sits beside a-s0 only; c-s0-bf16 has no fp32 twin and counts as a memorizer of its own
+    assert list(sel.counted_entries(table)) == ["a-s0", "b-s1", "c-s0-bf16"]
+    assert [k for k, _ in mem.mnist_selection(table)] == ["a-s0", "b-s1", "c-s0-bf16"]
+    assert "| mlp-mnist p=0.8 (bf16) | 15,000 | 0 | trained |" in sel.markdown(table)
     (pair,) = mem.precision_pairs(table)
     assert (pair[0][0], pair[1][0]) == ("a-s0", "a-s0-bf16")
     rows = mem.precision_table([pair])
