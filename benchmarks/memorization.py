@@ -304,8 +304,8 @@ def conclusion(runs: list[dict[str, Any]], sel: list[tuple[str, dict[str, Any]]]
                          f"{r['rate']:g}" + (f" ({_precision(r)})" if _precision(r) != "fp32" else "")
                          for r in rates_run) + " (60,000 images, "
                      "seed " + ", ".join(str(r["seed"]) for r in rates_run) + "; " + (
-                         "memorized at epochs " if all(r.get("memorized") for r in rates_run) else
-                         "not all memorized, epochs ") +
+                         ("memorized at epoch" if all(r.get("memorized") for r in rates_run) else
+                          "not all memorized, epoch") + ("s " if len(rates_run) > 1 else " ")) +
                      ", ".join(str(r["epochs"]) for r in rates_run) + "): memorizer − init, MASC corrupted " +
                      ", ".join("—" if g is None else f"{g:+.3f}" for g in gaps) + ".")
     big = [e for _, e in sel if e["n_train"] in (60000, None) and e["rate"] == 0.8]
