@@ -358,11 +358,15 @@ def conclusion(runs: list[dict[str, Any]], sel: list[tuple[str, dict[str, Any]]]
         state = (f"memorized at epoch {d['memorized_epoch']}" if d.get("memorized_epoch") is not None else
                  f"not memorized by epoch {d['last_epoch']}: {eps[-1]['train_accuracy_given']:.3f} of the given "
                  "labels fitted")
+        below = [e["epoch"] for e in eps if e["epoch"] > 0
+                 and e["selection"]["corrupted"]["noisy"]["accuracy"] < init["accuracy"]]
+        where = (f"below it at {len(below)} of them, the first at epoch {below[0]}, the last checkpoint at "
+                 f"{chosen[-1]:.3f}" if below else "above it at every one")
         lines.append(f"The authors' recipe ({d['training'].get('optimizer')}, {d['n_train']:,} images; {state}): "
                      f"the model's own test accuracy peaks at {peak['model_test_accuracy']:.3f} (epoch "
-                     f"{peak['epoch']}) and falls to {eps[-1]['model_test_accuracy']:.3f}, while the chosen readout "
-                     f"stays at {min(chosen):.3f}–{max(chosen):.3f} against its init's {init['accuracy']:.3f} "
-                     f"({len(chosen)} checkpoints after epoch 0).")
+                     f"{peak['epoch']}) and falls to {eps[-1]['model_test_accuracy']:.3f}; the chosen readout "
+                     f"ranges {min(chosen):.3f}–{max(chosen):.3f} over {len(chosen)} checkpoints after epoch 0 "
+                     f"against its init's {init['accuracy']:.3f}, {where}.")
     return [f"**Conclusion ({CONCLUSION_DATE}; MLP-MNIST; what the numbers below show, no more):**", "",
             *[f"{i}. {s}" for i, s in enumerate(lines, 1)]]
 
