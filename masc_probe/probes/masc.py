@@ -388,11 +388,10 @@ class MinimumAngleSubspaceClassifier(StatisticProbe):
             W, segment, flip = solution.stack(np.array([s.k_for(n_components) for s in solution.subspaces]))
         n_classes = len(solution.subspaces)
         out = torch.empty(X.shape[0], n_classes, dtype=torch.float32, device=X.device)
+        runs = column_runs(segment)  # the stack holds each class's columns side by side (read where it lives)
         W = W.to(X.device)
-        segment = segment.to(X.device)
         flip = flip.to(X.device)
         any_flip = bool(flip.any())
-        runs = column_runs(segment)  # the stack holds each class's columns side by side
         blocks = row_blocks(X.shape[0], W.shape[1])
         for start in blocks:
             block = X[start : start + blocks.step]
