@@ -78,6 +78,29 @@ def test_matches_float64_reference(data, solver, n_components) -> None:
     np.testing.assert_allclose(masc.cosines(X_test), cos, atol=2e-5)
 
 
+@pytest.mark.parametrize("solver", ["scatter", "gram", "auto"])
+def test_stack_columns_span_the_reference_subspaces_and_are_held_once(data, solver) -> None:
+    """Each class's block of the stack is an orthonormal basis of the float64 reference's top-k_c eigenvectors
+    (equal projectors), the stack is held as rows (its transpose, what is saved, needs no copy), and each class's
+    kept basis is a view of it, not a second copy."""
+    X, y, _ = data
+    masc = MASC(0.9, solver=solver).fit(X, y)
+    W, segment, flip = masc._solution.stacked
+    assert not bool(flip.any())  # d = 48 and k_c <= 6: every class is scored from its basis
+    assert W.T.is_contiguous()
+    storage = W.untyped_storage().data_ptr()
+    for c, k in zip(np.unique(y), masc.n_components_, strict=True):
+        Xc = X[y == c].astype(np.float64)
+        _, V = np.linalg.eigh(Xc.T @ Xc)
+        ref = V[:, ::-1][:, :k]
+        block = W[:, (segment == c).nonzero().flatten()].double().numpy()
+        assert block.shape == (X.shape[1], k)
+        np.testing.assert_allclose(block.T @ block, np.eye(k), atol=1e-5)
+        np.testing.assert_allclose(block @ block.T, ref @ ref.T, atol=1e-4)
+    for sub in masc._solution.subspaces:
+        assert sub._basis.untyped_storage().data_ptr() == storage
+
+
 def test_auto_solver_mixes_forms_by_class_size(data) -> None:
     X, y, _ = data
     masc = MASC(solver="auto").fit(X, y)

@@ -112,7 +112,7 @@ class _TridiagonalEigen(Eigen):
             y = torch.from_numpy(np.ascontiguousarray(self._tridiagonal_vectors[:, columns]))
             with limited_threads(probe_threads()):
                 y[1:] = torch.ormqr(self._reflectors, self._tau, y[1:])
-            self._v = torch.cat([self._v, y], dim=1)
+            self._v = torch.cat([self._v, y], dim=1) if have else y
         return self._v[:, :k]
 
     def complement(self, k: int) -> torch.Tensor:

@@ -13,6 +13,7 @@ default): under load, waking a second thread took longer than such a product (a 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from masc_probe.probes._threads import limited_threads, probe_threads
@@ -44,9 +45,13 @@ def scatter(rows: torch.Tensor) -> torch.Tensor:
     return rows.T @ rows
 
 
-def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b for float32 matrices on one device."""
+def matmul(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """a @ b for float32 matrices on one device; into *out* (C-contiguous, the product's shape) where given, which
+    spares the copy of a product that is only written somewhere else (a row block of a stack)."""
     if a.device.type == "cpu":
         with limited_threads(_threads(2 * a.shape[0] * a.shape[1] * b.shape[1])):
-            return torch.from_numpy(a.numpy() @ b.numpy())
-    return a @ b
+            if out is None:
+                return torch.from_numpy(a.numpy() @ b.numpy())
+            np.matmul(a.numpy(), b.numpy(), out=out.numpy())
+            return out
+    return a @ b if out is None else torch.matmul(a, b, out=out)

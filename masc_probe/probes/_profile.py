@@ -91,8 +91,11 @@ class _Profile:
         complement = flip.cpu().numpy().astype(bool)
         counts = np.where(complement, d - np.asarray(fitted_ks), fitted_ks).astype(np.int64)
         shared = np.where(complement, 0, np.minimum(fitted_ks, kmax)).astype(np.int64)
-        parts = [s.basis_rows(int(a), int(b)).to(device) for s, a, b in zip(subspaces, shared, kmax, strict=True)]
-        extra = torch.cat(parts) if parts else torch.zeros(0, d)
+        extra = torch.empty(int(np.maximum(kmax - shared, 0).sum()), d, dtype=torch.float32, device=device)
+        start = 0
+        for s, a, b in zip(subspaces, shared.tolist(), kmax.tolist(), strict=True):
+            s.basis_rows(a, b, out=extra[start : start + max(b - a, 0)])
+            start += max(b - a, 0)
         return cls((W.to(device), counts), shared, extra.to(device, torch.float32), kmax, kept_in_order, ks,
                    [s for s in sizes if s in dropped])
 

@@ -48,24 +48,59 @@ class _Subspace:
         if k > have and self.eigen is not None:
             vectors = self.eigen.vectors(k)[:, have:k].to(self._basis.device)
             if self._rows is not None:
-                # Gram form: the right singular vectors X_cᵀ u_i / sqrt(λ_i) from the left ones.
-                scale = torch.from_numpy(self.eigen.values[have:k]).to(vectors.device).rsqrt().float()
-                vectors = matmul(self._rows.T, vectors.to(self._rows.device)).to(vectors.device) * scale
+                # Gram form: the right singular vectors X_cᵀ u_i / sqrt(λ_i) from the left ones (the scale is
+                # applied to the n_c x k factor, the smaller one).
+                vectors = matmul(self._rows.T, self._scaled(vectors, have, k)).to(self._basis.device)
             self._basis = torch.cat([self._basis, vectors], dim=1) if have else vectors
         return self._basis[:, :k]
 
-    def basis_rows(self, lo: int, hi: int) -> torch.Tensor:
-        """Basis vectors lo .. hi - 1 as rows, (hi - lo, d) float32, computed without extending the cached prefix
-        (a profile's vectors beyond the fitted ones; the Gram form's u_iᵀ X_c / sqrt(λ_i) comes out as rows)."""
-        if hi <= lo or self.eigen is None:
-            return torch.zeros(0, self.d, dtype=torch.float32, device=self._basis.device)
-        if hi <= self._basis.shape[1]:
-            return self._basis[:, lo:hi].T.contiguous()
-        vectors = self.eigen.vectors(hi)[:, lo:hi]
-        if self._rows is None:
-            return vectors.T.contiguous().to(self._basis.device)
+    def _scaled(self, vectors: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Gram-form eigenvectors lo .. hi - 1 (columns) divided by sqrt(λ_i), on the rows' device."""
+        assert self.eigen is not None and self._rows is not None
         scale = torch.from_numpy(self.eigen.values[lo:hi]).to(self._rows.device).rsqrt().float()
-        return (matmul(vectors.to(self._rows.device).T, self._rows) * scale[:, None]).to(self._basis.device)
+        return vectors.to(self._rows.device) * scale
+
+    def basis_rows(self, lo: int, hi: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Basis vectors lo .. hi - 1 as rows, (hi - lo, d) float32, computed without extending the cached prefix
+        (a profile's vectors beyond the fitted ones; the Gram form's u_iᵀ X_c / sqrt(λ_i) comes out as rows);
+        written into *out* (C-contiguous, (hi - lo, d)) where given."""
+        if hi <= lo or self.eigen is None:
+            return torch.zeros(0, self.d, dtype=torch.float32, device=self._basis.device) if out is None else out
+        if hi <= self._basis.shape[1]:
+            part = self._basis[:, lo:hi].T
+        elif self._rows is None:
+            part = self.eigen.vectors(hi)[:, lo:hi].T.to(self._basis.device)
+        else:
+            scaled = self._scaled(self.eigen.vectors(hi)[:, lo:hi], lo, hi).T
+            if out is not None and out.device == self._rows.device:
+                return matmul(scaled, self._rows, out=out)
+            part = matmul(scaled, self._rows).to(self._basis.device)
+        return part.contiguous() if out is None else out.copy_(part)
+
+    def columns(self, k: int, complement: bool) -> int:
+        """The number of scoring columns at size k: d - k for the complement, else the top k (at most the rank)."""
+        if complement:
+            return self.d - k
+        return 0 if self.eigen is None else min(k, self.eigen.rank)
+
+    def write_rows(self, k: int, complement: bool, out: torch.Tensor) -> None:
+        """Write the scoring columns at size k (the top-k basis, or the complement) as rows into *out* ((columns,
+        d), C-contiguous: a block of a stack) and keep the top-k basis as a view of it instead of a copy of its
+        own. The Gram form's basis is computed there directly (u_iᵀ X_c / sqrt(λ_i) comes out as rows)."""
+        if complement:
+            out.copy_(self.complement(k).T)
+            return
+        if not out.shape[0]:
+            return
+        if self._basis.shape[1] == 0 and self._rows is not None and out.device == self._rows.device:
+            assert self.eigen is not None
+            matmul(self._scaled(self.eigen.vectors(k), 0, k).T, self._rows, out=out)
+        elif self._basis.shape[1] > k:
+            out.copy_(self._basis[:, :k].T)
+            return
+        else:
+            out.copy_(self.basis(k).T)
+        self._basis = out.T
 
     def scores_from_complement(self, k: int) -> bool:
         """Whether ‖B_c x‖² is cheaper as ‖x‖² − ‖B_c^⊥ x‖²: the scatter form (its eigenvectors span all d
@@ -99,10 +134,18 @@ class _Solution:
         which classes are scored from the complement (C,) bool. A class's columns are its top-k_c basis, or the
         d - k_c vectors of its complement when those are fewer (see ``_Subspace.scores_from_complement``)."""
         flip = [s.scores_from_complement(int(k)) for s, k in zip(self.subspaces, ks, strict=True)]
-        parts = [s.complement(int(k)) if f else s.basis(int(k))
-                 for s, k, f in zip(self.subspaces, ks, flip, strict=True)]
-        W = torch.cat(parts, dim=1)
-        counts = np.array([p.shape[1] for p in parts], dtype=np.int64)
+        counts = np.array([s.columns(int(k), f) for s, k, f in zip(self.subspaces, ks, flip, strict=True)],
+                          dtype=np.int64)
+        d = self.subspaces[0].d if self.subspaces else 0
+        device = self.subspaces[0]._basis.device if self.subspaces else torch.device("cpu")
+        # Built as rows (Σ columns, d), each class's block written where it lies, and read through its transpose:
+        # BLAS takes a transposed operand at the same speed, and no (d, k_c) part is made only to be copied.
+        rows = torch.empty(int(counts.sum()), d, dtype=torch.float32, device=device)
+        start = 0
+        for s, k, f, n in zip(self.subspaces, ks, flip, counts.tolist(), strict=True):
+            s.write_rows(int(k), f, rows[start : start + n])
+            start += n
+        W = rows.T
         return W, _segments(counts, W.device), torch.tensor(flip, dtype=torch.bool, device=W.device)
 
 
