@@ -18,7 +18,9 @@ random inputs of the sizes this run's fitted probes have:
 * prediction: the products that project every scored row (the test rows, and the training rows scored for training
   accuracy) on each layer's stacked columns (timed on ``--floor-rows`` rows and scaled);
 
-then ``fit`` + ``evaluate``, the pass over their sum (the rest is what the runner adds: statistics, the row cache,
+then ``fit`` + ``evaluate``, the pass over their sum (and, beside it, over their sum plus every class's
+second-moment product timed alone: X_cX_cᵀ in the Gram form, X_cᵀX_c in the scatter form, work an exact solve
+needs in one of the two forms but that the floor leaves out) (the rest is what the runner adds: statistics, the row cache,
 grouping, bookkeeping), images/s, and peak RSS (``--max-memory`` sets the budget). That pass probes the trained
 network alone (``controls=()``). The same pass with controls follows, side by side (``--controls``, default
 ``init+input``: the same architecture re-initialized, probed at the same layers in the same passes, plus the raw
@@ -163,10 +165,12 @@ def floor_alone(shapes: list[dict], n_scored: int, floor_rows: int, device: torc
     timed, the others counted; prediction on floor_rows rows, scaled to n_scored). Shapes with a profile (kmax)
     add its products under "profile" (see profile_floor); *n_test* of the n_scored rows are test rows."""
     from masc_probe.probes._eigen import decompose
-    from masc_probe.probes._linalg import matmul
+    from masc_probe.probes._linalg import gram, matmul, scatter
 
     gen = torch.Generator().manual_seed(0)
     seen: dict[tuple, tuple[float, ...]] = {}
+    moments: dict[tuple, float] = {}
+    second = 0.0
     dec = basis = pred = basis_direct = pred_direct = 0.0
     per_layer: dict[str, dict[str, float]] = {}
     prof = {"basis": 0.0, "prediction": 0.0, "replaces": 0.0}
@@ -195,6 +199,14 @@ def floor_alone(shapes: list[dict], n_scored: int, floor_rows: int, device: torc
                     seen[key] += (_profile_basis(eigen, cls, rows, device) + (seen[key][2] if cls["complement"]
                                                                               else 0.0),)
                 del mat, eigen, vectors, rows
+            mkey = (cls["n_c"], d, cls["form"])
+            if mkey not in moments:  # the class's second moment: X_cX_cᵀ (Gram form) or X_cᵀX_c (scatter form)
+                rows = torch.randn(cls["n_c"], d, generator=gen).to(device)
+                t0 = _sync(device)
+                (gram if cls["form"] == "gram" else scatter)(rows)
+                moments[mkey] = _sync(device) - t0
+                del rows
+            second += moments[mkey]
             t_dec, t_basis, t_direct = seen[key][:3]
             dec += t_dec
             basis += t_basis
@@ -226,7 +238,7 @@ def floor_alone(shapes: list[dict], n_scored: int, floor_rows: int, device: torc
                 prof["prediction"] += (_sync(device) - t) * n_test / len(rows)
             del rows, W
     out = {"decompositions": dec, "basis": basis, "prediction": pred, "per_layer": per_layer,
-           "without_complements": {"basis": basis_direct, "prediction": pred_direct}}
+           "without_complements": {"basis": basis_direct, "prediction": pred_direct}, "second_moments": second}
     if any(fitted.get("profile_columns") for fitted in shapes) and n_test:
         out["profile"] = prof
     return out
@@ -315,7 +327,8 @@ def profile_rounds(model: torch.nn.Module, train: RandomImages, test: RandomImag
             t_bare = bare_forward(model, train, test, device=device)
             floor = floor_alone(shapes, n_scored, args.floor_rows, device, n_test=args.n_test)
             row = {"bare_forward": t_bare, "floor_off": t_bare + floor["decompositions"] + floor["basis"]
-                   + floor["prediction"], "floor_on": profile_floor(floor, t_bare), "floor_parts": floor}
+                   + floor["prediction"], "floor_on": profile_floor(floor, t_bare), "floor_parts": floor,
+                   "second_moments": floor["second_moments"]}
             rounds.append(row)
         row = rounds[r]
         for on in ((False,) if r == 0 else (True, False) if r % 2 == 0 else (False, True)):
@@ -327,8 +340,10 @@ def profile_rounds(model: torch.nn.Module, train: RandomImages, test: RandomImag
         row["order"] = ["on", "off"] if r % 2 == 0 else ["off", "on"]
         row["ratios"] = {"on_over_floor_on": row["pass_on"] / row["floor_on"],
                          "off_over_floor_off": row["pass_off"] / row["floor_off"],
-                         "on_over_off": row["pass_on"] / row["pass_off"]}
-    keys = ("on_over_floor_on", "off_over_floor_off", "on_over_off")
+                         "on_over_off": row["pass_on"] / row["pass_off"],
+                         "on_over_floor_on_plus_second_moments": row["pass_on"] / (row["floor_on"]
+                                                                                   + row["second_moments"])}
+    keys = ("on_over_floor_on", "off_over_floor_off", "on_over_off", "on_over_floor_on_plus_second_moments")
     median = {k: float(np.median([row["ratios"][k] for row in rounds])) for k in keys}
     for k in ("pass_on", "pass_off", "floor_on", "floor_off", "bare_forward"):
         median[k] = float(np.median([row[k] for row in rounds]))
@@ -443,10 +458,16 @@ def main() -> None:
                             "without_complements": floor["without_complements"]}
         ratios["fit_evaluate_over_floor"] = t_fit_eval / total
         ratios["fit_evaluate_over_forward_plus_decompositions"] = t_fit_eval / (t_bare + floor["decompositions"])
+        # Reported beside the floor, never inside it: each class's second-moment product (one product of all its
+        # rows: X_cX_cᵀ in the Gram form, X_cᵀX_c in the scatter form, which the pass streams in blocks).
+        seconds["floor"]["second_moments"] = floor["second_moments"]
+        ratios["fit_evaluate_over_floor_plus_second_moments"] = t_fit_eval / (total + floor["second_moments"])
         if "profile" in floor:  # the pass kept MASC's profile: its products too (profile_floor)
             seconds["floor"]["profile"] = floor["profile"]
             seconds["floor"]["sum_with_profile"] = profile_floor(floor, t_bare)
             ratios["fit_evaluate_over_floor_with_profile"] = t_fit_eval / seconds["floor"]["sum_with_profile"]
+            ratios["fit_evaluate_over_floor_with_profile_plus_second_moments"] = t_fit_eval / (
+                seconds["floor"]["sum_with_profile"] + floor["second_moments"])
     budget_gb = runner.max_memory / 1e9
     result = {
         "command": "python benchmarks/bench_probe.py " + " ".join(os.sys.argv[1:]),
@@ -476,7 +497,7 @@ def main() -> None:
     runner.close()
     if args.profile_rounds:
         first = {"bare_forward": t_bare, "floor_off": total, "floor_on": seconds["floor"]["sum_with_profile"],
-                 "floor_parts": floor, "pass_on": t_fit_eval, "parts_on": _parts(tm), "fit_on": t_fit,
+                 "floor_parts": floor, "second_moments": floor["second_moments"], "pass_on": t_fit_eval, "parts_on": _parts(tm), "fit_on": t_fit,
                  "spilled_on": spilled}
         result["profile"] = profile_rounds(model, train, test, args, device, shapes, n_scored, first)
     if args.controls:

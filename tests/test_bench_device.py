@@ -47,6 +47,11 @@ def test_bench_probe_floor_table(tmp_path: Path) -> None:
                                                       + prof["prediction"])
     assert result["ratios"]["fit_evaluate_over_floor_with_profile"] == pytest.approx(
         result["seconds"]["fit_evaluate"] / floor["sum_with_profile"])
+    # Beside the floor, never in it: every class's second-moment product timed alone.
+    assert floor["second_moments"] > 0 and floor["sum"] == pytest.approx(
+        floor["forward"] + floor["decompositions"] + floor["basis"] + floor["prediction"])
+    assert result["ratios"]["fit_evaluate_over_floor_with_profile_plus_second_moments"] == pytest.approx(
+        result["seconds"]["fit_evaluate"] / (floor["sum_with_profile"] + floor["second_moments"]))
     # Profile on and off side by side: round 1 is the main pass, the order alternates, medians of the rounds.
     rounds = result["profile"]["rounds"]
     assert [r["order"] for r in rounds] == [["on", "off"], ["off", "on"]]
@@ -55,6 +60,8 @@ def test_bench_probe_floor_table(tmp_path: Path) -> None:
     for r in rounds:
         assert r["ratios"]["on_over_off"] == pytest.approx(r["pass_on"] / r["pass_off"])
         assert r["ratios"]["on_over_floor_on"] == pytest.approx(r["pass_on"] / r["floor_on"])
+        assert r["ratios"]["on_over_floor_on_plus_second_moments"] == pytest.approx(
+            r["pass_on"] / (r["floor_on"] + r["second_moments"]))
     median = result["profile"]["median"]
     assert median["on_over_off"] == pytest.approx(sum(r["ratios"]["on_over_off"] for r in rounds) / 2)
     images = result["images_per_second"]
@@ -107,6 +114,8 @@ def test_the_floor_times_every_class_once_and_scales_prediction_to_the_scored_ro
     assert floor["per_layer"] == {"a": {"decompositions": 4.0, "basis": 4.0, "prediction": 2 * scale},
                                   "b": {"decompositions": 2.0, "basis": 2.0, "prediction": scale}}
     assert floor["without_complements"] == {"basis": 6.0, "prediction": 3 * scale}
+    # One second-moment product per class, timed once per distinct (n_c, d, form): three here, counted six times.
+    assert floor["second_moments"] == 6.0
 
 
 def test_the_profile_floor_adds_its_columns_and_swaps_the_test_rows_product(
