@@ -177,11 +177,7 @@ def run(argv: list[str], out_dir: Path, budget_s: float | None, command: str) ->
     from masc_probe.training._run_folder import run_checkpoints
 
     args = rp.parse_args(argv)
-    if args.threads is not None:
-        from threadpoolctl import threadpool_limits
-
-        torch.set_num_threads(args.threads)
-        threadpool_limits(args.threads)
+    rp.apply_threads(args)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     jobs = rp.plan(args)
     if len(jobs) != 1:

@@ -1134,6 +1134,18 @@ def publish_run(table_path: Path, args: argparse.Namespace, job: Job, command: s
     update_table(table_path, [(key, make_cell(job, args, result), {str(job.seed): result})])
 
 
+def apply_threads(args: argparse.Namespace) -> None:
+    """``--threads N``: torch's intra-op threads and numpy's BLAS (sklearn's probes: LDA, QDA, kNN) both set to N;
+    nothing when the flag is absent. Every script that takes reproduce_paper.py's flags calls this."""
+    if args.threads is None:
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(args.threads)
+    threadpool_limits(args.threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(message)s")
@@ -1155,11 +1167,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(args.threads)  # sklearn's probes (LDA, QDA, kNN) use numpy's BLAS
+    apply_threads(args)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out) if args.out else Path(args.work_dir) / "results.json"
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__),

@@ -140,6 +140,7 @@ def run_rows(argv: list[str]) -> None:
     from masc_probe import load_model
 
     args = rp.parse_args(argv)
+    rp.apply_threads(args)
     for job in rp.plan(args):
         path = rp.run_dir(args, job)
         if not rp.finished(path):

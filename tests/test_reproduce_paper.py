@@ -200,6 +200,22 @@ def test_full_set_covers_every_row_rate_and_seed() -> None:
     assert set(rp.PAPER) == set(rp.ROWS) and all(len(v) == 4 for row in rp.PAPER.values() for v in row.values())
 
 
+def test_threads_flag_sets_torch_and_blas_threads() -> None:
+    """--threads N reaches torch and numpy's BLAS (selection.py and dynamics.py call the same helper); no flag
+    leaves both as they were."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    before = torch.get_num_threads()
+    with threadpool_limits(limits=None):  # restores the BLAS setting on exit
+        rp.apply_threads(rp.parse_args(["--threads", "1"]))
+        assert torch.get_num_threads() == 1
+        assert all(pool["num_threads"] == 1 for pool in threadpool_info() if pool["user_api"] == "blas")
+        torch.set_num_threads(2)
+        rp.apply_threads(rp.parse_args([]))
+        assert torch.get_num_threads() == 2
+    torch.set_num_threads(before)
+
+
 def test_bad_values_are_refused(capsys: pytest.CaptureFixture[str]) -> None:
     for argv, message in ((["--qda-reg-param", "2"], "--qda-reg-param must lie in [0, 1]"),
                           (["--full", "--set", "n-sweep"], "--full is --set full"),
