@@ -245,6 +245,15 @@ def profile_table(report: dict[str, Any], choices: dict[str, Any]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------- dynamics
+def _cap_note(training: dict[str, Any]) -> str:
+    """Where a run's epoch cap passes the paper preset's (the authors' rule: stop there, memorized or not)."""
+    from masc_probe.training import preset_config
+
+    paper = preset_config("mlp", "mnist", preset="paper").max_epochs
+    cap = training.get("max_epochs")
+    return f"`--max-epochs {cap}`, the authors' cap being {paper}" if isinstance(cap, int) and cap > paper else ""
+
+
 def dynamics_block() -> list[str]:
     out: list[str] = []
     for path in sorted((RESULTS / "dynamics").glob("*/dynamics.json")):
@@ -258,7 +267,7 @@ def dynamics_block() -> list[str]:
         init = ctl.get("init", {}).get("selection", {}).get("corrupted", {})
         inp = ctl.get("input", {}).get("selection", {}).get("corrupted", {})
         out += [f"**{d['run']}**: {t.get('optimizer')} lr {t.get('lr')} momentum {t.get('momentum')}, batch "
-                f"{t.get('batch_size')}, {d.get('n_train'):,} images, p = {d.get('rate')}; {mem}. "
+                f"{t.get('batch_size')}, {d.get('n_train'):,} images, p = {d.get('rate')}{f' ({n})' if (n := _cap_note(t)) else ''}; {mem}. "
                 "Trained by `python benchmarks/reproduce_paper.py` with the flags below and `--stage train`, then "
                 f"probed by `{d.get('command')}` ({len(d.get('epochs', []))} of {len(d.get('checkpoints_kept', []))} kept "
                 f"checkpoints probed{'; skipped: ' + str(len(d['skipped_epochs'])) if d.get('skipped_epochs') else ''}).",
@@ -362,7 +371,8 @@ def conclusion(runs: list[dict[str, Any]], sel: list[tuple[str, dict[str, Any]]]
                  and e["selection"]["corrupted"]["noisy"]["accuracy"] < init["accuracy"]]
         where = (f"below it at {len(below)} of them, the first at epoch {below[0]}, the last checkpoint at "
                  f"{chosen[-1]:.3f}" if below else "above it at every one")
-        lines.append(f"The authors' recipe ({d['training'].get('optimizer')}, {d['n_train']:,} images; {state}): "
+        lines.append(f"The authors' recipe ({d['training'].get('optimizer')}, {d['n_train']:,} images; "
+                     f"{state}{f', {n}' if (n := _cap_note(d['training'])) else ''}): "
                      f"the model's own test accuracy peaks at {peak['model_test_accuracy']:.3f} (epoch "
                      f"{peak['epoch']}) and falls to {eps[-1]['model_test_accuracy']:.3f}; the chosen readout "
                      f"ranges {min(chosen):.3f}–{max(chosen):.3f} over {len(chosen)} checkpoints after epoch 0 "

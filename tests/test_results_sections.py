@@ -115,3 +115,15 @@ def test_bf16_runs_sit_beside_their_fp32_twin_and_count_nowhere_else() -> None:
     assert "| a-s0 | fp32 |" in rows[2] and "0.800 fc2 t = 0.7" in rows[2]
     assert "| a-s0 | bf16 |" in rows[3] and "0.700 fc2 t = 0.7" in rows[3]
     assert "a-s0-bf16" not in sel.markdown(table)  # the selection section counts fp32 memorizers only
+
+
+def test_a_cap_past_the_authors_is_named_and_theirs_is_not() -> None:
+    """A run trained past the paper preset's epoch cap (the authors' own rule) says so wherever it is described;
+    one within it says nothing."""
+    mem = importlib.import_module("memorization")
+    from masc_probe.training import preset_config
+
+    paper = preset_config("mlp", "mnist", preset="paper").max_epochs
+    assert mem._cap_note({"max_epochs": paper}) == "" and mem._cap_note({}) == ""
+    note = mem._cap_note({"max_epochs": paper + 200})
+    assert f"the authors' cap being {paper}" in note and f"`--max-epochs {paper + 200}`" in note
