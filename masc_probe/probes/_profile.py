@@ -94,8 +94,9 @@ class _Profile:
         extra = torch.empty(int(np.maximum(kmax - shared, 0).sum()), d, dtype=torch.float32, device=device)
         start = 0
         for s, a, b in zip(subspaces, shared.tolist(), kmax.tolist(), strict=True):
-            s.basis_rows(a, b, out=extra[start : start + max(b - a, 0)])
-            start += max(b - a, 0)
+            n = max(b - a, 0)
+            s.basis_rows(a, b, out=extra[start : start + n])
+            start += n
         return cls((W.to(device), counts), shared, extra.to(device, torch.float32), kmax, kept_in_order, ks,
                    [s for s in sizes if s in dropped])
 

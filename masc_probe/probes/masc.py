@@ -92,12 +92,11 @@ class _Subspace:
             return
         if not out.shape[0]:
             return
-        if self._basis.shape[1] == 0 and self._rows is not None and out.device == self._rows.device:
-            assert self.eigen is not None
-            matmul(self._scaled(self.eigen.vectors(k), 0, k).T, self._rows, out=out)
-        elif self._basis.shape[1] > k:
+        if self._basis.shape[1] > k:
             out.copy_(self._basis[:, :k].T)
             return
+        if self._basis.shape[1] == 0 and self._rows is not None:
+            self.basis_rows(0, k, out=out)
         else:
             out.copy_(self.basis(k).T)
         self._basis = out.T
