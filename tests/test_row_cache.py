@@ -46,3 +46,14 @@ def test_spans_cut_at_gaps_and_at_the_span_length() -> None:
     sel = np.array([0, 1, 2, 10, 11, 30, 31, 32, 33, 34, 35])
     got = [s.tolist() for s in _cache._spans(sel, max_gap=3, max_span=4)]
     assert got == [[0, 1, 2], [10, 11], [30, 31, 32, 33], [34, 35]]
+
+
+def test_batches_of_no_rows_append_nothing(tmp_path: Path) -> None:
+    rows = np.arange(36, dtype=np.float32).reshape(3, 12)
+    cache = RowCache(tmp_path, owned=False)
+    cache.append("layer", torch.zeros(0, 12))
+    cache.append("layer", torch.from_numpy(rows[:2]))
+    cache.append("layer", torch.zeros(0, 12))
+    cache.append("layer", torch.from_numpy(rows[2:]))
+    cache.finish()
+    np.testing.assert_array_equal(np.concatenate(list(cache.chunks("layer", 2))), rows)

@@ -158,7 +158,10 @@ class RowCache:
         fh = self._files.get(layer)
         if fh is None:
             fh = self._files[layer] = open(self._mine / f"{self._name(layer)}.f32", "ab")  # noqa: SIM115
-        fh.write(arr.tobytes())
+        # The array's own buffer, not a bytes copy of it: a copy costs an allocation (fresh pages) per batch and
+        # layer, and made the cache's writes 1.2-6x slower (128-row batches of 512-4,096 features, one thread).
+        if arr.size:  # (a view with a zero in its shape cannot be cast to bytes)
+            fh.write(memoryview(arr).cast("B"))
 
     def append_labels(self, sets: Mapping[str, torch.Tensor]) -> None:
         for name, y in sets.items():
