@@ -20,8 +20,8 @@ random inputs of the sizes this run's fitted probes have:
 
 then ``fit`` + ``evaluate``, the pass over their sum (and, beside it, over their sum plus every class's
 second-moment product timed alone: X_cX_cᵀ in the Gram form, X_cᵀX_c in the scatter form, work an exact solve
-needs in one of the two forms but that the floor leaves out) (the rest is what the runner adds: statistics, the row cache,
-grouping, bookkeeping), images/s, and peak RSS (``--max-memory`` sets the budget). That pass probes the trained
+needs in one of the two forms but that the floor leaves out) (the rest is what the runner adds: statistics, the row
+cache, grouping, bookkeeping), images/s, and peak RSS (``--max-memory`` sets the budget). That pass probes the trained
 network alone (``controls=()``). The same pass with controls follows, side by side (``--controls``, default
 ``init+input``: the same architecture re-initialized, probed at the same layers in the same passes, plus the raw
 input as one more layer), timed whole and by part. ``--device cuda`` runs the model
@@ -314,6 +314,14 @@ def with_controls(model: torch.nn.Module, train: RandomImages, test: RandomImage
     return out
 
 
+def floor_row(floor: dict, t_bare: float) -> dict:
+    """One round's floors beside its bare forward: without the profile, with it (profile_floor), its parts, and
+    every class's second-moment product (reported beside the floors, never in them)."""
+    return {"bare_forward": t_bare,
+            "floor_off": t_bare + floor["decompositions"] + floor["basis"] + floor["prediction"],
+            "floor_on": profile_floor(floor, t_bare), "floor_parts": floor, "second_moments": floor["second_moments"]}
+
+
 def profile_rounds(model: torch.nn.Module, train: RandomImages, test: RandomImages, args, device: torch.device,
                    shapes: list[dict], n_scored: int, first: dict) -> dict:
     """MASC's profile on and off, side by side, ``--profile-rounds`` times: round 1 is the main pass (profile on,
@@ -325,11 +333,8 @@ def profile_rounds(model: torch.nn.Module, train: RandomImages, test: RandomImag
     for r in range(args.profile_rounds):
         if r:
             t_bare = bare_forward(model, train, test, device=device)
-            floor = floor_alone(shapes, n_scored, args.floor_rows, device, n_test=args.n_test)
-            row = {"bare_forward": t_bare, "floor_off": t_bare + floor["decompositions"] + floor["basis"]
-                   + floor["prediction"], "floor_on": profile_floor(floor, t_bare), "floor_parts": floor,
-                   "second_moments": floor["second_moments"]}
-            rounds.append(row)
+            rounds.append(floor_row(floor_alone(shapes, n_scored, args.floor_rows, device, n_test=args.n_test),
+                                    t_bare))
         row = rounds[r]
         for on in ((False,) if r == 0 else (True, False) if r % 2 == 0 else (False, True)):
             runner, _, t_fit, t_fit_eval = probe_pass(model, train, test, args, device, profile=on)
@@ -496,9 +501,8 @@ def main() -> None:
     spilled = len(getattr(runner.estimators_, "spilled", []))
     runner.close()
     if args.profile_rounds:
-        first = {"bare_forward": t_bare, "floor_off": total, "floor_on": seconds["floor"]["sum_with_profile"],
-                 "floor_parts": floor, "second_moments": floor["second_moments"], "pass_on": t_fit_eval, "parts_on": _parts(tm), "fit_on": t_fit,
-                 "spilled_on": spilled}
+        first = floor_row(floor, t_bare) | {"pass_on": t_fit_eval, "parts_on": _parts(tm), "fit_on": t_fit,
+                                            "spilled_on": spilled}
         result["profile"] = profile_rounds(model, train, test, args, device, shapes, n_scored, first)
     if args.controls:
         first = {"fit": t_fit, "fit_evaluate": t_fit_eval, "parts": _parts(tm), "layers": list(LAYERS),

@@ -266,8 +266,10 @@ def dynamics_block() -> list[str]:
         ctl = d.get("controls", {})
         init = ctl.get("init", {}).get("selection", {}).get("corrupted", {})
         inp = ctl.get("input", {}).get("selection", {}).get("corrupted", {})
+        cap = _cap_note(t)
         out += [f"**{d['run']}**: {t.get('optimizer')} lr {t.get('lr')} momentum {t.get('momentum')}, batch "
-                f"{t.get('batch_size')}, {d.get('n_train'):,} images, p = {d.get('rate')}{f' ({n})' if (n := _cap_note(t)) else ''}; {mem}. "
+                f"{t.get('batch_size')}, {d.get('n_train'):,} images, p = {d.get('rate')}{f' ({cap})' if cap else ''}; "
+                f"{mem}. "
                 "Trained by `python benchmarks/reproduce_paper.py` with the flags below and `--stage train`, then "
                 f"probed by `{d.get('command')}` ({len(d.get('epochs', []))} of {len(d.get('checkpoints_kept', []))} kept "
                 f"checkpoints probed{'; skipped: ' + str(len(d['skipped_epochs'])) if d.get('skipped_epochs') else ''}).",
